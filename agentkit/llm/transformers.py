@@ -1,0 +1,397 @@
+"""The in-process Hugging Face transformers backend, with dynamic batching.
+
+One worker thread owns the model. Callers on any thread submit requests; the worker
+gathers everything that arrives within a short window into one left-padded batch,
+prefills it, and decodes with a KV cache, dropping rows as they finish. Rows are
+grouped by LoRA adapter; adapters load and swap without reloading the base model.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import random
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+
+from agentkit.errors import BackendError
+from agentkit.llm._sampling import RowParams, select_tokens
+from agentkit.llm.base import Completion, GenerationRequest
+
+__all__ = ["TransformersLLM", "choose_dtype"]
+
+log = logging.getLogger(__name__)
+
+_BASE = "__base__"
+
+
+def choose_dtype(device: str, requested: str = "auto") -> torch.dtype:
+    """bf16 where the hardware runs it natively fast, fp32 otherwise; overridable.
+
+    On a CPU the choice is measured: a small matmul in both dtypes, bf16 only when it is
+    at least 1.5x faster (CPUs with AMX / AVX512-BF16 units are ~5x; others emulate bf16
+    and are slower than fp32)."""
+    requested = (requested or "auto").lower()
+    table = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp32": torch.float32, "float32": torch.float32,
+             "fp16": torch.float16, "float16": torch.float16}
+    if requested != "auto":
+        if requested not in table:
+            raise BackendError(f"dtype '{requested}' is not supported; use auto, bf16, fp16 or fp32")
+        return table[requested]
+    if device.startswith("cuda"):
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if _cpu_bf16_speedup() >= 1.5 else torch.float32
+
+
+def _cpu_bf16_speedup(n: int = 512, reps: int = 6) -> float:
+    def rate(dtype: torch.dtype) -> float:
+        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+        a @ b  # warm-up: first call picks the kernel
+        start = time.perf_counter()
+        for _ in range(reps):
+            a @ b
+        return reps / (time.perf_counter() - start)
+
+    try:
+        return rate(torch.bfloat16) / rate(torch.float32)
+    except RuntimeError:
+        return 0.0
+
+
+@dataclass
+class _Row:
+    prompt_ids: list[int]
+    request: GenerationRequest
+    params: RowParams
+    out_ids: list[int] = field(default_factory=list)
+    out_logprobs: list[float] = field(default_factory=list)
+    text: str = ""
+    finish_reason: str | None = None
+
+
+@dataclass
+class _Job:
+    kind: str  # "generate" | "score"
+    payload: Any
+    future: Future
+    adapter: str | None = None
+
+
+class TransformersLLM:
+    """In-process model. ``model`` is a name or path resolved by ``agentkit.llm.models``."""
+
+    def __init__(
+        self,
+        model: str = "gemma-3-270m",
+        *,
+        device: str | None = None,
+        dtype: str = "auto",
+        max_batch: int = 64,
+        batch_wait_ms: float = 5.0,
+        threads: int | None = None,
+        _model: Any = None,
+        _tokenizer: Any = None,
+    ):
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if threads:
+            torch.set_num_threads(threads)
+        self.dtype = choose_dtype(self.device, os.environ.get("AGENTKIT_DTYPE", dtype) if dtype == "auto" else dtype)
+        if _model is None:
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
+            from agentkit.llm.models import resolve_model
+
+            path = resolve_model(model)
+            self.tokenizer = AutoTokenizer.from_pretrained(str(path))
+            _model = AutoModelForCausalLM.from_pretrained(str(path), dtype=self.dtype)
+        else:
+            self.tokenizer = _tokenizer
+            _model = _model.to(self.dtype)
+        self.model_name = model
+        self.model = _model.to(self.device).eval()
+        self.max_batch = max_batch
+        self.batch_wait_s = batch_wait_ms / 1000
+        self.eos_ids = self._eos_ids()
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_ids[0]
+        self._adapters: dict[str, str] = {}
+        self._peft = False
+        self._queue: queue.Queue[_Job | None] = queue.Queue()
+        self._seed_rng = random.Random(0)
+        self._closed = False
+        self.stats = {"batches": 0, "rows": 0, "generated_tokens": 0, "max_rows_in_batch": 0}
+        self._worker = threading.Thread(target=self._work, name="agentkit-batcher", daemon=True)
+        self._worker.start()
+
+    @classmethod
+    def from_model(cls, model: Any, tokenizer: Any, name: str = "custom", **kwargs: Any) -> "TransformersLLM":
+        """Wrap an already-built model and tokenizer (tests use a tiny random model)."""
+        return cls(name, _model=model, _tokenizer=tokenizer, **kwargs)
+
+    def _eos_ids(self) -> list[int]:
+        ids = set()
+        for source in (self.tokenizer.eos_token_id, getattr(self.model.generation_config, "eos_token_id", None)):
+            if isinstance(source, int):
+                ids.add(source)
+            elif source:
+                ids.update(source)
+        return sorted(ids) or [0]
+
+    # ---- protocol ---------------------------------------------------------------
+
+    def tokenize(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=True)["input_ids"])
+
+    def decode(self, token_ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(token_ids), skip_special_tokens=True)
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[list[Completion]]:
+        if not requests:
+            return []
+        for r in requests:
+            if r.adapter is not None and r.adapter not in self._adapters:
+                raise BackendError(f"adapter '{r.adapter}' is not loaded; load it first (loaded: {self.adapters or 'none'})")
+        return self._submit("generate", list(requests))
+
+    def score(self, prompt_ids: Sequence[int], completion_ids: Sequence[int], adapter: str | None = None) -> list[float]:
+        if not completion_ids:
+            return []
+        return self._submit("score", (list(prompt_ids), list(completion_ids)), adapter)
+
+    def load_adapter(self, name: str, path: str) -> None:
+        if not os.path.isfile(os.path.join(path, "adapter_config.json")):
+            raise BackendError(f"adapter path '{path}' has no adapter_config.json; pass a PEFT adapter directory")
+        self._submit("load_adapter", (name, path))
+
+    def unload_adapter(self, name: str) -> None:
+        if name not in self._adapters:
+            raise BackendError(f"adapter '{name}' is not loaded (loaded: {self.adapters or 'none'})")
+        self._submit("unload_adapter", name)
+
+    @property
+    def adapters(self) -> list[str]:
+        return list(self._adapters)
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._queue.put(None)
+            self._worker.join(timeout=30)
+
+    def __enter__(self) -> "TransformersLLM":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- the worker -------------------------------------------------------------
+
+    def _submit(self, kind: str, payload: Any, adapter: str | None = None) -> Any:
+        if self._closed:
+            raise BackendError("this TransformersLLM is closed")
+        job = _Job(kind, payload, Future(), adapter)
+        self._queue.put(job)
+        return job.future.result()
+
+    def _work(self) -> None:
+        while True:
+            job = self._queue.get()
+            if job is None:
+                return
+            jobs = [job]
+            rows = self._row_count(job)
+            deadline = time.perf_counter() + self.batch_wait_s
+            while rows < self.max_batch:
+                remaining = deadline - time.perf_counter()
+                try:
+                    nxt = self._queue.get(timeout=max(remaining, 0)) if remaining > 0 else self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    self._queue.put(None)
+                    break
+                jobs.append(nxt)
+                rows += self._row_count(nxt)
+            self._run_jobs(jobs)
+
+    @staticmethod
+    def _row_count(job: _Job) -> int:
+        return sum(r.n for r in job.payload) if job.kind == "generate" else 0
+
+    def _run_jobs(self, jobs: list[_Job]) -> None:
+        for job in [j for j in jobs if j.kind != "generate"]:
+            try:
+                job.future.set_result(self._run_other(job))
+            except Exception as e:  # surface to the caller, keep the worker alive
+                job.future.set_exception(e)
+        gen_jobs = [j for j in jobs if j.kind == "generate"]
+        if not gen_jobs:
+            return
+        try:
+            rows_per_job = [self._make_rows(j.payload) for j in gen_jobs]
+            by_adapter: dict[str | None, list[_Row]] = {}
+            for rows in rows_per_job:
+                for job_rows in rows:
+                    for row in job_rows:
+                        by_adapter.setdefault(row.request.adapter, []).append(row)
+            for adapter, rows in by_adapter.items():
+                for start in range(0, len(rows), self.max_batch):
+                    self._decode(rows[start : start + self.max_batch], adapter)
+            for job, rows in zip(gen_jobs, rows_per_job):
+                job.future.set_result([[self._completion(r) for r in job_rows] for job_rows in rows])
+        except Exception as e:
+            log.exception("generation failed")
+            for job in gen_jobs:
+                if not job.future.done():
+                    job.future.set_exception(e)
+
+    def _make_rows(self, requests: list[GenerationRequest]) -> list[list[_Row]]:
+        out = []
+        for request in requests:
+            prompt_ids = self.tokenize(request.prompt) if isinstance(request.prompt, str) else list(request.prompt)
+            if not prompt_ids:
+                raise BackendError("empty prompt: pass at least one token")
+            job_rows = []
+            for i in range(request.n):
+                gen = None
+                if request.temperature > 0:
+                    seed = (request.seed * 1_000_003 + i) if request.seed is not None else self._seed_rng.getrandbits(63)
+                    gen = torch.Generator().manual_seed(seed)
+                job_rows.append(_Row(prompt_ids, request, RowParams(request.temperature, request.top_p, request.top_k, gen)))
+            out.append(job_rows)
+        return out
+
+    def _completion(self, row: _Row) -> Completion:
+        return Completion(
+            text=row.text,
+            token_ids=row.out_ids,
+            logprobs=row.out_logprobs,
+            finish_reason=row.finish_reason or "length",
+            prompt_ids=row.prompt_ids,
+            adapter=row.request.adapter,
+            latency_s=getattr(row, "latency_s", 0.0),
+        )
+
+    def _run_other(self, job: _Job) -> Any:
+        if job.kind == "score":
+            prompt_ids, completion_ids = job.payload
+            with self._adapter_context(job.adapter), torch.inference_mode():
+                ids = torch.tensor([prompt_ids + completion_ids], device=self.device)
+                logits = self.model(input_ids=ids, logits_to_keep=len(completion_ids) + 1).logits[0, :-1].float()
+                target = torch.tensor(completion_ids, device=self.device)
+                logps = logits.gather(1, target[:, None]).squeeze(1) - torch.logsumexp(logits, -1)
+                return logps.tolist()
+        if job.kind == "load_adapter":
+            name, path = job.payload
+            return self._load_adapter(name, path)
+        if job.kind == "unload_adapter":
+            self.model.delete_adapter(job.payload)
+            del self._adapters[job.payload]
+            return None
+        raise ValueError(job.kind)
+
+    # ---- adapters ------------------------------------------------------------------
+
+    def _load_adapter(self, name: str, path: str) -> None:
+        from peft import PeftModel
+
+        if name in self._adapters:
+            self.model.delete_adapter(name)
+            del self._adapters[name]
+        if not self._peft:
+            self.model = PeftModel.from_pretrained(self.model, path, adapter_name=name, is_trainable=False)
+            self._peft = True
+        else:
+            self.model.load_adapter(path, adapter_name=name, is_trainable=False)
+        self.model.to(device=self.device, dtype=self.dtype).eval()
+        self._adapters[name] = path
+
+    def _adapter_context(self, adapter: str | None):
+        import contextlib
+
+        if not self._peft:
+            return contextlib.nullcontext()
+        if adapter is None:
+            return self.model.disable_adapter()
+        self.model.set_adapter(adapter)
+        return contextlib.nullcontext()
+
+    # ---- batched decoding --------------------------------------------------------------
+
+    @torch.inference_mode()
+    def _decode(self, rows: list[_Row], adapter: str | None) -> None:
+        from transformers import DynamicCache
+
+        start = time.perf_counter()
+        self.stats["batches"] += 1
+        self.stats["rows"] += len(rows)
+        self.stats["max_rows_in_batch"] = max(self.stats["max_rows_in_batch"], len(rows))
+        active = [r for r in rows if r.request.max_tokens > 0]
+        for r in rows:
+            if r.request.max_tokens == 0:
+                r.finish_reason = "length"
+        if not active:
+            return
+        with self._adapter_context(adapter):
+            width = max(len(r.prompt_ids) for r in active)
+            ids = torch.full((len(active), width), self.pad_id, dtype=torch.long)
+            mask = torch.zeros((len(active), width), dtype=torch.long)
+            for i, r in enumerate(active):  # left padding keeps every row's last token aligned
+                ids[i, width - len(r.prompt_ids):] = torch.tensor(r.prompt_ids)
+                mask[i, width - len(r.prompt_ids):] = 1
+            ids, mask = ids.to(self.device), mask.to(self.device)
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T)
+            cache = DynamicCache(config=self.model.config)
+            logits = self.model(
+                input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                use_cache=True, logits_to_keep=1,
+            ).logits[:, -1]  # (B, V)
+            next_pos = positions[:, -1] + 1  # (B,)
+            while active:
+                tokens, logprobs = select_tokens(logits, [r.params for r in active])
+                tokens_l, logprobs_l = tokens.tolist(), logprobs.tolist()
+                keep = []
+                for i, r in enumerate(active):
+                    self._append(r, tokens_l[i], logprobs_l[i])
+                    if r.finish_reason is None:
+                        keep.append(i)
+                    else:
+                        r.latency_s = time.perf_counter() - start
+                self.stats["generated_tokens"] += len(active)
+                if not keep:
+                    break
+                if len(keep) < len(active):
+                    index = torch.tensor(keep, device=self.device)
+                    cache.batch_select_indices(index)
+                    mask, next_pos, tokens = mask[index], next_pos[index], tokens[index]
+                    active = [active[i] for i in keep]
+                mask = torch.cat([mask, mask.new_ones((len(active), 1))], dim=1)
+                logits = self.model(
+                    input_ids=tokens[:, None], attention_mask=mask, position_ids=next_pos[:, None],
+                    past_key_values=cache, use_cache=True,
+                ).logits[:, -1]
+                next_pos = next_pos + 1
+
+    def _append(self, row: _Row, token: int, logprob: float) -> None:
+        row.out_ids.append(token)
+        row.out_logprobs.append(logprob)
+        request = row.request
+        if token in self.eos_ids:
+            row.text = self.decode(row.out_ids)
+            row.finish_reason = "stop"
+            return
+        if request.stop:
+            text = self.decode(row.out_ids)
+            cuts = [text.find(s) for s in request.stop if s in text]
+            if cuts:
+                row.text, row.finish_reason = text[: min(cuts)], "stop"
+                return
+            row.text = text
+        if len(row.out_ids) >= request.max_tokens:
+            row.text = self.decode(row.out_ids)
+            row.finish_reason = "length"
