@@ -107,10 +107,15 @@ class LLM(Protocol):
         ...
 
     def unload_adapter(self, name: str) -> None:
+        """Raises BackendError when ``name`` is not loaded."""
         ...
 
-    @property
-    def adapters(self) -> list[str]:
+    def list_adapters(self) -> list[str]:
+        """Names of the loaded adapters (a method, not a property: for a remote backend it
+        is a request, and isinstance checks on the protocol must not send one)."""
+        ...
+
+    def decode(self, token_ids: Sequence[int]) -> str:
         ...
 
     def close(self) -> None:

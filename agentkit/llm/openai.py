@@ -143,7 +143,7 @@ class OpenAIClientLLM:
             # never pass off the base model's (or another adapter's) answer as the requested one
             raise BackendError(
                 f"asked {self.base_url} for model {body['model']!r} but {data.get('model')!r} answered; "
-                f"load the adapter first (loaded: {', '.join(self.adapters) or 'none'})"
+                f"load the adapter first (loaded: {', '.join(self.list_adapters()) or 'none'})"
             )
         return data
 
@@ -270,6 +270,13 @@ class OpenAIClientLLM:
     def tokenize(self, text: str) -> list[int]:
         return self._tokenize(text, add_special=True)
 
+    def decode(self, token_ids: Sequence[int]) -> str:
+        """Text of ``token_ids`` via the server's /detokenize (vLLM and agentkit serve)."""
+        data = self._request("/detokenize", {"model": self.model_name, "tokens": [int(t) for t in token_ids]})
+        if not isinstance(data, dict) or not isinstance(data.get("prompt"), str):
+            raise BackendError(f"{self._root}/detokenize did not return text: {str(data)[:200]}")
+        return data["prompt"]
+
     def _tokenize(self, text: str, add_special: bool) -> list[int]:
         try:
             data = self._request("/tokenize", {"model": self.model_name, "prompt": text, "add_special_tokens": add_special})
@@ -287,7 +294,7 @@ class OpenAIClientLLM:
 
     def load_adapter(self, name: str, path: str) -> None:
         path = os.path.abspath(path) if os.path.exists(path) else str(path)  # the server resolves it
-        if name in self.adapters:  # vLLM refuses to load a name twice: replace it
+        if name in self.list_adapters():  # vLLM refuses to load a name twice: replace it
             self.unload_adapter(name)
         try:
             self._request("/v1/load_lora_adapter", {"lora_name": name, "lora_path": path})
@@ -301,8 +308,7 @@ class OpenAIClientLLM:
     def unload_adapter(self, name: str) -> None:
         self._request("/v1/unload_lora_adapter", {"lora_name": name})
 
-    @property
-    def adapters(self) -> list[str]:
+    def list_adapters(self) -> list[str]:
         return [m["id"] for m in self._models() if m.get("parent")]
 
     def close(self) -> None:

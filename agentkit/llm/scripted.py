@@ -8,6 +8,7 @@ import threading
 import time
 from typing import Callable, Sequence
 
+from agentkit.errors import BackendError
 from agentkit.llm.base import Completion, GenerationRequest
 
 __all__ = ["ScriptedLLM"]
@@ -68,7 +69,7 @@ class ScriptedLLM:
             else:
                 prompt_ids, prompt_text = list(request.prompt), self.decode(request.prompt)
             if request.adapter is not None and request.adapter not in self._adapters:
-                raise KeyError(f"adapter {request.adapter!r} is not loaded")
+                raise BackendError(f"adapter '{request.adapter}' is not loaded; load it first")
             outs = []
             for _ in range(request.n):
                 reply = self._next_reply(prompt_text, request)
@@ -106,10 +107,11 @@ class ScriptedLLM:
         self._adapters[name] = path
 
     def unload_adapter(self, name: str) -> None:
-        self._adapters.pop(name, None)
+        if name not in self._adapters:
+            raise BackendError(f"adapter '{name}' is not loaded (loaded: {', '.join(self._adapters) or 'none'})")
+        del self._adapters[name]
 
-    @property
-    def adapters(self) -> list[str]:
+    def list_adapters(self) -> list[str]:
         return list(self._adapters)
 
     def close(self) -> None:

@@ -138,14 +138,14 @@ class CompletionServer(ThreadingHTTPServer):
 
     def models(self, body: dict) -> dict:
         data = [{"id": self.model_name, "object": "model", "created": 0, "owned_by": "agentkit", "root": self.model_name, "parent": None}]
-        for name in self.llm.adapters:
+        for name in self.llm.list_adapters():
             data.append({"id": name, "object": "model", "created": 0, "owned_by": "agentkit", "root": name, "parent": self.model_name})
         return {"object": "list", "data": data}
 
     def _adapter_for(self, model: Any) -> str | None:
         if model is None or model == self.model_name:
             return None
-        adapters = self.llm.adapters
+        adapters = self.llm.list_adapters()
         if isinstance(model, str) and model in adapters:
             return model
         served = ", ".join([self.model_name, *adapters])
@@ -261,6 +261,12 @@ class CompletionServer(ThreadingHTTPServer):
                 tokens = tokens[len(special):]
         return {"tokens": tokens, "count": len(tokens)}
 
+    def detokenize(self, body: dict) -> dict:
+        tokens = body.get("tokens")
+        if not isinstance(tokens, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in tokens):
+            raise _HTTPError(400, "tokens: required (a list of token ids)")
+        return {"prompt": self.llm.decode(tokens)}
+
     def load_lora_adapter(self, body: dict) -> str:
         name, path = body.get("lora_name"), body.get("lora_path")
         if not isinstance(name, str) or not name:
@@ -279,8 +285,8 @@ class CompletionServer(ThreadingHTTPServer):
         name = body.get("lora_name")
         if not isinstance(name, str) or not name:
             raise _HTTPError(400, "lora_name: required (a string)")
-        if name not in self.llm.adapters:
-            loaded = ", ".join(self.llm.adapters) or "none"
+        if name not in self.llm.list_adapters():
+            loaded = ", ".join(self.llm.list_adapters()) or "none"
             raise _HTTPError(404, f"The lora adapter '{name}' cannot be found (loaded: {loaded}).")
         self.llm.unload_adapter(name)
         return f"Success: LoRA adapter '{name}' removed successfully."
@@ -290,6 +296,7 @@ _GET_ROUTES = {"/v1/models": "models", "/health": "health"}
 _POST_ROUTES = {
     "/v1/completions": "completions",
     "/tokenize": "tokenize",
+    "/detokenize": "detokenize",
     "/v1/load_lora_adapter": "load_lora_adapter",
     "/v1/unload_lora_adapter": "unload_lora_adapter",
 }

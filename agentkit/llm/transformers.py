@@ -155,7 +155,7 @@ class TransformersLLM:
             return []
         for r in requests:
             if r.adapter is not None and r.adapter not in self._adapters:
-                raise BackendError(f"adapter '{r.adapter}' is not loaded; load it first (loaded: {self.adapters or 'none'})")
+                raise BackendError(f"adapter '{r.adapter}' is not loaded; load it first (loaded: {self.list_adapters() or 'none'})")
         return self._submit("generate", list(requests))
 
     def score(self, prompt_ids: Sequence[int], completion_ids: Sequence[int], adapter: str | None = None) -> list[float]:
@@ -170,11 +170,10 @@ class TransformersLLM:
 
     def unload_adapter(self, name: str) -> None:
         if name not in self._adapters:
-            raise BackendError(f"adapter '{name}' is not loaded (loaded: {self.adapters or 'none'})")
+            raise BackendError(f"adapter '{name}' is not loaded (loaded: {self.list_adapters() or 'none'})")
         self._submit("unload_adapter", name)
 
-    @property
-    def adapters(self) -> list[str]:
+    def list_adapters(self) -> list[str]:
         return list(self._adapters)
 
     def close(self) -> None:

@@ -135,8 +135,7 @@ class VLLMBackend:
             with self._lock:
                 self._llm.llm_engine.remove_lora(request.lora_int_id)
 
-    @property
-    def adapters(self) -> list[str]:
+    def list_adapters(self) -> list[str]:
         return list(self._adapters)
 
     def close(self) -> None:

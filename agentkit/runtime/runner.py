@@ -1,0 +1,142 @@
+"""Run an agent on many tasks concurrently through one backend, recording everything.
+
+Each task runs on its own thread, so a batching backend sees up to ``concurrency``
+requests at once and gathers them into one batch."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+from agentkit.errors import AgentkitError, BudgetExceeded
+from agentkit.llm.base import LLM
+from agentkit.runtime.agents import Agent, SolveAgent
+from agentkit.runtime.recorder import Budget, Recorder
+from agentkit.tasks import Suite, Task
+
+__all__ = ["RunResult", "RunReport", "run_tasks"]
+
+
+@dataclass
+class RunResult:
+    run_id: int
+    task_id: str
+    status: str  # success | failure | error | budget
+    reward: float
+    step_accuracy: float | None
+    calls: int
+    tokens: int
+    completion_tokens: int
+    wall_s: float
+    text: str = ""
+    error: str | None = None
+
+
+@dataclass
+class RunReport:
+    results: list[RunResult] = field(default_factory=list)
+    wall_s: float = 0.0
+
+    @property
+    def n(self) -> int:
+        return len(self.results)
+
+    @property
+    def success_rate(self) -> float:
+        return sum(r.reward >= 1.0 for r in self.results) / self.n if self.n else 0.0
+
+    @property
+    def mean_reward(self) -> float:
+        return sum(r.reward for r in self.results) / self.n if self.n else 0.0
+
+    @property
+    def step_accuracy(self) -> float | None:
+        values = [r.step_accuracy for r in self.results if r.step_accuracy is not None]
+        return sum(values) / len(values) if values else None
+
+    @property
+    def tokens(self) -> int:
+        return sum(r.tokens for r in self.results)
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(r.completion_tokens for r in self.results)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.completion_tokens / self.wall_s if self.wall_s else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "runs": self.n, "success_rate": self.success_rate, "step_accuracy": self.step_accuracy,
+            "tokens": self.tokens, "completion_tokens": self.completion_tokens,
+            "wall_s": self.wall_s, "completion_tokens_per_s": self.tokens_per_s,
+            "errors": sum(r.status == "error" for r in self.results),
+        }
+
+
+def run_tasks(
+    llm: LLM,
+    suite: Suite,
+    tasks: Sequence[Task],
+    store: Any,
+    *,
+    agent: Agent | None = None,
+    concurrency: int = 16,
+    budget: Budget = Budget(),
+    model_name: str | None = None,
+    policy_version: str | None = "base",
+    on_result: Callable[[RunResult], None] | None = None,
+) -> RunReport:
+    """Run ``agent`` on every task; one Run row per task and one Step row per model call."""
+    agent = agent or SolveAgent()
+    start = time.perf_counter()
+    report = RunReport()
+
+    def one(task: Task) -> RunResult:
+        run_id = store.start_run(
+            agent.name, suite=suite.name, task_id=task.id, split=task.split,
+            model=model_name or getattr(llm, "model_name", None), policy_version=policy_version,
+            meta={"level": task.level},
+        )
+        recorder = Recorder(llm, store, run_id, budget=budget, policy_version=policy_version)
+        t0 = time.perf_counter()
+        text, error, status = "", None, "failure"
+        reward, step_acc = 0.0, None
+        try:
+            text = agent(task, suite, recorder)
+            reward = suite.verify(task, text)
+            step_acc = suite.step_accuracy(task, text)
+            status = "success" if reward >= 1.0 else "failure"
+        except BudgetExceeded as e:
+            status, error = "budget", str(e)
+        except AgentkitError:
+            raise  # a configuration problem (bad adapter, dead server): stop the whole batch
+        except Exception as e:  # one task's crash is recorded, never the batch's end
+            status, error = "error", f"{type(e).__name__}: {e}"
+        wall = time.perf_counter() - t0
+        store.finish_run(run_id, status=status, reward=reward, step_accuracy=step_acc, wall_s=wall, error=error)
+        run = store.get_run(run_id, steps=True)
+        return RunResult(
+            run_id, task.id, status, reward, step_acc, run.calls or 0, run.tokens or 0,
+            sum(s.completion_tokens or 0 for s in run.steps), wall, text, error,
+        )
+
+    with ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="agentkit-run") as pool:
+        futures = {pool.submit(one, task): i for i, task in enumerate(tasks)}
+        by_index: dict[int, RunResult] = {}
+        try:
+            for future in as_completed(futures):
+                result = future.result()
+                by_index[futures[future]] = result
+                if on_result:
+                    on_result(result)
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            raise
+    report.results = [by_index[i] for i in sorted(by_index)]
+    report.wall_s = time.perf_counter() - start
+    return report
