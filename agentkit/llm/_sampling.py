@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["RowParams", "select_tokens"]
+__all__ = ["RowParams", "select_tokens", "exact_logprobs"]
 
 _CANDIDATES = 1024  # top-p candidate set before falling back to a full sort
 
@@ -27,14 +27,17 @@ class RowParams:
     generator: torch.Generator | None
 
 
-def select_tokens(logits: torch.Tensor, params: list[RowParams]) -> tuple[torch.Tensor, torch.Tensor]:
+def select_tokens(
+    logits: torch.Tensor, params: list[RowParams], hidden: torch.Tensor | None = None,
+    head: torch.Tensor | None = None, softcap: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Pick one token per row.
 
     logits: (B, V) in any float dtype. Returns (tokens (B,) long, logprobs (B,) float32),
-    where logprobs[i] = log_softmax(logits[i])[tokens[i]].
+    where logprobs[i] = log_softmax(logits[i])[tokens[i]]. With ``hidden`` (B, D) and the
+    LM head weight ``head`` (V, D), the logprobs are refined by ``exact_logprobs``.
     """
     logits = logits.float()
-    lse = torch.logsumexp(logits, dim=-1)  # (B,)
     tokens = logits.argmax(dim=-1)  # (B,) greedy default
     sampled = [i for i, p in enumerate(params) if p.temperature > 0]
     truncated = [i for i in sampled if params[i].top_k > 0 or params[i].top_p < 1.0]
@@ -43,8 +46,39 @@ def select_tokens(logits: torch.Tensor, params: list[RowParams]) -> tuple[torch.
         tokens[truncated] = _sample_truncated(logits[truncated], [params[i] for i in truncated])
     if full:
         tokens[full] = _sample_full(logits[full], [params[i] for i in full])
+    if hidden is not None and head is not None:
+        return tokens, exact_logprobs(logits, hidden, head, tokens, softcap=softcap)
+    lse = torch.logsumexp(logits, dim=-1)  # (B,)
     logprobs = logits.gather(1, tokens[:, None]).squeeze(1) - lse  # (B,)
     return tokens, logprobs
+
+
+def exact_logprobs(
+    logits: torch.Tensor, hidden: torch.Tensor, head: torch.Tensor, tokens: torch.Tensor, k: int = 32,
+    softcap: float | None = None,
+) -> torch.Tensor:
+    """log_softmax(hidden @ head.T)[token] in fp32 from low-precision ``logits``.
+
+    A bf16 LM head rounds logits of magnitude ~25 to steps of ~0.1, which would make a
+    recorded logprob and its re-score differ by that much. Recomputing in fp32 only the
+    logits that matter - the chosen token and the top ``k`` that dominate the normaliser -
+    and keeping the rounded values for the long tail gives fp32-grade logprobs for the
+    cost of (k + 1) dot products per row.
+
+    logits (N, V) float32 from the low-precision head; hidden (N, D); head (V, D);
+    tokens (N,). Returns (N,) float32.
+    """
+    top = logits.topk(k, dim=-1).indices  # (N, k)
+    in_top = (top == tokens[:, None]).any(dim=-1)  # (N,)
+    cand = top.clone()
+    cand[~in_top, -1] = tokens[~in_top]  # the chosen token is always computed exactly
+    exact = torch.einsum("nd,nkd->nk", hidden.float(), head[cand].float())  # (N, k)
+    if softcap:
+        exact = softcap * torch.tanh(exact / softcap)
+    rest = logits.scatter(1, cand, float("-inf"))  # (N, V): the tail keeps its rounded values
+    lse = torch.logaddexp(torch.logsumexp(rest, dim=-1), torch.logsumexp(exact, dim=-1))  # (N,)
+    chosen = exact.gather(1, (cand == tokens[:, None]).float().argmax(dim=-1, keepdim=True)).squeeze(1)
+    return chosen - lse
 
 
 def _uniforms(params: list[RowParams], device: torch.device) -> torch.Tensor:

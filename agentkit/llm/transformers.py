@@ -21,7 +21,7 @@ from typing import Any, Sequence
 import torch
 
 from agentkit.errors import BackendError
-from agentkit.llm._sampling import RowParams, select_tokens
+from agentkit.llm._sampling import RowParams, exact_logprobs, select_tokens
 from agentkit.llm.base import Completion, GenerationRequest
 
 __all__ = ["TransformersLLM", "choose_dtype"]
@@ -115,6 +115,11 @@ class TransformersLLM:
             _model = _model.to(self.dtype)
         self.model_name = model
         self.model = _model.to(self.device).eval()
+        self._head_input: torch.Tensor | None = None
+        # With a low-precision head, logprobs are refined in fp32 from the head's input.
+        self._refine = self.dtype != torch.float32
+        self._softcap = getattr(self.model.config, "final_logit_softcapping", None)
+        self.model.get_output_embeddings().register_forward_pre_hook(self._capture_head_input)
         self.max_batch = max_batch
         self.batch_wait_s = batch_wait_ms / 1000
         self.eos_ids = self._eos_ids()
@@ -132,6 +137,12 @@ class TransformersLLM:
     def from_model(cls, model: Any, tokenizer: Any, name: str = "custom", **kwargs: Any) -> "TransformersLLM":
         """Wrap an already-built model and tokenizer (tests use a tiny random model)."""
         return cls(name, _model=model, _tokenizer=tokenizer, **kwargs)
+
+    def _capture_head_input(self, module: Any, args: tuple) -> None:
+        self._head_input = args[0]
+
+    def _head_weight(self) -> torch.Tensor:
+        return self.model.get_output_embeddings().weight
 
     def _eos_ids(self) -> list[int]:
         ids = set()
@@ -283,6 +294,9 @@ class TransformersLLM:
                 ids = torch.tensor([prompt_ids + completion_ids], device=self.device)
                 logits = self.model(input_ids=ids, logits_to_keep=len(completion_ids) + 1).logits[0, :-1].float()
                 target = torch.tensor(completion_ids, device=self.device)
+                if self._refine:
+                    hidden = self._head_input[0, :-1]  # (T, D)
+                    return exact_logprobs(logits, hidden, self._head_weight(), target, softcap=self._softcap).tolist()
                 logps = logits.gather(1, target[:, None]).squeeze(1) - torch.logsumexp(logits, -1)
                 return logps.tolist()
         if job.kind == "load_adapter":
@@ -352,7 +366,10 @@ class TransformersLLM:
             ).logits[:, -1]  # (B, V)
             next_pos = positions[:, -1] + 1  # (B,)
             while active:
-                tokens, logprobs = select_tokens(logits, [r.params for r in active])
+                hidden = self._head_input[:, -1] if self._refine else None  # (B, D)
+                tokens, logprobs = select_tokens(
+                    logits, [r.params for r in active], hidden, self._head_weight(), self._softcap
+                )
                 tokens_l, logprobs_l = tokens.tolist(), logprobs.tolist()
                 keep = []
                 for i, r in enumerate(active):
@@ -371,10 +388,25 @@ class TransformersLLM:
                     active = [active[i] for i in keep]
                 mask = torch.cat([mask, mask.new_ones((len(active), 1))], dim=1)
                 logits = self.model(
-                    input_ids=tokens[:, None], attention_mask=mask, position_ids=next_pos[:, None],
+                    input_ids=tokens[:, None], attention_mask=self._step_mask(mask), position_ids=next_pos[:, None],
                     past_key_values=cache, use_cache=True,
                 ).logits[:, -1]
                 next_pos = next_pos + 1
+
+    def _step_mask(self, mask: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
+        """The attention mask for one decode step.
+
+        Rebuilding a causal mask from the 2D padding mask every step costs more than the
+        step's attention itself on a CPU; for a single query token the 4D mask is just the
+        padding mask, shaped (B, 1, 1, T). Past the sliding window, where sliding layers
+        keep fewer keys than full ones, transformers builds the masks itself."""
+        config = self.model.config
+        window = getattr(config, "sliding_window", None)
+        if window is not None and mask.shape[1] >= window:
+            return mask
+        mask4d = mask.bool()[:, None, None, :]  # (B, 1, 1, T), True = attend
+        layer_types = getattr(config, "layer_types", None)
+        return {t: mask4d for t in set(layer_types)} if layer_types else mask4d
 
     def _append(self, row: _Row, token: int, logprob: float) -> None:
         row.out_ids.append(token)

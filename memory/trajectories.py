@@ -1,0 +1,441 @@
+"""The trajectory store: one Run row per graph execution, one Step row per model call.
+
+Steps keep the exact prompt/completion token ids and per-token logprobs, so training
+never re-tokenizes. Every write is its own committed transaction (add_steps: one per
+batch), so a writer killed mid-run loses at most the write in flight. One store
+object is safe to share between threads; any number of processes may open the same
+file.
+
+    with TrajectoryStore("runs.db") as store:
+        run_id = store.start_run("solve", suite="arithmetic", task_id="t1", model="gemma-3-270m")
+        store.add_step(run_id, node="solve", role="solver", prompt_ids=[2, 9], completion_ids=[7], logprobs=[-0.1])
+        store.finish_run(run_id, status="success", reward=1.0)
+        store.get_run(run_id).steps[0].completion_ids  # [7]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import sqlite_utils
+from pydantic import BaseModel
+
+from agentkit.errors import StoreError
+
+from ._schema import utcnow
+from ._sqlite import connect, in_write_transaction
+
+__all__ = ["Run", "Step", "TrajectoryStore", "RUN_STATUSES"]
+
+T = TypeVar("T")
+
+RUN_STATUSES = ("success", "failure", "error", "budget")
+
+
+def _plain(value: Any) -> Any:
+    # numpy/torch scalars and arrays reach here only when json cannot encode them.
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+# repr-based float encoding round-trips every double bit-exactly (and -inf/nan,
+# which logprobs can hold, as the non-standard -Infinity/NaN that json.loads reads).
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=_plain).encode
+
+
+def _dumps(value: Any) -> str | None:
+    return None if value is None else _encode(value)
+
+
+def _loads(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+class Step(BaseModel):
+    """One model call inside a run, with its exact tokens."""
+
+    id: int
+    run_id: int
+    node: str
+    role: str | None = None
+    attempt: int = 0
+    parent_step_id: int | None = None
+    prompt_text: str | None = None
+    prompt_ids: list[int] | None = None
+    completion_text: str | None = None
+    completion_ids: list[int] | None = None
+    logprobs: list[float] | None = None
+    finish_reason: str | None = None
+    parsed: Any = None
+    latency_s: float | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    adapter: str | None = None
+    policy_version: str | None = None
+    memory_ids: list[int | str] | None = None
+    step_values: list[float] | None = None
+    meta: dict[str, Any] | None = None
+    created_at: str
+
+
+class Run(BaseModel):
+    """One graph execution on one task; tokens, calls and cost are filled by finish_run."""
+
+    id: int
+    graph: str
+    suite: str | None = None
+    task_id: str | None = None
+    split: str | None = None
+    model: str | None = None
+    policy_version: str | None = None
+    status: str
+    reward: float | None = None
+    step_accuracy: float | None = None
+    tokens: int | None = None
+    calls: int | None = None
+    cost: float | None = None
+    wall_s: float | None = None
+    error: str | None = None
+    meta: dict[str, Any] | None = None
+    started_at: str
+    finished_at: str | None = None
+    steps: list[Step] | None = None  # loaded by get_run(steps=True)
+
+
+_STEP_JSON = ("prompt_ids", "completion_ids", "logprobs", "parsed", "memory_ids", "step_values", "meta")
+_STEP_COLUMNS = (
+    "run_id", "node", "role", "attempt", "parent_step_id", "prompt_text", "prompt_ids",
+    "completion_text", "completion_ids", "logprobs", "finish_reason", "parsed", "latency_s",
+    "prompt_tokens", "completion_tokens", "adapter", "policy_version", "memory_ids", "meta",
+    "created_at",
+)
+_INSERT_STEP = (
+    f"INSERT INTO steps ({', '.join(_STEP_COLUMNS)}) "
+    f"VALUES ({', '.join('?' * len(_STEP_COLUMNS))})"
+)
+
+
+def _step_row(
+    run_id: int,
+    *,
+    node: str,
+    role: str | None = None,
+    attempt: int = 0,
+    parent_step_id: int | None = None,
+    prompt_text: str | None = None,
+    prompt_ids: Sequence[int] | None = None,
+    completion_text: str | None = None,
+    completion_ids: Sequence[int] | None = None,
+    logprobs: Sequence[float] | None = None,
+    finish_reason: str | None = None,
+    parsed: Any = None,
+    latency_s: float | None = None,
+    adapter: str | None = None,
+    policy_version: str | None = None,
+    memory_ids: Sequence[int | str] | None = None,
+    meta: Mapping[str, Any] | None = None,
+) -> tuple:
+    return (
+        run_id, node, role, attempt, parent_step_id,
+        prompt_text, _dumps(prompt_ids),
+        completion_text, _dumps(completion_ids), _dumps(logprobs),
+        finish_reason, _dumps(parsed), latency_s,
+        None if prompt_ids is None else len(prompt_ids),
+        None if completion_ids is None else len(completion_ids),
+        adapter, policy_version, _dumps(memory_ids), _dumps(meta),
+        utcnow(),
+    )
+
+
+def _to_step(row: dict[str, Any]) -> Step:
+    for key in _STEP_JSON:
+        row[key] = _loads(row[key])
+    return Step.model_validate(row)
+
+
+def _to_run(row: dict[str, Any]) -> Run:
+    row["meta"] = _loads(row["meta"])
+    return Run.model_validate(row)
+
+
+class TrajectoryStore:
+    """Runs and steps in one SQLite file (WAL mode), created and migrated on open.
+
+    path: a file (created with its parent directories if missing) or ":memory:".
+    timeout: seconds a write keeps retrying while other writers hold the file.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, timeout: float = 60.0):
+        self.path = str(path) if str(path) == ":memory:" else str(Path(path).expanduser())
+        self.timeout = timeout
+        self._pid = os.getpid()
+        # One connection per store object, shared by its threads under a lock: in-process
+        # writers hand over through this lock instead of SQLite's sleep-and-poll busy handler.
+        self._lock = threading.RLock()
+        self._inherited: list[sqlite3.Connection] = []
+        self._closed = False
+        self._open()
+
+    def _open(self) -> None:
+        self._conn = connect(self.path, self.timeout)
+        # sqlite-utils reads on the same connection (and under the same lock).
+        self._db = sqlite_utils.Database(self._conn, recursive_triggers=False, execute_plugins=False)
+
+    # -- plumbing ---------------------------------------------------------------
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._closed:
+            raise StoreError(f"store {self.path} is closed; open a new TrajectoryStore")
+        if self._pid != os.getpid():
+            # After fork the parent's connection must not be used or closed here
+            # (https://sqlite.org/howtocorrupt.html#_carrying_an_open_database_connection_across_a_fork_).
+            self._inherited.append(self._conn)
+            self._lock = threading.RLock()
+            self._pid = os.getpid()
+            self._open()
+        return self._conn
+
+    def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        with self._lock:
+            return in_write_transaction(self._connection(), fn, self.path, self.timeout)
+
+    def _rows(self, table: str, where: str | None = None, params: Sequence[Any] = (), **kwargs: Any) -> list[dict[str, Any]]:
+        with self._lock:
+            self._connection()
+            return list(self._db[table].rows_where(where, params, **kwargs))
+
+    def _query_tuple(self, sql: str, params: Sequence[Any] = ()) -> tuple:
+        with self._lock:
+            return self._connection().execute(sql, params).fetchone()
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._closed and self._pid == os.getpid():
+                self._conn.close()
+            self._closed = True
+
+    def __enter__(self) -> TrajectoryStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"TrajectoryStore({self.path!r})"
+
+    # -- runs -------------------------------------------------------------------
+
+    def start_run(
+        self,
+        graph: str,
+        *,
+        suite: str | None = None,
+        task_id: str | None = None,
+        split: str | None = None,
+        model: str | None = None,
+        policy_version: str | None = None,
+        meta: Mapping[str, Any] | None = None,
+    ) -> int:
+        """Insert a run with status 'running' and return its id."""
+        row = (graph, suite, task_id, split, model, policy_version, "running", _dumps(meta), utcnow())
+        return self._write(lambda c: c.execute(
+            "INSERT INTO runs (graph, suite, task_id, split, model, policy_version, status, meta, started_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            row,
+        ).lastrowid)
+
+    def finish_run(
+        self,
+        run_id: int,
+        *,
+        status: str,
+        reward: float | None = None,
+        step_accuracy: float | None = None,
+        wall_s: float | None = None,
+        error: str | None = None,
+    ) -> TrajectoryStore:
+        """Record the outcome; tokens, calls and cost are summed from the run's steps.
+
+        wall_s defaults to the time since start_run. cost equals tokens for now.
+        """
+        if status not in RUN_STATUSES:
+            raise ValueError(f"run status {status!r} is not one of {', '.join(RUN_STATUSES)}")
+
+        def txn(c: sqlite3.Connection) -> None:
+            row = c.execute("SELECT started_at FROM runs WHERE id = ?", (run_id,)).fetchone()
+            if row is None:
+                raise self._no_run(run_id)
+            tokens, calls = c.execute(
+                "SELECT COALESCE(SUM(COALESCE(prompt_tokens, 0) + COALESCE(completion_tokens, 0)), 0), COUNT(*) "
+                "FROM steps WHERE run_id = ?",
+                (run_id,),
+            ).fetchone()
+            finished_at = utcnow()
+            wall = wall_s
+            if wall is None:
+                wall = (datetime.fromisoformat(finished_at) - datetime.fromisoformat(row[0])).total_seconds()
+            c.execute(
+                "UPDATE runs SET status = ?, reward = ?, step_accuracy = ?, tokens = ?, calls = ?, cost = ?, "
+                "wall_s = ?, error = ?, finished_at = ? WHERE id = ?",
+                (status, reward, step_accuracy, tokens, calls, float(tokens), wall, error, finished_at, run_id),
+            )
+
+        self._write(txn)
+        return self
+
+    def get_run(self, run_id: int, *, steps: bool = True) -> Run:
+        rows = self._rows("runs", "id = ?", [run_id])
+        if not rows:
+            raise self._no_run(run_id)
+        run = _to_run(rows[0])
+        if steps:
+            run.steps = self.steps(run_id)
+        return run
+
+    def list_runs(
+        self,
+        limit: int | None = 20,
+        *,
+        suite: str | None = None,
+        status: str | None = None,
+        graph: str | None = None,
+    ) -> list[Run]:
+        """Runs newest first, without their steps; limit=None returns all."""
+        where, params = [], []
+        for column, value in (("suite", suite), ("status", status), ("graph", graph)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        rows = self._rows("runs", " AND ".join(where) or None, params, order_by="id DESC", limit=limit)
+        return [_to_run(row) for row in rows]
+
+    def summary(self, run_ids: Iterable[int] | None = None) -> dict[str, Any]:
+        """Totals over the given runs (all runs when None).
+
+        success_rate is success / runs, counting unfinished runs as not successful;
+        mean_step_accuracy averages the runs that have one (None if none do).
+        """
+        aggregate = (
+            "SELECT COUNT(*), SUM(CASE WHEN status = 'success' THEN 1 ELSE 0 END), "
+            "COALESCE(SUM(tokens), 0), COALESCE(SUM(wall_s), 0.0), "
+            "COALESCE(SUM(step_accuracy), 0.0), COUNT(step_accuracy) FROM runs"
+        )
+        if run_ids is None:
+            parts = [self._query_tuple(aggregate)]
+        else:
+            ids = sorted(set(run_ids))
+            # Chunks keep each IN list under SQLite's bound-parameter limit.
+            parts = [
+                self._query_tuple(
+                    f"{aggregate} WHERE id IN ({', '.join('?' * len(chunk))})", chunk
+                )
+                for chunk in (ids[i:i + 500] for i in range(0, len(ids), 500))
+            ]
+        runs = sum(p[0] for p in parts)
+        success = sum(p[1] or 0 for p in parts)
+        accuracy_sum = sum(p[4] for p in parts)
+        accuracy_n = sum(p[5] for p in parts)
+        return {
+            "runs": runs,
+            "success": success,
+            "success_rate": success / runs if runs else 0.0,
+            "tokens": sum(p[2] for p in parts),
+            "wall_s": sum(p[3] for p in parts),
+            "mean_step_accuracy": accuracy_sum / accuracy_n if accuracy_n else None,
+        }
+
+    def _no_run(self, run_id: int) -> StoreError:
+        return StoreError(f"no run with id {run_id} in store {self.path}; start one with store.start_run(...)")
+
+    # -- steps ------------------------------------------------------------------
+
+    def add_step(
+        self,
+        run_id: int,
+        *,
+        node: str,
+        role: str | None = None,
+        attempt: int = 0,
+        parent_step_id: int | None = None,
+        prompt_text: str | None = None,
+        prompt_ids: Sequence[int] | None = None,
+        completion_text: str | None = None,
+        completion_ids: Sequence[int] | None = None,
+        logprobs: Sequence[float] | None = None,
+        finish_reason: str | None = None,
+        parsed: Any = None,
+        latency_s: float | None = None,
+        adapter: str | None = None,
+        policy_version: str | None = None,
+        memory_ids: Sequence[int | str] | None = None,
+        meta: Mapping[str, Any] | None = None,
+    ) -> int:
+        """Record one model call, committed before returning; returns the step id.
+
+        prompt_tokens/completion_tokens are the lengths of the id lists.
+        """
+        row = _step_row(
+            run_id, node=node, role=role, attempt=attempt, parent_step_id=parent_step_id,
+            prompt_text=prompt_text, prompt_ids=prompt_ids, completion_text=completion_text,
+            completion_ids=completion_ids, logprobs=logprobs, finish_reason=finish_reason,
+            parsed=parsed, latency_s=latency_s, adapter=adapter, policy_version=policy_version,
+            memory_ids=memory_ids, meta=meta,
+        )
+        return self._insert_steps([row])[0]
+
+    def add_steps(self, steps: Iterable[Mapping[str, Any]]) -> list[int]:
+        """Record many steps in one transaction (all or none); returns their ids in order.
+
+        Each mapping holds add_step's arguments, run_id included. Durable per batch:
+        cheaper than add_step per call when a runtime buffers a few steps.
+        """
+        rows = [_step_row(**step) for step in steps]
+        return self._insert_steps(rows) if rows else []
+
+    def _insert_steps(self, rows: list[tuple]) -> list[int]:
+        def txn(c: sqlite3.Connection) -> list[int]:
+            return [c.execute(_INSERT_STEP, row).lastrowid for row in rows]
+
+        try:
+            return self._write(txn)
+        except sqlite3.IntegrityError as exc:
+            raise self._explain_integrity(rows, exc) from None
+
+    def _explain_integrity(self, rows: list[tuple], exc: sqlite3.IntegrityError) -> StoreError:
+        for row in rows:
+            run_id, parent_step_id = row[0], row[4]
+            if not self._query_tuple("SELECT COUNT(*) FROM runs WHERE id = ?", (run_id,))[0]:
+                return StoreError(f"cannot add a step to run {run_id}: {self._no_run(run_id)}")
+            if parent_step_id is not None and not self._query_tuple(
+                "SELECT COUNT(*) FROM steps WHERE id = ?", (parent_step_id,)
+            )[0]:
+                return StoreError(
+                    f"parent_step_id {parent_step_id} is not a step in store {self.path}; "
+                    "pass the id add_step returned for the parent, or None"
+                )
+        return StoreError(f"store {self.path} rejected a step: {exc}")
+
+    def steps(self, run_id: int) -> list[Step]:
+        """A run's steps in the order they were recorded."""
+        return [_to_step(row) for row in self._rows("steps", "run_id = ?", [run_id], order_by="id")]
+
+    def set_step_values(self, step_id: int, values: Sequence[float]) -> TrajectoryStore:
+        """Store the credit-assignment values (e.g. Monte-Carlo estimates per sub-step)."""
+        payload = _dumps(list(values))
+
+        def txn(c: sqlite3.Connection) -> None:
+            if c.execute("UPDATE steps SET step_values = ? WHERE id = ?", (payload, step_id)).rowcount == 0:
+                raise StoreError(f"no step with id {step_id} in store {self.path}")
+
+        self._write(txn)
+        return self
