@@ -303,8 +303,13 @@ class TransformersLLM:
             name, path = job.payload
             return self._load_adapter(name, path)
         if job.kind == "unload_adapter":
-            self.model.delete_adapter(job.payload)
             del self._adapters[job.payload]
+            if self._adapters:
+                self.model.delete_adapter(job.payload)
+                self.model.set_adapter(next(iter(self._adapters)))
+            else:  # the last one: take the LoRA layers out so the base runs at full speed
+                self.model = self.model.unload()
+                self._peft = False
             return None
         raise ValueError(job.kind)
 

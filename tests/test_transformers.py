@@ -1,0 +1,126 @@
+"""The transformers backend beyond the shared protocol: batching, padding, dtypes,
+sampling, and model resolution errors."""
+
+from __future__ import annotations
+
+import math
+import threading
+
+import pytest
+import torch
+
+from agentkit.errors import BackendError, ModelNotFoundError
+from agentkit.llm._sampling import RowParams, exact_logprobs, select_tokens
+from agentkit.llm.base import GenerationRequest
+from agentkit.llm.models import resolve_model
+from agentkit.llm.transformers import TransformersLLM, choose_dtype
+
+
+def test_concurrent_callers_share_one_batch(tiny_llm):
+    barrier = threading.Barrier(8)
+    results = {}
+
+    def call(i):
+        barrier.wait()
+        results[i] = tiny_llm.generate([GenerationRequest(f"Q{i}: " + "x" * i, max_tokens=6)])[0][0]
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert len(results) == 8
+    assert tiny_llm.stats["max_rows_in_batch"] >= 4  # gathered, not one at a time
+
+
+def test_left_padding_does_not_change_answers(tiny_llm):
+    prompts = ["a", "Question: what is 12 + 7?", "Step 1: 3 * 4 = 12\nStep 2:"]
+    alone = [tiny_llm.generate([GenerationRequest(p, max_tokens=10)])[0][0] for p in prompts]
+    batched = tiny_llm.generate([GenerationRequest(p, max_tokens=10) for p in prompts])
+    for a, [b] in zip(alone, batched):
+        assert a.token_ids == b.token_ids
+        assert a.logprobs == pytest.approx(b.logprobs, abs=1e-4)
+
+
+def test_rows_finish_independently(tiny_llm):
+    [[short], [long]] = tiny_llm.generate(
+        [GenerationRequest("abc", max_tokens=2), GenerationRequest("abc", max_tokens=9)]
+    )
+    assert len(short.token_ids) == 2 and len(long.token_ids) == 9
+    assert long.token_ids[:2] == short.token_ids
+
+
+def test_n_samples_differ_and_top_k_one_is_greedy(tiny_llm):
+    [samples] = tiny_llm.generate([GenerationRequest("abc", n=4, temperature=1.5, seed=1, max_tokens=8)])
+    assert len({tuple(c.token_ids) for c in samples}) > 1
+    [[greedy]] = tiny_llm.generate([GenerationRequest("abc", max_tokens=8)])
+    [[top1]] = tiny_llm.generate([GenerationRequest("abc", temperature=1.0, top_k=1, seed=5, max_tokens=8)])
+    assert top1.token_ids == greedy.token_ids
+
+
+def test_bf16_logprobs_match_fp32(tiny_model_factory, tiny_tokenizer):
+    fp32 = TransformersLLM.from_model(tiny_model_factory(), tiny_tokenizer, dtype="fp32")
+    bf16 = TransformersLLM.from_model(tiny_model_factory(), tiny_tokenizer, dtype="bf16")
+    try:
+        assert bf16.dtype == torch.bfloat16
+        [[c]] = fp32.generate([GenerationRequest("Question: 12 + 7 =", max_tokens=16)])
+        a = fp32.score(c.prompt_ids, c.token_ids)
+        b = bf16.score(c.prompt_ids, c.token_ids)
+        assert max(abs(x - y) for x, y in zip(a, b)) < 0.1
+    finally:
+        fp32.close()
+        bf16.close()
+
+
+def test_dtype_choice_is_overridable_and_validated():
+    assert choose_dtype("cpu", "fp32") == torch.float32
+    assert choose_dtype("cpu", "bf16") == torch.bfloat16
+    assert choose_dtype("cpu", "auto") in (torch.float32, torch.bfloat16)
+    with pytest.raises(BackendError, match="dtype 'int3'"):
+        choose_dtype("cpu", "int3")
+
+
+def test_exact_logprobs_recovers_fp32_from_rounded_logits():
+    torch.manual_seed(0)
+    head = torch.randn(5000, 32)
+    hidden = torch.randn(4, 32) * 3
+    exact_logits = hidden @ head.T  # (4, V)
+    rounded = exact_logits.bfloat16().float()
+    tokens = exact_logits.argmax(-1)
+    truth = torch.log_softmax(exact_logits, -1).gather(1, tokens[:, None]).squeeze(1)
+    naive = torch.log_softmax(rounded, -1).gather(1, tokens[:, None]).squeeze(1)
+    refined = exact_logprobs(rounded, hidden, head, tokens)
+    assert (refined - truth).abs().max() < (naive - truth).abs().max() / 5
+    assert (refined - truth).abs().max() < 1e-2
+
+
+def test_full_vocab_sampling_follows_the_distribution():
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    logits = probs.log().repeat(4000, 1)
+    gen = torch.Generator().manual_seed(0)
+    tokens, logprobs = select_tokens(logits, [RowParams(1.0, 1.0, 0, gen)] * 4000)
+    freq = torch.bincount(tokens, minlength=4).float() / 4000
+    assert torch.allclose(freq, probs, atol=0.03)
+    assert logprobs[0].item() == pytest.approx(math.log(probs[tokens[0]].item()), abs=1e-5)
+
+
+def test_top_p_keeps_only_the_nucleus():
+    logits = torch.tensor([[3.0, 2.0, 0.0, -1.0, -5.0]]).repeat(500, 1)
+    gen = torch.Generator().manual_seed(0)
+    tokens, _ = select_tokens(logits, [RowParams(1.0, 0.7, 0, gen)] * 500)
+    assert set(tokens.tolist()) <= {0, 1}
+
+
+def test_model_resolution_errors_name_the_value(tmp_path):
+    with pytest.raises(ModelNotFoundError, match="does not exist"):
+        resolve_model("./no/such/model")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelNotFoundError, match="no config.json"):
+        resolve_model(str(tmp_path / "empty"))
+    with pytest.raises(ModelNotFoundError, match="nobody/no-such-model"):
+        resolve_model("nobody/no-such-model")
+
+
+def test_adapter_path_without_config_is_refused(tiny_llm, tmp_path):
+    with pytest.raises(BackendError, match="adapter_config.json"):
+        tiny_llm.load_adapter("x", str(tmp_path))
