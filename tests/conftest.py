@@ -36,7 +36,7 @@ def build_tiny_model(vocab_size: int, seed: int = 0):
     torch.manual_seed(seed)
     config = Gemma3TextConfig(
         vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=1, head_dim=32, sliding_window=64,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=32, sliding_window=128,
         layer_types=["sliding_attention", "full_attention"], max_position_embeddings=1024,
         pad_token_id=0, eos_token_id=1, bos_token_id=2,
     )

@@ -124,3 +124,24 @@ def test_model_resolution_errors_name_the_value(tmp_path):
 def test_adapter_path_without_config_is_refused(tiny_llm, tmp_path):
     with pytest.raises(BackendError, match="adapter_config.json"):
         tiny_llm.load_adapter("x", str(tmp_path))
+
+
+def test_shared_prefix_cache_gives_the_same_answers(tiny_model_factory, tiny_tokenizer):
+    shots = "Question: 1 + 1 =\nAnswer: 2\n\nQuestion: 2 + 5 =\nAnswer: 7\n\n"
+    prompts = [shots + f"Question: {a} + {b} =\nAnswer:" for a, b in [(3, 4), (12, 30), (7, 77)]]
+    cached = TransformersLLM.from_model(tiny_model_factory(), tiny_tokenizer, dtype="fp32")
+    plain = TransformersLLM.from_model(tiny_model_factory(), tiny_tokenizer, dtype="fp32")
+    plain.min_prefix = 10**9
+    try:
+        for _ in range(2):  # the second round reuses the stored prefix
+            a = cached.generate([GenerationRequest(p, max_tokens=12) for p in prompts])
+            b = plain.generate([GenerationRequest(p, max_tokens=12) for p in prompts])
+            for [x], [y] in zip(a, b):
+                assert x.token_ids == y.token_ids
+                assert x.logprobs == pytest.approx(y.logprobs, abs=1e-4)
+        assert cached._prefixes and not plain._prefixes
+        [[single]] = cached.generate([GenerationRequest(prompts[1], max_tokens=12)])  # one row, cached prefix
+        assert single.token_ids == b[1][0].token_ids
+    finally:
+        cached.close()
+        plain.close()

@@ -64,6 +64,14 @@ def _cpu_bf16_speedup(n: int = 512, reps: int = 6) -> float:
         return 0.0
 
 
+def _common_prefix(seqs: list[list[int]], limit: int) -> int:
+    n = 0
+    first = seqs[0]
+    while n < limit and all(len(s) > n and s[n] == first[n] for s in seqs):
+        n += 1
+    return n
+
+
 @dataclass
 class _Row:
     prompt_ids: list[int]
@@ -126,6 +134,10 @@ class TransformersLLM:
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_ids[0]
         self._adapters: dict[str, str] = {}
         self._peft = False
+        self.min_prefix = 32
+        self._prefixes: dict[tuple[str | None, tuple[int, ...]], Any] = {}
+        self._last_prompt: list[int] | None = None
+        self._max_new = 0
         self._queue: queue.Queue[_Job | None] = queue.Queue()
         self._seed_rng = random.Random(0)
         self._closed = False
@@ -299,6 +311,8 @@ class TransformersLLM:
                     return exact_logprobs(logits, hidden, self._head_weight(), target, softcap=self._softcap).tolist()
                 logps = logits.gather(1, target[:, None]).squeeze(1) - torch.logsumexp(logits, -1)
                 return logps.tolist()
+        if job.kind in ("load_adapter", "unload_adapter"):
+            self._prefixes.clear()  # cached keys were computed with the old weights
         if job.kind == "load_adapter":
             name, path = job.payload
             return self._load_adapter(name, path)
@@ -355,16 +369,19 @@ class TransformersLLM:
                 r.finish_reason = "length"
         if not active:
             return
+        self._max_new = max(r.request.max_tokens for r in active)
         with self._adapter_context(adapter):
-            width = max(len(r.prompt_ids) for r in active)
+            prefix, cache = self._shared_prefix([r.prompt_ids for r in active], adapter)
+            width = max(len(r.prompt_ids) for r in active) - prefix
             ids = torch.full((len(active), width), self.pad_id, dtype=torch.long)
-            mask = torch.zeros((len(active), width), dtype=torch.long)
+            mask = torch.zeros((len(active), prefix + width), dtype=torch.long)
+            mask[:, :prefix] = 1
             for i, r in enumerate(active):  # left padding keeps every row's last token aligned
-                ids[i, width - len(r.prompt_ids):] = torch.tensor(r.prompt_ids)
-                mask[i, width - len(r.prompt_ids):] = 1
+                suffix = r.prompt_ids[prefix:]
+                ids[i, width - len(suffix):] = torch.tensor(suffix)
+                mask[i, prefix + width - len(suffix):] = 1
             ids, mask = ids.to(self.device), mask.to(self.device)
-            positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T)
-            cache = DynamicCache(config=self.model.config)
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, prefix:]  # (B, T)
             logits = self.model(
                 input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
                 use_cache=True, logits_to_keep=1,
@@ -397,6 +414,48 @@ class TransformersLLM:
                     past_key_values=cache, use_cache=True,
                 ).logits[:, -1]
                 next_pos = next_pos + 1
+
+    def _shared_prefix(self, prompts: list[list[int]], adapter: str | None) -> tuple[int, Any]:
+        """A KV cache holding the prompts' shared prefix, and that prefix's length.
+
+        Few-shot prompts share hundreds of tokens; prefilling them once per prefix instead of
+        once per row is the single largest saving in batched sampling. Prefixes are kept
+        (a small LRU keyed by adapter and token ids) and found again by later batches; a
+        new one is made from what the batch, and the previous batch, have in common."""
+        import copy
+
+        from transformers import DynamicCache
+
+        batch = len(prompts)
+        shortest = min(len(p) for p in prompts)
+        window = getattr(self.model.config, "sliding_window", None) or 1 << 30
+        if max(len(p) for p in prompts) + max(1, self._max_new) >= window:
+            return 0, DynamicCache(config=self.model.config)  # sliding layers would drop prefix keys
+        best: tuple[int, ...] = ()
+        for key in self._prefixes:
+            ids = key[1]
+            if key[0] == adapter and len(ids) > len(best) and len(ids) < shortest:
+                if all(p[: len(ids)] == list(ids) for p in prompts):
+                    best = ids
+        if not best:
+            candidates = prompts + ([self._last_prompt] if self._last_prompt else [])
+            common = _common_prefix(candidates, limit=shortest - 1)
+            if common >= self.min_prefix and (batch > 1 or self._last_prompt):
+                best = tuple(prompts[0][:common])
+                with torch.inference_mode():
+                    prefix_cache = DynamicCache(config=self.model.config)
+                    self.model(input_ids=torch.tensor([best], device=self.device), past_key_values=prefix_cache,
+                               use_cache=True, logits_to_keep=1)
+                self._prefixes[(adapter, best)] = prefix_cache
+                while len(self._prefixes) > 4:
+                    self._prefixes.pop(next(iter(self._prefixes)))
+        self._last_prompt = prompts[0]
+        if not best:
+            return 0, DynamicCache(config=self.model.config)
+        self._prefixes[(adapter, best)] = self._prefixes.pop((adapter, best))  # most recently used
+        cache = copy.deepcopy(self._prefixes[(adapter, best)])
+        cache.batch_repeat_interleave(batch)
+        return len(best), cache
 
     def _step_mask(self, mask: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
         """The attention mask for one decode step.
