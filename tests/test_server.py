@@ -158,16 +158,16 @@ def test_concurrent_requests_are_sent_in_parallel():
 
 def test_adapter_round_trip(client, server, tmp_path):
     client.load_adapter("step1", str(tmp_path))
-    assert client.adapters == ["step1"]
-    assert server.llm.adapters == ["step1"]
+    assert client.list_adapters() == ["step1"]
+    assert server.llm.list_adapters() == ["step1"]
     [[completion]] = client.generate([GenerationRequest(prompt="Q", adapter="step1", max_tokens=64)])
     assert completion.adapter == "step1"
     assert server.llm.requests[-1].adapter == "step1"
     client.load_adapter("step1", str(tmp_path))  # loading a name again replaces it
-    assert client.adapters == ["step1"]
+    assert client.list_adapters() == ["step1"]
 
     client.unload_adapter("step1")
-    assert client.adapters == []
+    assert client.list_adapters() == []
     with pytest.raises(BackendError, match="The model `step1` does not exist"):
         client.generate([GenerationRequest(prompt="Q", adapter="step1")])
     with pytest.raises(BackendError, match="cannot be found"):

@@ -112,8 +112,11 @@ def run_tasks(
             status = "success" if reward >= 1.0 else "failure"
         except BudgetExceeded as e:
             status, error = "budget", str(e)
-        except AgentkitError:
-            raise  # a configuration problem (bad adapter, dead server): stop the whole batch
+        except AgentkitError as e:
+            # a configuration problem (bad adapter, dead server) stops the whole batch, but
+            # the run row still says what happened
+            store.finish_run(run_id, status="error", reward=0.0, wall_s=time.perf_counter() - t0, error=str(e))
+            raise
         except Exception as e:  # one task's crash is recorded, never the batch's end
             status, error = "error", f"{type(e).__name__}: {e}"
         wall = time.perf_counter() - t0

@@ -1,0 +1,225 @@
+"""What the commands print: rich tables and step listings built from library objects.
+
+Every function takes plain data (a RunReport, Runs and Steps from the store, cached
+models) and returns a rich renderable or a JSON-able dict, so tests call them directly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from rich import box
+from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
+from rich.table import Table
+from rich.text import Text
+
+from agentkit.llm.base import mean_logprob
+from agentkit.tasks import split_steps
+
+__all__ = [
+    "run_steps",
+    "summary_table",
+    "report_json",
+    "runs_table",
+    "run_header",
+    "steps_table",
+    "models_table",
+    "suites_table",
+]
+
+_STATUS_STYLE = {"success": "green", "failure": "red", "error": "bold red", "budget": "yellow", "running": "cyan"}
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def _num(value: float | None, fmt: str = ".2f") -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def _status(status: str) -> Text:
+    return Text(status, style=_STATUS_STYLE.get(status, ""))
+
+
+# --- agentkit run ------------------------------------------------------------------------
+
+
+def _mark(check: bool | None) -> Text:
+    if check is None:
+        return Text("·", style="dim")  # a step line the suite cannot check
+    return Text("✓", style="green") if check else Text("✗", style="red")
+
+
+def _completion_lines(text: str, checks: Sequence[bool] | None) -> list[Text]:
+    """The completion's lines, each "Step k:" line marked with its recorded check."""
+    marks = iter(checks or [])
+    lines = []
+    for line in (text or "").splitlines():
+        if not line.strip():
+            continue
+        if split_steps(line):  # a "Step k:" line: checks come one per such line, in order
+            mark = _mark(next(marks, None) if checks is not None else None)
+        else:
+            mark = Text(" ")
+        lines.append(Text.assemble("  ", mark, " ", line))
+    return lines or [Text("  (empty completion)", style="dim")]
+
+
+def run_steps(run: Any) -> RenderableType:
+    """One run as the user reads it: task id and status, the completion text of each step
+    with ✓/✗ per "Step k:" line (from the recorded ``parsed["steps"]``), answer and reward."""
+    steps = run.steps or []
+    parts: list[RenderableType] = [
+        Text.assemble((f"run {run.id} ", "dim"), (run.task_id or "?", "bold"), "  ", _status(run.status))
+    ]
+    answer = None
+    for step in steps:
+        parsed = step.parsed if isinstance(step.parsed, dict) else {}
+        if len(steps) > 1:
+            parts.append(Text(f"  [{step.node}" + (f" attempt {step.attempt}" if step.attempt else "") + "]", style="dim"))
+        parts.extend(_completion_lines(step.completion_text or "", parsed.get("steps")))
+        answer = parsed.get("answer", answer)
+    tail = Text.assemble(
+        "  answer: ", (str(answer) if answer is not None else "(none)", "bold"),
+        f"  reward: {_num(run.reward)}",
+        f"  step accuracy: {_pct(run.step_accuracy)}" if run.step_accuracy is not None else "",
+    )
+    parts.append(tail)
+    if run.error:
+        parts.append(Text(f"  error: {run.error}", style="red"))
+    return Group(*parts, Text(""))
+
+
+def summary_table(report: Any, store: str | Path) -> Table:
+    """The run command's closing table."""
+    table = Table(title="summary", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    successes = sum(r.reward >= 1.0 for r in report.results)
+    table.add_row("runs", str(report.n))
+    table.add_row("success rate", f"{_pct(report.success_rate)} ({successes}/{report.n})")
+    table.add_row("step accuracy", _pct(report.step_accuracy))
+    table.add_row("tokens", f"{report.tokens:,}")
+    table.add_row("completion tokens/s", f"{report.tokens_per_s:.1f}")
+    table.add_row("wall time", f"{report.wall_s:.1f} s")
+    errors = report.as_dict()["errors"]
+    if errors:
+        table.add_row("errors", Text(str(errors), style="red"))
+    table.add_row("store", str(store))
+    return table
+
+
+def report_json(report: Any, **context: Any) -> dict[str, Any]:
+    """``RunReport.as_dict()`` plus ``context`` (suite, model, store...) and one dict per run."""
+    return {
+        **context,
+        **report.as_dict(),
+        "results": [dataclasses.asdict(r) for r in report.results],
+    }
+
+
+# --- agentkit traces ---------------------------------------------------------------------
+
+
+def runs_table(runs: Iterable[Any], store: str | Path) -> Table:
+    table = Table(title=f"runs in {store}", title_justify="left", box=box.SIMPLE_HEAD, collapse_padding=True, pad_edge=False)
+    for name in ("id", "graph", "suite", "task", "status", "reward", "step acc", "calls", "tokens", "wall"):
+        if name == "task":
+            table.add_column(name, overflow="fold", ratio=1)
+        else:
+            numeric = name in ("id", "reward", "step acc", "calls", "tokens", "wall")
+            table.add_column(name, justify="right" if numeric else "left", no_wrap=True)
+    for run in runs:
+        table.add_row(
+            str(run.id), run.graph, run.suite or "-", run.task_id or "-", _status(run.status),
+            _num(run.reward), _pct(run.step_accuracy), _num(run.calls, "d"), _num(run.tokens, ","),
+            "-" if run.wall_s is None else f"{run.wall_s:.1f}s",
+        )
+    return table
+
+
+def run_header(run: Any) -> Table:
+    """The fields of one Run, as a two-column grid."""
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column()
+    rows = [
+        ("run", str(run.id)), ("graph", run.graph), ("suite", run.suite), ("task", run.task_id),
+        ("split", run.split), ("model", run.model), ("policy", run.policy_version), ("status", _status(run.status)),
+        ("reward", _num(run.reward)), ("step accuracy", _pct(run.step_accuracy)),
+        ("calls", _num(run.calls, "d")), ("tokens", _num(run.tokens, ",")),
+        ("wall", "-" if run.wall_s is None else f"{run.wall_s:.2f} s"),
+        ("started", run.started_at), ("finished", run.finished_at), ("error", run.error),
+    ]
+    for name, value in rows:
+        if value is not None:
+            grid.add_row(name, value)
+    return grid
+
+
+_WIDE = 110  # below this many columns the completion text goes under the table, not in it
+
+
+def steps_table(steps: Sequence[Any]) -> RenderableType:
+    """One row per model call of a run: ids, token counts, mean logprob, finish reason,
+    latency and the completion text (on a narrow terminal the texts follow the table)."""
+    return _StepsTable(list(steps))
+
+
+class _StepsTable:
+    def __init__(self, steps: list[Any]):
+        self.steps = steps
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        wide = options.max_width >= _WIDE
+        table = Table(title="steps", title_justify="left", box=box.SIMPLE_HEAD, show_lines=wide, collapse_padding=True, pad_edge=False)
+        headers = ("step", "node", "role", "attempt", "prompt\ntokens", "compl.\ntokens", "mean\nlogprob", "finish", "latency")
+        for name in headers:
+            numeric = name not in ("node", "role", "finish")
+            table.add_column(name, justify="right" if numeric else "left", no_wrap=True)
+        if wide:
+            table.add_column("completion", overflow="fold", ratio=1)
+        for step in self.steps:
+            row = [
+                str(step.id), step.node, step.role or "-", str(step.attempt),
+                _num(step.prompt_tokens, "d"), _num(step.completion_tokens, "d"),
+                _num(mean_logprob(step.logprobs or []), ".3f"), step.finish_reason or "-",
+                "-" if step.latency_s is None else f"{step.latency_s:.2f}s",
+            ]
+            # Text: model output is never read as rich markup
+            table.add_row(*row, *([Text((step.completion_text or "").rstrip())] if wide else []))
+        yield table
+        if not wide:
+            for step in self.steps:
+                yield Text(f"step {step.id} ({step.node}) completion:", style="bold")
+                yield Text((step.completion_text or "").rstrip() or "(empty)")
+                yield Text("")
+
+
+# --- agentkit models / suites ------------------------------------------------------------
+
+
+def models_table(models: Sequence[Any]) -> Table:
+    table = Table(title="cached models", title_justify="left")
+    table.add_column("name", style="bold")
+    table.add_column("path", overflow="fold")
+    table.add_column("size", justify="right")
+    for m in models:
+        table.add_row(m.name, str(m.path), f"{m.size_mb:,.0f} MB")
+    return table
+
+
+def suites_table(suites: Sequence[Any]) -> Table:
+    """Built-in suites with their levels, default level and one example test question."""
+    table = Table(title="task suites", title_justify="left")
+    table.add_column("suite", style="bold")
+    table.add_column("levels")
+    table.add_column("default", justify="right")
+    table.add_column("example (test split, default level)", overflow="fold")
+    for suite in suites:
+        example = suite.tasks("test", 1)[0].question
+        table.add_row(suite.name, ", ".join(map(str, suite.levels)), str(suite.default_level), example)
+    return table

@@ -1,0 +1,359 @@
+"""The agentkit command line: fast help, documented commands, one-line errors, and the
+commands' output over stores filled by the scripted backend (no real model loads here)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+from typer.testing import CliRunner
+
+import agentkit.llm
+from agentkit.cli._docs import commands, render
+from agentkit.cli.app import app
+from agentkit.cli.render import run_steps, summary_table
+from agentkit.llm.scripted import ScriptedLLM
+from agentkit.memory import TrajectoryStore
+from agentkit.runtime import run_tasks
+from agentkit.tasks import get_suite
+
+ROOT = Path(__file__).resolve().parents[1]
+WRONG = "Step 1: 1 + 1 = 3\nAnswer: 3"
+
+
+def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+    """The real command in a fresh process, as a user runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "agentkit.cli", *args],
+        capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})},
+    )
+
+
+def invoke(*args: str, columns: int = 200):
+    """The command in this process; stdout and stderr come back separately."""
+    return CliRunner().invoke(app, list(args), env={"COLUMNS": str(columns)})
+
+
+def solver(n_correct: int, tasks):
+    """Replies with the gold solution to the first ``n_correct`` tasks and a wrong one to the rest."""
+    gold = {t.question: t.solution for t in tasks}
+    right = {t.question for t in tasks[:n_correct]}
+
+    def reply(prompt: str, request) -> str:
+        question = prompt.rsplit("Question: ", 1)[1].split("\n", 1)[0]
+        return gold[question] if question in right else WRONG
+
+    return ScriptedLLM(reply)
+
+
+@pytest.fixture
+def filled_store(tmp_path):
+    """A store with four arithmetic runs through the real runtime: two solved, two not."""
+    suite = get_suite("arithmetic")
+    tasks = suite.tasks("test", 4)
+    path = tmp_path / "runs.db"
+    with TrajectoryStore(path) as store:
+        report = run_tasks(solver(2, tasks), suite, tasks, store, concurrency=2)
+        runs = [store.get_run(r.run_id) for r in report.results]
+    return path, report, runs, tasks
+
+
+def text_of(renderable, width: int = 160) -> str:
+    console = Console(record=True, width=width, file=open(os.devnull, "w"))
+    console.print(renderable)
+    return console.export_text()
+
+
+# --- speed and weight --------------------------------------------------------------------
+
+
+def test_help_answers_fast_in_a_fresh_process():
+    start = time.perf_counter()
+    result = cli("--help")
+    elapsed = time.perf_counter() - start
+    assert result.returncode == 0, result.stderr
+    for name in ("run", "traces", "models", "serve", "suites"):
+        assert name in result.stdout
+    assert elapsed < 5, f"agentkit --help took {elapsed:.2f} s"  # ~0.2 s; generous for a loaded CI box
+
+
+@pytest.mark.parametrize("module", ["agentkit.cli.app", "agentkit.cli", "agentkit.llm"])
+def test_importing_the_cli_imports_no_torch(module):
+    result = subprocess.run([sys.executable, "-X", "importtime", "-c", f"import {module}"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    imported = [line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if "|" in line]
+    heavy = [m for m in imported if m.split(".")[0] in ("torch", "transformers", "vllm")]
+    assert not heavy, f"import {module} pulled in {heavy[:5]}"
+
+
+# --- help and docs -----------------------------------------------------------------------
+
+
+def test_every_command_and_option_has_help():
+    for path, command in commands():
+        assert (command.help or "").strip(), f"agentkit {path} has no help text"
+        for param in command.params:
+            assert (param.help or "").strip(), f"agentkit {path}: {param.name} has no help text"
+        assert invoke(*path.split(), "--help").exit_code == 0
+
+
+@pytest.mark.parametrize("doc", ["README.md", "docs/cli.md"])
+def test_every_command_is_documented(doc):
+    text = (ROOT / doc).read_text(encoding="utf-8")
+    missing = [path for path, _ in commands() if f"agentkit {path}" not in text]
+    assert not missing, f"{doc} does not mention: {', '.join('agentkit ' + m for m in missing)}"
+
+
+def test_docs_cli_md_is_generated_from_the_app():
+    # regenerate with: python -m agentkit.cli._docs > docs/cli.md
+    assert (ROOT / "docs" / "cli.md").read_text(encoding="utf-8") == render()
+
+
+def test_every_option_is_in_docs_cli_md():
+    text = (ROOT / "docs" / "cli.md").read_text(encoding="utf-8")
+    for path, command in commands():
+        for param in command.params:
+            for opt in param.opts if param.param_type_name == "option" else [param.name.upper()]:
+                assert opt in text, f"docs/cli.md lacks {opt} of agentkit {path}"
+
+
+# --- bad input: one line on stderr, never a traceback ---------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def read_only_store(tmp_path: Path) -> Path:
+    if os.geteuid() == 0:  # root writes through file modes; /proc takes no new files from anyone
+        return Path("/proc/agentkit-test-runs.db")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    return locked / "runs.db"
+
+
+def bad_inputs(tmp_path: Path, filled: Path) -> dict[str, tuple[list[str], str, dict]]:
+    """name -> (arguments, a string the error line must contain, extra environment)."""
+    bad_jsonl = tmp_path / "tasks.jsonl"
+    bad_jsonl.write_text('{"question": "1 + 1?", "answer": "2"}\n{"question": "2 + 2?"\n', encoding="utf-8")
+    port = free_port()
+    store = read_only_store(tmp_path)
+    offline = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    return {
+        "unknown suite": (["run", "--suite", "arithmatic"], "'arithmatic'", {}),
+        "missing model path": (["run", "--model", str(tmp_path / "no-model")], str(tmp_path / "no-model"), {}),
+        "unknown hub id offline": (["run", "--model", "nobody/no-such-model"], "nobody/no-such-model", offline),
+        "malformed jsonl": (["run", "--suite", str(bad_jsonl)], "line 2", {}),
+        "read-only store": (["run", "--store", str(store)], str(store), {}),
+        "no server": (["run", "--backend", "openai", "--base-url", f"http://127.0.0.1:{port}/v1"], f"127.0.0.1:{port}", {}),
+        "no server, model named": (
+            ["run", "--backend", "openai", "--model", "m", "--base-url", f"http://127.0.0.1:{port}/v1"], f"127.0.0.1:{port}", {}
+        ),
+        "unknown backend": (["run", "--backend", "tensorflow"], "'tensorflow'", {}),
+        "n below 1": (["run", "--n", "0"], "--n 0", {}),
+        "unknown run id": (["traces", "show", "999", "--store", str(filled)], "999", {}),
+        "store that does not exist": (["traces", "list", "--store", str(tmp_path / "none.db")], "none.db", {}),
+        "checker on a built-in suite": (["run", "--checker", "numeric"], "--checker numeric", {}),
+        "unknown level": (["run", "--level", "9"], "level 9", {}),
+    }
+
+
+BAD = [
+    "unknown suite", "missing model path", "unknown hub id offline", "malformed jsonl", "read-only store",
+    "no server", "no server, model named", "unknown backend", "n below 1", "unknown run id",
+    "store that does not exist", "checker on a built-in suite", "unknown level",
+]
+
+
+@pytest.mark.parametrize("case", BAD)
+def test_bad_input_prints_one_error_line(case, tmp_path, filled_store):
+    args, needle, env = bad_inputs(tmp_path, filled_store[0])[case]
+    env = {"AGENTKIT_HOME": str(tmp_path / "home"), "AGENTKIT_STORE": str(tmp_path / "runs.db"), **env}
+    result = cli(*args, env=env)
+    assert result.returncode == 1, (result.returncode, result.stderr)
+    assert "Traceback" not in result.stderr + result.stdout
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert needle in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("case", BAD)
+def test_bad_input_raises_nothing_but_a_clean_exit(case, tmp_path, filled_store, monkeypatch):
+    # in process, so an exception of any other type would show up as result.exception
+    args, _, env = bad_inputs(tmp_path, filled_store[0])[case]
+    monkeypatch.setenv("AGENTKIT_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("AGENTKIT_STORE", str(tmp_path / "runs.db"))
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    result = invoke(*args)
+    assert result.exit_code == 1
+    assert isinstance(result.exception, SystemExit), repr(result.exception)
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
+
+
+def test_a_bad_model_fails_before_torch_is_imported(tmp_path):
+    code = (
+        "import sys\n"
+        "from agentkit.errors import ModelNotFoundError\n"
+        "from agentkit.llm import load_backend\n"
+        "try:\n"
+        f"    load_backend('transformers', {str(tmp_path / 'nope')!r})\n"
+        "except ModelNotFoundError:\n"
+        "    print('torch' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.stdout.strip() == "False", result.stdout + result.stderr
+
+
+def test_load_backend_rejects_unknown_backends_and_misplaced_urls():
+    from agentkit.errors import BackendError
+
+    with pytest.raises(BackendError, match="'scripted'.*transformers, openai, vllm"):
+        agentkit.llm.load_backend("scripted", "x")
+    with pytest.raises(BackendError, match="base URL is for the openai backend"):
+        agentkit.llm.load_backend("transformers", "x", base_url="http://127.0.0.1:1/v1")
+
+
+def test_ctrl_c_exits_130_with_one_line(monkeypatch, tmp_path):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(agentkit.llm, "load_backend", interrupted)
+    result = invoke("run", "--n", "1", "--store", str(tmp_path / "runs.db"))
+    assert result.exit_code == 130
+    assert result.stderr == "error: interrupted\n"
+
+
+# --- run: rendering and --json ---------------------------------------------------------------
+
+
+def test_run_steps_marks_each_step_and_shows_answer_and_reward(filled_store):
+    _, report, runs, tasks = filled_store
+    solved, failed = text_of(run_steps(runs[0])), text_of(run_steps(runs[3]))
+    first_step = tasks[0].solution.splitlines()[0]
+    assert tasks[0].id in solved and "success" in solved
+    assert f"✓ {first_step}" in solved
+    assert f"answer: {tasks[0].answer}" in solved and "reward: 1.00" in solved
+    assert tasks[3].id in failed and "failure" in failed
+    assert "✗ Step 1: 1 + 1 = 3" in failed and "answer: 3" in failed and "reward: 0.00" in failed
+
+
+def test_summary_table_reports_the_run(filled_store, tmp_path):
+    path, report, _, _ = filled_store
+    text = text_of(summary_table(report, path))
+    for expected in ("runs", "4", "success rate", "50.0% (2/4)", "step accuracy", "tokens",
+                     "completion tokens/s", "wall time", str(path)):
+        assert expected in text, expected
+
+
+def test_run_json_prints_the_report_and_every_result(monkeypatch, tmp_path):
+    tasks = get_suite("arithmetic").tasks("test", 4)
+    calls = []
+
+    def fake_backend(backend, model, **kwargs):
+        calls.append((backend, model, kwargs))
+        return solver(3, tasks)
+
+    monkeypatch.setattr(agentkit.llm, "load_backend", fake_backend)
+    store = tmp_path / "runs.db"
+    result = invoke("run", "--n", "4", "--json", "--store", str(store), "--temperature", "0")
+    assert result.exit_code == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert calls == [("transformers", None, {"base_url": None, "dtype": "auto"})]
+    assert data["runs"] == 4 and data["success_rate"] == 0.75 and data["errors"] == 0
+    assert {"step_accuracy", "tokens", "completion_tokens", "wall_s", "completion_tokens_per_s"} <= set(data)
+    assert data["suite"] == "arithmetic" and data["store"] == str(store)
+    assert [r["task_id"] for r in data["results"]] == [t.id for t in tasks]
+    assert [r["status"] for r in data["results"]] == ["success"] * 3 + ["failure"]
+    with TrajectoryStore(store) as s:
+        assert len(s.list_runs(None)) == 4
+
+
+def test_run_prints_steps_then_summary(monkeypatch, tmp_path):
+    tasks = get_suite("arithmetic").tasks("test", 2)
+    monkeypatch.setattr(agentkit.llm, "load_backend", lambda *a, **k: solver(1, tasks))
+    result = invoke("run", "--n", "2", "--store", str(tmp_path / "runs.db"))
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.index(tasks[0].id) < result.stdout.index(tasks[1].id) < result.stdout.index("summary")
+    assert "✓" in result.stdout and "✗" in result.stdout and "50.0% (1/2)" in result.stdout
+    assert result.stderr == ""  # no progress bar when stderr is not a terminal
+    quiet = invoke("run", "--n", "2", "--no-show-steps", "--store", str(tmp_path / "runs.db"))
+    assert tasks[0].id not in quiet.stdout and "summary" in quiet.stdout
+
+
+# --- traces, models, suites, serve ------------------------------------------------------------
+
+
+def test_traces_list_shows_every_run_newest_first(filled_store):
+    path, _, runs, _ = filled_store
+    result = invoke("traces", "list", "--store", str(path))
+    assert result.exit_code == 0, result.stderr
+    for header in ("id", "graph", "suite", "task", "status", "reward", "step acc", "calls", "tokens", "wall"):
+        assert header in result.stdout
+    newest_first = sorted(runs, key=lambda r: r.id, reverse=True)  # threads start runs in any order
+    positions = [result.stdout.index(r.task_id) for r in newest_first]
+    assert positions == sorted(positions)
+    failures = invoke("traces", "list", "--store", str(path), "--status", "failure", "--limit", "1")
+    shown = [r for r in runs if r.task_id in failures.stdout]
+    assert shown == [max((r for r in runs if r.status == "failure"), key=lambda r: r.id)]
+
+
+def test_traces_list_rejects_an_unknown_status(filled_store):
+    result = invoke("traces", "list", "--store", str(filled_store[0]), "--status", "won")
+    assert result.exit_code == 1 and result.stderr.startswith("error: --status won")
+
+
+@pytest.mark.parametrize("columns", [200, 80])
+def test_traces_show_prints_the_run_and_its_steps(filled_store, columns):
+    path, _, runs, tasks = filled_store
+    run = runs[0]
+    result = invoke("traces", "show", str(run.id), "--store", str(path), columns=columns)
+    assert result.exit_code == 0, result.stderr
+    step = run.steps[0]
+    for expected in (tasks[0].id, "success", "solve", "solver", str(step.prompt_tokens), str(step.completion_tokens),
+                     "stop", "reward 1.00", "step accuracy 100.0%"):
+        assert expected in result.stdout, expected
+    for line in tasks[0].solution.splitlines():  # the completion text, at any terminal width
+        assert line in result.stdout
+
+
+def test_models_lists_the_cache(monkeypatch, tmp_path):
+    model = tmp_path / "models" / "my-model"
+    model.mkdir(parents=True)
+    (model / "config.json").write_text("{}")
+    monkeypatch.setenv("AGENTKIT_HOME", str(tmp_path))
+    result = invoke("models")
+    assert result.exit_code == 0, result.stderr
+    assert "my-model" in result.stdout and "default model: gemma-3-270m (not converted yet)" in result.stdout
+
+
+def test_suites_lists_every_suite_with_levels():
+    result = invoke("suites")
+    assert result.exit_code == 0, result.stderr
+    for name in ("arithmetic", "blocksworld", "countdown", "prontoqa"):
+        assert name in result.stdout
+    assert "1, 2, 3, 4, 5" in result.stdout
+
+
+def test_serve_prints_the_url_and_stops_on_ctrl_c(monkeypatch):
+    from agentkit.llm.server import CompletionServer
+
+    def stop(self, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(agentkit.llm, "load_backend", lambda *a, **k: ScriptedLLM(["Answer: 1"]))
+    monkeypatch.setattr(CompletionServer, "serve_forever", stop)
+    result = invoke("serve", "--port", "0")
+    assert result.exit_code == 130
+    assert result.stdout.startswith("serving scripted at http://127.0.0.1:")
