@@ -14,6 +14,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from agentkit.errors import ModelNotFoundError
 
@@ -100,17 +101,22 @@ def _hub_snapshot(repo_id: str) -> Path:
         ) from None
 
 
-def _ensure_embedded(name: str) -> Path:
+def _ensure_embedded(name: str, convert: Callable[[str, Path], None] | None = None) -> Path:
     from filelock import FileLock
 
     target = _models_dir() / name
     if (target / "model.safetensors").is_file():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ModelNotFoundError(
+            f"cannot create the model cache {target.parent} ({e.strerror}); set AGENTKIT_HOME to a writable directory"
+        ) from None
     with FileLock(str(target) + ".lock"):
         if (target / "model.safetensors").is_file():  # another process finished meanwhile
             return target
-        _convert_embedded(name, target)
+        (convert or _convert_embedded)(name, target)
     return target
 
 
