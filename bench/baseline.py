@@ -17,7 +17,7 @@ from agentkit.runtime import SolveAgent, run_tasks
 from agentkit.tasks import get_suite
 
 DEFAULT = [("arithmetic", 1), ("arithmetic", 2), ("arithmetic", 3), ("countdown", 3), ("countdown", 4),
-           ("blocksworld", 3), ("prontoqa", 2)]
+           ("blocksworld", 4), ("prontoqa", 2)]
 
 
 def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
