@@ -282,7 +282,7 @@ class TransformersLLM:
             for i in range(request.n):
                 gen = None
                 if request.temperature > 0:
-                    seed = (request.seed * 1_000_003 + i) if request.seed is not None else self._seed_rng.getrandbits(63)
+                    seed = (request.seed * 1_000_003 + i) % 2**63 if request.seed is not None else self._seed_rng.getrandbits(63)
                     gen = torch.Generator().manual_seed(seed)
                 job_rows.append(_Row(prompt_ids, request, RowParams(request.temperature, request.top_p, request.top_k, gen)))
             out.append(job_rows)
