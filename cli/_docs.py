@@ -14,15 +14,24 @@ __all__ = ["EXAMPLES", "commands", "render"]
 EXAMPLES = {
     "run": [
         "agentkit run --suite arithmetic --n 20",
+        "agentkit run plan_solve_check --suite arithmetic --n 50",
+        "agentkit run graphs/my_graph.py --suite countdown --n 20",
+        "agentkit run --resume 42",
         "agentkit run --suite countdown --level 3 --n 100 --json > report.json",
         "agentkit run --suite my_tasks.jsonl --checker numeric --n 50",
         "agentkit run --backend openai --base-url http://127.0.0.1:8000/v1 --n 200 --concurrency 64",
     ],
     "traces list": ["agentkit traces list --suite arithmetic --status failure --limit 10"],
     "traces show": ["agentkit traces show 42"],
+    "graphs list": ["agentkit graphs list"],
+    "graphs show": ["agentkit graphs show solve_critic", "agentkit graphs show graphs/my_graph.py --out my_graph.mmd"],
     "models": ["agentkit models"],
     "suites": ["agentkit suites"],
     "serve": ["agentkit serve --port 8000", "agentkit serve --model ./my-finetuned-model --port 8001 --max-batch 32"],
+    "policy list": ["agentkit policy list", "agentkit policy list --status candidate"],
+    "policy show": ["agentkit policy show v3"],
+    "policy promote": ['agentkit policy promote v3 --reason "gate run on 200 tasks: p=0.004"'],
+    "policy rollback": ['agentkit policy rollback --reason "worse on production tasks"'],
 }
 
 _INTRO = """\
@@ -90,7 +99,8 @@ def _section(path: str, command: Any) -> list[str]:
         return lines
     arguments = [p for p in command.params if p.param_type_name == "argument"]
     options = [p for p in command.params if p.param_type_name == "option"]
-    usage = " ".join([f"agentkit {path}", "[OPTIONS]" if options else "", *(p.name.upper() for p in arguments)])
+    usage = " ".join([f"agentkit {path}", "[OPTIONS]" if options else "",
+                      *(p.name.upper() if p.required else f"[{p.name.upper()}]" for p in arguments)])
     lines += ["```", " ".join(usage.split()), "```", ""]
     if arguments:
         lines += ["| argument | description |", "| --- | --- |"]

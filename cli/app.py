@@ -79,6 +79,14 @@ def _stderr_console() -> Any:
 
 @app.command()
 def run(
+    graph: Optional[str] = typer.Argument(
+        None, metavar="GRAPH", show_default="one solve node",
+        help="A prebuilt graph (see `agentkit graphs list`) or a .py file defining `graph`.",
+    ),
+    resume: Optional[int] = typer.Option(
+        None, "--resume", metavar="RUN_ID",
+        help="Finish an interrupted graph run: its completed nodes are not run again.",
+    ),
     suite: str = typer.Option("arithmetic", help="A built-in suite (see `agentkit suites`) or a .jsonl task file."),
     checker: Optional[str] = typer.Option(
         None, show_default="exact", help="How a .jsonl suite checks answers: exact, numeric or regex."
@@ -112,7 +120,11 @@ def run(
     ),
     json_output: bool = typer.Option(False, "--json", help="Print the report and every run's result as JSON instead."),
 ) -> None:
-    """Run the solve agent on tasks of a suite and record every model call in the store."""
+    """Run an agent graph (default: one solve node) on tasks of a suite and record every model call in the store."""
+    if resume is not None:
+        _require(graph is None, f"--resume {resume} continues the graph the run started with; drop {graph}")
+        return _resume_run(resume, store=store, model=model, backend=backend, base_url=base_url, dtype=dtype,
+                           max_calls=max_calls, max_tokens=max_tokens, json_output=json_output)
     # check everything cheap before the model loads
     _require(n >= 1, f"--n {n}: the number of tasks must be at least 1; pass e.g. --n 20")
     _require(concurrency >= 1, f"--concurrency {concurrency}: must be at least 1")
@@ -132,10 +144,21 @@ def run(
         task_suite = get_suite(suite)
     tasks = task_suite.tasks(split, n, level=level, seed=seed)
     task_suite.prompt(tasks[0], shots=shots)  # a bad --shots fails now, not after the model loads
-    agent = SolveAgent(shots=shots, temperature=temperature, seed=seed if temperature > 0 else None)
     defaults = Budget()
     budget = Budget(max_calls=max_calls or defaults.max_calls, max_tokens=max_tokens or defaults.max_tokens)
     store_path = _store_path(store)
+    if graph is None:
+        agent: Any = SolveAgent(shots=shots, temperature=temperature, seed=seed if temperature > 0 else None)
+    else:
+        from agentkit.graph import load_graph
+        from agentkit.runtime import GraphAgent, checkpoint_path
+
+        agent = GraphAgent(
+            load_graph(graph), shots=shots, temperature=temperature, seed=seed if temperature > 0 else None,
+            checkpoints=checkpoint_path(store_path),
+            meta={"suite": {"source": suite, "checker": checker},
+                  "backend": {"backend": backend, "base_url": base_url, "dtype": dtype}},
+        )
     show_steps = len(tasks) <= 20 if show_steps is None else show_steps
 
     err = _stderr_console()
@@ -152,24 +175,74 @@ def run(
                 )
         finally:
             llm.close()
+            if hasattr(agent, "close"):
+                agent.close()
         runs = [traces.get_run(r.run_id) for r in report.results] if show_steps and not json_output else []
+        nodes = traces.node_stats(r.run_id for r in report.results)
+    _print_report(report, runs, nodes, graph=agent.name, suite=task_suite.name, model=llm.model_name, backend=backend,
+                  store_path=store_path, show_steps=show_steps, json_output=json_output)
 
+
+def _print_report(report: Any, runs: list, nodes: list, *, graph: str, suite: str, model: str, backend: str,
+                  store_path: Path, show_steps: bool, json_output: bool) -> None:
     if json_output:
         from agentkit.cli.render import report_json
 
-        data = report_json(report, suite=task_suite.name, model=llm.model_name, backend=backend, store=str(store_path))
+        data = report_json(report, graph=graph, suite=suite, model=model, backend=backend, store=str(store_path),
+                           nodes=nodes)
         typer.echo(json.dumps(data, indent=2))
         return
 
     from rich.console import Console
 
-    from agentkit.cli.render import run_steps, summary_table
+    from agentkit.cli.render import node_table, run_steps, summary_table
 
     out = Console()
     if show_steps:
         for r in runs:
             out.print(run_steps(r))
     out.print(summary_table(report, store_path))
+    out.print(node_table(nodes, runs=report.n))
+
+
+def _resume_run(run_id: int, *, store: Optional[Path], model: Optional[str], backend: str, base_url: Optional[str],
+                dtype: str, max_calls: Optional[int], max_tokens: Optional[int], json_output: bool) -> None:
+    """agentkit run --resume RUN_ID: rebuild the run's graph, suite and task from its row and finish it."""
+    from agentkit.errors import StoreError
+    from agentkit.llm import load_backend
+    from agentkit.runtime import Budget, RunReport, checkpoint_path, restore_agent, resume_run
+
+    defaults = Budget()
+    budget = Budget(max_calls=max_calls or defaults.max_calls, max_tokens=max_tokens or defaults.max_tokens)
+    err = _stderr_console()
+    _quiet_hub()
+    with _open_existing(store) as traces:
+        try:
+            run_row = traces.get_run(run_id, steps=False)
+        except StoreError:
+            raise StoreError(f"no run with id {run_id} in {traces.path}; see the ids with `agentkit traces list`") from None
+        if run_row.status not in ("running", "error"):
+            raise StoreError(f"run {run_id} already finished ({run_row.status}); only an interrupted run (status running or error) resumes")
+        store_path = Path(traces.path)
+        agent, task_suite, task = restore_agent(run_row, checkpoints=checkpoint_path(store_path))
+        recorded = (run_row.meta or {}).get("backend") or {}
+        if backend == "transformers" and recorded.get("backend"):
+            backend = recorded["backend"]  # the default: resume on the backend the run started on
+        base_url = base_url or recorded.get("base_url")
+        dtype = recorded.get("dtype", dtype) if dtype == "auto" else dtype
+        model = model or run_row.model
+        with err.status(_loading(backend, model)) if err.is_terminal and not json_output else nullcontext():
+            llm = load_backend(backend, model, base_url=base_url, dtype=dtype)
+        try:
+            result = resume_run(llm, traces, run_id, agent=agent, suite=task_suite, task=task, budget=budget)
+        finally:
+            llm.close()
+            agent.close()
+        report = RunReport(results=[result], wall_s=result.wall_s)
+        runs = [traces.get_run(run_id)] if not json_output else []
+        nodes = traces.node_stats([run_id])
+    _print_report(report, runs, nodes, graph=agent.name, suite=task_suite.name, model=llm.model_name, backend=backend,
+                  store_path=store_path, show_steps=True, json_output=json_output)
 
 
 def _loading(backend: str, model: Optional[str]) -> str:
@@ -265,17 +338,67 @@ def traces_show(
             raise StoreError(
                 f"no run with id {run_id} in {traces.path}; see the ids with `agentkit traces list`"
             ) from None
+        nodes = traces.node_stats([run_id])
 
     from rich.console import Console
 
-    from agentkit.cli.render import run_header, steps_table
+    from agentkit.cli.render import node_table, run_header, steps_table
 
     out = Console()
     out.print(run_header(trace))
     out.print(steps_table(trace.steps or []))
+    out.print(node_table(nodes))
     acc = "-" if trace.step_accuracy is None else f"{100 * trace.step_accuracy:.1f}%"
     reward = "-" if trace.reward is None else f"{trace.reward:.2f}"
     out.print(f"reward {reward}, step accuracy {acc}")
+
+
+# --- agentkit graphs ------------------------------------------------------------------------
+
+graphs_app = typer.Typer(
+    cls=_Group, no_args_is_help=True, help="List and inspect declarative agent graphs.",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.add_typer(graphs_app, name="graphs")
+
+
+@graphs_app.command("list")
+def graphs_list() -> None:
+    """List the prebuilt graphs, one line each: name, what it does, its nodes."""
+    from agentkit.graph import list_graphs, load_graph
+
+    graphs = list_graphs()
+    width = max(len(name) for name, _ in graphs)
+    for name, description in graphs:
+        nodes = ", ".join(n.name for n in load_graph(name).nodes)
+        typer.echo(f"{name:<{width}}  {description} [{nodes}]")
+
+
+@graphs_app.command("show")
+def graphs_show(
+    graph: str = typer.Argument(..., help="A prebuilt graph name or a .py file defining `graph`."),
+    out: Optional[Path] = typer.Option(None, "--out", show_default="<graph name>.mmd", help="Where to write the Mermaid diagram."),
+) -> None:
+    """Print a graph's nodes and edges and write it as a Mermaid diagram (.mmd)."""
+    from agentkit.graph import load_graph
+
+    loaded = load_graph(graph)
+    path = (out or Path(f"{loaded.name}.mmd")).expanduser()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(loaded.to_mermaid(), encoding="utf-8")
+    except OSError as exc:
+        from agentkit.errors import AgentkitError
+
+        raise AgentkitError(f"cannot write {path} ({exc.strerror}); pass --out PATH.mmd to a writable place") from None
+
+    from rich.console import Console
+
+    from agentkit.cli.render import graph_tables
+
+    console = Console()
+    console.print(graph_tables(loaded))
+    console.print(f"wrote {path}", highlight=False, markup=False)
 
 
 # --- agentkit models / suites / serve --------------------------------------------------------
@@ -341,6 +464,91 @@ def serve(
     finally:
         server.server_close()
         llm.close()
+
+
+# --- agentkit policy -------------------------------------------------------------------------
+
+policy_app = typer.Typer(
+    cls=_Group, no_args_is_help=True,
+    help="List, inspect, promote and roll back policy versions (trained LoRA adapters).",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.add_typer(policy_app, name="policy")
+
+
+def _open_registry(store: Optional[Path]) -> Any:
+    """The policy registry in the store at ``store``; policy commands never create a store."""
+    from agentkit.errors import StoreError
+    from agentkit.memory.policies import PolicyRegistry
+
+    path = _store_path(store)
+    if not path.exists():
+        raise StoreError(f"no store at {path}; record runs with `agentkit run` first, or pass --store PATH")
+    return PolicyRegistry(path)
+
+
+@policy_app.command("list")
+def policy_list(
+    store: Optional[Path] = typer.Option(None, envvar="AGENTKIT_STORE", show_default=STORE_DEFAULT, help=STORE_HELP),
+    status: Optional[str] = typer.Option(None, help="Only versions with this status: candidate, active, rejected or retired."),
+) -> None:
+    """List policy versions, oldest first: status, parent, held-out success, checksum."""
+    from agentkit.memory.policies import POLICY_STATUSES
+
+    _require(status is None or status in POLICY_STATUSES, f"--status {status}: choose one of: {', '.join(POLICY_STATUSES)}")
+    with _open_registry(store) as registry:
+        policies = registry.list(status)
+        path = registry.path
+
+    from rich.console import Console
+
+    from agentkit.cli.render import policies_table
+
+    Console().print(policies_table(policies, path))
+
+
+@policy_app.command("show")
+def policy_show(
+    version: str = typer.Argument(..., help="A version from `agentkit policy list`, e.g. v3 or base."),
+    store: Optional[Path] = typer.Option(None, envvar="AGENTKIT_STORE", show_default=STORE_DEFAULT, help=STORE_HELP),
+) -> None:
+    """Show every field of one policy version: lineage, adapter, data, hyper-parameters, metrics, events."""
+    with _open_registry(store) as registry:
+        policy = registry.get(version)
+        events = registry.events(version)
+
+    from rich.console import Console
+
+    from agentkit.cli.render import policy_detail
+
+    Console().print(policy_detail(policy, events))
+
+
+@policy_app.command("promote")
+def policy_promote(
+    version: str = typer.Argument(..., help="The version to make active, e.g. v3 (its adapter checksum is verified first)."),
+    reason: str = typer.Option("manual promote", help="Why; recorded with the promotion."),
+    by: Optional[str] = typer.Option(None, show_default="your user name", help="Who promotes; recorded with the promotion."),
+    store: Optional[Path] = typer.Option(None, envvar="AGENTKIT_STORE", show_default=STORE_DEFAULT, help=STORE_HELP),
+) -> None:
+    """Make a version the active policy by hand, bypassing the gate (who and why are recorded)."""
+    with _open_registry(store) as registry:
+        previous = registry.active().version
+        policy = registry.promote(version, actor=by, reason=reason)
+    typer.echo(f"{policy.version} is active (was {previous})")
+
+
+@policy_app.command("rollback")
+def policy_rollback(
+    reason: str = typer.Option("manual rollback", help="Why; recorded with the rollback."),
+    by: Optional[str] = typer.Option(None, show_default="your user name", help="Who rolls back; recorded with the rollback."),
+    store: Optional[Path] = typer.Option(None, envvar="AGENTKIT_STORE", show_default=STORE_DEFAULT, help=STORE_HELP),
+) -> None:
+    """Re-activate the previously active policy version; the current one is marked rejected."""
+    with _open_registry(store) as registry:
+        current = registry.active().version
+        policy = registry.rollback(actor=by, reason=reason)
+    typer.echo(f"{policy.version} is active again ({current} rolled back)")
 
 
 def main() -> None:

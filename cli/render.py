@@ -25,8 +25,12 @@ __all__ = [
     "runs_table",
     "run_header",
     "steps_table",
+    "node_table",
+    "graph_tables",
     "models_table",
     "suites_table",
+    "policies_table",
+    "policy_detail",
 ]
 
 _STATUS_STYLE = {"success": "green", "failure": "red", "error": "bold red", "budget": "yellow", "running": "cyan"}
@@ -80,7 +84,7 @@ def run_steps(run: Any) -> RenderableType:
         parsed = step.parsed if isinstance(step.parsed, dict) else {}
         if len(steps) > 1:
             parts.append(Text(f"  [{step.node}" + (f" attempt {step.attempt}" if step.attempt else "") + "]", style="dim"))
-        parts.extend(_completion_lines(step.completion_text or "", parsed.get("steps")))
+        parts.extend(_completion_lines(_step_text(step), parsed.get("steps")))
         answer = parsed.get("answer", answer)
     tail = Text.assemble(
         "  answer: ", (str(answer) if answer is not None else "(none)", "bold"),
@@ -175,28 +179,82 @@ class _StepsTable:
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         wide = options.max_width >= _WIDE
+        # graph runs: where each step sits (parent step, revision count, route chosen)
+        placed = any(getattr(s, "parent_step_id", None) is not None or getattr(s, "route", None) for s in self.steps)
         table = Table(title="steps", title_justify="left", box=box.SIMPLE_HEAD, show_lines=wide, collapse_padding=True, pad_edge=False)
-        headers = ("step", "node", "role", "attempt", "prompt\ntokens", "compl.\ntokens", "mean\nlogprob", "finish", "latency")
+        headers = ("step", "node", "role", "attempt", *(("parent", "rev", "route") if placed else ()),
+                   "prompt\ntokens", "compl.\ntokens", "mean\nlogprob", "finish", "latency")
         for name in headers:
-            numeric = name not in ("node", "role", "finish")
+            numeric = name not in ("node", "role", "finish", "route")
             table.add_column(name, justify="right" if numeric else "left", no_wrap=True)
         if wide:
             table.add_column("completion", overflow="fold", ratio=1)
         for step in self.steps:
+            place = [_num(step.parent_step_id, "d"), _num(step.revision, "d"), step.route or "-"] if placed else []
             row = [
-                str(step.id), step.node, step.role or "-", str(step.attempt),
+                str(step.id), step.node, step.role or "-", str(step.attempt), *place,
                 _num(step.prompt_tokens, "d"), _num(step.completion_tokens, "d"),
                 _num(mean_logprob(step.logprobs or []), ".3f"), step.finish_reason or "-",
                 "-" if step.latency_s is None else f"{step.latency_s:.2f}s",
             ]
             # Text: model output is never read as rich markup
-            table.add_row(*row, *([Text((step.completion_text or "").rstrip())] if wide else []))
+            table.add_row(*row, *([Text(_step_text(step))] if wide else []))
         yield table
         if not wide:
             for step in self.steps:
                 yield Text(f"step {step.id} ({step.node}) completion:", style="bold")
-                yield Text((step.completion_text or "").rstrip() or "(empty)")
+                yield Text(_step_text(step) or "(empty)")
                 yield Text("")
+
+
+def _step_text(step: Any) -> str:
+    """The completion, or for a step without one (a checker, tool or selector) its parsed output."""
+    if step.completion_text is not None or step.parsed is None:
+        return (step.completion_text or "").rstrip()
+    import json
+
+    return json.dumps(step.parsed, ensure_ascii=False)
+
+
+# --- per-node accounting and graphs --------------------------------------------------------
+
+
+def node_table(stats: Sequence[dict], runs: int | None = None) -> Table:
+    """Per-node accounting from ``TrajectoryStore.node_stats``: calls (retries), tokens and
+    latency, with per-run averages over ``runs`` runs (default: the runs that reached each node)."""
+    table = Table(title="per node", title_justify="left", box=box.SIMPLE_HEAD, collapse_padding=True, pad_edge=False)
+    for name in ("node", "role", "runs", "calls", "retries", "tokens", "tokens/run", "latency", "latency/call"):
+        table.add_column(name, justify="left" if name in ("node", "role") else "right", no_wrap=True)
+    for row in stats:
+        per = runs or row["runs"] or 1
+        table.add_row(
+            row["node"], row["role"] or "-", str(row["runs"]), str(row["calls"]), str(row["retries"]),
+            f"{row['tokens']:,}", f"{row['tokens'] / per:,.0f}", f"{row['latency_s']:.2f}s",
+            f"{row['latency_s'] / row['calls']:.3f}s" if row["calls"] else "-",
+        )
+    return table
+
+
+def graph_tables(graph: Any) -> Group:
+    """A graph's nodes (role, options) and edges (from, to, when) as two tables."""
+    nodes = Table(title=f"graph {graph.name}: {graph.spec.description}", title_justify="left", box=box.SIMPLE_HEAD,
+                  collapse_padding=True, pad_edge=False)
+    for name in ("node", "role", "options"):
+        nodes.add_column(name, no_wrap=name != "options", overflow="fold")
+    for node in graph.nodes:
+        options = ", ".join(f"{k}={v!r}" for k, v in node.options().items())
+        entry = " (entry)" if node.name == graph.spec.entry else ""
+        nodes.add_row(node.name + entry, node.role, Text(options or "-"))
+    edges = Table(title="edges", title_justify="left", box=box.SIMPLE_HEAD, collapse_padding=True, pad_edge=False)
+    for name in ("from", "to", "when"):
+        edges.add_column(name, no_wrap=True)
+    for edge in graph.edges:
+        edges.add_row(edge.source, edge.target, edge.when or "always")
+    for node in graph.nodes:
+        for label, target in graph.spec.routes(node.name).items():
+            if target is None:
+                edges.add_row(node.name, "(end)", label or "always")
+    return Group(nodes, edges)
 
 
 # --- agentkit models / suites ------------------------------------------------------------
@@ -223,3 +281,49 @@ def suites_table(suites: Sequence[Any]) -> Table:
         example = suite.tasks("test", 1)[0].question
         table.add_row(suite.name, ", ".join(map(str, suite.levels)), str(suite.default_level), example)
     return table
+
+
+# --- agentkit policy ---------------------------------------------------------------------
+
+_POLICY_STYLE = {"active": "bold green", "candidate": "cyan", "rejected": "red", "retired": "dim"}
+
+
+def policies_table(policies: Sequence[Any], store: str | Path) -> Table:
+    """One row per policy version: status, parent, created, held-out success, checksum prefix."""
+    table = Table(title=f"policies in {store}", title_justify="left", box=box.SIMPLE_HEAD, collapse_padding=True, pad_edge=False)
+    for name in ("version", "status", "parent", "method", "created", "held-out success", "checksum"):
+        table.add_column(name, justify="right" if name == "held-out success" else "left", no_wrap=True)
+    for p in policies:
+        metrics = p.metrics or {}
+        success = metrics.get("heldout_success")
+        n = metrics.get("heldout_n")
+        table.add_row(
+            p.version, Text(p.status, style=_POLICY_STYLE.get(p.status, "")), p.parent or "-", p.method or "-",
+            p.created_at[:19].replace("T", " "),
+            _pct(success) + (f" (n={n})" if success is not None and n else ""),
+            (p.checksum or "-")[:12],
+        )
+    return table
+
+
+def policy_detail(policy: Any, events: Sequence[Any]) -> Group:
+    """Every field of one policy version, its JSON fields pretty-printed, then its events."""
+    import json
+
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold", no_wrap=True)
+    grid.add_column(overflow="fold")
+    for name in ("version", "status", "parent", "base_model", "method", "adapter_path", "checksum", "note",
+                 "created_at", "activated_at"):
+        value = getattr(policy, name)
+        grid.add_row(name.replace("_", " "), Text("-" if value is None else str(value)))
+    for name in ("data", "config", "metrics"):
+        value = getattr(policy, name)
+        grid.add_row(name, Text("-" if value is None else json.dumps(value, indent=2, sort_keys=True)))
+    history = Table(title="events", title_justify="left", box=box.SIMPLE_HEAD, collapse_padding=True, pad_edge=False)
+    for name in ("when", "event", "version", "previous", "by", "reason"):
+        history.add_column(name, overflow="fold" if name == "reason" else "ellipsis", no_wrap=name != "reason")
+    for e in events:
+        history.add_row(e.created_at[:19].replace("T", " "), e.event, e.version, e.previous or "-", e.actor or "-",
+                        Text(e.reason or "-"))
+    return Group(grid, Text(""), history)

@@ -1,5 +1,8 @@
-"""SQLite stores: the trajectory store (runs and their steps, with exact tokens)."""
+"""SQLite stores: the trajectory store (runs and their steps, with exact tokens), preference
+pairs, and the policy registry."""
 
+from .pairs import Pair, PairStore
+from .policies import Policy, PolicyRegistry
 from .trajectories import Run, Step, TrajectoryStore
 
-__all__ = ["Run", "Step", "TrajectoryStore"]
+__all__ = ["Run", "Step", "TrajectoryStore", "Pair", "PairStore", "Policy", "PolicyRegistry"]

@@ -78,8 +78,97 @@ def m0001_initial(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX idx_steps_run_id ON steps (run_id)")
 
 
+def m0002_graph_place(conn: sqlite3.Connection) -> None:
+    """A step's place in its graph beyond node and parent step: the run's revision count
+    when the node ran, and the route label a router or critic step chose."""
+    conn.execute("ALTER TABLE steps ADD COLUMN revision INTEGER")
+    conn.execute("ALTER TABLE steps ADD COLUMN route TEXT")
+
+
+def m0003_step_pairs(conn: sqlite3.Connection) -> None:
+    """Preference pairs for DPO: step pairs (Step-DPO) and whole-output pairs (outcome DPO).
+
+    prompt/chosen/rejected keep both the text (for JSONL export) and the exact token ids
+    (for training); chosen and rejected ids continue prompt_ids. ``key`` (a hash of the
+    three id lists) makes adding the same pair twice a no-op."""
+    conn.execute(
+        """
+        CREATE TABLE step_pairs (
+            id INTEGER PRIMARY KEY,
+            kind TEXT NOT NULL,
+            suite TEXT,
+            task_id TEXT,
+            run_id INTEGER REFERENCES runs(id),
+            step_id INTEGER REFERENCES steps(id),
+            step_index INTEGER,
+            chosen_run_id INTEGER REFERENCES runs(id),
+            method TEXT,
+            prompt_text TEXT NOT NULL,
+            prompt_ids TEXT NOT NULL,
+            chosen_text TEXT NOT NULL,
+            chosen_ids TEXT NOT NULL,
+            rejected_text TEXT NOT NULL,
+            rejected_ids TEXT NOT NULL,
+            policy_version TEXT,
+            key TEXT NOT NULL UNIQUE,
+            meta TEXT,
+            created_at TEXT NOT NULL
+        )
+        """
+    )
+    conn.execute("CREATE INDEX idx_step_pairs_run_id ON step_pairs (run_id)")
+
+
+def m0004_policies(conn: sqlite3.Connection) -> None:
+    """The policy registry: one row per policy version (``base`` = no adapter, active from
+    the start), and an event row per registration, promotion, rejection and rollback, from
+    which the activation history (and so rollback) is replayed."""
+    conn.execute(
+        """
+        CREATE TABLE policies (
+            id INTEGER PRIMARY KEY,
+            version TEXT NOT NULL UNIQUE,
+            parent TEXT REFERENCES policies(version),
+            status TEXT NOT NULL,
+            base_model TEXT,
+            adapter_path TEXT,
+            checksum TEXT,
+            method TEXT,
+            data TEXT,
+            config TEXT,
+            metrics TEXT,
+            note TEXT,
+            created_at TEXT NOT NULL,
+            activated_at TEXT
+        )
+        """
+    )
+    conn.execute(
+        """
+        CREATE TABLE policy_events (
+            id INTEGER PRIMARY KEY,
+            event TEXT NOT NULL,
+            version TEXT NOT NULL REFERENCES policies(version),
+            previous TEXT,
+            actor TEXT,
+            reason TEXT,
+            details TEXT,
+            created_at TEXT NOT NULL
+        )
+        """
+    )
+    now = utcnow()
+    conn.execute(
+        "INSERT INTO policies (version, status, note, created_at, activated_at) VALUES ('base', 'active', ?, ?, ?)",
+        ("the base model, no adapter", now, now),
+    )
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = [
     ("0001_initial", m0001_initial),
+    ("0002_graph_place", m0002_graph_place),
+    ("0003_step_pairs", m0003_step_pairs),
+    ("0004_policies", m0004_policies),
 ]
 
 

@@ -86,6 +86,10 @@ class Step(BaseModel):
     step_values: list[float] | None = None
     meta: dict[str, Any] | None = None
     created_at: str
+    revision: int | None = None
+    """In a graph run: how many critic revisions the run had made when this node ran."""
+    route: str | None = None
+    """In a graph run: the label a router or critic step chose."""
 
 
 class Run(BaseModel):
@@ -117,7 +121,7 @@ _STEP_COLUMNS = (
     "run_id", "node", "role", "attempt", "parent_step_id", "prompt_text", "prompt_ids",
     "completion_text", "completion_ids", "logprobs", "finish_reason", "parsed", "latency_s",
     "prompt_tokens", "completion_tokens", "adapter", "policy_version", "memory_ids", "meta",
-    "created_at",
+    "created_at", "revision", "route",
 )
 _INSERT_STEP = (
     f"INSERT INTO steps ({', '.join(_STEP_COLUMNS)}) "
@@ -144,6 +148,8 @@ def _step_row(
     policy_version: str | None = None,
     memory_ids: Sequence[int | str] | None = None,
     meta: Mapping[str, Any] | None = None,
+    revision: int | None = None,
+    route: str | None = None,
 ) -> tuple:
     return (
         run_id, node, role, attempt, parent_step_id,
@@ -153,7 +159,7 @@ def _step_row(
         None if prompt_ids is None else len(prompt_ids),
         None if completion_ids is None else len(completion_ids),
         adapter, policy_version, _dumps(memory_ids), _dumps(meta),
-        utcnow(),
+        utcnow(), revision, route,
     )
 
 
@@ -379,17 +385,20 @@ class TrajectoryStore:
         policy_version: str | None = None,
         memory_ids: Sequence[int | str] | None = None,
         meta: Mapping[str, Any] | None = None,
+        revision: int | None = None,
+        route: str | None = None,
     ) -> int:
         """Record one model call, committed before returning; returns the step id.
 
-        prompt_tokens/completion_tokens are the lengths of the id lists.
+        prompt_tokens/completion_tokens are the lengths of the id lists. In a graph run,
+        ``revision`` and ``route`` give the step's place (see Step).
         """
         row = _step_row(
             run_id, node=node, role=role, attempt=attempt, parent_step_id=parent_step_id,
             prompt_text=prompt_text, prompt_ids=prompt_ids, completion_text=completion_text,
             completion_ids=completion_ids, logprobs=logprobs, finish_reason=finish_reason,
             parsed=parsed, latency_s=latency_s, adapter=adapter, policy_version=policy_version,
-            memory_ids=memory_ids, meta=meta,
+            memory_ids=memory_ids, meta=meta, revision=revision, route=route,
         )
         return self._insert_steps([row])[0]
 
@@ -424,6 +433,41 @@ class TrajectoryStore:
                     "pass the id add_step returned for the parent, or None"
                 )
         return StoreError(f"store {self.path} rejected a step: {exc}")
+
+    def node_stats(self, run_ids: Iterable[int]) -> list[dict[str, Any]]:
+        """Per-node accounting over the given runs, in the order nodes first ran.
+
+        One dict per (node, role): ``runs`` (runs that reached the node), ``calls`` (steps,
+        model calls and checker/tool steps alike), ``retries`` (steps with attempt > 0),
+        ``prompt_tokens``, ``completion_tokens``, ``tokens`` and ``latency_s`` (sums).
+        """
+        query = (
+            "SELECT node, COALESCE(role, ''), MIN(id), COUNT(DISTINCT run_id), COUNT(*), "
+            "SUM(CASE WHEN attempt > 0 THEN 1 ELSE 0 END), COALESCE(SUM(prompt_tokens), 0), "
+            "COALESCE(SUM(completion_tokens), 0), COALESCE(SUM(latency_s), 0.0) FROM steps "
+            "WHERE run_id IN ({}) GROUP BY node, role"
+        )
+        ids = sorted(set(run_ids))
+        totals: dict[tuple[str, str], list] = {}
+        with self._lock:
+            conn = self._connection()
+            # chunks keep each IN list under SQLite's bound-parameter limit
+            for chunk in (ids[i:i + 500] for i in range(0, len(ids), 500)):
+                for node, role, first, runs, *sums in conn.execute(query.format(", ".join("?" * len(chunk))), chunk):
+                    row = totals.setdefault((node, role), [first, 0, 0, 0, 0, 0, 0.0])
+                    row[0] = min(row[0], first)
+                    for k, value in enumerate([runs, *sums], 1):
+                        row[k] += value or 0
+        stats = []
+        for (node, role), (_, runs, calls, retries, prompt, completion, latency) in sorted(
+            totals.items(), key=lambda item: item[1][0]
+        ):
+            stats.append({
+                "node": node, "role": role or None, "runs": runs, "calls": calls, "retries": retries,
+                "prompt_tokens": prompt, "completion_tokens": completion, "tokens": prompt + completion,
+                "latency_s": latency,
+            })
+        return stats
 
     def steps(self, run_id: int) -> list[Step]:
         """A run's steps in the order they were recorded."""

@@ -36,8 +36,9 @@ STEP_COLUMNS = {
     "prompt_text": str, "prompt_ids": str, "completion_text": str, "completion_ids": str,
     "logprobs": str, "finish_reason": str, "parsed": str, "latency_s": float, "prompt_tokens": int,
     "completion_tokens": int, "adapter": str, "policy_version": str, "memory_ids": str,
-    "step_values": str, "meta": str, "created_at": str,
+    "step_values": str, "meta": str, "created_at": str, "revision": int, "route": str,
 }
+MIGRATION_NAMES = [name for name, _ in _schema.MIGRATIONS]
 
 # Child processes import the store the same way users do; the env keeps them on this checkout.
 WRITER = textwrap.dedent(
@@ -92,7 +93,10 @@ def test_fresh_store_has_exactly_the_schema(tmp_path):
 
     db = sqlite_utils.Database(path)
     # sqlite_sequence is SQLite's own bookkeeping for runs.id AUTOINCREMENT.
-    assert sorted(db.table_names()) == ["agentkit_meta", "runs", "schema_migrations", "sqlite_sequence", "steps"]
+    assert sorted(db.table_names()) == [
+        "agentkit_meta", "policies", "policy_events", "runs", "schema_migrations", "sqlite_sequence", "step_pairs",
+        "steps",
+    ]
     assert list(db["agentkit_meta"].columns_dict) == ["key", "value"]
     assert list(db["schema_migrations"].columns_dict) == ["name", "applied_at"]
     assert list(db["runs"].columns_dict.items()) == list(RUN_COLUMNS.items())  # names, order and types
@@ -104,7 +108,7 @@ def test_fresh_store_has_exactly_the_schema(tmp_path):
     }
     assert [index.columns for index in db["steps"].indexes] == [["run_id"]]
     assert list(db["agentkit_meta"].rows) == [{"key": "kind", "value": "agentkit-store"}]
-    assert [row["name"] for row in db["schema_migrations"].rows] == ["0001_initial"]
+    assert [row["name"] for row in db["schema_migrations"].rows] == MIGRATION_NAMES
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
@@ -125,7 +129,7 @@ def test_reopen_applies_only_missing_migrations(tmp_path, monkeypatch):
 
     db = sqlite_utils.Database(path)
     rows = list(db["schema_migrations"].rows)
-    assert [r["name"] for r in rows] == ["0001_initial", "0002_labels"]
+    assert [r["name"] for r in rows] == [*MIGRATION_NAMES, "0002_labels"]
     assert rows[0] == first[0]  # 0001 was not re-applied
     assert calls == ["0002"]
     assert "labels" in db.table_names()
@@ -421,7 +425,7 @@ def test_writers_creating_a_new_store_at_once_migrate_it_once(tmp_path):
         t.join()
     assert errors == []
     db = sqlite_utils.Database(path)
-    assert [r["name"] for r in db["schema_migrations"].rows] == ["0001_initial"]
+    assert [r["name"] for r in db["schema_migrations"].rows] == MIGRATION_NAMES
     assert db["runs"].count == 6 and db["steps"].count == 6
 
 

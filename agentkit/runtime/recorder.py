@@ -1,11 +1,15 @@
 """Every model call goes through a Recorder: it enforces the run's budget and writes one
-Step row, with exact token ids and logprobs, before the caller sees the completion."""
+Step row, with exact token ids and logprobs, before the caller sees the completion.
+
+``call`` is generate-then-record in one; graph nodes that need the parsed output before
+recording (a critic's route) or that make no generate call (a router scores labels, a
+checker or a tool makes no model call at all) use ``reserve``/``generate`` and ``record``."""
 
 from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 from agentkit.errors import BudgetExceeded
 from agentkit.llm.base import LLM, Completion, GenerationRequest
@@ -23,15 +27,71 @@ class Budget:
 
 
 class Recorder:
-    """Records the calls of one run. Safe to share between the threads of one run."""
+    """Records the calls of one run. Safe to share between the threads of one run.
+
+    ``calls`` and ``tokens`` start at zero, or at what an interrupted run already spent
+    when it resumes."""
 
     def __init__(self, llm: LLM, store: Any, run_id: int, *, budget: Budget = Budget(),
-                 policy_version: str | None = None):
+                 policy_version: str | None = None, calls: int = 0, tokens: int = 0):
         self.llm, self.store, self.run_id = llm, store, run_id
         self.budget, self.policy_version = budget, policy_version
-        self.calls = 0
-        self.tokens = 0
+        self.calls = calls
+        self.tokens = tokens
         self._lock = threading.Lock()
+
+    def reserve(self, calls: int = 1) -> None:
+        """Count ``calls`` model calls against the budget, or raise BudgetExceeded."""
+        with self._lock:
+            if self.budget.max_calls is not None and self.calls + calls > self.budget.max_calls:
+                raise BudgetExceeded(f"run {self.run_id} reached max_calls={self.budget.max_calls}")
+            if self.budget.max_tokens is not None and self.tokens >= self.budget.max_tokens:
+                raise BudgetExceeded(f"run {self.run_id} reached max_tokens={self.budget.max_tokens}")
+            self.calls += calls
+
+    def generate(self, request: GenerationRequest) -> list[Completion]:
+        """The request's completions, within budget; nothing is recorded yet."""
+        self.reserve(request.n)
+        return self.llm.generate([request])[0]
+
+    def record(
+        self,
+        *,
+        node: str,
+        role: str,
+        completion: Completion | None = None,
+        prompt_text: str | None = None,
+        prompt_ids: Sequence[int] | None = None,
+        completion_text: str | None = None,
+        completion_ids: Sequence[int] | None = None,
+        logprobs: Sequence[float] | None = None,
+        finish_reason: str | None = None,
+        latency_s: float | None = None,
+        attempt: int = 0,
+        parent_step_id: int | None = None,
+        parsed: Any = None,
+        revision: int | None = None,
+        route: str | None = None,
+        meta: dict | None = None,
+    ) -> int:
+        """Write one step and return its id. With ``completion``, its tokens, text,
+        logprobs, finish reason, latency and adapter fill the step; without, the keyword
+        arguments do (a router's scored label, or a step with no tokens at all)."""
+        adapter = None
+        if completion is not None:
+            prompt_ids, completion_ids = completion.prompt_ids, completion.token_ids
+            completion_text, logprobs = completion.text, completion.logprobs
+            finish_reason, latency_s, adapter = completion.finish_reason, completion.latency_s, completion.adapter
+        step_id = self.store.add_step(
+            self.run_id, node=node, role=role, attempt=attempt, parent_step_id=parent_step_id,
+            prompt_text=prompt_text, prompt_ids=prompt_ids, completion_text=completion_text,
+            completion_ids=completion_ids, logprobs=logprobs, finish_reason=finish_reason, parsed=parsed,
+            latency_s=latency_s, adapter=adapter, policy_version=self.policy_version, meta=meta,
+            revision=revision, route=route,
+        )
+        with self._lock:
+            self.tokens += len(prompt_ids or ()) + len(completion_ids or ())
+        return step_id
 
     def call(
         self,
@@ -42,19 +102,16 @@ class Recorder:
         attempt: int = 0,
         parent_step_id: int | None = None,
         parse: Any = None,
+        revision: int | None = None,
+        route: str | None = None,
         meta: dict | None = None,
     ) -> tuple[list[Completion], list[int]]:
         """Generate, record one step per completion, and return (completions, step ids).
 
         ``parse`` (text -> JSON-able) fills the step's parsed output; a parser that raises
         records ``{"error": ...}`` instead, so malformed model output never crashes a run."""
-        with self._lock:
-            if self.budget.max_calls is not None and self.calls + request.n > self.budget.max_calls:
-                raise BudgetExceeded(f"run {self.run_id} reached max_calls={self.budget.max_calls}")
-            if self.budget.max_tokens is not None and self.tokens >= self.budget.max_tokens:
-                raise BudgetExceeded(f"run {self.run_id} reached max_tokens={self.budget.max_tokens}")
-            self.calls += request.n
-        completions = self.llm.generate([request])[0]
+        completions = self.generate(request)
+        prompt_text = request.prompt if isinstance(request.prompt, str) else None
         step_ids = []
         for c in completions:
             parsed = None
@@ -63,15 +120,8 @@ class Recorder:
                     parsed = parse(c.text)
                 except Exception as e:  # a parser bug or hostile text is data, not a crash
                     parsed = {"error": f"{type(e).__name__}: {e}"}
-            step_ids.append(
-                self.store.add_step(
-                    self.run_id, node=node, role=role, attempt=attempt, parent_step_id=parent_step_id,
-                    prompt_text=request.prompt if isinstance(request.prompt, str) else None,
-                    prompt_ids=c.prompt_ids, completion_text=c.text, completion_ids=c.token_ids,
-                    logprobs=c.logprobs, finish_reason=c.finish_reason, parsed=parsed,
-                    latency_s=c.latency_s, adapter=c.adapter, policy_version=self.policy_version, meta=meta,
-                )
-            )
-            with self._lock:
-                self.tokens += c.prompt_tokens + c.completion_tokens
+            step_ids.append(self.record(
+                node=node, role=role, completion=c, prompt_text=prompt_text, attempt=attempt,
+                parent_step_id=parent_step_id, parsed=parsed, revision=revision, route=route, meta=meta,
+            ))
         return completions, step_ids

@@ -16,7 +16,7 @@ from agentkit.runtime.agents import Agent, SolveAgent
 from agentkit.runtime.recorder import Budget, Recorder
 from agentkit.tasks import Suite, Task
 
-__all__ = ["RunResult", "RunReport", "run_tasks"]
+__all__ = ["RunResult", "RunReport", "run_tasks", "resume_run"]
 
 
 @dataclass
@@ -96,36 +96,15 @@ def run_tasks(
     report = RunReport()
 
     def one(task: Task) -> RunResult:
+        # an agent may record more on the run row (a graph agent: what resuming needs)
+        extra = agent.run_meta(task, suite) if hasattr(agent, "run_meta") else {}
         run_id = store.start_run(
             agent.name, suite=suite.name, task_id=task.id, split=task.split,
             model=model_name or getattr(llm, "model_name", None), policy_version=policy_version,
-            meta={"level": task.level},
+            meta={"level": task.level, **extra},
         )
         recorder = Recorder(llm, store, run_id, budget=budget, policy_version=policy_version)
-        t0 = time.perf_counter()
-        text, error, status = "", None, "failure"
-        reward, step_acc = 0.0, None
-        try:
-            text = agent(task, suite, recorder)
-            reward = suite.verify(task, text)
-            step_acc = suite.step_accuracy(task, text)
-            status = "success" if reward >= 1.0 else "failure"
-        except BudgetExceeded as e:
-            status, error = "budget", str(e)
-        except AgentkitError as e:
-            # a configuration problem (bad adapter, dead server) stops the whole batch, but
-            # the run row still says what happened
-            store.finish_run(run_id, status="error", reward=0.0, wall_s=time.perf_counter() - t0, error=str(e))
-            raise
-        except Exception as e:  # one task's crash is recorded, never the batch's end
-            status, error = "error", f"{type(e).__name__}: {e}"
-        wall = time.perf_counter() - t0
-        store.finish_run(run_id, status=status, reward=reward, step_accuracy=step_acc, wall_s=wall, error=error)
-        run = store.get_run(run_id, steps=True)
-        return RunResult(
-            run_id, task.id, status, reward, step_acc, run.calls or 0, run.tokens or 0,
-            sum(s.completion_tokens or 0 for s in run.steps), wall, text, error,
-        )
+        return _execute(lambda: agent(task, suite, recorder), suite, task, store, run_id)
 
     with ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="agentkit-run") as pool:
         futures = {pool.submit(one, task): i for i, task in enumerate(tasks)}
@@ -143,3 +122,71 @@ def run_tasks(
     report.results = [by_index[i] for i in sorted(by_index)]
     report.wall_s = time.perf_counter() - start
     return report
+
+
+def _execute(call: Callable[[], str], suite: Suite, task: Task, store: Any, run_id: int) -> RunResult:
+    """Run the agent, verify its text and close the run row, whatever happens inside."""
+    t0 = time.perf_counter()
+    text, error, status = "", None, "failure"
+    reward, step_acc = 0.0, None
+    try:
+        text = call()
+        reward = suite.verify(task, text)
+        step_acc = suite.step_accuracy(task, text)
+        status = "success" if reward >= 1.0 else "failure"
+    except BudgetExceeded as e:
+        status, error = "budget", str(e)
+    except AgentkitError as e:
+        # a configuration problem (bad adapter, dead server) stops the whole batch, but
+        # the run row still says what happened
+        store.finish_run(run_id, status="error", reward=0.0, wall_s=time.perf_counter() - t0, error=str(e))
+        raise
+    except Exception as e:  # one task's crash is recorded, never the batch's end
+        status, error = "error", f"{type(e).__name__}: {e}"
+    wall = time.perf_counter() - t0
+    store.finish_run(run_id, status=status, reward=reward, step_accuracy=step_acc, wall_s=wall, error=error)
+    run = store.get_run(run_id, steps=True)
+    return RunResult(
+        run_id, task.id, status, reward, step_acc, run.calls or 0, run.tokens or 0,
+        sum(s.completion_tokens or 0 for s in run.steps), wall, text, error,
+    )
+
+
+RESUMABLE = ("running", "error")
+
+
+def resume_run(
+    llm: LLM,
+    store: Any,
+    run_id: int,
+    *,
+    agent: Any = None,
+    suite: Suite | None = None,
+    task: Task | None = None,
+    budget: Budget = Budget(),
+    checkpoints: Any = None,
+) -> RunResult:
+    """Finish an interrupted graph run (status running or error) from its checkpoints:
+    completed nodes are not run again and their steps are not recorded again.
+
+    Without ``agent``/``suite``/``task`` they are rebuilt from what the run row recorded
+    (``GraphAgent.run_meta``), with ``checkpoints`` as the checkpoint file."""
+    from agentkit.errors import StoreError
+    from agentkit.runtime.graph_agent import restore_agent
+
+    run = store.get_run(run_id, steps=True)
+    if run.status not in RESUMABLE:
+        raise StoreError(
+            f"run {run_id} already finished ({run.status}); only an interrupted run (status running or error) resumes"
+        )
+    if agent is None or task is None or suite is None:
+        restored, restored_suite, restored_task = restore_agent(run, checkpoints=checkpoints, suite=suite)
+        agent, suite, task = agent or restored, suite or restored_suite, task or restored_task
+    if not hasattr(agent, "resume"):
+        raise StoreError(f"the '{agent.name}' agent cannot resume runs; only graph agents (GraphAgent) can")
+    steps = run.steps or []
+    model_calls = sum(1 for s in steps if s.prompt_ids is not None)
+    tokens = sum((s.prompt_tokens or 0) + (s.completion_tokens or 0) for s in steps)
+    recorder = Recorder(llm, store, run_id, budget=budget, policy_version=run.policy_version,
+                        calls=model_calls, tokens=tokens)
+    return _execute(lambda: agent.resume(task, suite, recorder), suite, task, store, run_id)

@@ -1,0 +1,273 @@
+"""`agentkit improve`: the continual loop.
+
+Each round: collect (sample several solutions per training task with the active policy)
+-> credit and pairs (or successes, or reward groups, by method) -> train a LoRA candidate
+continuing the active adapter -> gate it against the active policy on the same held-out
+tasks -> promote only on a significant gain. A round that is not promoted leaves the
+policy as it was, so no promoted round is worse than the one before it.
+
+Methods (RESEARCH.md): ``step-dpo`` (pairs at the first wrong step, Step-DPO), ``dpo``
+(whole-output pairs, outcome DPO), ``rft`` (SFT on verified successes, STaR), ``grpo`` and
+``rloo`` (policy gradient on groups of samples with verified rewards).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from agentkit.errors import AgentkitError
+from agentkit.llm.base import LLM
+from agentkit.tasks import Suite, Task
+
+__all__ = ["ImproveConfig", "RoundResult", "improve", "METHODS", "plot_curve"]
+
+log = logging.getLogger("agentkit.improve")
+
+METHODS = ("step-dpo", "dpo", "rft", "grpo", "rloo")
+
+
+@dataclass
+class ImproveConfig:
+    """One `agentkit improve` run. Saved with every policy version it produces."""
+
+    suite: str = "arithmetic"
+    method: str = "step-dpo"
+    rounds: int = 3
+    levels: list[int] = field(default_factory=lambda: [1, 2])
+    """Curriculum: round r trains on levels[min(r, len - 1)] (easier tasks first)."""
+    eval_level: int | None = None
+    """Held-out level; None: the last curriculum level."""
+    train_tasks: int = 64
+    """New training tasks per round."""
+    eval_tasks: int = 100
+    """Held-out test tasks, the same every round, for the gate."""
+    samples_per_task: int = 4
+    rectifications: int = 8
+    shots: int = 3
+    max_tokens: int = 96
+    replay: bool = True
+    """Train each candidate on every pair collected so far (a replay buffer), not only this round's."""
+    lr: float = 1e-4
+    epochs: float = 2.0
+    batch_size: int = 8
+    beta: float = 0.4
+    nll_weight: float = 1.0
+    lora_r: int = 16
+    alpha: float = 0.05
+    concurrency: int = 32
+    seed: int = 0
+    output_dir: str = "agentkit-improve"
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise AgentkitError(f"method '{self.method}' is unknown; choose one of {', '.join(METHODS)}")
+        if self.rounds < 1 or self.train_tasks < 1 or self.eval_tasks < 1:
+            raise AgentkitError("rounds, train_tasks and eval_tasks must each be at least 1")
+        if not self.levels:
+            raise AgentkitError("levels is empty; pass at least one difficulty level, e.g. --levels 1 2")
+
+
+@dataclass
+class RoundResult:
+    round: int
+    level: int
+    incumbent: str
+    candidate: str | None
+    promoted: bool
+    examples: int
+    """Pairs / sequences / groups the candidate trained on."""
+    new_data: dict[str, Any]
+    heldout_success: float
+    """Of the policy active after this round."""
+    heldout_step_accuracy: float | None
+    candidate_success: float | None
+    p_value: float | None
+    sampled_tokens: int
+    train_s: float
+    wall_s: float
+
+
+def improve(
+    llm: LLM,
+    store: Any,
+    config: ImproveConfig,
+    *,
+    model: str = "gemma-3-270m",
+    on_round: Callable[[RoundResult], None] | None = None,
+    on_status: Callable[[str], None] | None = None,
+) -> list[RoundResult]:
+    """Run ``config.rounds`` rounds; returns one RoundResult per round plus a round 0 that
+    measures the starting policy. ``llm`` samples and evaluates (it must load adapters);
+    training loads its own copy of ``model``."""
+    from agentkit.memory.policies import PolicyRegistry
+    from agentkit.runtime import SolveAgent, run_tasks
+    from agentkit.tasks import get_suite
+    from agentkit.train.gate import gate
+    from agentkit.train.registry import adapter_name, load_policy
+
+    status = on_status or (lambda message: log.info(message))
+    suite = get_suite(config.suite)
+    registry = PolicyRegistry(store.path)
+    eval_level = config.eval_level or config.levels[-1]
+    held_out = suite.tasks("test", config.eval_tasks, level=eval_level, seed=config.seed)
+    agent = SolveAgent(shots=config.shots, max_tokens=config.max_tokens)
+    out_dir = Path(config.output_dir)
+
+    incumbent = registry.active().version
+    status(f"round 0: measuring the active policy '{incumbent}' on {len(held_out)} held-out tasks")
+    start = time.perf_counter()
+    name = load_policy(llm, registry, incumbent)
+    report = run_tasks(llm, suite, held_out, store, agent=SolveAgent(shots=config.shots, max_tokens=config.max_tokens,
+                       adapter=name), concurrency=config.concurrency, policy_version=incumbent)
+    rounds = [RoundResult(0, eval_level, incumbent, None, False, 0, {}, report.success_rate, report.step_accuracy,
+                          None, None, report.completion_tokens, 0.0, time.perf_counter() - start)]
+    if on_round:
+        on_round(rounds[0])
+
+    for r in range(1, config.rounds + 1):
+        start = time.perf_counter()
+        level = config.levels[min(r - 1, len(config.levels) - 1)]
+        tasks = suite.tasks("train", config.train_tasks, level=level, seed=config.seed + 1000 * r)
+        adapter = adapter_name(incumbent)
+        status(f"round {r}: collecting on {len(tasks)} level-{level} training tasks with '{incumbent}'")
+        examples, new_data, sampled = _collect(llm, suite, tasks, store, config, incumbent, adapter, r)
+        candidate, promoted, train_s, gate_result = None, False, 0.0, None
+        if not examples:
+            status(f"round {r}: no training data ({new_data}); the policy stays '{incumbent}'")
+        else:
+            status(f"round {r}: training a {config.method} candidate on {len(examples)} examples")
+            t0 = time.perf_counter()
+            result = _train(config, model, registry, incumbent, examples, out_dir / f"round-{r}")
+            train_s = time.perf_counter() - t0
+            if result.adapter_path is None:
+                status(f"round {r}: training produced no adapter ({result.stats}); the policy stays '{incumbent}'")
+            else:
+                from agentkit.train.registry import register_trained
+
+                policy = register_trained(registry, result, parent=incumbent,
+                                          data={**new_data, "round": r, "level": level, "improve": asdict(config)})
+                candidate = policy.version
+                status(f"round {r}: gating '{candidate}' against '{incumbent}' on {len(held_out)} held-out tasks")
+                gate_result = gate(registry, llm, suite, held_out, candidate, incumbent=incumbent, agent=agent,
+                                   store=store, alpha=config.alpha, concurrency=config.concurrency)
+                promoted = gate_result.promote
+                status(f"round {r}: {gate_result.summary()}")
+                if promoted:
+                    if adapter is not None:
+                        llm.unload_adapter(adapter)  # keep only the active adapter resident
+                    incumbent = candidate
+                else:
+                    llm.unload_adapter(candidate)
+        if gate_result is not None:
+            success = gate_result.candidate_success if promoted else gate_result.incumbent_success
+            step_acc = gate_result.candidate_step_accuracy if promoted else gate_result.incumbent_step_accuracy
+        else:
+            success, step_acc = rounds[-1].heldout_success, rounds[-1].heldout_step_accuracy
+        row = RoundResult(
+            r, level, incumbent, candidate, promoted, len(examples), new_data, success, step_acc,
+            gate_result.candidate_success if gate_result else None, gate_result.p_value if gate_result else None,
+            sampled, train_s, time.perf_counter() - start,
+        )
+        rounds.append(row)
+        if on_round:
+            on_round(row)
+    return rounds
+
+
+def _collect(llm: LLM, suite: Suite, tasks: list[Task], store: Any, config: ImproveConfig, version: str,
+             adapter: str | None, round_: int) -> tuple[list[Any], dict[str, Any], int]:
+    """This round's training data for the method, plus counts and the sampled token total."""
+    from agentkit.memory import PairStore
+    from agentkit.train.pairs import StepDPOConfig, build_outcome_pairs, build_step_pairs, sample_solutions
+    from agentkit.train.trainer import PreferenceExample, RLGroup, SFTExample
+
+    pair_config = StepDPOConfig(
+        samples_per_task=config.samples_per_task, rectifications=config.rectifications, shots=config.shots,
+        max_tokens=config.max_tokens, seed=config.seed + round_,
+    )
+    pairs = PairStore(store)
+    if config.method == "step-dpo":
+        stats = build_step_pairs(llm, suite, tasks, store, pair_config, version, adapter=adapter, pair_store=pairs)
+        kept = pairs.pairs(kind="step", suite=suite.name) if config.replay else pairs.pairs(kind="step", policy_version=version)
+        if not config.replay:
+            kept = [p for p in kept if p.id in set(stats.pair_ids)]
+        return [PreferenceExample.from_record(p) for p in kept], stats.as_dict(), _tokens(store, stats.run_ids)
+
+    run_ids = sample_solutions(llm, suite, tasks, store, pair_config, version, adapter=adapter)
+    runs = [store.get_run(i) for i in run_ids]
+    sampled = _tokens(store, run_ids)
+    successes = sum(run.status == "success" for run in runs)
+    base = {"samples": len(runs), "successes": successes}
+    if config.method == "dpo":
+        new_ids = build_outcome_pairs(llm, store, run_ids, policy_version=version, pair_store=pairs)
+        kept = pairs.pairs(kind="outcome", suite=suite.name) if config.replay else [
+            p for p in pairs.pairs(kind="outcome") if p.id in set(new_ids)]
+        return [PreferenceExample.from_record(p) for p in kept], {**base, "pairs": len(new_ids)}, sampled
+    if config.method == "rft":
+        data = [SFTExample(run.steps[0].prompt_ids, run.steps[0].completion_ids, run.id)
+                for run in runs if run.status == "success"]
+        return data, base, sampled
+    groups: dict[str, list[Any]] = {}
+    for run in runs:
+        groups.setdefault(run.task_id, []).append(run)
+    data = [
+        RLGroup(group[0].steps[0].prompt_ids, [g.steps[0].completion_ids for g in group],
+                [float(g.reward or 0.0) for g in group], [g.steps[0].logprobs for g in group], task_id)
+        for task_id, group in groups.items() if len(group) >= 2
+    ]
+    return data, {**base, "groups": len(data)}, sampled
+
+
+def _tokens(store: Any, run_ids: list[int]) -> int:
+    return sum(sum(s.completion_tokens or 0 for s in store.steps(i)) for i in run_ids)
+
+
+def _train(config: ImproveConfig, model: str, registry: Any, incumbent: str, examples: list[Any],
+           output_dir: Path) -> Any:
+    from agentkit.train.registry import adapter_name
+    from agentkit.train.trainer import DPOConfig, PGConfig, SFTConfig, Trainer
+
+    common = dict(output_dir=str(output_dir), lr=config.lr, epochs=config.epochs, batch_size=config.batch_size,
+                  lora_r=config.lora_r, seed=config.seed)
+    if config.method in ("step-dpo", "dpo"):
+        train_config = DPOConfig(beta=config.beta, nll_weight=config.nll_weight, **common)
+    elif config.method == "rft":
+        train_config = SFTConfig(**common)
+    else:
+        train_config = PGConfig(method=config.method, **{**common, "lr": config.lr / 5})
+    parent = None if adapter_name(incumbent) is None else registry.get(incumbent).adapter_path
+    trainer = Trainer(train_config, model, parent_adapter=parent)
+    return trainer.train(examples, resume=False)
+
+
+def plot_curve(rounds: list[RoundResult], path: str | Path, title: str = "agentkit improve") -> Path:
+    """Held-out success and step accuracy per round, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    xs = [r.round for r in rounds]
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
+    ax.plot(xs, [100 * r.heldout_success for r in rounds], marker="o", label="held-out success")
+    if any(r.heldout_step_accuracy is not None for r in rounds):
+        ax.plot(xs, [100 * (r.heldout_step_accuracy or 0) for r in rounds], marker="s", label="step accuracy")
+    cands = [(r.round, 100 * r.candidate_success) for r in rounds if r.candidate_success is not None]
+    if cands:
+        ax.scatter(*zip(*cands), marker="x", color="grey", label="candidate (gated)")
+    ax.set_xlabel("round")
+    ax.set_ylabel("%")
+    ax.set_xticks(xs)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -1,0 +1,93 @@
+"""The continual loop on a scripted sampler and a tiny trainable model: collect -> data ->
+train a LoRA candidate -> register -> gate -> promote, with the round table and the PNG."""
+
+from __future__ import annotations
+
+import pytest
+
+from agentkit.llm.scripted import ScriptedLLM
+from agentkit.memory import TrajectoryStore
+from agentkit.memory.policies import PolicyRegistry
+from agentkit.tasks import get_suite
+from agentkit.train.loop import ImproveConfig, improve, plot_curve
+
+from conftest import build_tiny_model, build_tiny_tokenizer
+
+
+class CharScripted(ScriptedLLM):
+    """A scripted sampler that speaks the tiny model's character tokenizer, so the ids it
+    records are ids the tiny model can train on."""
+
+    def __init__(self, replies, tokenizer):
+        super().__init__(replies)
+        self.tok = tokenizer
+
+    def tokenize(self, text):
+        return list(self.tok(text)["input_ids"])
+
+    def _encode(self, text):
+        return list(self.tok(text, add_special_tokens=False)["input_ids"])
+
+    def decode(self, token_ids):
+        return self.tok.decode(list(token_ids), skip_special_tokens=True)
+
+
+def answers(suite, right_for):
+    """Gold solutions when the requesting adapter is in ``right_for``, else a wrong answer."""
+    by_question = {}
+
+    def reply(prompt, request):
+        if "Question: " not in prompt:
+            return "ok"  # the registry's one-token "which adapter answers?" probe
+        question = prompt.rsplit("Question: ", 1)[1].split("\n", 1)[0]
+        task = by_question.get(question)
+        if task is None:
+            level = 1
+            for candidate in suite.tasks("test", 8, level=level) + suite.tasks("train", 64, level=level, seed=1000):
+                by_question[candidate.question] = candidate
+            task = by_question[question]
+        ok = request.adapter in right_for or (request.temperature > 0 and request.seed % 2 == 0)
+        return task.solution + "\n" if ok else "Step 1: 1 + 1 = 3\nAnswer: 3\n"
+
+    return reply
+
+
+def test_rft_round_trains_gates_and_promotes(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    tok = build_tiny_tokenizer()
+    suite = get_suite("arithmetic")
+    # candidates (adapters named v1, v2...) answer right; the base answers wrong
+    llm = CharScripted(answers(suite, right_for={"v1", "v2"}), tok)
+    config = ImproveConfig(method="rft", rounds=1, levels=[1], train_tasks=4, eval_tasks=8, samples_per_task=2,
+                           epochs=1, batch_size=2, concurrency=4, output_dir=str(tmp_path / "improve"))
+    rows = []
+    with TrajectoryStore(tmp_path / "runs.db") as store:
+        rounds = improve(llm, store, config, model=build_tiny_model(len(tok)), on_round=rows.append)
+        registry = PolicyRegistry(store.path)
+        assert registry.active().version == "v1"
+    assert [r.round for r in rounds] == [0, 1] and rows == rounds
+    assert rounds[0].heldout_success == 0.0
+    assert rounds[1].promoted and rounds[1].candidate == "v1" and rounds[1].heldout_success == 1.0
+    assert rounds[1].examples > 0 and rounds[1].p_value < 0.05
+    png = plot_curve(rounds, tmp_path / "curve.png")
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_regression_is_not_promoted(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    tok = build_tiny_tokenizer()
+    suite = get_suite("arithmetic")
+    llm = CharScripted(answers(suite, right_for={None}), tok)  # the base is right, candidates wrong
+    config = ImproveConfig(method="rft", rounds=1, levels=[1], train_tasks=4, eval_tasks=8, samples_per_task=2,
+                           epochs=1, batch_size=2, concurrency=4, output_dir=str(tmp_path / "improve"))
+    with TrajectoryStore(tmp_path / "runs.db") as store:
+        rounds = improve(llm, store, config, model=build_tiny_model(len(tok)))
+        assert PolicyRegistry(store.path).active().version == "base"
+    assert not rounds[1].promoted and rounds[1].heldout_success == rounds[0].heldout_success == 1.0
+
+
+def test_bad_method_is_one_clear_error():
+    from agentkit.errors import AgentkitError
+
+    with pytest.raises(AgentkitError, match="method 'ppo'"):
+        ImproveConfig(method="ppo")

@@ -1,0 +1,304 @@
+"""The LoRA trainer on the tiny random Gemma: every method moves the right things, the
+reference is the policy at the start, checkpoints survive kill -9, and the saved adapter
+is what a backend loads and answers with."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from agentkit.errors import AgentkitError
+from agentkit.llm.base import GenerationRequest
+from agentkit.llm.transformers import TransformersLLM
+from agentkit.memory.policies import PolicyRegistry
+from agentkit.train.registry import load_policy, register_trained
+from agentkit.train.trainer import (
+    DPOConfig,
+    PGConfig,
+    PreferenceExample,
+    RLGroup,
+    SFTConfig,
+    SFTExample,
+    Trainer,
+    TrainConfig,
+    config_from_dict,
+)
+
+TESTS = Path(__file__).resolve().parent
+
+
+def encode(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def pattern_pairs(tokenizer, n: int, seed: int) -> list[PreferenceExample]:
+    """Same pattern, new prompts: a question about random digits; chosen says " yes.", rejected " no!"."""
+    rng = random.Random(seed)
+    pairs = []
+    for i in range(n):
+        digits = "".join(rng.choice("0123456789") for _ in range(rng.randint(3, 8)))
+        prompt = [2] + encode(tokenizer, f"Q: is {digits} fine?\nA:")
+        pairs.append(PreferenceExample(prompt, encode(tokenizer, " yes."), encode(tokenizer, " no!"), id=i))
+    return pairs
+
+
+def lora_state(trainer: Trainer) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+
+
+def config(cls=DPOConfig, tmp_path=None, **kw):
+    defaults = dict(output_dir=str(tmp_path / "out"), batch_size=4, lr=5e-3, dtype="fp32", checkpoint_every=0)
+    return cls(**{**defaults, **kw})
+
+
+# --- every method moves the model -----------------------------------------------------------
+
+
+def test_dpo_moves_the_loss_and_every_lora_parameter(tiny_model_factory, tiny_tokenizer, tmp_path):
+    trainer = Trainer(config(tmp_path=tmp_path, steps=4), tiny_model_factory())
+    before = lora_state(trainer)
+    assert before and all(".lora_A." in n or ".lora_B." in n for n in before)
+    assert len(before) == 2 * 7 * 2  # A and B x 7 linear layers x 2 decoder layers
+    result = trainer.train(pattern_pairs(tiny_tokenizer, 16, seed=0))
+    losses = [r["loss"] for r in result.history]
+    assert len(losses) == 4 and losses[-1] != losses[0]
+    assert result.history[0]["reward_margin"] == 0.0  # step 1: policy == reference
+    assert result.history[0]["loss"] == pytest.approx(math.log(2) + result.history[0]["nll"], abs=1e-5)
+    after = lora_state(trainer)
+    for name, value in before.items():
+        assert not torch.equal(value, after[name]), f"LoRA parameter {name} did not change"
+    for key in ("loss", "reward_margin", "reward_accuracy", "chosen_reward", "rejected_reward", "nll",
+                "grad_norm", "lr", "tokens", "tokens_per_s"):
+        assert key in result.history[-1], key
+    assert result.stats["steps"] == 4 and result.stats["trained_tokens"] > 0
+
+
+def test_dpo_raises_the_margin_on_held_out_pairs(tiny_model_factory, tiny_tokenizer, tmp_path):
+    trainer = Trainer(config(tmp_path=tmp_path, steps=12, beta=0.5, nll_weight=0.1), tiny_model_factory())
+    held_out = pattern_pairs(tiny_tokenizer, 16, seed=99)
+    before = trainer.evaluate(held_out)
+    trainer.train(pattern_pairs(tiny_tokenizer, 32, seed=1))
+    after = trainer.evaluate(held_out)
+    assert after["margin"] > before["margin"] + 1.0, (before, after)
+    assert after["accuracy"] == 1.0
+
+
+def test_sft_lowers_the_nll(tiny_model_factory, tiny_tokenizer, tmp_path):
+    rng = random.Random(0)
+
+    def examples(n):
+        out = []
+        for _ in range(n):
+            a, b = rng.randint(1, 9), rng.randint(1, 9)
+            out.append(SFTExample([2] + encode(tiny_tokenizer, f"{a}+{b}="), encode(tiny_tokenizer, f"{a + b}. done")))
+        return out
+
+    train, held_out = examples(32), examples(16)
+    trainer = Trainer(config(SFTConfig, tmp_path, steps=10), tiny_model_factory())
+    before = trainer.evaluate(held_out)["nll"]
+    result = trainer.train(train)
+    after = trainer.evaluate(held_out)["nll"]
+    assert after < before - 0.5, (before, after)
+    assert result.history[-1]["nll"] < result.history[0]["nll"]
+
+
+def test_grpo_reports_equal_reward_groups_and_does_not_update(tiny_model_factory, tiny_tokenizer, tmp_path):
+    prompt = [2] + encode(tiny_tokenizer, "Q: 2+2=")
+    groups = [RLGroup(prompt, [encode(tiny_tokenizer, s) for s in ("4", "5", "22")], [r, r, r], id=f"g{i}")
+              for i, r in enumerate([0.0, 1.0, 0.0])]
+    trainer = Trainer(config(PGConfig, tmp_path, steps=3), tiny_model_factory())
+    before = lora_state(trainer)
+    result = trainer.train(groups)
+    assert result.adapter_path is None and result.steps == 0 and result.history == []
+    assert result.stats["equal_reward_groups"] == 3 and result.stats["groups"] == 3
+    assert result.stats["equal_reward_group_ids"] == ["g0", "g1", "g2"] and result.stats["trained"] is False
+    after = lora_state(trainer)
+    assert all(torch.equal(before[n], after[n]) for n in before)
+
+
+@pytest.mark.parametrize("method", ["grpo", "rloo"])
+def test_policy_gradient_trains_on_informative_groups_only(method, tiny_model_factory, tiny_tokenizer, tmp_path):
+    prompt = [2] + encode(tiny_tokenizer, "Q: 2+2=")
+    good, bad = encode(tiny_tokenizer, "4."), encode(tiny_tokenizer, "5.")
+    groups = [RLGroup(prompt, [good, bad, bad, good], [1.0, 0.0, 0.0, 1.0]) for _ in range(4)]
+    groups.append(RLGroup(prompt, [bad, bad], [0.0, 0.0], id="dead"))
+    trainer = Trainer(config(PGConfig, tmp_path, method=method, steps=6, lr=1e-2, group_size=0), tiny_model_factory())
+    pair = [PreferenceExample(prompt, good, bad)]
+    before = trainer.evaluate(pair)["margin"]
+    result = trainer.train(groups)
+    assert result.stats["equal_reward_groups"] == 1 and result.stats["equal_reward_group_ids"] == ["dead"]
+    assert result.stats["examples"] == 4
+    assert trainer.evaluate(pair)["margin"] > before
+    first = result.history[0]
+    assert first["ratio"] == pytest.approx(1.0, abs=1e-5) and first["kl"] == pytest.approx(0.0, abs=1e-6)
+    assert result.history[-1]["kl"] > 0
+
+
+@pytest.mark.parametrize("preamble", ["", "Answer every question with yes or no.\n\n"])
+def test_step_only_forward_equals_the_full_forward(preamble, tiny_model_factory, tiny_tokenizer, tmp_path):
+    # with a preamble the prompts share > 16 tokens: that part runs once for the whole batch
+    pairs = pattern_pairs(tiny_tokenizer, 8, seed=3)
+    for x in pairs:
+        x.prompt_ids[1:1] = encode(tiny_tokenizer, preamble)
+    fast = Trainer(config(tmp_path=tmp_path, prompt_grad=False), tiny_model_factory()).evaluate(pairs)
+    full = Trainer(config(tmp_path=tmp_path, prompt_grad=True), tiny_model_factory()).evaluate(pairs)
+    assert fast["margin"] == pytest.approx(full["margin"], abs=1e-4)
+    assert fast["chosen_nll"] == pytest.approx(full["chosen_nll"], abs=1e-5)
+
+
+def test_bf16_autocast_trains_through_the_same_code(tiny_model_factory, tiny_tokenizer, tmp_path):
+    trainer = Trainer(config(tmp_path=tmp_path, steps=3, dtype="bf16"), tiny_model_factory())
+    assert trainer.dtype == torch.bfloat16
+    assert all(p.dtype == torch.float32 for p in trainer.params)  # fp32 master weights for LoRA
+    result = trainer.train(pattern_pairs(tiny_tokenizer, 12, seed=0))
+    assert all(math.isfinite(r["loss"]) for r in result.history)
+
+
+def test_continuing_a_parent_adapter_starts_from_it(tiny_model_factory, tiny_tokenizer, tmp_path):
+    pairs = pattern_pairs(tiny_tokenizer, 16, seed=0)
+    parent = Trainer(config(tmp_path=tmp_path, steps=6, lora_dropout=0.0), tiny_model_factory()).train(pairs)
+    child = Trainer(config(tmp_path=tmp_path, steps=2, output_dir=str(tmp_path / "child"), lora_dropout=0.0),
+                    tiny_model_factory(), parent_adapter=parent.adapter_path)
+    parent_eval = Trainer(config(tmp_path=tmp_path), tiny_model_factory(), parent_adapter=parent.adapter_path).evaluate(pairs)
+    assert child.evaluate(pairs)["margin"] == pytest.approx(parent_eval["margin"], abs=1e-5)
+    result = child.train(pairs)
+    # the reference is the incumbent (the parent), not the base: the first step has no margin
+    assert result.history[0]["reward_margin"] == pytest.approx(0.0, abs=1e-5)
+
+
+# --- configs --------------------------------------------------------------------------------
+
+
+def test_configs_have_help_for_every_field_and_round_trip():
+    for cls in (TrainConfig, DPOConfig, SFTConfig, PGConfig):
+        missing = [name for name, text in cls.help().items() if not text.strip()]
+        assert not missing, f"{cls.__name__} fields without help: {missing}"
+    cfg = PGConfig(method="rloo", kl_coef=0.1, steps=5)
+    assert config_from_dict(cfg.to_dict()) == cfg
+    assert DPOConfig().nll_weight > 0
+    with pytest.raises(AgentkitError, match="'grpo' or 'rloo', not 'dpo'"):
+        PGConfig(method="dpo")
+    with pytest.raises(AgentkitError, match="schedule 'step'"):
+        SFTConfig(schedule="step")
+
+
+def test_a_checkpoint_of_another_config_is_refused(tiny_model_factory, tiny_tokenizer, tmp_path):
+    pairs = pattern_pairs(tiny_tokenizer, 16, seed=0)
+    Trainer(config(tmp_path=tmp_path, steps=4, checkpoint_every=2), tiny_model_factory()).train(pairs)
+    assert [p.name for p in (tmp_path / "out" / "checkpoints").iterdir()] == ["step-000002.pt"]
+    with pytest.raises(AgentkitError, match="another config.*lr 0.005 -> 0.001"):
+        Trainer(config(tmp_path=tmp_path, steps=4, lr=1e-3), tiny_model_factory()).train(pairs)
+    with pytest.raises(AgentkitError, match="other training data"):
+        Trainer(config(tmp_path=tmp_path, steps=4, checkpoint_every=2), tiny_model_factory()).train(pairs[:12])
+    fresh = Trainer(config(tmp_path=tmp_path, steps=4, lr=1e-3), tiny_model_factory()).train(pairs, resume=False)
+    assert fresh.resumed_from is None and fresh.steps == 4
+
+
+# --- kill -9 and resume ----------------------------------------------------------------------
+
+CHILD = textwrap.dedent(
+    """
+    import random, sys, time
+    sys.path.insert(0, {tests!r})
+    from conftest import build_tiny_model, build_tiny_tokenizer
+    from agentkit.train.trainer import DPOConfig, Trainer
+    from test_trainer import pattern_pairs
+
+    out, pause = sys.argv[1], float(sys.argv[2])
+    tokenizer = build_tiny_tokenizer()
+
+    def on_log(record):
+        print("step", record["step"], flush=True)
+        time.sleep(pause)
+
+    cfg = DPOConfig(output_dir=out, steps=10, batch_size=4, lr=5e-3, dtype="fp32", checkpoint_every=3,
+                    lora_dropout=0.1, seed=7)
+    result = Trainer(cfg, build_tiny_model(len(tokenizer)), on_log=on_log).train(pattern_pairs(tokenizer, 20, seed=0))
+    print("done", result.resumed_from, result.steps, flush=True)
+    """
+)
+
+
+def child(out: Path, pause: float) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-c", CHILD.format(tests=str(TESTS)), str(out), str(pause)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(TESTS),
+    )
+
+
+def test_training_resumes_after_kill_9_and_ends_where_an_uninterrupted_run_does(tmp_path):
+    straight = child(tmp_path / "straight", 0.0)
+    out, err = straight.communicate(timeout=300)
+    assert straight.returncode == 0, err
+    assert out.strip().splitlines()[-1] == "done None 10"
+
+    victim = child(tmp_path / "killed", 0.3)
+    seen = []
+    for line in victim.stdout:
+        seen.append(line.strip())
+        if line.strip() == "step 7":  # checkpoint 6 is on disk: it is written right after step 6's log
+            os.kill(victim.pid, signal.SIGKILL)
+            break
+    victim.wait(timeout=60)
+    assert victim.returncode == -signal.SIGKILL, victim.stderr.read()
+    ckpts = sorted(p.name for p in (tmp_path / "killed" / "checkpoints").iterdir())
+    assert ckpts == ["step-000003.pt", "step-000006.pt"]
+    assert not (tmp_path / "killed" / "adapter").exists()
+
+    resumed = child(tmp_path / "killed", 0.0)
+    out, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err
+    lines = out.strip().splitlines()
+    assert lines[0] == "step 7" and lines[-1] == "done 6 10"  # the step counter continues
+    steps = [json.loads(l)["step"] for l in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 11))
+
+    a = load_file(str(tmp_path / "straight" / "adapter" / "adapter_model.safetensors"))
+    b = load_file(str(tmp_path / "killed" / "adapter" / "adapter_model.safetensors"))
+    assert a.keys() == b.keys() and len(a) == 28
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=1e-5, atol=1e-6, msg=lambda m: f"{name}: {m}")
+
+
+# --- the saved adapter on a backend ---------------------------------------------------------
+
+
+def test_the_saved_adapter_loads_into_the_backend_and_answers(tiny_model_factory, tiny_tokenizer, tmp_path):
+    pairs = pattern_pairs(tiny_tokenizer, 16, seed=0)
+    trainer = Trainer(config(tmp_path=tmp_path, steps=6), tiny_model_factory(seed=0))
+    result = trainer.train(pairs)
+    adapter = Path(result.adapter_path)
+    assert sorted(p.name for p in adapter.iterdir()) == ["README.md", "adapter_config.json", "adapter_model.safetensors"]
+    assert json.loads((adapter / "adapter_config.json").read_text())["peft_type"] == "LORA"
+
+    llm = TransformersLLM.from_model(tiny_model_factory(seed=0), tiny_tokenizer, name="tiny", dtype="fp32")
+    try:
+        prompt, chosen = pairs[0].prompt_ids, pairs[0].chosen_ids
+        base = llm.score(prompt, chosen)
+        with PolicyRegistry(tmp_path / "runs.db") as registry:
+            version = register_trained(registry, result, data={"pair_ids": [x.id for x in pairs]})
+            assert (version.version, version.method, version.status) == ("v1", "dpo", "candidate")
+            assert version.data == {"examples": 16, "pair_ids": list(range(16))}
+            assert version.config["beta"] == 0.4 and version.metrics["train"]["steps"] == 6
+            assert load_policy(llm, registry, "v1") == "v1"  # checksum verified, probe answered by v1
+        ((completion,),) = llm.generate([GenerationRequest(prompt, max_tokens=4, adapter="v1")])
+        assert completion.adapter == "v1" and len(completion.token_ids) >= 1
+        tuned = llm.score(prompt, chosen, adapter="v1")
+        assert max(abs(x - y) for x, y in zip(base, tuned)) > 1e-3
+        # the backend's logprobs under the adapter are the trainer's
+        expected = trainer.evaluate([SFTExample(prompt, chosen)])["nll"]
+        assert -sum(tuned) / len(tuned) == pytest.approx(expected, abs=1e-4)
+        assert llm.score(prompt, chosen) == pytest.approx(base, abs=1e-6)  # the base is untouched
+    finally:
+        llm.close()
