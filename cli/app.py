@@ -551,6 +551,65 @@ def policy_rollback(
     typer.echo(f"{policy.version} is active again ({current} rolled back)")
 
 
+# --- agentkit improve ---------------------------------------------------------------------
+
+
+@app.command()
+def improve(
+    graph: Optional[str] = typer.Argument(None, help="Graph to improve: single_solver (the default) is the one the loop trains today."),
+    suite: str = typer.Option("arithmetic", help="Built-in suite to train and gate on."),
+    rounds: int = typer.Option(3, help="Rounds of collect -> pairs -> train -> gate."),
+    method: str = typer.Option("step-dpo", help="step-dpo, dpo (whole-output), rft, grpo or rloo."),
+    levels: str = typer.Option("1,2", help="Curriculum: training level per round, comma-separated (the last repeats)."),
+    train_tasks: int = typer.Option(64, help="New training tasks per round."),
+    eval_tasks: int = typer.Option(100, help="Held-out test tasks the gate compares policies on."),
+    samples: int = typer.Option(4, help="Samples per training task."),
+    model: str = typer.Option("gemma-3-270m", help="Base model: gemma-3-270m, a local directory, or a cached Hugging Face id."),
+    dtype: str = typer.Option("auto", help="auto, bf16 or fp32 (sampling and training)."),
+    out: Path = typer.Option(Path("agentkit-improve"), help="Directory for adapters, checkpoints and the learning curve."),
+    store: Optional[Path] = typer.Option(None, envvar="AGENTKIT_STORE", show_default=STORE_DEFAULT, help=STORE_HELP),
+) -> None:
+    """Make the policy better at a suite: rounds of collect, credit, train a LoRA candidate, gate, promote."""
+    from agentkit.train.loop import METHODS
+
+    _require(graph in (None, "single_solver", "solve"),
+             f"graph '{graph}': improve trains the single solver today; run `agentkit improve --suite {suite}`")
+    _require(method in METHODS, f"--method {method}: choose one of {', '.join(METHODS)}")
+    try:
+        level_list = [int(x) for x in levels.split(",") if x.strip()]
+    except ValueError:
+        level_list = []
+    _require(bool(level_list), f"--levels {levels!r}: give difficulty levels as integers, e.g. --levels 1,2")
+    from agentkit.tasks import get_suite
+
+    task_suite = get_suite(suite)
+    bad = [lvl for lvl in level_list if lvl not in task_suite.levels]
+    _require(not bad, f"--levels {levels}: {suite} has levels {', '.join(map(str, task_suite.levels))}")
+
+    from rich.console import Console
+
+    from agentkit.cli.render import improve_table
+    from agentkit.llm import load_backend
+    from agentkit.memory import TrajectoryStore
+    from agentkit.train.loop import ImproveConfig, improve as run_improve, plot_curve
+
+    config = ImproveConfig(suite=suite, method=method, rounds=rounds, levels=level_list, train_tasks=train_tasks,
+                           eval_tasks=eval_tasks, samples_per_task=samples, output_dir=str(out / "rounds"))
+    err, console = _stderr_console(), Console()
+    _quiet_hub()
+    with TrajectoryStore(_store_path(store)) as traces:
+        llm = load_backend("transformers", model, dtype=dtype)
+        try:
+            results = run_improve(llm, traces, config, model=model,
+                                  on_status=lambda message: err.print(message, highlight=False, markup=False),
+                                  on_round=lambda r: console.print(improve_table([r])))
+        finally:
+            llm.close()
+    console.print(improve_table(results))
+    png = plot_curve(results, out / "learning_curve.png", title=f"agentkit improve ({method}) on {suite}")
+    typer.echo(f"learning curve: {png}")
+
+
 def main() -> None:
     """Console-script entry point."""
     app(prog_name="agentkit")

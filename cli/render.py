@@ -327,3 +327,22 @@ def policy_detail(policy: Any, events: Sequence[Any]) -> Group:
         history.add_row(e.created_at[:19].replace("T", " "), e.event, e.version, e.previous or "-", e.actor or "-",
                         Text(e.reason or "-"))
     return Group(grid, Text(""), history)
+
+
+def improve_table(rounds: list) -> Any:
+    """One row per `agentkit improve` round: the policy after it, its held-out numbers, the data."""
+    from rich.table import Table
+
+    def pct(v: Any) -> str:
+        return "-" if v is None else f"{100 * v:.1f}%"
+
+    table = Table(title="agentkit improve", title_justify="left")
+    for name in ("round", "level", "policy", "candidate", "promoted", "examples", "held-out success",
+                 "step acc", "candidate", "p", "sampled tok", "train s", "round s"):
+        table.add_column(name, justify="right")
+    for r in rounds:
+        table.add_row(str(r.round), str(r.level), r.incumbent, r.candidate or "-", "yes" if r.promoted else "no",
+                      str(r.examples), pct(r.heldout_success), pct(r.heldout_step_accuracy), pct(r.candidate_success),
+                      "-" if r.p_value is None else f"{r.p_value:.3f}", str(r.sampled_tokens),
+                      f"{r.train_s:.0f}", f"{r.wall_s:.0f}")
+    return table
