@@ -238,11 +238,7 @@ def child(out: Path, pause: float) -> subprocess.Popen:
 
 
 def test_training_resumes_after_kill_9_and_ends_where_an_uninterrupted_run_does(tmp_path):
-    straight = child(tmp_path / "straight", 0.0)
-    out, err = straight.communicate(timeout=300)
-    assert straight.returncode == 0, err
-    assert out.strip().splitlines()[-1] == "done None 10"
-
+    straight = child(tmp_path / "straight", 0.0)  # the uninterrupted run, alongside
     victim = child(tmp_path / "killed", 0.3)
     seen = []
     for line in victim.stdout:
@@ -255,6 +251,10 @@ def test_training_resumes_after_kill_9_and_ends_where_an_uninterrupted_run_does(
     ckpts = sorted(p.name for p in (tmp_path / "killed" / "checkpoints").iterdir())
     assert ckpts == ["step-000003.pt", "step-000006.pt"]
     assert not (tmp_path / "killed" / "adapter").exists()
+
+    out, err = straight.communicate(timeout=300)
+    assert straight.returncode == 0, err
+    assert out.strip().splitlines()[-1] == "done None 10"
 
     resumed = child(tmp_path / "killed", 0.0)
     out, err = resumed.communicate(timeout=300)
