@@ -8,25 +8,16 @@ each suite's test split, which later work (graphs, memory, training) must beat.
 from __future__ import annotations
 
 import argparse
-import math
 
 from _common import markdown_table, write_result
 from agentkit.llm.transformers import TransformersLLM
 from agentkit.memory import TrajectoryStore
 from agentkit.runtime import SolveAgent, run_tasks
 from agentkit.tasks import get_suite
+from agentkit.train.gate import wilson_interval
 
 DEFAULT = [("arithmetic", 1), ("arithmetic", 2), ("arithmetic", 3), ("countdown", 3), ("countdown", 4),
            ("blocksworld", 4), ("prontoqa", 2)]
-
-
-def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    if n == 0:
-        return 0.0, 0.0
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def main() -> None:
@@ -48,7 +39,7 @@ def main() -> None:
             report = run_tasks(llm, suite, tasks, store, agent=SolveAgent(shots=args.shots, max_tokens=200),
                                concurrency=args.concurrency)
             wins = sum(r.reward >= 1.0 for r in report.results)
-            lo, hi = wilson(wins, report.n)
+            lo, hi = wilson_interval(wins, report.n)
             step = report.step_accuracy
             rows.append([name, level, report.n, f"{100 * report.success_rate:.1f}%", f"{100 * lo:.0f}-{100 * hi:.0f}%",
                          "-" if step is None else f"{100 * step:.1f}%", report.completion_tokens, report.wall_s])
