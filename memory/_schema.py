@@ -164,11 +164,105 @@ def m0004_policies(conn: sqlite3.Connection) -> None:
     )
 
 
+def m0005_experience_library(conn: sqlite3.Connection) -> None:
+    """The experience library (memory/library.py): items nodes read into their prompts.
+
+    ``library_items``: one row per exemplar, insight or route statistic, with its utility
+    counts (``shown``, ``shown_success`` and ``expected``, the sum of the node's base rate at
+    each showing). ``library_fts`` indexes ``search`` (FTS5, BM25), kept in step by triggers.
+    ``library_nodes``: per family and node, runs and successes (the base rate).
+    ``library_versions``: one row per batch of changes; ``library_item_versions`` the
+    state of every item a version touched (NULL: deleted), from which any version is
+    restored exactly. ``library_runs``: runs already accounted, so none counts twice."""
+    conn.execute(
+        """
+        CREATE TABLE library_items (
+            id INTEGER PRIMARY KEY,
+            kind TEXT NOT NULL,
+            family TEXT NOT NULL,
+            node TEXT,
+            role TEXT,
+            key TEXT NOT NULL,
+            text TEXT NOT NULL,
+            condition TEXT,
+            lesson TEXT,
+            example TEXT,
+            label TEXT,
+            source_runs TEXT,
+            shown INTEGER NOT NULL DEFAULT 0,
+            shown_success INTEGER NOT NULL DEFAULT 0,
+            expected REAL NOT NULL DEFAULT 0,
+            status TEXT NOT NULL,
+            reason TEXT,
+            fingerprint TEXT NOT NULL UNIQUE,
+            search TEXT NOT NULL,
+            meta TEXT,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL
+        )
+        """
+    )
+    conn.execute("CREATE INDEX idx_library_items_family ON library_items (family, kind, status)")
+    conn.execute(
+        "CREATE VIRTUAL TABLE library_fts USING fts5(search, content='library_items', content_rowid='id')"
+    )
+    conn.execute(
+        "CREATE TRIGGER library_items_ai AFTER INSERT ON library_items BEGIN "
+        "INSERT INTO library_fts (rowid, search) VALUES (new.id, new.search); END"
+    )
+    conn.execute(
+        "CREATE TRIGGER library_items_ad AFTER DELETE ON library_items BEGIN "
+        "INSERT INTO library_fts (library_fts, rowid, search) VALUES ('delete', old.id, old.search); END"
+    )
+    conn.execute(
+        "CREATE TRIGGER library_items_au AFTER UPDATE OF search ON library_items BEGIN "
+        "INSERT INTO library_fts (library_fts, rowid, search) VALUES ('delete', old.id, old.search); "
+        "INSERT INTO library_fts (rowid, search) VALUES (new.id, new.search); END"
+    )
+    conn.execute(
+        """
+        CREATE TABLE library_nodes (
+            family TEXT NOT NULL,
+            node TEXT NOT NULL,
+            runs INTEGER NOT NULL DEFAULT 0,
+            successes INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (family, node)
+        )
+        """
+    )
+    conn.execute(
+        """
+        CREATE TABLE library_versions (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            message TEXT NOT NULL,
+            changes TEXT,
+            nodes TEXT,
+            restored_from INTEGER,
+            created_at TEXT NOT NULL
+        )
+        """
+    )
+    conn.execute(
+        """
+        CREATE TABLE library_item_versions (
+            version INTEGER NOT NULL REFERENCES library_versions(id),
+            item_id INTEGER NOT NULL,
+            row TEXT,
+            PRIMARY KEY (item_id, version)
+        )
+        """
+    )
+    conn.execute(
+        "CREATE TABLE library_runs (run_id INTEGER PRIMARY KEY, version INTEGER REFERENCES library_versions(id))"
+    )
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = [
     ("0001_initial", m0001_initial),
     ("0002_graph_place", m0002_graph_place),
     ("0003_step_pairs", m0003_step_pairs),
     ("0004_policies", m0004_policies),
+    ("0005_experience_library", m0005_experience_library),
 ]
 
 
