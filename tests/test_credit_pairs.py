@@ -299,6 +299,34 @@ def test_build_step_pairs_finds_the_planted_error_and_builds_the_pair(store, tas
     assert PairStore(store).count() == 1
 
 
+def test_step_checked_rectifications_stop_at_the_line_and_need_a_right_step(store, task):
+    w = lines(task)
+    # good2 and spaced2 are right steps (spaced2 is a duplicate once normalised); lucky2
+    # reaches a wrong step whatever follows; the replies go on past the line, which the
+    # newline stop must cut off
+    rectifications = [w["good2"], w["wrong2"], w["lucky2"], w["spaced2"]]
+    requests = []
+
+    class Recording(ScriptedLLM):
+        def generate(self, batch):
+            requests.extend(batch)
+            return super().generate(batch)
+
+    llm = Recording(planted_error_policy(task, rectifications))
+    config = StepDPOConfig(samples_per_task=1, rectifications=4, chosen_by="step")
+    stats = build_step_pairs(llm, SUITE, [task], store, config)
+    assert "\n" in requests[-1].stop and "\n" not in requests[0].stop
+    assert (stats.rectifications, stats.correct_rectifications, stats.dedup_removed, stats.pairs) == (4, 2, 1, 1)
+    [pair] = PairStore(store).pairs()
+    assert pair.chosen_text == w["good2"] and pair.rejected_text == w["wrong2"]
+    assert llm.decode(pair.prompt_ids + pair.chosen_ids) == pair.prompt_text + pair.chosen_text
+
+
+def test_chosen_by_must_be_outcome_or_step():
+    with pytest.raises(ValueError, match="chosen_by"):
+        StepDPOConfig(chosen_by="vibes")
+
+
 def test_step_pairs_with_bpe_like_tokens_are_exact_token_cuts(store, task):
     w = lines(task)
 

@@ -91,3 +91,32 @@ def test_bad_method_is_one_clear_error():
 
     with pytest.raises(AgentkitError, match="method 'ppo'"):
         ImproveConfig(method="ppo")
+
+
+def test_gold_sft_trains_on_the_suite_solutions_without_sampling(tmp_path, monkeypatch):
+    from agentkit.train.loop import _collect
+
+    monkeypatch.chdir(tmp_path)
+    tok = build_tiny_tokenizer()
+    suite = get_suite("arithmetic")
+    llm = CharScripted(answers(suite, right_for={"v1"}), tok)
+    config = ImproveConfig(method="gold-sft", rounds=1, levels=[1], train_tasks=4, eval_tasks=8, epochs=1,
+                           batch_size=2, concurrency=4, output_dir=str(tmp_path / "improve"))
+    tasks = suite.tasks("train", 3, level=1, seed=7)
+    with TrajectoryStore(tmp_path / "runs.db") as store:
+        data, counts, sampled = _collect(llm, suite, tasks, store, config, "base", None, 1)
+        assert (len(data), counts, sampled, store.list_runs(None)) == (3, {"solutions": 3}, 0, [])
+        for task, example in zip(tasks, data):  # (the char tokenizer drops newlines)
+            assert example.prompt_ids == llm.tokenize(suite.prompt(task, shots=config.shots))
+            assert example.completion_ids == llm._encode(task.solution + "\n\nQuestion:")
+        rounds = improve(llm, store, config, model=build_tiny_model(len(tok)))
+    assert rounds[1].examples == 4 and rounds[1].sampled_tokens == 0 and rounds[1].promoted
+
+
+def test_improve_config_refuses_unknown_choices():
+    from agentkit.errors import AgentkitError
+
+    with pytest.raises(AgentkitError, match="chosen_by 'vibes'"):
+        ImproveConfig(chosen_by="vibes")
+    with pytest.raises(AgentkitError, match="gate metric 'vibes'"):
+        ImproveConfig(gate_metric="vibes")

@@ -17,7 +17,8 @@ from agentkit.llm.scripted import ScriptedLLM
 from agentkit.memory import TrajectoryStore
 from agentkit.memory.policies import ChecksumError, PolicyRegistry, adapter_checksum
 from agentkit.tasks import get_suite
-from agentkit.train.gate import compare_policies, gate, mcnemar_exact, wilson_interval
+from agentkit.errors import AgentkitError
+from agentkit.train.gate import compare_policies, gate, mcnemar_exact, paired_permutation_p, wilson_interval
 from agentkit.train.registry import PolicyLLM, load_policy
 
 WRONG = "Step 1: 1 + 1 = 3\nAnswer: 3"
@@ -267,6 +268,64 @@ def test_a_small_gain_is_not_significant(tmp_path, held_out):
     result = compare_policies(llm, suite, tasks, candidate="v9", incumbent="base", concurrency=4)
     assert (result.b, result.c, result.candidate_successes - result.incumbent_successes) == (1, 4, 3)
     assert result.p_value == pytest.approx(6 / 32) and not result.promote
+
+
+def first_step_solver(tasks, plan: dict):
+    """plan[adapter] maps a question to "gold" (whole solution), "step1" (the first step right,
+    then wrong) or nothing (all wrong)."""
+    by_question = {t.question: t for t in tasks}
+
+    def reply(prompt: str, request) -> str:
+        if "Question: " not in prompt:
+            return "ok"
+        question = prompt.rsplit("Question: ", 1)[1].split("\n", 1)[0]
+        kind = plan[request.adapter].get(question)
+        task = by_question[question]
+        if kind == "gold":
+            return task.solution
+        if kind == "step1":
+            return task.solution.split("\n")[0] + "\nStep 2: 1 + 1 = 3\nAnswer: 3"
+        return WRONG
+
+    return ScriptedLLM(reply)
+
+
+def test_paired_permutation_p_matches_hand_counts():
+    assert paired_permutation_p([0, 0]) == 1.0
+    assert paired_permutation_p([0.5] * 5) == pytest.approx(1 / 32)  # only all-positive signs reach the sum
+    assert paired_permutation_p([0.5, -0.5]) == pytest.approx(3 / 4)  # sums 1, 0, 0, -1 >= 0
+    # 1/2, 1/2, 1/3: sum 4/3; sign patterns with sum >= 4/3: only +++ -> 1/8
+    assert paired_permutation_p([0.5, 0.5, 1 / 3, 0]) == pytest.approx(1 / 8)
+
+
+def test_the_step_accuracy_gate_sees_a_first_step_learned_before_whole_chains(tmp_path, held_out):
+    suite, tasks = held_out
+    questions = [t.question for t in tasks]
+    plan = {None: {}, "v9": {q: "step1" for q in questions[:12]}}
+    llm = first_step_solver(tasks, plan)
+    llm.load_adapter("v9", "/nowhere")
+    by_success = compare_policies(llm, suite, tasks, candidate="v9", incumbent="base", concurrency=4)
+    assert by_success.candidate_successes == by_success.incumbent_successes == 0 and not by_success.promote
+    result = compare_policies(llm, suite, tasks, candidate="v9", incumbent="base", concurrency=4,
+                              metric="step-accuracy")
+    assert result.candidate_step_accuracy == pytest.approx(12 * 0.5 / 20) and result.incumbent_step_accuracy == 0
+    assert result.p_value == pytest.approx(0.5**12) and result.promote
+    assert "paired permutation p=" in result.summary()
+
+
+def test_the_step_accuracy_gate_refuses_fewer_successes(tmp_path, held_out):
+    suite, tasks = held_out
+    questions = [t.question for t in tasks]
+    # more first steps right, but two whole solutions lost
+    plan = {None: {q: "gold" for q in questions[:2]}, "v9": {q: "step1" for q in questions[2:16]}}
+    llm = first_step_solver(tasks, plan)
+    llm.load_adapter("v9", "/nowhere")
+    result = compare_policies(llm, suite, tasks, candidate="v9", incumbent="base", concurrency=4,
+                              metric="step-accuracy")
+    assert result.candidate_step_accuracy > result.incumbent_step_accuracy and result.p_value < 0.05
+    assert (result.incumbent_successes, result.candidate_successes) == (2, 0) and not result.promote
+    with pytest.raises(AgentkitError, match="gate metric 'vibes'"):
+        compare_policies(llm, suite, tasks, candidate="v9", incumbent="base", metric="vibes")
 
 
 # --- the command line -------------------------------------------------------------------------

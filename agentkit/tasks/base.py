@@ -336,6 +336,11 @@ class Suite(ABC):
     def _check_steps(self, task: Task, text: str) -> list[bool] | None:
         return None
 
+    @property
+    def has_step_checker(self) -> bool:
+        """Whether ``check_steps`` judges steps (True) or always answers None."""
+        return type(self)._check_steps is not Suite._check_steps
+
     def step_accuracy(self, task: Task, text: str) -> float | None:
         """Correct model steps / max(gold steps, model steps); 0.0 if the model wrote no
         steps, None if the suite has no step checker.

@@ -6,12 +6,22 @@ solved?). Only discordant pairs carry information: b = tasks only the incumbent 
 c = tasks only the candidate solved. Under "no difference" each discordant task goes either
 way with probability 1/2, so the exact one-sided McNemar p-value is P(Binomial(b + c, 1/2) >= c).
 Promote when c > b and p < alpha; report the numbers either way.
+
+With ``metric="step-accuracy"`` the paired outcome is each task's step accuracy (the share
+of its canonical steps the policy got right), tested by an exact one-sided sign-flip
+permutation test on the per-task differences: under "no difference" each difference is as
+likely negative as positive. It sees a policy that learned the first operation of a chain
+long before whole chains come out right, which is what a curriculum round teaches. A
+candidate must then also solve at least as many tasks as the incumbent, so no promoted
+round is worse than the one before on either number.
 """
 
 from __future__ import annotations
 
 import math
+import random
 from dataclasses import asdict, dataclass, field
+from fractions import Fraction
 from typing import Any, Sequence
 
 from agentkit.llm.base import LLM
@@ -20,7 +30,10 @@ from agentkit.runtime import Agent, Budget, RunReport, SolveAgent, run_tasks
 from agentkit.tasks import Suite, Task
 from agentkit.train.registry import PolicyLLM, adapter_name, load_policy
 
-__all__ = ["GateResult", "mcnemar_exact", "wilson_interval", "compare_policies", "gate"]
+__all__ = ["GateResult", "GATE_METRICS", "mcnemar_exact", "paired_permutation_p", "wilson_interval",
+           "compare_policies", "gate"]
+
+GATE_METRICS = ("success", "step-accuracy")
 
 
 def mcnemar_exact(b: int, c: int) -> float:
@@ -31,6 +44,35 @@ def mcnemar_exact(b: int, c: int) -> float:
     if n == 0:
         return 1.0
     return min(1.0, sum(math.comb(n, k) for k in range(c, n + 1)) / 2**n)
+
+
+def paired_permutation_p(differences: Sequence[float], *, samples: int = 20_000, seed: int = 0) -> float:
+    """One-sided p-value for "mean(candidate - incumbent) > 0" by sign flips: the share of
+    the 2^n sign assignments of the nonzero differences whose sum is at least the observed
+    sum. Exact (a count over integer sums) when the differences are fractions with a small
+    common denominator, as step accuracies are; else estimated from ``samples`` seeded
+    random assignments (with the +1 correction, so never 0). 1.0 when all are zero."""
+    d = [Fraction(x).limit_denominator(1000) for x in differences]
+    d = [x for x in d if x != 0]
+    if not d:
+        return 1.0
+    unit = math.lcm(*(x.denominator for x in d))
+    if unit <= 10_000:
+        ints = [abs(int(x * unit)) for x in d]
+        counts = {0: 1}  # sum of signed differences -> number of sign assignments giving it
+        for x in ints:
+            nxt: dict[int, int] = {}
+            for total, k in counts.items():
+                nxt[total + x] = nxt.get(total + x, 0) + k
+                nxt[total - x] = nxt.get(total - x, 0) + k
+            counts = nxt
+        observed = int(sum(d) * unit)
+        return sum(k for total, k in counts.items() if total >= observed) / 2 ** len(d)
+    rng = random.Random(seed)
+    observed = float(sum(d)) - 1e-9
+    values = [float(x) for x in d]
+    hits = sum(sum(x if rng.random() < 0.5 else -x for x in values) >= observed for _ in range(samples))
+    return (hits + 1) / (samples + 1)
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
@@ -59,6 +101,7 @@ class GateResult:
     p_value: float
     alpha: float
     promote: bool
+    metric: str = "success"
     incumbent_step_accuracy: float | None = None
     candidate_step_accuracy: float | None = None
     candidate_ci95: tuple[float, float] = (0.0, 1.0)
@@ -87,11 +130,17 @@ class GateResult:
 
     def summary(self) -> str:
         """One line with every number the decision rests on."""
-        return (
+        line = (
             f"gate {self.candidate} vs {self.incumbent}: n={self.n}, incumbent {self.incumbent_successes} "
             f"({100 * self.incumbent_success:.1f}%), candidate {self.candidate_successes} "
             f"({100 * self.candidate_success:.1f}%), discordant b={self.b} c={self.c}, "
-            f"one-sided exact McNemar p={self.p_value:.4g} (alpha {self.alpha:g}) -> {self.decision}"
+        )
+        if self.metric == "success":
+            return line + f"one-sided exact McNemar p={self.p_value:.4g} (alpha {self.alpha:g}) -> {self.decision}"
+        pct = lambda v: "-" if v is None else f"{100 * v:.1f}%"  # noqa: E731
+        return line + (
+            f"step accuracy {pct(self.incumbent_step_accuracy)} -> {pct(self.candidate_step_accuracy)}, "
+            f"one-sided paired permutation p={self.p_value:.4g} (alpha {self.alpha:g}) -> {self.decision}"
         )
 
 
@@ -111,12 +160,18 @@ def compare_policies(
     alpha: float = 0.05,
     concurrency: int = 16,
     budget: Budget = Budget(),
+    metric: str = "success",
 ) -> GateResult:
     """Run ``agent`` (default: greedy SolveAgent) on ``tasks`` once per policy version and
     test the paired outcomes. Both versions must already be loaded into ``llm`` under their
     version names (``load_policy``); runs are recorded in ``store`` (default: in memory)
-    with their policy_version."""
+    with their policy_version. ``metric``: what must improve significantly, "success"
+    (exact McNemar) or "step-accuracy" (paired permutation test, and no fewer successes)."""
+    from agentkit.errors import AgentkitError
     from agentkit.memory import TrajectoryStore
+
+    if metric not in GATE_METRICS:
+        raise AgentkitError(f"gate metric '{metric}' is unknown; choose one of {', '.join(GATE_METRICS)}")
 
     agent = agent or SolveAgent()
     own_store = store is None
@@ -137,16 +192,22 @@ def compare_policies(
     cand = [outcomes[candidate][i][0] for i in ids]
     b = sum(x and not y for x, y in zip(inc, cand))
     c = sum(y and not x for x, y in zip(inc, cand))
-    p = mcnemar_exact(b, c)
 
     def step_acc(version: str) -> float | None:
         values = [outcomes[version][i][2] for i in ids if outcomes[version][i][2] is not None]
         return sum(values) / len(values) if values else None
 
+    if metric == "success":
+        p = mcnemar_exact(b, c)
+        promote = c > b and p < alpha
+    else:
+        diffs = [(outcomes[candidate][i][2] or 0.0) - (outcomes[incumbent][i][2] or 0.0) for i in ids]
+        p = paired_permutation_p(diffs)
+        promote = sum(diffs) > 0 and p < alpha and sum(cand) >= sum(inc)
     return GateResult(
         candidate=candidate, incumbent=incumbent, n=len(ids),
         incumbent_successes=sum(inc), candidate_successes=sum(cand), b=b, c=c, p_value=p, alpha=alpha,
-        promote=c > b and p < alpha,
+        promote=promote, metric=metric,
         incumbent_step_accuracy=step_acc(incumbent), candidate_step_accuracy=step_acc(candidate),
         candidate_ci95=wilson_interval(sum(cand), len(ids)), incumbent_ci95=wilson_interval(sum(inc), len(ids)),
         task_ids=ids,
@@ -169,6 +230,7 @@ def gate(
     concurrency: int = 16,
     budget: Budget = Budget(),
     apply: bool = True,
+    metric: str = "success",
 ) -> GateResult:
     """Evaluate ``candidate`` against ``incumbent`` (default: the active version) and, with
     ``apply``, promote it on a significant gain or mark it rejected otherwise. The numbers
@@ -183,7 +245,7 @@ def gate(
         load_policy(llm, registry, version)
     result = compare_policies(
         llm, suite, tasks, candidate=candidate, incumbent=incumbent, agent=agent, store=store,
-        alpha=alpha, concurrency=concurrency, budget=budget,
+        alpha=alpha, concurrency=concurrency, budget=budget, metric=metric,
     )
     registry.update_metrics(candidate, {
         "heldout_success": result.candidate_success,

@@ -8,7 +8,9 @@ policy as it was, so no promoted round is worse than the one before it.
 
 Methods (RESEARCH.md): ``step-dpo`` (pairs at the first wrong step, Step-DPO), ``dpo``
 (whole-output pairs, outcome DPO), ``rft`` (SFT on verified successes, STaR), ``grpo`` and
-``rloo`` (policy gradient on groups of samples with verified rewards).
+``rloo`` (policy gradient on groups of samples with verified rewards); and ``gold-sft``, SFT
+on the suite's gold solutions, the supervised reference self-improvement is measured against
+(it samples nothing and needs solutions no verifier-only setting has).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ __all__ = ["ImproveConfig", "RoundResult", "improve", "METHODS", "plot_curve"]
 
 log = logging.getLogger("agentkit.improve")
 
-METHODS = ("step-dpo", "dpo", "rft", "grpo", "rloo")
+METHODS = ("step-dpo", "dpo", "rft", "grpo", "rloo", "gold-sft")
 
 
 @dataclass
@@ -47,6 +49,11 @@ class ImproveConfig:
     """Held-out test tasks, the same every round, for the gate."""
     samples_per_task: int = 4
     rectifications: int = 8
+    chosen_by: str = "outcome"
+    """step-dpo: "outcome" (a rectification must reach a verified answer, the paper) or "step"
+    (the step checker accepting the rectified step suffices; one line per rectification)."""
+    gate_metric: str = "success"
+    """What the gate needs a significant gain in: "success" or "step-accuracy" (see gate.py)."""
     shots: int = 3
     max_tokens: int = 96
     replay: bool = True
@@ -69,6 +76,13 @@ class ImproveConfig:
             raise AgentkitError("rounds, train_tasks and eval_tasks must each be at least 1")
         if not self.levels:
             raise AgentkitError("levels is empty; pass at least one difficulty level, e.g. --levels 1 2")
+        from agentkit.train.gate import GATE_METRICS
+        from agentkit.train.pairs import CHOSEN_BY
+
+        if self.chosen_by not in CHOSEN_BY:
+            raise AgentkitError(f"chosen_by '{self.chosen_by}' is unknown; choose one of {', '.join(CHOSEN_BY)}")
+        if self.gate_metric not in GATE_METRICS:
+            raise AgentkitError(f"gate metric '{self.gate_metric}' is unknown; choose one of {', '.join(GATE_METRICS)}")
 
 
 @dataclass
@@ -85,6 +99,7 @@ class RoundResult:
     """Of the policy active after this round."""
     heldout_step_accuracy: float | None
     candidate_success: float | None
+    candidate_step_accuracy: float | None
     p_value: float | None
     sampled_tokens: int
     train_s: float
@@ -124,7 +139,7 @@ def improve(
     report = run_tasks(llm, suite, held_out, store, agent=SolveAgent(shots=config.shots, max_tokens=config.max_tokens,
                        adapter=name), concurrency=config.concurrency, policy_version=incumbent)
     rounds = [RoundResult(0, eval_level, incumbent, None, False, 0, {}, report.success_rate, report.step_accuracy,
-                          None, None, report.completion_tokens, 0.0, time.perf_counter() - start)]
+                          None, None, None, report.completion_tokens, 0.0, time.perf_counter() - start)]
     if on_round:
         on_round(rounds[0])
 
@@ -153,7 +168,8 @@ def improve(
                 candidate = policy.version
                 status(f"round {r}: gating '{candidate}' against '{incumbent}' on {len(held_out)} held-out tasks")
                 gate_result = gate(registry, llm, suite, held_out, candidate, incumbent=incumbent, agent=agent,
-                                   store=store, alpha=config.alpha, concurrency=config.concurrency)
+                                   store=store, alpha=config.alpha, concurrency=config.concurrency,
+                                   metric=config.gate_metric)
                 promoted = gate_result.promote
                 status(f"round {r}: {gate_result.summary()}")
                 if promoted:
@@ -169,7 +185,9 @@ def improve(
             success, step_acc = rounds[-1].heldout_success, rounds[-1].heldout_step_accuracy
         row = RoundResult(
             r, level, incumbent, candidate, promoted, len(examples), new_data, success, step_acc,
-            gate_result.candidate_success if gate_result else None, gate_result.p_value if gate_result else None,
+            gate_result.candidate_success if gate_result else None,
+            gate_result.candidate_step_accuracy if gate_result else None,
+            gate_result.p_value if gate_result else None,
             sampled, train_s, time.perf_counter() - start,
         )
         rounds.append(row)
@@ -187,9 +205,14 @@ def _collect(llm: LLM, suite: Suite, tasks: list[Task], store: Any, config: Impr
 
     pair_config = StepDPOConfig(
         samples_per_task=config.samples_per_task, rectifications=config.rectifications, shots=config.shots,
-        max_tokens=config.max_tokens, seed=config.seed + round_,
+        max_tokens=config.max_tokens, seed=config.seed + round_, chosen_by=config.chosen_by,
     )
     pairs = PairStore(store)
+    if config.method == "gold-sft":
+        end = "\n" + suite.stop[0] if suite.stop else ""
+        data = [SFTExample(llm.tokenize(suite.prompt(task, shots=config.shots)),
+                           _continuation_ids(llm, task.solution + end), task.id) for task in tasks]
+        return data, {"solutions": len(data)}, 0
     if config.method == "step-dpo":
         stats = build_step_pairs(llm, suite, tasks, store, pair_config, version, adapter=adapter, pair_store=pairs)
         kept = pairs.pairs(kind="step", suite=suite.name) if config.replay else pairs.pairs(kind="step", policy_version=version)
@@ -222,6 +245,13 @@ def _collect(llm: LLM, suite: Suite, tasks: list[Task], store: Any, config: Impr
     return data, {**base, "groups": len(data)}, sampled
 
 
+def _continuation_ids(llm: LLM, text: str) -> list[int]:
+    """``text``'s token ids without the BOS the tokenizer puts in front of a prompt."""
+    head = llm.tokenize("")
+    ids = llm.tokenize(text)
+    return ids[len(head):] if ids[: len(head)] == head else ids
+
+
 def _tokens(store: Any, run_ids: list[int]) -> int:
     return sum(sum(s.completion_tokens or 0 for s in store.steps(i)) for i in run_ids)
 
@@ -235,7 +265,7 @@ def _train(config: ImproveConfig, model: str, registry: Any, incumbent: str, exa
                   lora_r=config.lora_r, seed=config.seed)
     if config.method in ("step-dpo", "dpo"):
         train_config = DPOConfig(beta=config.beta, nll_weight=config.nll_weight, **common)
-    elif config.method == "rft":
+    elif config.method in ("rft", "gold-sft"):
         train_config = SFTConfig(**common)
     else:
         train_config = PGConfig(method=config.method, **{**common, "lr": config.lr / 5})

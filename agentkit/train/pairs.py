@@ -46,6 +46,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+CHOSEN_BY = ("outcome", "step")
+
 
 @dataclass(frozen=True)
 class StepDPOConfig:
@@ -71,6 +73,9 @@ class StepDPOConfig:
     mc_high: float = field(default=0.5, metadata={"help": "Monte-Carlo: V before the wrong step is at least this."})
     mc_low: float = field(default=0.1, metadata={"help": "Monte-Carlo: V after the wrong step is at most this."})
     check_chosen: bool = field(default=True, metadata={"help": "A chosen step must also pass the step checker."})
+    chosen_by: str = field(default="outcome", metadata={
+        "help": "outcome: a rectification must reach a verified answer (the paper); step: the step checker "
+                "accepting step k suffices, and rectifications stop at the end of step k's line."})
     max_chosen_per_error: int | None = field(default=None, metadata={"help": "Distinct chosen per error (None: all)."})
 
     def __post_init__(self) -> None:
@@ -78,6 +83,8 @@ class StepDPOConfig:
             raise ValueError(f"credit={self.credit!r}: choose one of {', '.join(CREDIT_METHODS)}")
         if self.samples_per_task < 1 or self.rectifications < 1:
             raise ValueError("samples_per_task and rectifications must be >= 1")
+        if self.chosen_by not in CHOSEN_BY:
+            raise ValueError(f"chosen_by={self.chosen_by!r}: choose one of {', '.join(CHOSEN_BY)}")
 
     def mc_config(self) -> MCConfig:
         return MCConfig(
@@ -228,8 +235,17 @@ def rectify(
     from each prefix (prompt + steps 1..k-1 + "Step k:"), all in ONE generate call; each
     continuation whose final answer verifies gives a chosen step k (its first line, newline
     included), deduplicated by normalised text, against the rejected original step k.
-    Counts go into ``stats`` when given."""
+    Counts go into ``stats`` when given.
+
+    With ``config.chosen_by == "step"`` (suites with a step checker only) a continuation is
+    cut at the end of step k's line and counts when the checker accepts step k: the chosen
+    step is then right by construction, a rectification costs one line instead of the rest
+    of the solution, and on a weak base many more of them verify (a correct step k is
+    needed, not a correct step k and every step after it)."""
     stats = stats if stats is not None else PairStats()
+    by_step = config.chosen_by == "step"
+    if by_step and not suite.has_step_checker:
+        raise ValueError(f"chosen_by='step' needs a step checker, and suite '{suite.name}' has none; use 'outcome'")
     prefixes: list[_Prefix] = []
     for error in errors:
         step = next((s for s in store.steps(error.run_id) if s.id == error.step_id), None)
@@ -240,7 +256,7 @@ def rectify(
     requests = [
         GenerationRequest(
             p.prompt_ids, n=config.rectifications, temperature=config.temperature, top_p=config.top_p,
-            top_k=config.top_k, max_tokens=config.max_tokens, stop=suite.stop,
+            top_k=config.top_k, max_tokens=config.max_tokens, stop=[*suite.stop, "\n"] if by_step else suite.stop,
             seed=derive_seed(config.seed, "rectify", p.error.run_id, p.error.step_id, p.error.index), adapter=adapter,
         )
         for p in prefixes
@@ -254,9 +270,8 @@ def rectify(
         kept = 0
         for c in completions:
             stats.rectifications += 1
-            if suite.verify(p.task, p.prefix_text + c.text) < 1.0:
+            if not by_step and suite.verify(p.task, p.prefix_text + c.text) < 1.0:
                 continue
-            stats.correct_rectifications += 1
             ct = TokenText(llm, c.token_ids)
             newline = ct.text.find("\n")
             if newline < 0:
@@ -264,7 +279,12 @@ def rectify(
                 continue
             chosen_end = ct.boundary(newline + 1)
             chosen_text = ct.text_of(0, chosen_end)
-            if config.check_chosen:
+            if by_step:
+                checks = suite.check_steps(p.task, p.prefix_text + chosen_text) or []
+                if not (p.error.index < len(checks) and checks[p.error.index]):
+                    continue
+            stats.correct_rectifications += 1
+            if config.check_chosen and not by_step:
                 checks = suite.check_steps(p.task, p.prefix_text + chosen_text)
                 if checks is not None and not (p.error.index < len(checks) and checks[p.error.index]):
                     stats.chosen_failed_check += 1
