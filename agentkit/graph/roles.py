@@ -30,6 +30,7 @@ from agentkit.graph.parsers import (
     parse_review,
     parse_solution,
 )
+from agentkit.graph import memory as _memory
 from agentkit.graph.spec import NodeSpec
 from agentkit.graph.templates import render, role_prompts
 from agentkit.graph.tools import ToolError, get_tool
@@ -56,6 +57,8 @@ class RunContext:
     """A cap on every node's max_tokens (tests and smoke runs)."""
     adapter: str | None = None
     seed: int | None = None
+    library: Any = None
+    """The experience library nodes declared with memory= read (None: they read nothing)."""
 
     @property
     def llm(self) -> Any:
@@ -87,6 +90,15 @@ def _draft(state: dict) -> dict:
     return state.get("draft") or {}
 
 
+def _read_memory(node: NodeSpec, ctx: RunContext, query: str) -> tuple[str, list[int]]:
+    """The node's library section and the ids it shows ("" and [] without memory)."""
+    if node.memory is None or ctx.library is None:
+        return "", []
+    items = _memory.retrieve(ctx.library, query, family=_memory.family_for(ctx.suite, ctx.task),
+                             kinds=node.memory.kinds_for(node.role), k=node.memory.k, role=node.role)
+    return _memory.memory_section(items), [item.id for item in items]
+
+
 def generate_with_retry(
     node: NodeSpec,
     ctx: RunContext,
@@ -102,6 +114,7 @@ def generate_with_retry(
     parsed_extra: Callable[[str], dict] | None = None,
     route: Callable[[Any], str | None] | None = None,
     cue: str = "",
+    memory_ids: list[int] | None = None,
 ) -> tuple[Any, Any, int, list[int]]:
     """Generate, parse, and on malformed output retry up to ``node.max_retries`` times with a
     prompt that tells the model what was wrong. Every attempt is recorded (attempt 0, 1,
@@ -130,6 +143,7 @@ def generate_with_retry(
             node=node.name, role=node.role, completion=completion, prompt_text=prompt, attempt=attempt,
             parent_step_id=parent, parsed=parsed, revision=place["revision"],
             route=route(output) if route is not None and (output is not None or last) else None,
+            memory_ids=memory_ids or None,
         )
         step_ids.append(step_id)
         if output is not None or last:
@@ -146,17 +160,21 @@ def generate_with_retry(
 def run_planner(node: NodeSpec, state: dict, ctx: RunContext) -> dict:
     prompts = role_prompts("planner")
     prompt = render(node.prompt or prompts["template"], f"node '{node.name}' prompt", question=ctx.question)
+    section, memory_ids = _read_memory(node, ctx, ctx.question)
+    prompt = _memory.insert_section(prompt, ctx.question, section)
     output, _, step_id, steps = generate_with_retry(
         node, ctx, state, prompt, parse_plan, prompts=prompts, stop=tuple(prompts["stop"]),
         max_tokens=_max_tokens(node, ctx, prompts["max_tokens"]), temperature=node.temperature or 0.0,
+        memory_ids=memory_ids,
     )
     return {"plan": output.text() if output else None, "last_step": step_id, "trace": steps,
             "visits": {node.name: _visits(node, state)}}
 
 
-def solver_prompt(node: NodeSpec, state: dict, ctx: RunContext) -> tuple[str, tuple[str, ...]]:
+def solver_prompt(node: NodeSpec, state: dict, ctx: RunContext, section: str = "") -> tuple[str, tuple[str, ...]]:
     """The solver's prompt and stop strings: the suite's few-shot prompt when there is a
-    suite (plan and critique sections go between the question and the "Solution:" cue)."""
+    suite (plan and critique sections go between the question and the "Solution:" cue).
+    A memory ``section`` goes just before the question."""
     prompts = role_prompts("solver")
     where = f"node '{node.name}' prompt"
     cue = prompts["cue"]
@@ -168,6 +186,7 @@ def solver_prompt(node: NodeSpec, state: dict, ctx: RunContext) -> tuple[str, tu
     else:
         context = render(prompts["context"], where, question=ctx.question)
         stop = tuple(prompts["stop"])
+    context = _memory.insert_section(context, ctx.question, section)
     plan = state.get("plan")
     critique = state.get("critique")
     values = {
@@ -181,7 +200,8 @@ def solver_prompt(node: NodeSpec, state: dict, ctx: RunContext) -> tuple[str, tu
 
 def run_solver(node: NodeSpec, state: dict, ctx: RunContext) -> dict:
     prompts = role_prompts("solver")
-    prompt, stop = solver_prompt(node, state, ctx)
+    section, memory_ids = _read_memory(node, ctx, ctx.question)
+    prompt, stop = solver_prompt(node, state, ctx, section)
     visit = _visits(node, state)
     sample = state.get("sample") or 0
     temperature = node.temperature if node.temperature is not None else ctx.temperature
@@ -201,7 +221,7 @@ def run_solver(node: NodeSpec, state: dict, ctx: RunContext) -> dict:
     output, completion, step_id, steps = generate_with_retry(
         node, ctx, state, prompt, parse, prompts=prompts, stop=stop,
         max_tokens=_max_tokens(node, ctx, prompts["max_tokens"]), temperature=temperature, seed=seed,
-        parsed_extra=checks, cue=prompts["cue"],
+        parsed_extra=checks, cue=prompts["cue"], memory_ids=memory_ids,
     )
     draft = {"node": node.name, "text": completion.text, "answer": output.answer if output else None,
              "step_id": step_id, "mean_logprob": mean_logprob(completion.logprobs)}
@@ -220,6 +240,8 @@ def run_critic(node: NodeSpec, state: dict, ctx: RunContext) -> dict:
     solution = (draft.get("text") or "").strip() or "(no solution)"
     prompt = render(node.prompt or prompts["template"], f"node '{node.name}' prompt", question=ctx.question,
                     solution=solution)
+    section, memory_ids = _read_memory(node, ctx, ctx.question)
+    prompt = _memory.insert_section(prompt, ctx.question, section)
     used = (state.get("revisions") or {}).get(node.name, 0)
     budget_left = node.max_revisions is None or used < node.max_revisions
 
@@ -230,6 +252,7 @@ def run_critic(node: NodeSpec, state: dict, ctx: RunContext) -> dict:
     output, _, step_id, steps = generate_with_retry(
         node, ctx, state, prompt, parse_review, prompts=prompts, stop=tuple(prompts["stop"]),
         max_tokens=_max_tokens(node, ctx, prompts["max_tokens"]), temperature=node.temperature or 0.0, route=route,
+        memory_ids=memory_ids,
     )
     label = route(output)
     update: dict[str, Any] = {"route": label, "last_step": step_id, "trace": steps,
@@ -259,18 +282,20 @@ def score_labels(ctx: RunContext, prompt: str, labels: list[str]) -> dict[str, t
 
 
 def _record_choice(node: NodeSpec, ctx: RunContext, state: dict, prompt: str, labels: list[str],
-                   parsed_of: Callable[[Any], dict], route: bool) -> tuple[Any, int]:
+                   parsed_of: Callable[[Any], dict], route: bool, prior: dict[str, float] | None = None,
+                   memory_ids: list[int] | None = None) -> tuple[Any, int]:
     ctx.recorder.reserve(1)  # one model call, however many labels it scores
     start = time.perf_counter()
     scored = score_labels(ctx, prompt, labels)
-    choice = choose_label({label: sum(lps) for label, (_, _, lps) in scored.items()})
+    prior = prior or {}
+    choice = choose_label({label: sum(lps) + prior.get(label, 0.0) for label, (_, _, lps) in scored.items()})
     prompt_ids, label_ids, logprobs = scored[choice.route]
     place = _place(state)
     step_id = ctx.recorder.record(
         node=node.name, role=node.role, prompt_text=prompt, prompt_ids=prompt_ids, completion_ids=label_ids,
         completion_text=" " + choice.route, logprobs=logprobs, finish_reason="stop",
         latency_s=time.perf_counter() - start, parsed=parsed_of(choice), route=choice.route if route else None,
-        **place,
+        memory_ids=memory_ids or None, **place,
     )
     return choice, step_id
 
@@ -284,7 +309,17 @@ def run_router(node: NodeSpec, state: dict, ctx: RunContext) -> dict:
         for label, description in (node.labels or {}).items()
     )
     prompt = render(node.prompt or prompts["template"], where, question=ctx.question, options=options)
-    choice, step_id = _record_choice(node, ctx, state, prompt, labels, lambda c: c.model_dump(), route=True)
+    prior, memory_ids = {}, []
+    if node.memory is not None:
+        # numbers only: a success-rate prior per declared label, never text in the prompt
+        prior, memory_ids = _memory.route_prior(ctx.library, _memory.family_for(ctx.suite, ctx.task), node.name,
+                                                labels, node.memory.weight)
+
+    def parsed(choice: Any) -> dict:
+        return {**choice.model_dump(), **({"prior": prior} if prior else {})}
+
+    choice, step_id = _record_choice(node, ctx, state, prompt, labels, parsed, route=True, prior=prior,
+                                     memory_ids=memory_ids)
     return {"route": choice.route, "last_step": step_id, "trace": [step_id], "visits": {node.name: _visits(node, state)}}
 
 

@@ -15,7 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from agentkit.errors import GraphSpecError
 
-__all__ = ["ROLES", "ROLE_LABELS", "NodeSpec", "EdgeSpec", "GraphSpec", "validate_spec", "node_spec"]
+__all__ = ["ROLES", "ROLE_LABELS", "MEMORY_KINDS", "MemorySpec", "NodeSpec", "EdgeSpec", "GraphSpec", "validate_spec",
+           "node_spec"]
 
 ROLES = ("planner", "solver", "critic", "router", "verifier", "tool", "selector")
 """planner: task -> numbered plan; solver: context -> steps + answer; critic: answer ->
@@ -35,6 +36,30 @@ ROLE_VARIABLES = {
 }
 
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}")
+
+MEMORY_KINDS = {
+    "solver": ("exemplar", "insight"),
+    "planner": ("exemplar", "insight"),
+    "critic": ("insight",),
+    "router": ("route",),
+}
+"""The experience-library item kinds each role can read (the first ones by default)."""
+
+
+class MemorySpec(BaseModel):
+    """A node's read of the experience library: ``k`` items retrieved for the task into a
+    marked section of its prompt (a router: its routes' success rates as a prior)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    k: int = Field(4, ge=1, le=16)
+    kinds: tuple[str, ...] | None = None
+    """Item kinds to read; None: every kind the role reads (MEMORY_KINDS)."""
+    weight: float = Field(1.0, ge=0, le=10)
+    """router: the prior's weight, added as weight * log(success rate) to each label's logprob."""
+
+    def kinds_for(self, role: str) -> tuple[str, ...]:
+        return self.kinds or MEMORY_KINDS.get(role, ())
 
 
 class NodeSpec(BaseModel):
@@ -65,6 +90,21 @@ class NodeSpec(BaseModel):
     """tool: the registered tool's name (default calculator)."""
     judge: bool = False
     """verifier: ask the model (yes/no by logprob) even when the task has a checker."""
+    memory: MemorySpec | None = None
+    """Read the experience library: memory=4 (k items) or memory={"k": 4, "kinds": ["exemplar"]}."""
+
+    @field_validator("memory", mode="before")
+    @classmethod
+    def _memory_shorthand(cls, value: Any) -> Any:
+        if value is None or value is False or value == 0:
+            return None
+        if value is True:
+            return {}
+        if isinstance(value, int):
+            return {"k": value}
+        if isinstance(value, (dict, MemorySpec)):
+            return value
+        raise ValueError("use memory=4 (items per prompt) or memory={'k': 4, 'kinds': ['exemplar', 'insight']}")
 
     @field_validator("labels", mode="before")
     @classmethod
@@ -246,6 +286,20 @@ def _check_node_options(node: NodeSpec) -> None:
                 raise GraphSpecError(
                     f"router '{node.name}': label {label!r} is not usable; use one word of letters, digits, '_' or '-'"
                 )
+    if node.memory is not None:
+        readable = MEMORY_KINDS.get(node.role)
+        if readable is None:
+            raise GraphSpecError(
+                f"{where}: memory= is read by {', '.join(MEMORY_KINDS)} nodes; remove it from this {node.role}"
+            )
+        for kind in node.memory.kinds or ():
+            if kind not in readable:
+                raise GraphSpecError(
+                    f"{where}: memory kind {kind!r} is not read by a {node.role} (kinds: {', '.join(readable)}); "
+                    f"use memory={{'kinds': {list(readable)!r}}}"
+                )
+        if node.memory.kinds is not None and not node.memory.kinds:
+            raise GraphSpecError(f"{where}: memory kinds is empty; list at least one of {', '.join(readable)}")
     if node.fan_out and node.temperature == 0:
         raise GraphSpecError(
             f"{where}: n={node.n} samples at temperature 0 would be identical; set temperature=0.8 or drop it"

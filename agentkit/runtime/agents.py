@@ -4,8 +4,8 @@ Declarative graphs (agentkit.graph) plug into the runtime through the same proto
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from agentkit.llm.base import GenerationRequest
 from agentkit.runtime.recorder import Recorder
@@ -35,16 +35,29 @@ class SolveAgent:
     adapter: str | None = None
     seed: int | None = None
     """With temperature > 0: the same seed and task give the same sample."""
+    library: Any = field(default=None, compare=False)
+    """An ExperienceLibrary: up to ``memory`` exemplars and insights retrieved for each task
+    are shown, in a marked section, as extra worked examples before the question."""
+    memory: int = 4
 
     def __call__(self, task: Task, suite: Suite, recorder: Recorder) -> str:
+        prompt, memory_ids = suite.prompt(task, shots=self.shots), []
+        if self.library is not None and self.memory > 0:
+            from agentkit.graph import memory as _memory
+
+            items = _memory.retrieve(self.library, task.question, family=_memory.family_for(suite, task),
+                                     kinds=("exemplar", "insight"), k=self.memory)
+            prompt = _memory.insert_section(prompt, task.question, _memory.memory_section(items))
+            memory_ids = [item.id for item in items]
         request = GenerationRequest(
-            suite.prompt(task, shots=self.shots), temperature=self.temperature, top_p=self.top_p,
+            prompt, temperature=self.temperature, top_p=self.top_p,
             top_k=self.top_k, max_tokens=self.max_tokens, stop=suite.stop, adapter=self.adapter,
             seed=None if self.seed is None else _task_seed(self.seed, task.id),
         )
         (completion,), _ = recorder.call(
             request, node="solve", role="solver",
             parse=lambda text: {"answer": suite.parse_answer(text), "steps": suite.check_steps(task, text)},
+            memory_ids=memory_ids or None,
         )
         return completion.text
 

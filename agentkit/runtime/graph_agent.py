@@ -38,7 +38,8 @@ class GraphAgent:
     ``max_tokens`` caps every node, ``seed`` makes sampled runs reproducible.
     checkpoints: a SQLite file for LangGraph's SqliteSaver (thread "run-<run id>"),
     which ``resume`` needs. meta: extra JSON recorded on every run row (the CLI records
-    how to rebuild the suite and backend on resume)."""
+    how to rebuild the suite and backend on resume). library: the ExperienceLibrary that
+    nodes declared with memory= read; None: the library in the run's own store."""
 
     def __init__(
         self,
@@ -51,6 +52,7 @@ class GraphAgent:
         seed: int | None = None,
         checkpoints: str | Path | None = None,
         meta: dict | None = None,
+        library: Any = None,
     ):
         from agentkit.graph import Graph, GraphSpec
 
@@ -69,6 +71,7 @@ class GraphAgent:
             raise GraphSpecError(f"GraphAgent takes a Graph or a compiled graph, not {type(graph).__name__}; see agentkit.graph.Graph")
         self.shots, self.temperature, self.max_tokens = shots, temperature, max_tokens
         self.adapter, self.seed, self.meta = adapter, seed, dict(meta or {})
+        self.library = library
         self.checkpoints = None if checkpoints is None else Path(checkpoints)
         self._saver: Any = None
         self._conn: sqlite3.Connection | None = None
@@ -127,6 +130,17 @@ class GraphAgent:
     def __call__(self, task: Task, suite: Suite, recorder: Any) -> str:
         return self._invoke(task, suite, recorder, resume=False)
 
+    def _library(self, store: Any) -> Any:
+        """The library memory nodes read: the given one, else the run store's own."""
+        if self.library is not None or self.graph is None:
+            return self.library
+        if not any(node.memory is not None for node in self.graph.nodes):
+            return None
+        from agentkit.memory.library import ExperienceLibrary
+        from agentkit.memory.trajectories import TrajectoryStore
+
+        return ExperienceLibrary(store) if isinstance(store, TrajectoryStore) else None
+
     def resume(self, task: Task, suite: Suite, recorder: Any) -> str:
         """Continue the run from its last checkpoint: completed nodes do not run again."""
         return self._invoke(task, suite, recorder, resume=True)
@@ -140,7 +154,7 @@ class GraphAgent:
         config = {"configurable": {"thread_id": thread}, "recursion_limit": RECURSION_LIMIT}
         context = RunContext(recorder=recorder, question=task.question, suite=suite, task=task, shots=self.shots,
                              temperature=self.temperature, max_tokens=self.max_tokens, adapter=self.adapter,
-                             seed=self.seed)
+                             seed=self.seed, library=self._library(recorder.store))
         state: Any = initial_state(task.question)
         saver = app.checkpointer
         if saver is not None:

@@ -73,10 +73,12 @@ class Recorder:
         revision: int | None = None,
         route: str | None = None,
         meta: dict | None = None,
+        memory_ids: Sequence[int] | None = None,
     ) -> int:
         """Write one step and return its id. With ``completion``, its tokens, text,
         logprobs, finish reason, latency and adapter fill the step; without, the keyword
-        arguments do (a router's scored label, or a step with no tokens at all)."""
+        arguments do (a router's scored label, or a step with no tokens at all).
+        ``memory_ids``: the experience-library items the prompt showed."""
         adapter = None
         if completion is not None:
             prompt_ids, completion_ids = completion.prompt_ids, completion.token_ids
@@ -87,7 +89,7 @@ class Recorder:
             prompt_text=prompt_text, prompt_ids=prompt_ids, completion_text=completion_text,
             completion_ids=completion_ids, logprobs=logprobs, finish_reason=finish_reason, parsed=parsed,
             latency_s=latency_s, adapter=adapter, policy_version=self.policy_version, meta=meta,
-            revision=revision, route=route,
+            revision=revision, route=route, memory_ids=memory_ids,
         )
         with self._lock:
             self.tokens += len(prompt_ids or ()) + len(completion_ids or ())
@@ -105,6 +107,7 @@ class Recorder:
         revision: int | None = None,
         route: str | None = None,
         meta: dict | None = None,
+        memory_ids: Sequence[int] | None = None,
     ) -> tuple[list[Completion], list[int]]:
         """Generate, record one step per completion, and return (completions, step ids).
 
@@ -123,5 +126,6 @@ class Recorder:
             step_ids.append(self.record(
                 node=node, role=role, completion=c, prompt_text=prompt_text, attempt=attempt,
                 parent_step_id=parent_step_id, parsed=parsed, revision=revision, route=route, meta=meta,
+                memory_ids=memory_ids,
             ))
         return completions, step_ids
