@@ -257,12 +257,55 @@ def m0005_experience_library(conn: sqlite3.Connection) -> None:
     )
 
 
+def m0006_trainer(conn: sqlite3.Connection) -> None:
+    """The background trainer's bookkeeping (memory/trainer.py): per suite, the highest run
+    id examined and pair id trained on, and its live status as JSON; one row per cycle
+    that did work (runs examined, pairs built, the candidate and the gate's decision)."""
+    conn.execute(
+        """
+        CREATE TABLE trainer_state (
+            suite TEXT PRIMARY KEY,
+            run_cursor INTEGER NOT NULL DEFAULT 0,
+            pair_cursor INTEGER NOT NULL DEFAULT 0,
+            status TEXT,
+            updated_at TEXT NOT NULL
+        )
+        """
+    )
+    conn.execute(
+        """
+        CREATE TABLE trainer_cycles (
+            id INTEGER PRIMARY KEY,
+            suite TEXT NOT NULL,
+            policy_version TEXT,
+            run_from INTEGER,
+            run_to INTEGER,
+            runs INTEGER,
+            failed INTEGER,
+            pairs INTEGER,
+            pending INTEGER,
+            candidate TEXT,
+            decision TEXT,
+            p_value REAL,
+            collect_s REAL,
+            train_s REAL,
+            gate_s REAL,
+            error TEXT,
+            details TEXT,
+            started_at TEXT NOT NULL,
+            finished_at TEXT
+        )
+        """
+    )
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = [
     ("0001_initial", m0001_initial),
     ("0002_graph_place", m0002_graph_place),
     ("0003_step_pairs", m0003_step_pairs),
     ("0004_policies", m0004_policies),
     ("0005_experience_library", m0005_experience_library),
+    ("0006_trainer", m0006_trainer),
 ]
 
 

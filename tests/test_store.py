@@ -97,7 +97,7 @@ def test_fresh_store_has_exactly_the_schema(tmp_path):
                "library_item_versions", "library_items", "library_nodes", "library_runs", "library_versions"]
     assert sorted(db.table_names()) == sorted([
         "agentkit_meta", "policies", "policy_events", "runs", "schema_migrations", "sqlite_sequence", "step_pairs",
-        "steps", *library,
+        "steps", "trainer_cycles", "trainer_state", *library,
     ])
     assert list(db["agentkit_meta"].columns_dict) == ["key", "value"]
     assert list(db["schema_migrations"].columns_dict) == ["name", "applied_at"]

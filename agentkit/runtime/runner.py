@@ -89,21 +89,28 @@ def run_tasks(
     model_name: str | None = None,
     policy_version: str | None = "base",
     on_result: Callable[[RunResult], None] | None = None,
+    policy: Any = None,
 ) -> RunReport:
-    """Run ``agent`` on every task; one Run row per task and one Step row per model call."""
+    """Run ``agent`` on every task; one Run row per task and one Step row per model call.
+
+    ``policy`` (an ``ActivePolicy``) follows the store's active policy version instead of
+    ``policy_version``: each task runs, start to end, on the version active when it starts,
+    so a promotion mid-batch reaches the tasks that start after it; its run records it."""
     agent = agent or SolveAgent()
     start = time.perf_counter()
     report = RunReport()
 
     def one(task: Task) -> RunResult:
-        # an agent may record more on the run row (a graph agent: what resuming needs)
+        version, task_llm = policy.current() if policy is not None else (policy_version, llm)
+        # an agent may record more on the run row (a graph agent: what resuming needs); the
+        # task itself lets the background trainer rebuild pairs from the run
         extra = agent.run_meta(task, suite) if hasattr(agent, "run_meta") else {}
         run_id = store.start_run(
             agent.name, suite=suite.name, task_id=task.id, split=task.split,
-            model=model_name or getattr(llm, "model_name", None), policy_version=policy_version,
-            meta={"level": task.level, **extra},
+            model=model_name or getattr(llm, "model_name", None), policy_version=version,
+            meta={"level": task.level, "task": task.model_dump(mode="json"), **extra},
         )
-        recorder = Recorder(llm, store, run_id, budget=budget, policy_version=policy_version)
+        recorder = Recorder(task_llm, store, run_id, budget=budget, policy_version=version)
         return _execute(lambda: agent(task, suite, recorder), suite, task, store, run_id)
 
     with ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="agentkit-run") as pool:

@@ -1,0 +1,522 @@
+"""The background trainer: the training half of the continual loop, as its own process
+(`agentkit trainer start`), so that runs and training overlap.
+
+    watch the store: finished runs above the cursor, of the suite, sampled by the active
+    policy, not on the gate's held-out tasks
+      └─ failed ones -> first wrong step -> Step-DPO pairs (build_step_pairs(run_ids=...))
+           └─ >= min_pairs new pairs -> a LoRA candidate continuing the active adapter
+                └─ register -> gate on held-out tasks (greedy, both versions) -> promote
+                   only on a significant gain -> (optional) load it into a server
+
+Every phase is recorded in the store (memory/trainer.py) before and after it runs, so a
+restart after SIGTERM or kill -9 continues where it stopped: the run cursor moves only after
+a batch's pairs are stored, and runs that already have pairs are not rebuilt (no pair is
+built twice); training interrupted in flight resumes from its last checkpoint with the same
+pairs; a candidate registered but not yet gated is gated. SIGTERM stops at the next safe
+point: between phases, or between two optimizer steps.
+
+    daemon = TrainerDaemon("runs.db", TrainerConfig(suite="arithmetic", min_pairs=32))
+    daemon.cycle()          # one pass; run() loops until stop()
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+from agentkit.errors import AgentkitError
+from agentkit.llm.base import LLM
+from agentkit.memory.trainer import TrainerFiles, TrainerLock, TrainerStore
+from agentkit.tasks import Task, get_suite
+
+__all__ = ["TrainerConfig", "CycleResult", "TrainerDaemon", "run_daemon"]
+
+log = logging.getLogger("agentkit.trainer")
+
+
+@dataclass
+class TrainerConfig:
+    """What the background trainer watches, how it builds pairs, trains and gates.
+    Saved with every policy version it produces."""
+
+    suite: str = field(default="arithmetic", metadata={"help": "Built-in suite whose runs are learned from."})
+    model: str = field(default="gemma-3-270m", metadata={"help": "Base model the adapters are trained on."})
+    backend: str = field(default="transformers", metadata={"help": "Backend that samples pairs and runs the gate."})
+    base_url: str | None = field(default=None, metadata={"help": "Server API root for backend openai."})
+    dtype: str = field(default="auto", metadata={"help": "auto, bf16 or fp32 (sampling and training)."})
+    min_pairs: int = field(default=32, metadata={"help": "Train a candidate once this many new pairs exist."})
+    max_pairs: int = field(default=512, metadata={"help": "Train on the suite's newest this many pairs (new + replay)."})
+    eval_tasks: int = field(default=100, metadata={"help": "Held-out test tasks the gate compares policies on."})
+    eval_level: int | None = field(default=None, metadata={"help": "Level of the held-out tasks (None: suite default)."})
+    eval_seed: int = field(default=0, metadata={"help": "Seed of the held-out tasks."})
+    shots: int = field(default=3, metadata={"help": "Worked examples in the gate's prompts."})
+    max_tokens: int = field(default=160, metadata={"help": "Longest gate answer or rectification, in tokens."})
+    rectifications: int = field(default=16, metadata={"help": "Continuations sampled from each error prefix."})
+    credit: str = field(default="auto", metadata={"help": "First wrong step by: auto, checker, mc or critic."})
+    chosen_by: str = field(default="outcome", metadata={
+        "help": "A rectified step is chosen when the answer verifies (outcome) or the step checker accepts it (step)."})
+    lr: float = field(default=1e-4, metadata={"help": "AdamW learning rate of the LoRA weights."})
+    epochs: float = field(default=2.0, metadata={"help": "Passes over the training pairs."})
+    batch_size: int = field(default=8, metadata={"help": "Pairs per optimizer step."})
+    beta: float = field(default=0.4, metadata={"help": "DPO temperature."})
+    nll_weight: float = field(default=1.0, metadata={"help": "Weight of the NLL term on the chosen step."})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank of a first adapter (a continued one keeps its own)."})
+    alpha: float = field(default=0.05, metadata={"help": "Gate significance level (one-sided paired test)."})
+    gate_metric: str = field(default="success", metadata={"help": "What must improve significantly: success or step-accuracy."})
+    concurrency: int = field(default=16, metadata={"help": "Gate tasks in flight at once."})
+    poll_s: float = field(default=10.0, metadata={"help": "Seconds between looks at the store when idle."})
+    batch_runs: int = field(default=64, metadata={"help": "Most runs examined per cycle."})
+    stale_s: float = field(default=3600.0, metadata={"help": "A run still 'running' this long is passed over."})
+    checkpoint_every: int = field(default=10, metadata={"help": "Training checkpoint every this many steps."})
+    max_errors: int = field(default=5, metadata={"help": "Give up after this many failed cycles in a row."})
+    seed: int = field(default=0, metadata={"help": "Seed of rectification sampling and training."})
+    serve_url: str | None = field(default=None, metadata={"help": "Also load each promoted adapter into this server."})
+    output_dir: str | None = field(default=None, metadata={"help": "Candidates go here (None: runs.trainer/ beside the store)."})
+
+    def __post_init__(self) -> None:
+        from agentkit.train.credit import CREDIT_METHODS
+        from agentkit.train.gate import GATE_METRICS
+        from agentkit.train.pairs import CHOSEN_BY
+
+        suite = get_suite(self.suite)  # an unknown suite fails here, naming the choices
+        checks = [
+            (self.min_pairs >= 1, f"min_pairs {self.min_pairs}: must be at least 1"),
+            (self.max_pairs >= self.min_pairs, f"max_pairs {self.max_pairs}: must be at least min_pairs ({self.min_pairs})"),
+            (self.eval_tasks >= 1, f"eval_tasks {self.eval_tasks}: must be at least 1"),
+            (self.eval_level is None or self.eval_level in suite.levels,
+             f"eval_level {self.eval_level}: {self.suite} has levels {', '.join(map(str, suite.levels))}"),
+            (self.credit in CREDIT_METHODS, f"credit {self.credit!r}: choose one of {', '.join(CREDIT_METHODS)}"),
+            (self.chosen_by in CHOSEN_BY, f"chosen_by {self.chosen_by!r}: choose one of {', '.join(CHOSEN_BY)}"),
+            (self.gate_metric in GATE_METRICS, f"gate_metric {self.gate_metric!r}: choose one of {', '.join(GATE_METRICS)}"),
+            (self.chosen_by != "step" or suite.has_step_checker,
+             f"chosen_by 'step' needs a step checker and suite '{self.suite}' has none; use 'outcome'"),
+            (self.poll_s > 0, f"poll_s {self.poll_s}: must be > 0"),
+            (self.batch_runs >= 1 and self.max_errors >= 1, "batch_runs and max_errors must be at least 1"),
+            (self.rectifications >= 1 and self.concurrency >= 1, "rectifications and concurrency must be at least 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise AgentkitError(f"trainer config: {message}")
+
+
+@dataclass
+class CycleResult:
+    """What one cycle did."""
+
+    policy: str
+    """The active version when the cycle started (the one whose runs it learned from)."""
+    run_from: int = 0
+    run_to: int = 0
+    runs: int = 0
+    """Runs examined (the cursor moved over them)."""
+    used: int = 0
+    """Of those, finished runs of the suite by the active policy, off the held-out set."""
+    failed: int = 0
+    pairs: int = 0
+    """New pairs stored this cycle."""
+    pending: int = 0
+    """Pairs not yet trained on, after this cycle."""
+    skipped: dict[str, int] = field(default_factory=dict)
+    candidate: str | None = None
+    decision: str | None = None
+    p_value: float | None = None
+    gate: dict[str, Any] | None = None
+    collect_s: float = 0.0
+    train_s: float = 0.0
+    gate_s: float = 0.0
+    more: bool = False
+    """More runs were waiting than one cycle examines: run the next cycle at once."""
+
+    @property
+    def did_work(self) -> bool:
+        return self.runs > 0 or self.candidate is not None
+
+
+class _Stopped(Exception):
+    """Raised at a safe point once stop() was called."""
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat()
+
+
+class TrainerDaemon:
+    """The background trainer of one store. ``llm`` samples rectifications and runs the
+    gate (default: loaded from the config on first need, so an idle trainer holds no
+    model); ``model`` is what the Trainer loads (default: config.model)."""
+
+    def __init__(self, store: str | os.PathLike[str], config: TrainerConfig | None = None, *,
+                 llm: LLM | None = None, model: Any = None):
+        from agentkit.memory import PairStore, TrajectoryStore
+        from agentkit.memory.policies import PolicyRegistry
+
+        self.config = config or TrainerConfig()
+        self.files = TrainerFiles.beside(store)
+        self.traces = TrajectoryStore(store)
+        self.book = TrainerStore(self.traces.path)
+        self.registry = PolicyRegistry(self.traces.path)
+        self.pairs = PairStore(self.traces)
+        self.suite = get_suite(self.config.suite)
+        level = self.config.eval_level or self.suite.default_level
+        self.held_out = self.suite.tasks("test", self.config.eval_tasks, level=level, seed=self.config.eval_seed)
+        self._held_out_ids = {t.id for t in self.held_out}
+        self.work = Path(self.config.output_dir) if self.config.output_dir else self.files.work
+        self.model = model if model is not None else self.config.model
+        self._llm, self._own_llm = llm, llm is None
+        self._stop = threading.Event()
+        self._loaded: str | None = None
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    @property
+    def llm(self) -> LLM:
+        if self._llm is None:
+            from agentkit.llm import load_backend
+
+            log.info("loading %s (%s) for pair sampling and gating", self.config.model, self.config.backend)
+            self._llm = load_backend(self.config.backend, self.config.model, base_url=self.config.base_url,
+                                     dtype=self.config.dtype)
+        return self._llm
+
+    def stop(self) -> None:
+        """Ask the loop to stop at the next safe point (a signal handler may call this)."""
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def close(self) -> None:
+        if self._own_llm and self._llm is not None:
+            self._llm.close()
+        self.pairs.close()
+        self.registry.close()
+        self.book.close()
+        self.traces.close()
+
+    def __enter__(self) -> TrainerDaemon:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def status(self, **fields: Any) -> dict[str, Any]:
+        """Merge ``fields`` into the recorded status; returns the whole status."""
+        return self.book.save(self.suite.name, status=fields).status
+
+    def _bump(self, **deltas: int) -> dict[str, int]:
+        status = self._state().status
+        return {k: int(status.get(k) or 0) + v for k, v in deltas.items()}
+
+    def _state(self) -> Any:
+        return self.book.state(self.suite.name) or self.book.save(self.suite.name, status={})
+
+    # --- the loop ---------------------------------------------------------------------------
+
+    def run(self, *, max_cycles: int | None = None, on_cycle: Callable[[CycleResult], None] | None = None) -> None:
+        """Cycle until stop() (or ``max_cycles``); idle cycles wait ``poll_s`` between looks.
+        A failing cycle is logged and recorded and the loop goes on, until ``max_errors``
+        fail in a row."""
+        self.status(state="idle", pid=os.getpid(), started_at=_now(), stopped_at=None, config=asdict(self.config))
+        log.info("trainer started on %s (suite %s, pid %d)", self.traces.path, self.suite.name, os.getpid())
+        cycles = errors = 0
+        try:
+            while not self.stopping:
+                try:
+                    result = self.cycle()
+                    errors = 0
+                except _Stopped:
+                    break
+                except Exception as exc:  # noqa: BLE001 - recorded, logged, and the loop goes on
+                    errors += 1
+                    message = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+                    log.exception("cycle failed (%d in a row): %s", errors, message)
+                    self.status(state="idle", last_error=message, last_error_at=_now())
+                    if errors >= self.config.max_errors:
+                        self.status(state="failed")
+                        raise
+                    self._stop.wait(self.config.poll_s)
+                    continue
+                cycles += 1
+                if on_cycle:
+                    on_cycle(result)
+                if max_cycles is not None and cycles >= max_cycles:
+                    break
+                if not result.more:
+                    self._stop.wait(self.config.poll_s)
+        finally:
+            state = self._state().status.get("state")
+            self.status(state="failed" if state == "failed" else "stopped", pid=None, stopped_at=_now())
+            log.info("trainer stopped after %d cycles", cycles)
+
+    def cycle(self) -> CycleResult:
+        """One pass: finish work left in flight, else examine new runs, build their pairs,
+        and train, gate and promote once ``min_pairs`` new pairs exist."""
+        started = _now()
+        state = self._state()
+        active = self.registry.active().version
+        result = CycleResult(policy=active, run_from=state.run_cursor, run_to=state.run_cursor)
+        inflight = state.status.get("inflight")
+        try:
+            if inflight:
+                log.info("continuing the %s of %s left in flight", inflight["phase"], inflight.get("candidate") or inflight["dir"])
+                self._finish(inflight, result)
+            else:
+                self._collect(state, active, result)
+                pending = self.book.pair_ids(self.suite.name, after=self._state().pair_cursor)
+                result.pending = len(pending)
+                if len(pending) >= self.config.min_pairs and not self.stopping:
+                    self._start_training(active, result)
+            result.pending = len(self.book.pair_ids(self.suite.name, after=self._state().pair_cursor))
+        finally:
+            if result.did_work:
+                self.book.add_cycle(
+                    self.suite.name, started, policy_version=result.policy, run_from=result.run_from,
+                    run_to=result.run_to, runs=result.runs, failed=result.failed, pairs=result.pairs,
+                    pending=result.pending, candidate=result.candidate, decision=result.decision,
+                    p_value=result.p_value, collect_s=result.collect_s, train_s=result.train_s,
+                    gate_s=result.gate_s, details={"used": result.used, "skipped": result.skipped,
+                                                   "gate": result.gate},
+                )
+            self.status(state="idle", pending_pairs=result.pending, active_policy=self.registry.active().version,
+                        heartbeat_at=_now(), **self._bump(cycles=1))
+        if result.did_work:
+            log.info("cycle: runs %d..%d examined %d, used %d, failed %d, new pairs %d, pending %d%s",
+                     result.run_from + 1, result.run_to, result.runs, result.used, result.failed, result.pairs,
+                     result.pending, f", {result.candidate}: {result.decision}" if result.candidate else "")
+        return result
+
+    # --- collect: new runs -> pairs ---------------------------------------------------------
+
+    def _collect(self, state: Any, active: str, result: CycleResult) -> None:
+        rows = self.book.runs_after(state.run_cursor, self.config.batch_runs)
+        result.more = len(rows) == self.config.batch_runs
+        ready = []
+        for row in rows:
+            if row["status"] == "running" and _age_s(row["started_at"]) < self.config.stale_s:
+                result.more = False  # runs after an unfinished one wait for it: the cursor never skips a run
+                break
+            ready.append(row)
+        if not ready:
+            return
+        t0 = time.perf_counter()
+        self.status(state="collecting")
+        skipped: dict[str, int] = {}
+
+        def skip(reason: str) -> None:
+            skipped[reason] = skipped.get(reason, 0) + 1
+
+        used = []
+        for row in ready:
+            if row["suite"] != self.suite.name:
+                skip("other_suite")
+            elif row["policy_version"] != active:
+                skip("other_policy")
+            elif row["status"] not in ("success", "failure"):
+                skip(row["status"])  # error, budget, abandoned
+            elif row["task_id"] in self._held_out_ids:
+                skip("held_out")
+            else:
+                used.append(row)
+        failed = [row for row in used if row["status"] == "failure"]
+        tasks: dict[str, Task] = {}
+        todo = []
+        recorded = self.book.run_tasks([row["id"] for row in failed])
+        for row in failed:
+            data = recorded.get(row["id"])
+            task = Task.model_validate(data) if data else None
+            if task is None or task.id != row["task_id"]:
+                skip("no_task")  # recorded before runs carried their task
+                continue
+            tasks[task.id] = task
+            todo.append(row["id"])
+        built = self.book.runs_with_pairs(todo)  # a restart after pairs were stored, before the cursor moved
+        todo = [i for i in todo if i not in built]
+        if todo:
+            from agentkit.train.pairs import StepDPOConfig, build_step_pairs
+
+            adapter = self._load(active)
+            config = StepDPOConfig(rectifications=self.config.rectifications, max_tokens=self.config.max_tokens,
+                                   credit=self.config.credit, chosen_by=self.config.chosen_by, seed=self.config.seed)
+            stats = build_step_pairs(self.llm, self.suite, list(tasks.values()), self.traces, config, active,
+                                     run_ids=todo, adapter=adapter, pair_store=self.pairs)
+            result.pairs = stats.pairs
+            result.skipped.update({"no_error_found": stats.no_error_found})
+        upto = ready[-1]["id"]
+        result.run_to, result.runs, result.used, result.failed = upto, len(ready), len(used), len(failed)
+        result.skipped.update(skipped)
+        result.collect_s = time.perf_counter() - t0
+        self.book.save(self.suite.name, run_cursor=upto, status={
+            "last_run_seen": upto, **self._bump(runs_seen=len(ready), runs_used=len(used), failed_runs=len(failed),
+                                                pairs_built=result.pairs)})
+
+    # --- train -> register -> gate -> promote ---------------------------------------------
+
+    def _start_training(self, active: str, result: CycleResult) -> None:
+        pair_ids = self.book.pair_ids(self.suite.name, limit=self.config.max_pairs)
+        self.work.mkdir(parents=True, exist_ok=True)
+        taken = [int(p.name.split("-")[1]) for p in self.work.glob("candidate-*") if p.name.split("-")[1].isdigit()]
+        out = self.work / f"candidate-{max(taken, default=0) + 1:04d}"
+        inflight = {"phase": "training", "dir": str(out), "pair_ids": pair_ids, "parent": active,
+                    "pair_cursor": max(pair_ids)}
+        self.status(inflight=inflight)  # recorded before training starts: a restart resumes it
+        self._finish(inflight, result)
+
+    def _finish(self, inflight: dict[str, Any], result: CycleResult) -> None:
+        if inflight["phase"] == "training":
+            inflight = self._train(inflight, result)
+            if inflight is None:
+                return
+        self._gate(inflight, result)
+
+    def _train(self, inflight: dict[str, Any], result: CycleResult) -> dict[str, Any] | None:
+        from agentkit.train.registry import adapter_name, register_trained
+        from agentkit.train.trainer import DPOConfig, PreferenceExample, Trainer
+
+        c = self.config
+        parent = inflight["parent"]
+        wanted = set(inflight["pair_ids"])
+        examples = [PreferenceExample.from_record(p) for p in self.pairs.pairs(kind="step", suite=self.suite.name)
+                    if p.id in wanted]
+        self.status(state="training")
+        log.info("training a candidate on %d pairs, continuing '%s' -> %s", len(examples), parent, inflight["dir"])
+        t0 = time.perf_counter()
+        train_config = DPOConfig(output_dir=inflight["dir"], lr=c.lr, epochs=c.epochs, batch_size=c.batch_size,
+                                 beta=c.beta, nll_weight=c.nll_weight, lora_r=c.lora_r, seed=c.seed,
+                                 checkpoint_every=c.checkpoint_every, dtype=c.dtype)
+        parent_path = None if adapter_name(parent) is None else self.registry.get(parent).adapter_path
+        trainer = Trainer(train_config, self.model, parent_adapter=parent_path, on_log=self._safe_point)
+        trained = trainer.train(examples, resume=True)
+        del trainer
+        result.train_s = time.perf_counter() - t0
+        if trained.adapter_path is None:
+            log.warning("training wrote no adapter (%s); pairs up to %d set aside", trained.stats, inflight["pair_cursor"])
+            self.book.save(self.suite.name, pair_cursor=inflight["pair_cursor"], status={"inflight": None})
+            return None
+        path = str(Path(trained.adapter_path).resolve())
+        known = [p for p in self.registry.list() if p.adapter_path == path]  # registered before a kill
+        policy = known[0] if known else register_trained(
+            self.registry, trained, parent=parent,
+            data={"pairs": len(examples), "pair_ids": [min(wanted), max(wanted)], "suite": self.suite.name,
+                  "source": "agentkit trainer", "trainer": asdict(c)},
+        )
+        result.candidate = policy.version
+        inflight = {"phase": "gating", "candidate": policy.version, "parent": parent,
+                    "pair_cursor": inflight["pair_cursor"], "train_s": result.train_s}
+        self.status(inflight=inflight, **self._bump(candidates=0 if known else 1))
+        self._safe_point()
+        return inflight
+
+    def _gate(self, inflight: dict[str, Any], result: CycleResult) -> None:
+        from agentkit.runtime import SolveAgent
+        from agentkit.train.gate import gate
+        from agentkit.train.registry import adapter_name
+
+        candidate = inflight["candidate"]
+        result.candidate = candidate
+        policy = self.registry.get(candidate)
+        t0 = time.perf_counter()
+        if policy.status == "candidate":
+            incumbent = self.registry.active().version
+            self.status(state="gating")
+            log.info("gating %s against %s on %d held-out tasks", candidate, incumbent, len(self.held_out))
+            agent = SolveAgent(shots=self.config.shots, max_tokens=self.config.max_tokens)
+            outcome = gate(self.registry, self.llm, self.suite, self.held_out, candidate, incumbent=incumbent,
+                           agent=agent, store=self.traces, alpha=self.config.alpha,
+                           concurrency=self.config.concurrency, metric=self.config.gate_metric)
+            log.info("%s", outcome.summary())
+            promoted = outcome.promote
+            result.p_value = outcome.p_value
+            result.gate = {k: v for k, v in outcome.as_dict().items() if not k.endswith("_ids")}
+            # keep only the active adapter resident
+            stale = adapter_name(incumbent) if promoted else adapter_name(candidate)
+            if stale is not None and stale in self.llm.list_adapters():
+                self.llm.unload_adapter(stale)
+        else:  # decided before a restart
+            promoted = policy.status in ("active", "retired")
+            result.gate = (policy.metrics or {}).get("gate")
+            result.p_value = (result.gate or {}).get("p_value")
+        result.gate_s = time.perf_counter() - t0
+        result.decision = "promote" if promoted else "reject"
+        last_gate = {"candidate": candidate, "decision": result.decision, "p_value": result.p_value,
+                     "at": _now(), **{k: (result.gate or {}).get(k) for k in
+                                      ("metric", "incumbent", "n", "incumbent_success", "candidate_success",
+                                       "incumbent_step_accuracy", "candidate_step_accuracy")}}
+        self.book.save(self.suite.name, pair_cursor=inflight["pair_cursor"], status={
+            "inflight": None, "last_gate": last_gate,
+            **self._bump(promoted=int(promoted), rejected=int(not promoted))})
+        if promoted and self.config.serve_url:
+            self._publish(candidate)
+
+    def _publish(self, version: str) -> None:
+        """Load the promoted adapter into the server at serve_url, and check it answers."""
+        from agentkit.llm.openai import OpenAIClientLLM
+        from agentkit.train.registry import load_policy
+
+        try:
+            load_policy(OpenAIClientLLM(self.config.serve_url), self.registry, version)
+            log.info("loaded %s into %s", version, self.config.serve_url)
+            self.status(served={"version": version, "url": self.config.serve_url, "at": _now(), "error": None})
+        except AgentkitError as exc:  # the promotion stands; the server is told next time
+            log.warning("could not load %s into %s: %s", version, self.config.serve_url, exc)
+            self.status(served={"version": None, "url": self.config.serve_url, "at": _now(), "error": str(exc)})
+
+    # --- helpers ----------------------------------------------------------------------------
+
+    def _load(self, version: str) -> str | None:
+        """Load ``version`` into the sampling backend (verified: its adapter must answer),
+        unless it is the one loaded last and still resident."""
+        from agentkit.train.registry import adapter_name, load_policy
+
+        name = adapter_name(version)
+        if self._loaded != version or (name is not None and name not in self.llm.list_adapters()):
+            load_policy(self.llm, self.registry, version)
+            self._loaded = version
+        return name
+
+    def _safe_point(self, record: Any = None) -> None:
+        if self.stopping:
+            raise _Stopped()
+
+
+def _age_s(iso: str) -> float:
+    return (datetime.now(timezone.utc) - datetime.fromisoformat(iso)).total_seconds()
+
+
+def run_daemon(store: str | os.PathLike[str], config: TrainerConfig, *, echo: bool = True,
+               max_cycles: int | None = None, llm: LLM | None = None, model: Any = None) -> None:
+    """The trainer process: take the store's trainer lock (one trainer per store), log to
+    runs.trainer.log (and stderr with ``echo``), stop cleanly on SIGTERM or SIGINT."""
+    files = TrainerFiles.beside(store)
+    with TrainerLock(files.pid):
+        handlers: list[logging.Handler] = [logging.FileHandler(files.log, encoding="utf-8")]
+        if echo:
+            handlers.append(logging.StreamHandler(sys.stderr))
+        root = logging.getLogger("agentkit")
+        previous_level = root.level
+        root.setLevel(logging.INFO)
+        for handler in handlers:
+            handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+            root.addHandler(handler)
+        daemon = TrainerDaemon(store, config, llm=llm, model=model)
+        stop = lambda *_: daemon.stop()  # noqa: E731
+        restore = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)} \
+            if threading.current_thread() is threading.main_thread() else {}
+        try:
+            daemon.run(max_cycles=max_cycles)
+        finally:
+            daemon.close()
+            for sig, handler in restore.items():
+                signal.signal(sig, handler)
+            for handler in handlers:
+                root.removeHandler(handler)
+                handler.close()
+            root.setLevel(previous_level)
