@@ -32,6 +32,15 @@ EXAMPLES = {
     "policy show": ["agentkit policy show v3"],
     "policy promote": ['agentkit policy promote v3 --reason "gate run on 200 tasks: p=0.004"'],
     "policy rollback": ['agentkit policy rollback --reason "worse on production tasks"'],
+    "memory list": ["agentkit memory list --family arithmetic/1 --sort utility", "agentkit memory list --status retired"],
+    "memory show": ["agentkit memory show 12"],
+    "memory search": ['agentkit memory search "Compute 47 + 38." --family arithmetic/1 -k 4',
+                      'agentkit memory search "make 24 from 3 3 8 8" --retriever embeddings'],
+    "memory stats": ["agentkit memory stats --versions 20"],
+    "memory prune": ["agentkit memory prune", "agentkit memory prune --family arithmetic/1 --max-items 100 --purge"],
+    "memory export": ["agentkit memory export library.jsonl --family arithmetic/1"],
+    "memory import": ["agentkit memory import library.jsonl"],
+    "memory rollback": ["agentkit memory rollback 7"],
 }
 
 _INTRO = """\

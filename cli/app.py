@@ -610,6 +610,11 @@ def improve(
     typer.echo(f"learning curve: {png}")
 
 
+from agentkit.cli.memory_cmd import memory_app  # noqa: E402 - the experience library commands
+
+app.add_typer(memory_app, name="memory", cls=_Group)
+
+
 def main() -> None:
     """Console-script entry point."""
     app(prog_name="agentkit")

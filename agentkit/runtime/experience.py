@@ -114,7 +114,7 @@ def outcomes_from_runs(store: Any, run_ids: Sequence[int], suite: Suite | None,
         outcome = RunOutcome(run_id=run.id, family=family, success=success)
         outcome.nodes = list(dict.fromkeys(s.node for s in steps if s.prompt_ids is not None))
         for step in steps:
-            for item_id in step.memory_ids or ():
+            for item_id in step.memory_ids or () if step.role != "router" else ():  # routes count below
                 if isinstance(item_id, int):
                     outcome.shown.append((item_id, step.node))
             if step.role == "router" and step.route:
