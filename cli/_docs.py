@@ -41,6 +41,11 @@ EXAMPLES = {
     "memory export": ["agentkit memory export library.jsonl --family arithmetic/1"],
     "memory import": ["agentkit memory import library.jsonl"],
     "memory rollback": ["agentkit memory rollback 7"],
+    "trainer start": ["agentkit trainer start --suite arithmetic --min-pairs 32 --eval-tasks 100",
+                      "agentkit trainer start --serve-url http://127.0.0.1:8000/v1",
+                      "agentkit trainer start --foreground --poll 5"],
+    "trainer status": ["agentkit trainer status"],
+    "trainer stop": ["agentkit trainer stop --timeout 300"],
 }
 
 _INTRO = """\

@@ -107,6 +107,10 @@ def run(
         None, show_default="http://127.0.0.1:8000/v1", help="The server's API root, for --backend openai."
     ),
     store: Optional[Path] = typer.Option(None, envvar="AGENTKIT_STORE", show_default=STORE_DEFAULT, help=STORE_HELP),
+    policy: str = typer.Option(
+        "active", help="Policy version: active (the store's active one; a newly promoted version is loaded "
+        "between tasks, e.g. from `agentkit trainer`), base, or a version such as v3.",
+    ),
     concurrency: int = typer.Option(16, help="Tasks in flight at once (their model calls are batched together)."),
     max_calls: Optional[int] = typer.Option(None, show_default="16", help="Per-run budget of model calls."),
     max_tokens: Optional[int] = typer.Option(
@@ -164,14 +168,22 @@ def run(
     err = _stderr_console()
     interactive = err.is_terminal and not json_output
     _quiet_hub()
-    with TrajectoryStore(store_path) as traces:
+    from agentkit.memory import PolicyRegistry
+    from agentkit.runtime import ActivePolicy
+
+    with TrajectoryStore(store_path) as traces, PolicyRegistry(store_path) as registry:
+        if policy != "active":
+            registry.get(policy)  # an unknown version fails now, naming the known ones
         with err.status(_loading(backend, model)) if interactive else nullcontext():
             llm = load_backend(backend, model, base_url=base_url, dtype=dtype)
+        follow = ActivePolicy(llm, registry, version=None if policy == "active" else policy, on_change=lambda old, new, e: (
+            err.print(f"policy {old} -> {new}: the next runs use {new}" if e is None
+                      else f"policy {new} is active but did not load ({e}); runs stay on {old}", markup=False)))
         try:
             with _progress_bar(f"{task_suite.name} on {llm.model_name}", len(tasks), enabled=interactive) as on_result:
                 report = run_tasks(
                     llm, task_suite, tasks, traces, agent=agent, concurrency=concurrency, budget=budget,
-                    model_name=model, on_result=on_result,
+                    model_name=model, on_result=on_result, policy=follow,
                 )
         finally:
             llm.close()
@@ -613,6 +625,13 @@ def improve(
 from agentkit.cli.memory_cmd import memory_app  # noqa: E402 - the experience library commands
 
 app.add_typer(memory_app, name="memory", cls=_Group)
+
+
+# --- agentkit trainer (cli/trainer_cmd.py) --------------------------------------------------
+
+from agentkit.cli.trainer_cmd import trainer_app  # noqa: E402 - it builds on the helpers above
+
+app.add_typer(trainer_app, name="trainer")
 
 
 def main() -> None:

@@ -354,3 +354,34 @@ def test_trainer_commands_refuse_bad_input_with_one_line(args, message, tmp_path
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr, result.stderr
     assert result.stderr.startswith("error: " + message.format(store=store, tmp=tmp_path)), result.stderr
     assert running_pid(TrainerFiles.beside(store).pid) is None
+
+
+def test_a_promotion_reaches_a_served_deployment(tmp_path):
+    from conftest import serve_in_thread
+
+    from agentkit.llm.base import GenerationRequest
+    from agentkit.llm.openai import OpenAIClientLLM
+    from agentkit.train.daemon import TrainerConfig, TrainerDaemon
+
+    served = ScriptedLLM(lambda prompt, request: "ok")
+    server, thread = serve_in_thread(served)
+    path = tmp_path / "runs.db"
+    try:
+        with PolicyRegistry(path) as registry:
+            registry.register(adapter_dir(tmp_path / "v1"))
+            registry.promote("v1")
+        # the trainer loads what it promotes into the server (--serve-url) ...
+        config = TrainerConfig(serve_url=server.url, output_dir=str(tmp_path / "work"))
+        with TrainerDaemon(path, config, llm=ScriptedLLM(["unused"])) as daemon:
+            daemon._publish("v1")
+            assert served.list_adapters() == ["v1"]
+            assert daemon.book.state("arithmetic").status["served"]["version"] == "v1"
+        # ... and a client run following the active policy loads it there itself
+        served.unload_adapter("v1")
+        with PolicyRegistry(path) as registry:
+            version, view = ActivePolicy(OpenAIClientLLM(server.url), registry).current()
+            ((completion,),) = view.generate([GenerationRequest("hi", max_tokens=2)])
+        assert version == "v1" and completion.adapter == "v1" and served.list_adapters() == ["v1"]
+    finally:
+        server.shutdown()
+        thread.join(timeout=5)
