@@ -385,3 +385,27 @@ def test_a_promotion_reaches_a_served_deployment(tmp_path):
     finally:
         server.shutdown()
         thread.join(timeout=5)
+
+
+def test_a_trainer_killed_with_sigkill_leaves_no_stale_lock(tmp_path):
+    import signal
+    import time
+
+    store = str(tmp_path / "runs.db")
+    files = TrainerFiles.beside(store)
+    first = cli("trainer", "start", "--store", store, "--poll", "0.2")
+    assert first.returncode == 0, first.stderr
+    pid = int(re.search(r"pid (\d+)", first.stdout).group(1))
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while running_pid(files.pid) is not None and time.monotonic() < deadline:  # the kernel drops the flock
+        time.sleep(0.05)
+    assert running_pid(files.pid) is None and files.pid.read_text().strip() == str(pid)  # a stale pid file
+    status = cli("trainer", "status", "--store", store)
+    assert re.search(r"alive\s+│ no", status.stdout) and re.search(r"state\s+│ stopped", status.stdout)
+    again = cli("trainer", "start", "--store", store, "--poll", "0.2")
+    try:
+        assert again.returncode == 0, again.stderr
+        assert int(re.search(r"pid (\d+)", again.stdout).group(1)) != pid
+    finally:
+        assert cli("trainer", "stop", "--store", store).returncode == 0
