@@ -111,6 +111,32 @@ def test_top_p_keeps_only_the_nucleus():
     assert set(tokens.tolist()) <= {0, 1}
 
 
+def test_batched_truncated_sampling_follows_each_rows_distribution():
+    # rows alternate: top-k 2 at temperature 1 -> [0.625, 0.375]; top-p 0.9 at temperature 0.5
+    # -> p^2 renormalised [0.685, 0.247, 0.062, 0.007], nucleus keeps the first two -> [0.735, 0.265]
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    logits = probs.log().repeat(8000, 1)
+    gen = torch.Generator().manual_seed(0)
+    params = [RowParams(1.0, 1.0, 2, gen), RowParams(0.5, 0.9, 0, gen)] * 4000
+    tokens, _ = select_tokens(logits, params)
+    for offset, expected in ((0, [0.625, 0.375, 0, 0]), (1, [0.735, 0.265, 0, 0])):
+        freq = torch.bincount(tokens[offset::2], minlength=4).float() / 4000
+        assert torch.allclose(freq, torch.tensor(expected), atol=0.03), (offset, freq)
+
+
+def test_a_nucleus_wider_than_the_candidate_set_is_sampled_over_the_whole_vocabulary():
+    logits = torch.zeros(3000, 5000)  # flat: the top-1024 candidates hold only 20% of the mass
+    gen = torch.Generator().manual_seed(0)
+    tokens, _ = select_tokens(logits, [RowParams(1.0, 0.5, 0, gen)] * 3000)
+    assert len(set(tokens.tolist())) > 1024
+
+
+def test_sampling_is_reproducible_by_seed():
+    logits = torch.randn(6, 300)
+    draw = lambda: select_tokens(logits, [RowParams(0.8, 0.95, 64, torch.Generator().manual_seed(i)) for i in range(6)])[0]  # noqa: E731
+    assert torch.equal(draw(), draw())
+
+
 def test_model_resolution_errors_name_the_value(tmp_path):
     with pytest.raises(ModelNotFoundError, match="does not exist"):
         resolve_model("./no/such/model")

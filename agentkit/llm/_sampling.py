@@ -96,28 +96,41 @@ def _sample_full(logits: torch.Tensor, params: list[RowParams]) -> torch.Tensor:
 
 
 def _sample_truncated(logits: torch.Tensor, params: list[RowParams]) -> torch.Tensor:
+    """Top-k / top-p sampling for the whole batch at once: one top-k and one logsumexp
+    over the vocabulary, then masks and an inverse-CDF draw on the (b, k) candidates. A row
+    whose nucleus does not fit in the candidate set (top-p without top-k, on a very flat
+    distribution) is resolved over its full sorted vocabulary."""
     vocab = logits.shape[-1]
-    want = max(p.top_k if p.top_k > 0 else _CANDIDATES for p in params)
-    k = min(vocab, want)
-    temps = torch.tensor([p.temperature for p in params], device=logits.device)[:, None]
-    values, indices = (logits / temps).topk(k, dim=-1)  # (b, k) sorted descending
-    out = torch.empty(len(params), dtype=torch.long, device=logits.device)
-    for row, p in enumerate(params):
-        vals, idx = values[row], indices[row]
-        if p.top_k > 0:
-            vals, idx = vals[: p.top_k], idx[: p.top_k]
-        lse_all = torch.logsumexp(logits[row] / p.temperature, dim=-1)
-        probs = (vals - lse_all).exp()  # true probabilities of the candidates
-        if p.top_p < 1.0:
-            if p.top_k == 0 and probs.sum().item() < p.top_p and k < vocab:
-                vals, idx = (logits[row] / p.temperature).sort(descending=True)
-                probs = (vals - lse_all).exp()
-            cum = probs.cumsum(0)
-            # keep the smallest prefix whose mass reaches top_p (the first token always stays)
-            keep = int((cum < p.top_p).sum().item()) + 1
-            probs, idx = probs[:keep], idx[:keep]
-        cdf = probs.cumsum(0)
-        u = torch.rand((), generator=p.generator) * cdf[-1]
-        pick = int(torch.searchsorted(cdf, u.reshape(1)).clamp(max=len(idx) - 1).item())
-        out[row] = idx[pick]
+    k = min(vocab, max(p.top_k if p.top_k > 0 else _CANDIDATES for p in params))
+    device = logits.device
+    temps = torch.tensor([p.temperature for p in params], device=device)[:, None]
+    scaled = logits / temps  # (b, V)
+    values, indices = scaled.topk(k, dim=-1)  # (b, k) sorted descending
+    probs = (values - torch.logsumexp(scaled, dim=-1, keepdim=True)).exp()  # true probabilities
+    col = torch.arange(k, device=device)[None, :]  # (1, k)
+    top_k = torch.tensor([p.top_k if p.top_k > 0 else k for p in params], device=device)[:, None]
+    top_p = torch.tensor([p.top_p for p in params], device=device)[:, None]
+    keep = col < top_k
+    kept = probs * keep
+    before = kept.cumsum(-1) - kept  # mass of the kept candidates ahead of each one
+    # the smallest prefix whose mass reaches top_p; the first candidate always stays
+    keep &= (before < top_p) | (top_p >= 1.0) | (col == 0)
+    cdf = (probs * keep).cumsum(-1)  # (b, k)
+    u = _uniforms(params, device)[:, None] * cdf[:, -1:]
+    out = indices.gather(1, torch.searchsorted(cdf, u).clamp_(max=k - 1)).squeeze(1)  # (b,)
+    if k < vocab:
+        for row, p in enumerate(params):
+            if p.top_k == 0 and p.top_p < 1.0 and kept[row].sum().item() < p.top_p:
+                out[row] = _sample_nucleus_full(scaled[row], p)
     return out
+
+
+def _sample_nucleus_full(scaled: torch.Tensor, p: RowParams) -> torch.Tensor:
+    """Top-p over one row's whole sorted vocabulary (``scaled`` = logits / temperature).
+    Redraws from the row's generator: the batched draw was over too few candidates."""
+    vals, idx = scaled.sort(descending=True)
+    probs = (vals - torch.logsumexp(scaled, dim=-1)).exp()
+    keep = int((probs.cumsum(0) < p.top_p).sum().item()) + 1
+    cdf = probs[:keep].cumsum(0)
+    u = torch.rand((), generator=p.generator) * cdf[-1]
+    return idx[torch.searchsorted(cdf, u.reshape(1)).clamp(max=keep - 1)].squeeze(0)

@@ -21,6 +21,8 @@ from typing import Any, Sequence
 
 import torch
 
+from agentkit.llm._malloc import tune_allocator
+
 from agentkit.errors import BackendError
 from agentkit.llm._sampling import RowParams, exact_logprobs, select_tokens
 from agentkit.llm.base import Completion, GenerationRequest
@@ -125,6 +127,8 @@ class TransformersLLM:
         if threads:
             torch.set_num_threads(threads)
         self.dtype = choose_dtype(self.device, os.environ.get("AGENTKIT_DTYPE", dtype) if dtype == "auto" else dtype)
+        if self.device == "cpu":
+            tune_allocator()
         if _model is None:
             from transformers import AutoModelForCausalLM, AutoTokenizer
 

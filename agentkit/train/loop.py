@@ -190,6 +190,7 @@ def improve(
             gate_result.p_value if gate_result else None,
             sampled, train_s, time.perf_counter() - start,
         )
+        _release_memory()
         rounds.append(row)
         if on_round:
             on_round(row)
@@ -271,7 +272,19 @@ def _train(config: ImproveConfig, model: str, registry: Any, incumbent: str, exa
         train_config = PGConfig(method=config.method, **{**common, "lr": config.lr / 5})
     parent = None if adapter_name(incumbent) is None else registry.get(incumbent).adapter_path
     trainer = Trainer(train_config, model, parent_adapter=parent)
-    return trainer.train(examples, resume=False)
+    try:
+        return trainer.train(examples, resume=False)
+    finally:
+        del trainer
+        _release_memory()
+
+
+def _release_memory() -> None:
+    """Give the trainer's model copy, optimizer state and activations back to the OS before
+    the next round samples, so a long `improve` stays at the size of one round."""
+    from agentkit.llm._malloc import release_memory
+
+    release_memory()
 
 
 def plot_curve(rounds: list[RoundResult], path: str | Path, title: str = "agentkit improve") -> Path:

@@ -157,7 +157,10 @@ class Trainer:
         device: str | None = None,
         on_log: Callable[[dict[str, Any]], None] | None = None,
     ):
+        from agentkit.llm._malloc import tune_allocator
         from agentkit.llm.transformers import choose_dtype
+
+        tune_allocator()
 
         self.config = config
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
