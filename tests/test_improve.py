@@ -120,3 +120,24 @@ def test_improve_config_refuses_unknown_choices():
         ImproveConfig(chosen_by="vibes")
     with pytest.raises(AgentkitError, match="gate metric 'vibes'"):
         ImproveConfig(gate_metric="vibes")
+
+
+def test_improve_with_memory_updates_the_library_and_reads_it(tmp_path, monkeypatch):
+    from agentkit.memory.library import ExperienceLibrary
+
+    monkeypatch.chdir(tmp_path)
+    tok = build_tiny_tokenizer()
+    suite = get_suite("arithmetic")
+    llm = CharScripted(answers(suite, right_for={"v1"}), tok)
+    config = ImproveConfig(method="rft", rounds=1, levels=[1], train_tasks=4, eval_tasks=8, samples_per_task=2,
+                           epochs=1, batch_size=2, concurrency=4, memory=2, output_dir=str(tmp_path / "improve"))
+    with TrajectoryStore(tmp_path / "runs.db") as store:
+        rounds = improve(llm, store, config, model=build_tiny_model(len(tok)))
+        library = ExperienceLibrary(store)
+        exemplars = library.items(kind="exemplar")
+        sampled = [r for r in store.list_runs(None) if (r.meta or {}).get("sampled_for")]
+        gated = [r for r in store.list_runs(None) if r.policy_version == "v1"]
+        shown = [s.memory_ids for r in gated for s in store.steps(r.id)]
+    # the verified samples (even seeds answer right) became exemplars, and the gate's runs saw them
+    assert rounds[1].new_data["memory_added"] == len(exemplars) > 0
+    assert len(sampled) == 8 and all(ids for ids in shown)

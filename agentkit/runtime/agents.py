@@ -40,7 +40,8 @@ class SolveAgent:
     are shown, in a marked section, as extra worked examples before the question."""
     memory: int = 4
 
-    def __call__(self, task: Task, suite: Suite, recorder: Recorder) -> str:
+    def prompt(self, task: Task, suite: Suite) -> tuple[str, list[int]]:
+        """The solver prompt for ``task`` and the ids of the library items shown in it."""
         prompt, memory_ids = suite.prompt(task, shots=self.shots), []
         if self.library is not None and self.memory > 0:
             from agentkit.graph import memory as _memory
@@ -49,6 +50,10 @@ class SolveAgent:
                                      kinds=("exemplar", "insight"), k=self.memory)
             prompt = _memory.insert_section(prompt, task.question, _memory.memory_section(items))
             memory_ids = [item.id for item in items]
+        return prompt, memory_ids
+
+    def __call__(self, task: Task, suite: Suite, recorder: Recorder) -> str:
+        prompt, memory_ids = self.prompt(task, suite)
         request = GenerationRequest(
             prompt, temperature=self.temperature, top_p=self.top_p,
             top_k=self.top_k, max_tokens=self.max_tokens, stop=suite.stop, adapter=self.adapter,

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -54,6 +54,10 @@ class ImproveConfig:
     (the step checker accepting the rectified step suffices; one line per rectification)."""
     gate_metric: str = "success"
     """What the gate needs a significant gain in: "success" or "step-accuracy" (see gate.py)."""
+    memory: int = 0
+    """Experience library items shown per prompt (0: off). On: every sampled run updates the
+    library in the store (verified exemplars, utilities), and sampling, the held-out
+    measurement and the gate all read it, so a policy is judged with the memory it trained with."""
     shots: int = 3
     max_tokens: int = 96
     replay: bool = True
@@ -129,15 +133,20 @@ def improve(
     registry = PolicyRegistry(store.path)
     eval_level = config.eval_level or config.levels[-1]
     held_out = suite.tasks("test", config.eval_tasks, level=eval_level, seed=config.seed)
-    agent = SolveAgent(shots=config.shots, max_tokens=config.max_tokens)
+    library = None
+    if config.memory > 0:
+        from agentkit.memory.library import ExperienceLibrary
+
+        library = ExperienceLibrary(store)
+    agent = SolveAgent(shots=config.shots, max_tokens=config.max_tokens, library=library, memory=config.memory)
     out_dir = Path(config.output_dir)
 
     incumbent = registry.active().version
     status(f"round 0: measuring the active policy '{incumbent}' on {len(held_out)} held-out tasks")
     start = time.perf_counter()
     name = load_policy(llm, registry, incumbent)
-    report = run_tasks(llm, suite, held_out, store, agent=SolveAgent(shots=config.shots, max_tokens=config.max_tokens,
-                       adapter=name), concurrency=config.concurrency, policy_version=incumbent)
+    report = run_tasks(llm, suite, held_out, store, agent=replace(agent, adapter=name), concurrency=config.concurrency,
+                       policy_version=incumbent)
     rounds = [RoundResult(0, eval_level, incumbent, None, False, 0, {}, report.success_rate, report.step_accuracy,
                           None, None, None, report.completion_tokens, 0.0, time.perf_counter() - start)]
     if on_round:
@@ -149,7 +158,7 @@ def improve(
         tasks = suite.tasks("train", config.train_tasks, level=level, seed=config.seed + 1000 * r)
         adapter = adapter_name(incumbent)
         status(f"round {r}: collecting on {len(tasks)} level-{level} training tasks with '{incumbent}'")
-        examples, new_data, sampled = _collect(llm, suite, tasks, store, config, incumbent, adapter, r)
+        examples, new_data, sampled = _collect(llm, suite, tasks, store, config, incumbent, adapter, r, agent)
         candidate, promoted, train_s, gate_result = None, False, 0.0, None
         if not examples:
             status(f"round {r}: no training data ({new_data}); the policy stays '{incumbent}'")
@@ -198,8 +207,9 @@ def improve(
 
 
 def _collect(llm: LLM, suite: Suite, tasks: list[Task], store: Any, config: ImproveConfig, version: str,
-             adapter: str | None, round_: int) -> tuple[list[Any], dict[str, Any], int]:
-    """This round's training data for the method, plus counts and the sampled token total."""
+             adapter: str | None, round_: int, agent: Any = None) -> tuple[list[Any], dict[str, Any], int]:
+    """This round's training data for the method, plus counts and the sampled token total.
+    ``agent`` builds the sampling prompts; with a library, the sampled runs then update it."""
     from agentkit.memory import PairStore
     from agentkit.train.pairs import StepDPOConfig, build_outcome_pairs, build_step_pairs, sample_solutions
     from agentkit.train.trainer import PreferenceExample, RLGroup, SFTExample
@@ -209,23 +219,36 @@ def _collect(llm: LLM, suite: Suite, tasks: list[Task], store: Any, config: Impr
         max_tokens=config.max_tokens, seed=config.seed + round_, chosen_by=config.chosen_by,
     )
     pairs = PairStore(store)
+    library = getattr(agent, "library", None)
+
+    def learn(run_ids: list[int]) -> dict[str, Any]:
+        if library is None:
+            return {}
+        from agentkit.runtime.experience import update_from_runs
+
+        update = update_from_runs(library, store, run_ids, suite, tasks=tasks)
+        return {"memory_version": update.version, "memory_added": len(update.added),
+                "memory_retired": len(update.retired) + len(update.evicted)}
+
     if config.method == "gold-sft":
         end = "\n" + suite.stop[0] if suite.stop else ""
-        data = [SFTExample(llm.tokenize(suite.prompt(task, shots=config.shots)),
+        data = [SFTExample(llm.tokenize(agent.prompt(task, suite)[0] if agent else suite.prompt(task, shots=config.shots)),
                            _continuation_ids(llm, task.solution + end), task.id) for task in tasks]
         return data, {"solutions": len(data)}, 0
     if config.method == "step-dpo":
-        stats = build_step_pairs(llm, suite, tasks, store, pair_config, version, adapter=adapter, pair_store=pairs)
+        stats = build_step_pairs(llm, suite, tasks, store, pair_config, version, adapter=adapter, pair_store=pairs,
+                                 agent=agent)
         kept = pairs.pairs(kind="step", suite=suite.name) if config.replay else pairs.pairs(kind="step", policy_version=version)
         if not config.replay:
             kept = [p for p in kept if p.id in set(stats.pair_ids)]
-        return [PreferenceExample.from_record(p) for p in kept], stats.as_dict(), _tokens(store, stats.run_ids)
+        counts = {**stats.as_dict(), **learn(stats.run_ids)}
+        return [PreferenceExample.from_record(p) for p in kept], counts, _tokens(store, stats.run_ids)
 
-    run_ids = sample_solutions(llm, suite, tasks, store, pair_config, version, adapter=adapter)
+    run_ids = sample_solutions(llm, suite, tasks, store, pair_config, version, adapter=adapter, agent=agent)
     runs = [store.get_run(i) for i in run_ids]
     sampled = _tokens(store, run_ids)
     successes = sum(run.status == "success" for run in runs)
-    base = {"samples": len(runs), "successes": successes}
+    base = {"samples": len(runs), "successes": successes, **learn(run_ids)}
     if config.method == "dpo":
         new_ids = build_outcome_pairs(llm, store, run_ids, policy_version=version, pair_store=pairs)
         kept = pairs.pairs(kind="outcome", suite=suite.name) if config.replay else [

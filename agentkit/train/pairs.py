@@ -147,21 +147,26 @@ def sample_solutions(
     policy_version: str | None = "base",
     *,
     adapter: str | None = None,
+    agent: Any = None,
 ) -> list[int]:
     """Sample ``config.samples_per_task`` solutions of every task in ONE generate call
     (one request per task with n = N) and record each as a run with one solver step, the
-    way ``run_tasks`` with a ``SolveAgent`` records them. Returns the run ids, task-major."""
+    way ``run_tasks`` with a ``SolveAgent`` records them. ``agent`` (a SolveAgent) builds
+    the prompts when given, with its experience-library section and the ids it showed;
+    else the suite's few-shot prompt. Returns the run ids, task-major."""
+    prompts = [agent.prompt(task, suite) if agent is not None else (suite.prompt(task, shots=config.shots), [])
+               for task in tasks]
     requests = [
         GenerationRequest(
-            suite.prompt(task, shots=config.shots), n=config.samples_per_task, temperature=config.temperature,
+            prompt, n=config.samples_per_task, temperature=config.temperature,
             top_p=config.top_p, top_k=config.top_k, max_tokens=config.max_tokens, stop=suite.stop,
             seed=derive_seed(config.seed, "sample", task.id, policy_version), adapter=adapter,
         )
-        for task in tasks
+        for task, (prompt, _) in zip(tasks, prompts)
     ]
     results = llm.generate(requests) if requests else []
     run_ids = []
-    for task, request, completions in zip(tasks, requests, results):
+    for task, request, (_, memory_ids), completions in zip(tasks, requests, prompts, results):
         for c in completions:
             run_id = store.start_run(
                 "solve", suite=suite.name, task_id=task.id, split=task.split,
@@ -172,7 +177,7 @@ def sample_solutions(
                 run_id, node="solve", role="solver", prompt_text=request.prompt, prompt_ids=c.prompt_ids,
                 completion_text=c.text, completion_ids=c.token_ids, logprobs=c.logprobs,
                 finish_reason=c.finish_reason, latency_s=c.latency_s, adapter=c.adapter,
-                policy_version=policy_version,
+                policy_version=policy_version, memory_ids=memory_ids or None,
                 parsed={"answer": suite.parse_answer(c.text), "steps": suite.check_steps(task, c.text)},
             )
             reward = suite.verify(task, c.text)
@@ -323,6 +328,7 @@ def build_step_pairs(
     run_ids: Sequence[int] | None = None,
     adapter: str | None = None,
     pair_store: PairStore | None = None,
+    agent: Any = None,
 ) -> PairStats:
     """One round of Step-DPO data: (i) sample ``samples_per_task`` solutions per task in
     one batched call, (ii) record them as runs, (iii) find the first wrong step of each
@@ -331,13 +337,14 @@ def build_step_pairs(
     ``store``).
 
     With ``run_ids`` the runs already recorded are used instead of (i)-(ii); ``tasks`` must
-    then hold their tasks. ``policy_version`` and ``adapter`` name the sampling policy.
+    then hold their tasks. ``policy_version`` and ``adapter`` name the sampling policy;
+    ``agent`` (a SolveAgent) builds the sampling prompts, e.g. with experience-library items.
     """
     start = time.perf_counter()
     stats = PairStats(tasks=len(tasks))
     by_id = {task.id: task for task in tasks}
     if run_ids is None:
-        run_ids = sample_solutions(llm, suite, tasks, store, config, policy_version, adapter=adapter)
+        run_ids = sample_solutions(llm, suite, tasks, store, config, policy_version, adapter=adapter, agent=agent)
     stats.run_ids = list(run_ids)
     stats.samples = len(run_ids)
     statuses = [store.get_run(run_id, steps=False).status for run_id in run_ids]
