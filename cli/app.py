@@ -571,11 +571,15 @@ def improve(
     graph: Optional[str] = typer.Argument(None, help="Graph to improve: single_solver (the default) is the one the loop trains today."),
     suite: str = typer.Option("arithmetic", help="Built-in suite to train and gate on."),
     rounds: int = typer.Option(3, help="Rounds of collect -> pairs -> train -> gate."),
-    method: str = typer.Option("step-dpo", help="step-dpo, dpo (whole-output), rft, grpo or rloo."),
+    method: str = typer.Option("step-dpo", help="step-dpo, dpo (whole-output), rft, grpo, rloo or gold-sft (SFT on gold solutions, the reference)."),
     levels: str = typer.Option("1,2", help="Curriculum: training level per round, comma-separated (the last repeats)."),
     train_tasks: int = typer.Option(64, help="New training tasks per round."),
     eval_tasks: int = typer.Option(100, help="Held-out test tasks the gate compares policies on."),
     samples: int = typer.Option(4, help="Samples per training task."),
+    rectifications: int = typer.Option(8, help="step-dpo: continuations sampled from each first wrong step."),
+    chosen_by: str = typer.Option("outcome", help="step-dpo: a rectified step counts when the answer verifies (outcome) or when the step checker accepts it (step)."),
+    gate_metric: str = typer.Option("success", help="What the gate needs a significant gain in: success or step-accuracy."),
+    memory: int = typer.Option(0, help="Experience-library items shown per prompt; every sampled run updates the library (0: off)."),
     model: str = typer.Option("gemma-3-270m", help="Base model: gemma-3-270m, a local directory, or a cached Hugging Face id."),
     dtype: str = typer.Option("auto", help="auto, bf16 or fp32 (sampling and training)."),
     out: Path = typer.Option(Path("agentkit-improve"), help="Directory for adapters, checkpoints and the learning curve."),
@@ -587,6 +591,9 @@ def improve(
     _require(graph in (None, "single_solver", "solve"),
              f"graph '{graph}': improve trains the single solver today; run `agentkit improve --suite {suite}`")
     _require(method in METHODS, f"--method {method}: choose one of {', '.join(METHODS)}")
+    _require(chosen_by in ("outcome", "step"), f"--chosen-by {chosen_by}: choose outcome or step")
+    _require(gate_metric in ("success", "step-accuracy"), f"--gate-metric {gate_metric}: choose success or step-accuracy")
+    _require(memory >= 0, f"--memory {memory}: give a number of library items, 0 or more")
     try:
         level_list = [int(x) for x in levels.split(",") if x.strip()]
     except ValueError:
@@ -606,7 +613,8 @@ def improve(
     from agentkit.train.loop import ImproveConfig, improve as run_improve, plot_curve
 
     config = ImproveConfig(suite=suite, method=method, rounds=rounds, levels=level_list, train_tasks=train_tasks,
-                           eval_tasks=eval_tasks, samples_per_task=samples, output_dir=str(out / "rounds"))
+                           eval_tasks=eval_tasks, samples_per_task=samples, rectifications=rectifications,
+                           chosen_by=chosen_by, gate_metric=gate_metric, memory=memory, output_dir=str(out / "rounds"))
     err, console = _stderr_console(), Console()
     _quiet_hub()
     with TrajectoryStore(_store_path(store)) as traces:
