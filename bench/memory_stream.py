@@ -27,6 +27,19 @@ from agentkit.train.gate import wilson_interval
 PLANS = {"arithmetic": 1, "countdown": 3}
 
 
+def run_or_reuse(llm, suite, tasks, store, agent, concurrency):
+    """The chunk's results, reusing the finished runs of an interrupted bench in the same
+    store (greedy decoding: a re-run would give the same text) so a restart resumes."""
+    done = {}
+    for run in store.list_runs(None, suite=suite.name):
+        if run.status in ("success", "failure", "budget"):
+            done.setdefault(run.task_id, run)
+    if all(t.id in done for t in tasks):
+        return [done[t.id].id for t in tasks], [done[t.id].status == "success" for t in tasks]
+    report = run_tasks(llm, suite, tasks, store, agent=agent, concurrency=concurrency)
+    return [r.run_id for r in report.results], [r.reward >= 1.0 for r in report.results]
+
+
 def run_stream(llm, suite, stream, heldout, args, memory: bool, store_path: str) -> dict:
     """Success per stream task (in order) and on the held-out split, for one condition."""
     outcomes, stats = [], {}
@@ -37,18 +50,17 @@ def run_stream(llm, suite, stream, heldout, args, memory: bool, store_path: str)
         start = time.perf_counter()
         for i in range(0, len(stream), args.chunk):
             chunk = stream[i:i + args.chunk]
-            report = run_tasks(llm, suite, chunk, store, agent=agent, concurrency=args.chunk)
-            outcomes += [r.reward >= 1.0 for r in report.results]
-            if library is not None:
-                update_from_runs(library, store, [r.run_id for r in report.results], suite, tasks=chunk,
+            run_ids, wins = run_or_reuse(llm, suite, chunk, store, agent, args.chunk)
+            outcomes += wins
+            if library is not None:  # a run accounted before (a resumed bench) is skipped
+                update_from_runs(library, store, run_ids, suite, tasks=chunk,
                                  llm=llm if args.reflect else None, config=config)
             print(f"  {suite.name} memory={'on' if memory else 'off'} {len(outcomes)}/{len(stream)}: "
                   f"{100 * sum(outcomes) / len(outcomes):.1f}% so far", flush=True)
         stats["stream_s"] = time.perf_counter() - start
         start = time.perf_counter()
-        report = run_tasks(llm, suite, heldout, store, agent=agent, concurrency=args.chunk)
+        run_ids, stats["heldout"] = run_or_reuse(llm, suite, heldout, store, agent, args.chunk)
         stats["heldout_s"] = time.perf_counter() - start
-        stats["heldout"] = [r.reward >= 1.0 for r in report.results]
         stats["stream"] = outcomes
         if library is not None:
             items = library.items(status=None)
@@ -58,7 +70,7 @@ def run_stream(llm, suite, stream, heldout, args, memory: bool, store_path: str)
                 "retired": sum(i.status == "retired" for i in items),
                 "versions": library.version(),
             }
-            shown = [len(s.memory_ids or []) for r in report.results for s in store.steps(r.run_id)]
+            shown = [len(s.memory_ids or []) for run_id in run_ids for s in store.steps(run_id)]
             stats["shown_per_prompt"] = sum(shown) / max(1, len(shown))
     return stats
 
@@ -99,6 +111,7 @@ def main() -> None:
     parser.add_argument("--reflect", action="store_true", help="let the model write insights every few chunks")
     parser.add_argument("--reflect-every", type=int, default=4)
     parser.add_argument("--name", default="memory_stream")
+    parser.add_argument("--fresh", action="store_true", help="start over instead of resuming from the stores")
     args = parser.parse_args()
 
     rows, curves, notes = [], {}, []
@@ -116,8 +129,9 @@ def main() -> None:
             results = {}
             for memory in (False, True):
                 store = tmp / f"{name}-{'on' if memory else 'off'}.db"
-                for suffix in ("", "-wal", "-shm"):
-                    store.with_name(store.name + suffix).unlink(missing_ok=True)
+                if args.fresh:
+                    for suffix in ("", "-wal", "-shm"):
+                        store.with_name(store.name + suffix).unlink(missing_ok=True)
                 stats = run_stream(llm, suite, stream, heldout, args, memory, str(store))
                 results[memory] = stats
                 curves[f"{name} L{level}"]["on" if memory else "off"] = stats["stream"]
@@ -141,6 +155,10 @@ def main() -> None:
                          f"stream: {lib['exemplars']} exemplars, {lib['insights']} insights, {lib['retired']} retired, "
                          f"{lib['versions']} versions; {results[True]['shown_per_prompt']:.1f} items shown per held-out prompt.")
             print(notes[-1], flush=True)
+            write(args, rows, curves, notes, dtype)
+
+
+def write(args, rows, curves, notes, dtype) -> None:
     png = RESULTS / f"{args.name}.png"
     plot(curves, png)
     headers = ["suite", "level", "memory", "stream tasks", "stream 1st half", "stream 2nd half", "held-out tasks",
