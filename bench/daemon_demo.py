@@ -113,6 +113,7 @@ def main() -> None:
         f"2. The trainer's cycles over the store (Step-DPO pairs chosen by {args.chosen_by}, {args.rectifications} "
         f"rectifications per first wrong step; train once >= {args.min_pairs} pairs; gate on {args.eval_tasks} "
         f"held-out level-{args.level} tasks, metric {args.gate_metric}):\n\n{table}\n\n"
+        f"Runs passed over or without a pair: {dict(sum((Counter(c.skipped) for c in cycles), Counter()))}.\n\n"
         f"3. {after.n} more runs through the same `ActivePolicy`: versions used {dict(versions)}, answered by "
         f"{dict(adapters)}; success {pct(after.success_rate)}, step accuracy {pct(after.step_accuracy)}.\n\n"
         f"Trainer status afterwards: candidates {status.get('candidates', 0)}, promoted {status.get('promoted', 0)}, "
