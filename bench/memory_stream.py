@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import replace
 
 from _common import RESULTS, markdown_table, write_result
 from agentkit.llm.transformers import TransformersLLM
@@ -51,7 +52,15 @@ def run_stream(llm, suite, stream, heldout, args, memory: bool, store_path: str)
         for i in range(0, len(stream), args.chunk):
             chunk = stream[i:i + args.chunk]
             run_ids, wins = run_or_reuse(llm, suite, chunk, store, agent, args.chunk)
-            outcomes += wins
+            outcomes += wins  # the curve counts first (greedy) attempts only
+            failed = [t for t, won in zip(chunk, wins) if not won]
+            for attempt in range(args.explore if library is not None else 0):
+                # ExpeL-style experience gathering: retry failed stream tasks with samples; a
+                # verified one becomes an exemplar. Held-out stays one greedy attempt.
+                explorer = replace(agent, temperature=0.8, seed=attempt + 1)
+                report = run_tasks(llm, suite, failed, store, agent=explorer, concurrency=args.chunk)
+                run_ids += [r.run_id for r in report.results]
+                failed = [t for t, r in zip(failed, report.results) if r.reward < 1.0]
             if library is not None:  # a run accounted before (a resumed bench) is skipped
                 update_from_runs(library, store, run_ids, suite, tasks=chunk,
                                  llm=llm if args.reflect else None, config=config)
@@ -110,6 +119,8 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=96)
     parser.add_argument("--reflect", action="store_true", help="let the model write insights every few chunks")
     parser.add_argument("--reflect-every", type=int, default=4)
+    parser.add_argument("--explore", type=int, default=0,
+                        help="memory on: retry each failed stream task this many times with sampling (experience gathering)")
     parser.add_argument("--name", default="memory_stream")
     parser.add_argument("--fresh", action="store_true", help="start over instead of resuming from the stores")
     args = parser.parse_args()
@@ -167,7 +178,10 @@ def write(args, rows, curves, notes, dtype) -> None:
             f"k={args.k} library items (verified exemplars{', insights' if args.reflect else ''}) retrieved by BM25 "
             f"in a marked section before the question. The stream is processed in chunks of {args.chunk} tasks run "
             f"together; the library is updated (update_from_runs) after each chunk, so a task sees what the chunks "
-            f"before it taught. No weight updates. Held-out: test split (disjoint questions), library frozen.\n\n"
+            f"before it taught. No weight updates. Held-out: test split (disjoint questions), library frozen."
+            + (f" Memory on also retried each failed stream task up to {args.explore} times with sampling "
+               f"(temperature 0.8) to gather verified exemplars (ExpeL-style experience gathering); the stream "
+               f"columns count first greedy attempts only." if args.explore else "") + "\n\n"
             + markdown_table(headers, rows) + "\n\n" + "\n".join(notes)
             + f"\n\nCurve: ![success along the stream]({png.name})\n")
     print(body)
