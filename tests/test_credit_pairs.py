@@ -272,12 +272,13 @@ def test_build_step_pairs_finds_the_planted_error_and_builds_the_pair(store, tas
     config = StepDPOConfig(samples_per_task=2, rectifications=5)
     stats = build_step_pairs(llm, SUITE, [task], store, config, policy_version="v0")
 
-    # one batched call samples every task (n = N), one rectifies every error point (n = M)
-    assert llm.calls == [[(2, False)], [(5, True), (5, True)]]
+    # one batched call samples every task (n = N), one rectifies every error point (n = M);
+    # the two samples went wrong the same way, so their shared prefix is rectified once
+    assert llm.calls == [[(2, False)], [(5, True)]]
     assert len(stats.run_ids) == 2 and all(store.get_run(r).policy_version == "v0" for r in stats.run_ids)
     assert stats.as_dict() | {"wall_s": 0} == {
         "tasks": 1, "samples": 2, "successes": 0, "failures": 2, "error_points": 2, "by_method": {"checker": 2},
-        "no_error_found": 0, "rectifications": 10, "correct_rectifications": 8, "chosen_failed_check": 2,
+        "no_error_found": 0, "rectifications": 5, "correct_rectifications": 4, "chosen_failed_check": 1,
         "unterminated": 0, "dedup_removed": 5, "pairs": 1, "already_stored": 0, "wall_s": 0,
     }
 
@@ -320,6 +321,25 @@ def test_step_checked_rectifications_stop_at_the_line_and_need_a_right_step(stor
     [pair] = PairStore(store).pairs()
     assert pair.chosen_text == w["good2"] and pair.rejected_text == w["wrong2"]
     assert llm.decode(pair.prompt_ids + pair.chosen_ids) == pair.prompt_text + pair.chosen_text
+
+
+def test_error_points_sharing_a_prefix_share_one_set_of_rectifications(store, task):
+    w = lines(task)
+    wrong = iter([w["wrong2"], w["lucky2"]])  # two samples, wrong at step 2 in two ways
+
+    def reply(prompt, request):
+        so_far = generated(prompt)
+        if so_far == "":
+            return w["step1"] + "Step 2:" + next(wrong) + w["wrong_answer"]
+        return w["good2"] + w["answer"]
+
+    llm = CountingLLM(reply)
+    stats = build_step_pairs(llm, SUITE, [task], store, StepDPOConfig(samples_per_task=2, rectifications=3))
+    assert llm.calls == [[(2, False)], [(3, True)]]  # one request for the shared prefix
+    assert (stats.error_points, stats.rectifications, stats.pairs) == (2, 3, 2)
+    pairs = PairStore(store).pairs()
+    assert {p.rejected_text for p in pairs} == {w["wrong2"], w["lucky2"]}
+    assert {p.chosen_text for p in pairs} == {w["good2"]} and len({p.run_id for p in pairs}) == 2
 
 
 def test_chosen_by_must_be_outcome_or_step():

@@ -237,7 +237,7 @@ def rectify(
     stats: PairStats | None = None,
 ) -> list[Pair]:
     """Step-DPO pairs for the given error points: ``config.rectifications`` continuations
-    from each prefix (prompt + steps 1..k-1 + "Step k:"), all in ONE generate call; each
+    from each distinct prefix (prompt + steps 1..k-1 + "Step k:"), all in ONE generate call; each
     continuation whose final answer verifies gives a chosen step k (its first line, newline
     included), deduplicated by normalised text, against the rejected original step k.
     Counts go into ``stats`` when given.
@@ -258,60 +258,75 @@ def rectify(
         cut = _cut(llm, step, error, task) if step is not None and task is not None else None
         if cut is not None:
             prefixes.append(cut)
+    # error points with the same prefix (failed samples of one task that went wrong at the
+    # same place after the same steps) share one set of rectifications: the continuations
+    # depend only on the prefix, and each member pairs them with its own rejected step
+    groups: dict[tuple[int, ...], list[_Prefix]] = {}
+    for p in prefixes:
+        groups.setdefault(tuple(p.prompt_ids), []).append(p)
     requests = [
         GenerationRequest(
-            p.prompt_ids, n=config.rectifications, temperature=config.temperature, top_p=config.top_p,
+            head.prompt_ids, n=config.rectifications, temperature=config.temperature, top_p=config.top_p,
             top_k=config.top_k, max_tokens=config.max_tokens, stop=[*suite.stop, "\n"] if by_step else suite.stop,
-            seed=derive_seed(config.seed, "rectify", p.error.run_id, p.error.step_id, p.error.index), adapter=adapter,
+            seed=derive_seed(config.seed, "rectify", head.error.run_id, head.error.step_id, head.error.index),
+            adapter=adapter,
         )
-        for p in prefixes
+        for head, *_ in groups.values()
     ]
     results = llm.generate(requests) if requests else []
 
     pairs: list[Pair] = []
     seen: set[tuple] = set()  # (prompt ids, chosen, rejected) over the whole call
-    for p, completions in zip(prefixes, results):
-        rejected_key = normalize_step(p.rejected_text)
-        kept = 0
-        for c in completions:
-            stats.rectifications += 1
-            if not by_step and suite.verify(p.task, p.prefix_text + c.text) < 1.0:
-                continue
-            ct = TokenText(llm, c.token_ids)
-            newline = ct.text.find("\n")
-            if newline < 0:
-                stats.unterminated += 1
-                continue
-            chosen_end = ct.boundary(newline + 1)
-            chosen_text = ct.text_of(0, chosen_end)
-            if by_step:
-                checks = suite.check_steps(p.task, p.prefix_text + chosen_text) or []
-                if not (p.error.index < len(checks) and checks[p.error.index]):
+    for members, completions in zip(groups.values(), results):
+        chosen = [c for c in (_chosen_step(llm, suite, members[0], c, config, stats) for c in completions) if c]
+        for p in members:
+            rejected_key = normalize_step(p.rejected_text)
+            kept = 0
+            for chosen_text, chosen_ids in chosen:
+                key = (tuple(p.prompt_ids), normalize_step(chosen_text), rejected_key)
+                if key[1] == rejected_key or key in seen:
+                    stats.dedup_removed += 1
                     continue
-            stats.correct_rectifications += 1
-            if config.check_chosen and not by_step:
-                checks = suite.check_steps(p.task, p.prefix_text + chosen_text)
-                if checks is not None and not (p.error.index < len(checks) and checks[p.error.index]):
-                    stats.chosen_failed_check += 1
+                if config.max_chosen_per_error is not None and kept >= config.max_chosen_per_error:
                     continue
-            key = (tuple(p.prompt_ids), normalize_step(chosen_text), rejected_key)
-            if key[1] == rejected_key or key in seen:
-                stats.dedup_removed += 1
-                continue
-            if config.max_chosen_per_error is not None and kept >= config.max_chosen_per_error:
-                continue
-            seen.add(key)
-            kept += 1
-            pairs.append(Pair(
-                kind="step", suite=suite.name, task_id=p.task.id, run_id=p.error.run_id,
-                step_id=p.error.step_id, step_index=p.error.index, method=p.error.method,
-                prompt_text=p.prompt_text, prompt_ids=p.prompt_ids,
-                chosen_text=chosen_text, chosen_ids=list(ct.ids[:chosen_end]),
-                rejected_text=p.rejected_text, rejected_ids=p.rejected_ids,
-                policy_version=policy_version,
-                meta={"values": p.error.values} if p.error.values is not None else None,
-            ))
+                seen.add(key)
+                kept += 1
+                pairs.append(Pair(
+                    kind="step", suite=suite.name, task_id=p.task.id, run_id=p.error.run_id,
+                    step_id=p.error.step_id, step_index=p.error.index, method=p.error.method,
+                    prompt_text=p.prompt_text, prompt_ids=p.prompt_ids,
+                    chosen_text=chosen_text, chosen_ids=chosen_ids,
+                    rejected_text=p.rejected_text, rejected_ids=p.rejected_ids,
+                    policy_version=policy_version,
+                    meta={"values": p.error.values} if p.error.values is not None else None,
+                ))
     return pairs
+
+
+def _chosen_step(llm: LLM, suite: Suite, p: _Prefix, c: Any, config: StepDPOConfig,
+                 stats: PairStats) -> tuple[str, list[int]] | None:
+    """The step k a rectification ``c`` of prefix ``p`` offers as chosen (its first line,
+    newline included, text and exact sampled ids), or None if it does not qualify."""
+    stats.rectifications += 1
+    by_step = config.chosen_by == "step"
+    if not by_step and suite.verify(p.task, p.prefix_text + c.text) < 1.0:
+        return None
+    ct = TokenText(llm, c.token_ids)
+    newline = ct.text.find("\n")
+    if newline < 0:
+        stats.unterminated += 1
+        return None
+    end = ct.boundary(newline + 1)
+    text = ct.text_of(0, end)
+    checks = suite.check_steps(p.task, p.prefix_text + text) if (by_step or config.check_chosen) else None
+    step_ok = checks is None or (p.error.index < len(checks) and checks[p.error.index])
+    if by_step and not step_ok:
+        return None
+    stats.correct_rectifications += 1
+    if not step_ok:
+        stats.chosen_failed_check += 1
+        return None
+    return text, list(ct.ids[:end])
 
 
 # --- the whole round ----------------------------------------------------------------------
