@@ -287,7 +287,7 @@ class TrainerDaemon:
                                                    "gate": result.gate},
                 )
             self.status(state="idle", pending_pairs=result.pending, active_policy=self.registry.active().version,
-                        heartbeat_at=_now(), **self._bump(cycles=1))
+                        heartbeat_at=_now(), config=asdict(self.config), **self._bump(cycles=1))
         if result.did_work:
             log.info("cycle: runs %d..%d examined %d, used %d, failed %d, new pairs %d, pending %d%s",
                      result.run_from + 1, result.run_to, result.runs, result.used, result.failed, result.pairs,
