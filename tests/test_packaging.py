@@ -42,3 +42,11 @@ def test_importing_agentkit_does_not_import_torch():
            "print(sorted(m for m in ('torch', 'transformers', 'langgraph', 'peft') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout.strip()
     assert out == "[]"
+
+
+def test_policy_helpers_load_without_torch():
+    # `agentkit run --backend openai` wraps the backend with PolicyLLM / load_policy: no torch for that
+    code = "import sys; from agentkit.train import PolicyLLM, load_policy, gate, StepDPOConfig; " \
+           "print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout.strip()
+    assert out == "False"

@@ -1,95 +1,38 @@
 """The trainer: credit assignment, step-level pairs, losses, training and the policy
-registry. Imports torch (through the losses); the CLI imports it only in the commands
-that train."""
+registry.
 
-from agentkit.train.credit import (
-    ErrorPoint,
-    MCConfig,
-    TokenText,
-    locate_errors,
-    mc_values,
-    mc_values_batch,
-    step_char_spans,
-    step_token_spans,
-    token_step_index,
-)
-from agentkit.train.gate import GateResult, compare_policies, gate, mcnemar_exact, wilson_interval
-from agentkit.train.losses import (
-    dpo_loss,
-    dpo_nll_loss,
-    grpo_advantages,
-    policy_gradient_loss,
-    rloo_advantages,
-    sequence_logps,
-    sft_loss,
-    step_advantages,
-    token_logps,
-)
-from agentkit.train.pairs import (
-    PairStats,
-    StepDPOConfig,
-    build_outcome_pairs,
-    build_step_pairs,
-)
-from agentkit.train.registry import PolicyLLM, adapter_name, load_policy, register_trained
-from agentkit.train.trainer import (
-    DPOConfig,
-    PGConfig,
-    PreferenceExample,
-    RLGroup,
-    SFTConfig,
-    SFTExample,
-    TrainConfig,
-    Trainer,
-    TrainResult,
-    config_from_dict,
-)
+Names are imported on first use (PEP 562), so ``from agentkit.train import load_policy``
+does not import torch; only the losses and the trainer need it."""
 
-__all__ = [
-    # credit
-    "ErrorPoint",
-    "MCConfig",
-    "TokenText",
-    "locate_errors",
-    "mc_values",
-    "mc_values_batch",
-    "step_char_spans",
-    "step_token_spans",
-    "token_step_index",
-    # losses
-    "dpo_loss",
-    "dpo_nll_loss",
-    "grpo_advantages",
-    "policy_gradient_loss",
-    "rloo_advantages",
-    "sequence_logps",
-    "sft_loss",
-    "step_advantages",
-    "token_logps",
-    # pairs
-    "PairStats",
-    "StepDPOConfig",
-    "build_outcome_pairs",
-    "build_step_pairs",
-    # trainer
-    "TrainConfig",
-    "DPOConfig",
-    "SFTConfig",
-    "PGConfig",
-    "PreferenceExample",
-    "SFTExample",
-    "RLGroup",
-    "Trainer",
-    "TrainResult",
-    "config_from_dict",
-    # policy registry on backends, and the gate
-    "load_policy",
-    "register_trained",
-    "PolicyLLM",
-    "adapter_name",
-    "GateResult",
-    "compare_policies",
-    "gate",
-    "mcnemar_exact",
-    "wilson_interval",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_SOURCES = {
+    "credit": ("ErrorPoint", "MCConfig", "TokenText", "locate_errors", "mc_values", "mc_values_batch",
+               "step_char_spans", "step_token_spans", "token_step_index"),
+    "losses": ("dpo_loss", "dpo_nll_loss", "grpo_advantages", "policy_gradient_loss", "rloo_advantages",
+               "sequence_logps", "sft_loss", "step_advantages", "token_logps"),
+    "pairs": ("PairStats", "StepDPOConfig", "build_outcome_pairs", "build_step_pairs"),
+    "trainer": ("TrainConfig", "DPOConfig", "SFTConfig", "PGConfig", "PreferenceExample", "SFTExample", "RLGroup",
+                "Trainer", "TrainResult", "config_from_dict"),
+    "registry": ("load_policy", "register_trained", "PolicyLLM", "adapter_name"),
+    "gate": ("GateResult", "compare_policies", "gate", "mcnemar_exact", "wilson_interval"),
+}
+_MODULE_OF = {name: module for module, names in _SOURCES.items() for name in names}
+
+__all__ = list(_MODULE_OF)
+
+
+def __getattr__(name: str) -> Any:
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module 'agentkit.train' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"agentkit.train.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
