@@ -343,12 +343,15 @@ def test_resume_reruns_only_the_failed_fan_out_branch(suite, store, tmp_path):
     with GraphAgent(load_graph("best_of_n"), checkpoints=checkpoints) as agent:
         [result] = run_tasks(ScriptedLLM(CrashOnce(tasks, at=3)), suite, tasks, store, agent=agent).results
     assert result.status == "error"
-    assert [s.node for s in store.steps(result.run_id)] == ["solve"] * 3  # three branches finished
+    # the branches run concurrently: when the third call crashes, the fourth may or may not
+    # have finished first (on a loaded machine it sometimes has not)
+    finished = [s.node for s in store.steps(result.run_id)]
+    assert finished in (["solve"] * 2, ["solve"] * 3)
     fresh = scripted(tasks)
     resumed = resume_run(fresh, store, result.run_id, checkpoints=checkpoints)
     assert resumed.status == "success"
     assert [s.node for s in store.steps(result.run_id)] == ["solve"] * 4 + ["select", "check"]
-    assert len(fresh.requests) == 1  # only the branch that crashed ran again
+    assert len(fresh.requests) == 4 - len(finished)  # only the branches that did not finish ran again
 
 
 def test_only_graph_runs_resume(suite, store, tmp_path):

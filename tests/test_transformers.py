@@ -171,3 +171,16 @@ def test_shared_prefix_cache_gives_the_same_answers(tiny_model_factory, tiny_tok
     finally:
         cached.close()
         plain.close()
+
+
+def test_loading_an_adapter_keeps_the_plain_cpu_gemm_path(tiny_llm, tmp_path):
+    # PEFT freezes base weights; frozen bf16 CPU linears take a oneDNN path that re-packs the
+    # weight for every input shape (6.4 GB and several times slower on Gemma's LM head), so
+    # the backend keeps every weight marked trainable (decoding runs under inference_mode)
+    from test_llm_protocol import _save_tiny_adapter
+
+    _save_tiny_adapter(tmp_path / "a1")
+    tiny_llm.load_adapter("a1", str(tmp_path / "a1"))
+    assert all(p.requires_grad for p in tiny_llm.model.parameters())
+    [[c]] = tiny_llm.generate([GenerationRequest("abc", max_tokens=4, adapter="a1")])
+    assert c.adapter == "a1" and not any(p.grad is not None for p in tiny_llm.model.parameters())
