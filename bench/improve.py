@@ -86,7 +86,7 @@ def main() -> None:
             f"{cpu_minutes():.1f} min (both cores; `cpu min` is cumulative CPU time at the end of each round).\n\n"
             + markdown_table(HEADERS, [row(r) for r in rounds])
             + f"\n\nRound 0 is the starting policy. A candidate is promoted only on a significant paired gain "
-              f"(exact one-sided McNemar, alpha {config.alpha}); the held-out columns show the policy active after "
+              f"({'exact one-sided McNemar on success' if config.gate_metric == 'success' else 'one-sided paired permutation test on per-task step accuracy, and no fewer successes'}, alpha {config.alpha}); the held-out columns show the policy active after "
               f"the round. Curve: `{png.name}`.")
     print(body)
     print("wrote", write_result(name, f"agentkit improve --method {args.method}", body), "and", png)
