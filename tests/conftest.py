@@ -75,3 +75,21 @@ def serve_in_thread(llm):
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     return server, thread
+
+
+def char_scripted(replies, tokenizer):
+    """A scripted backend that speaks the tiny model's character tokenizer, so the ids it
+    records are ids the tiny model can train on."""
+    from agentkit.llm.scripted import ScriptedLLM
+
+    class CharScripted(ScriptedLLM):
+        def tokenize(self, text):
+            return list(tokenizer(text)["input_ids"])
+
+        def _encode(self, text):
+            return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+        def decode(self, token_ids):
+            return tokenizer.decode(list(token_ids), skip_special_tokens=True)
+
+    return CharScripted(replies)

@@ -21,30 +21,12 @@ from agentkit.memory.trainer import TrainerFiles, TrainerStore, running_pid
 from agentkit.runtime import ActivePolicy, SolveAgent, run_tasks
 from agentkit.tasks import get_suite
 
-from conftest import build_tiny_model, build_tiny_tokenizer
+from conftest import build_tiny_model, build_tiny_tokenizer, char_scripted
 
 SUITE = get_suite("arithmetic")
 TRAIN = SUITE.tasks("train", 4, level=1, seed=7)
 HELD_OUT = SUITE.tasks("test", 6, level=1, seed=0)
 BY_QUESTION = {t.question: t for t in TRAIN + HELD_OUT}
-
-
-class CharScripted(ScriptedLLM):
-    """A scripted backend that speaks the tiny model's character tokenizer, so the ids it
-    records are ids the tiny model trains on."""
-
-    def __init__(self, replies, tokenizer):
-        super().__init__(replies)
-        self.tok = tokenizer
-
-    def tokenize(self, text):
-        return list(self.tok(text)["input_ids"])
-
-    def _encode(self, text):
-        return list(self.tok(text, add_special_tokens=False)["input_ids"])
-
-    def decode(self, token_ids):
-        return self.tok.decode(list(token_ids), skip_special_tokens=True)
 
 
 def wrong(task):
@@ -98,7 +80,7 @@ def plant_failures(store, llm, tasks=TRAIN):
 def test_a_cycle_builds_pairs_trains_gates_promotes_and_records_it(tmp_path, tiny_dir):
     from agentkit.train.daemon import TrainerDaemon
 
-    llm = CharScripted(policy(right_for={"v1"}), build_tiny_tokenizer())
+    llm = char_scripted(policy(right_for={"v1"}), build_tiny_tokenizer())
     with TrajectoryStore(tmp_path / "runs.db") as store:
         run_ids = plant_failures(store, llm)
     with TrainerDaemon(tmp_path / "runs.db", config(tmp_path, tiny_dir), llm=llm) as daemon:
@@ -141,9 +123,9 @@ def test_a_cycle_builds_pairs_trains_gates_promotes_and_records_it(tmp_path, tin
 def test_a_regression_is_rejected_and_its_pairs_are_not_retrained(tmp_path, tiny_dir):
     from agentkit.train.daemon import TrainerDaemon
 
-    llm = CharScripted(policy(right_for={None}), build_tiny_tokenizer())  # the base is right on held-out tasks
+    llm = char_scripted(policy(right_for={None}), build_tiny_tokenizer())  # the base is right on held-out tasks
     with TrajectoryStore(tmp_path / "runs.db") as store:
-        plant_failures(store, CharScripted(policy(right_for=set()), build_tiny_tokenizer()))
+        plant_failures(store, char_scripted(policy(right_for=set()), build_tiny_tokenizer()))
     with TrainerDaemon(tmp_path / "runs.db", config(tmp_path, tiny_dir), llm=llm) as daemon:
         result = daemon.cycle()
         assert (result.candidate, result.decision) == ("v1", "reject")
@@ -158,11 +140,11 @@ def test_the_cursor_survives_restarts_and_no_pair_is_built_twice(tmp_path, tiny_
     tok = build_tiny_tokenizer()
     path = tmp_path / "runs.db"
     with TrajectoryStore(path) as store:
-        first = plant_failures(store, CharScripted(policy(set()), tok), TRAIN[:2])
+        first = plant_failures(store, char_scripted(policy(set()), tok), TRAIN[:2])
     never = config(tmp_path, tiny_dir, min_pairs=1000, max_pairs=1000)  # collect only
-    with TrainerDaemon(path, never, llm=CharScripted(policy(set()), tok)) as daemon:
+    with TrainerDaemon(path, never, llm=char_scripted(policy(set()), tok)) as daemon:
         assert daemon.cycle().pairs == 2
-    with TrainerDaemon(path, never, llm=CharScripted(policy(set()), tok)) as daemon:  # a restart
+    with TrainerDaemon(path, never, llm=char_scripted(policy(set()), tok)) as daemon:  # a restart
         assert daemon.cycle().runs == 0
         # killed after the pairs were stored but before the cursor moved: the same runs come
         # round again and are recognised by their stored pairs
@@ -170,7 +152,7 @@ def test_the_cursor_survives_restarts_and_no_pair_is_built_twice(tmp_path, tiny_
         redo = daemon.cycle()
         assert (redo.runs, redo.failed, redo.pairs) == (2, 2, 0)
         with TrajectoryStore(path) as store:
-            later = plant_failures(store, CharScripted(policy(set()), tok), TRAIN[2:])
+            later = plant_failures(store, char_scripted(policy(set()), tok), TRAIN[2:])
         new = daemon.cycle()
         assert (new.run_from, new.run_to, new.pairs) == (max(first), max(later), 2)
         pairs = PairStore(path)
@@ -186,9 +168,9 @@ def test_a_running_run_holds_the_cursor_back(tmp_path, tiny_dir):
     path = tmp_path / "runs.db"
     with TrajectoryStore(path) as store:
         open_run = store.start_run("solve", suite="arithmetic", task_id="x", policy_version="base")
-        plant_failures(store, CharScripted(policy(set()), build_tiny_tokenizer()), TRAIN[:1])
+        plant_failures(store, char_scripted(policy(set()), build_tiny_tokenizer()), TRAIN[:1])
         with TrainerDaemon(path, config(tmp_path, tiny_dir, min_pairs=1000, max_pairs=1000),
-                           llm=CharScripted(policy(set()), build_tiny_tokenizer())) as daemon:
+                           llm=char_scripted(policy(set()), build_tiny_tokenizer())) as daemon:
             assert daemon.cycle().runs == 0  # the run after the open one waits for it
             store.finish_run(open_run, status="error", error="crashed")
             result = daemon.cycle()
@@ -201,9 +183,9 @@ def test_training_stopped_midway_resumes_from_its_checkpoint(tmp_path, tiny_dir)
     tok = build_tiny_tokenizer()
     path = tmp_path / "runs.db"
     with TrajectoryStore(path) as store:
-        plant_failures(store, CharScripted(policy(set()), tok))
+        plant_failures(store, char_scripted(policy(set()), tok))
     cfg = config(tmp_path, tiny_dir, batch_size=1)  # 4 pairs -> 4 steps, a checkpoint after each
-    with TrainerDaemon(path, cfg, llm=CharScripted(policy({"v1"}), tok)) as daemon:
+    with TrainerDaemon(path, cfg, llm=char_scripted(policy({"v1"}), tok)) as daemon:
         steps = []
 
         def stop_after_two(record=None):
@@ -222,7 +204,7 @@ def test_training_stopped_midway_resumes_from_its_checkpoint(tmp_path, tiny_dir)
     work = tmp_path / "work" / "candidate-0001"
     assert sorted(p.name for p in (work / "checkpoints").iterdir()) == ["step-000001.pt"]  # 2's log came first
 
-    with TrainerDaemon(path, cfg, llm=CharScripted(policy({"v1"}), tok)) as daemon:
+    with TrainerDaemon(path, cfg, llm=char_scripted(policy({"v1"}), tok)) as daemon:
         result = daemon.cycle()
         assert (result.runs, result.candidate, result.decision) == (0, "v1", "promote")
     logged = [json.loads(line)["step"] for line in (work / "metrics.jsonl").read_text().splitlines()]

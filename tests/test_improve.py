@@ -5,31 +5,12 @@ from __future__ import annotations
 
 import pytest
 
-from agentkit.llm.scripted import ScriptedLLM
 from agentkit.memory import TrajectoryStore
 from agentkit.memory.policies import PolicyRegistry
 from agentkit.tasks import get_suite
 from agentkit.train.loop import ImproveConfig, improve, plot_curve
 
-from conftest import build_tiny_model, build_tiny_tokenizer
-
-
-class CharScripted(ScriptedLLM):
-    """A scripted sampler that speaks the tiny model's character tokenizer, so the ids it
-    records are ids the tiny model can train on."""
-
-    def __init__(self, replies, tokenizer):
-        super().__init__(replies)
-        self.tok = tokenizer
-
-    def tokenize(self, text):
-        return list(self.tok(text)["input_ids"])
-
-    def _encode(self, text):
-        return list(self.tok(text, add_special_tokens=False)["input_ids"])
-
-    def decode(self, token_ids):
-        return self.tok.decode(list(token_ids), skip_special_tokens=True)
+from conftest import build_tiny_model, build_tiny_tokenizer, char_scripted
 
 
 def answers(suite, right_for):
@@ -57,7 +38,7 @@ def test_rft_round_trains_gates_and_promotes(tmp_path, monkeypatch):
     tok = build_tiny_tokenizer()
     suite = get_suite("arithmetic")
     # candidates (adapters named v1, v2...) answer right; the base answers wrong
-    llm = CharScripted(answers(suite, right_for={"v1", "v2"}), tok)
+    llm = char_scripted(answers(suite, right_for={"v1", "v2"}), tok)
     config = ImproveConfig(method="rft", rounds=1, levels=[1], train_tasks=4, eval_tasks=8, samples_per_task=2,
                            epochs=1, batch_size=2, concurrency=4, output_dir=str(tmp_path / "improve"))
     rows = []
@@ -77,7 +58,7 @@ def test_a_regression_is_not_promoted(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     tok = build_tiny_tokenizer()
     suite = get_suite("arithmetic")
-    llm = CharScripted(answers(suite, right_for={None}), tok)  # the base is right, candidates wrong
+    llm = char_scripted(answers(suite, right_for={None}), tok)  # the base is right, candidates wrong
     config = ImproveConfig(method="rft", rounds=1, levels=[1], train_tasks=4, eval_tasks=8, samples_per_task=2,
                            epochs=1, batch_size=2, concurrency=4, output_dir=str(tmp_path / "improve"))
     with TrajectoryStore(tmp_path / "runs.db") as store:
@@ -99,7 +80,7 @@ def test_gold_sft_trains_on_the_suite_solutions_without_sampling(tmp_path, monke
     monkeypatch.chdir(tmp_path)
     tok = build_tiny_tokenizer()
     suite = get_suite("arithmetic")
-    llm = CharScripted(answers(suite, right_for={"v1"}), tok)
+    llm = char_scripted(answers(suite, right_for={"v1"}), tok)
     config = ImproveConfig(method="gold-sft", rounds=1, levels=[1], train_tasks=4, eval_tasks=8, epochs=1,
                            batch_size=2, concurrency=4, output_dir=str(tmp_path / "improve"))
     tasks = suite.tasks("train", 3, level=1, seed=7)
@@ -128,7 +109,7 @@ def test_improve_with_memory_updates_the_library_and_reads_it(tmp_path, monkeypa
     monkeypatch.chdir(tmp_path)
     tok = build_tiny_tokenizer()
     suite = get_suite("arithmetic")
-    llm = CharScripted(answers(suite, right_for={"v1"}), tok)
+    llm = char_scripted(answers(suite, right_for={"v1"}), tok)
     config = ImproveConfig(method="rft", rounds=1, levels=[1], train_tasks=4, eval_tasks=8, samples_per_task=2,
                            epochs=1, batch_size=2, concurrency=4, memory=2, output_dir=str(tmp_path / "improve"))
     with TrajectoryStore(tmp_path / "runs.db") as store:
