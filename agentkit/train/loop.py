@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from agentkit.errors import AgentkitError
+from agentkit.llm._malloc import release_memory
 from agentkit.llm.base import LLM
 from agentkit.tasks import Suite, Task
 
@@ -199,7 +200,7 @@ def improve(
             gate_result.p_value if gate_result else None,
             sampled, train_s, time.perf_counter() - start,
         )
-        _release_memory()
+        release_memory()  # the trainer's model copy goes back to the OS before the next round
         rounds.append(row)
         if on_round:
             on_round(row)
@@ -299,15 +300,7 @@ def _train(config: ImproveConfig, model: str, registry: Any, incumbent: str, exa
         return trainer.train(examples, resume=False)
     finally:
         del trainer
-        _release_memory()
-
-
-def _release_memory() -> None:
-    """Give the trainer's model copy, optimizer state and activations back to the OS before
-    the next round samples, so a long `improve` stays at the size of one round."""
-    from agentkit.llm._malloc import release_memory
-
-    release_memory()
+        release_memory()
 
 
 def plot_curve(rounds: list[RoundResult], path: str | Path, title: str = "agentkit improve") -> Path:
