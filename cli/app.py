@@ -98,6 +98,16 @@ def run(
     ),
     seed: int = typer.Option(0, help="Seed of the task generator and, with --temperature > 0, of sampling (a .jsonl file: 0 keeps file order)."),
     shots: int = typer.Option(3, help="Worked examples in each prompt."),
+    memory: int = typer.Option(
+        0, help="Experience-library items shown in the default solve prompt (0: none; a graph declares memory per node).",
+    ),
+    learn: bool = typer.Option(
+        True, "--learn/--no-learn",
+        help="Update the experience library after each verified run when the agent reads it (--no-learn: read only).",
+    ),
+    reflect_every: int = typer.Option(
+        16, help="With --learn: the model reflects on the last this many runs and writes insights (0: never).",
+    ),
     model: Optional[str] = typer.Option(
         None, show_default="gemma-3-270m; openai: the server's first model",
         help="gemma-3-270m, a local save_pretrained directory, or a Hugging Face id in the HF cache.",
@@ -133,6 +143,10 @@ def run(
     _require(n >= 1, f"--n {n}: the number of tasks must be at least 1; pass e.g. --n 20")
     _require(concurrency >= 1, f"--concurrency {concurrency}: must be at least 1")
     _require(temperature >= 0, f"--temperature {temperature}: must be >= 0 (0 is greedy)")
+    _require(memory >= 0, f"--memory {memory}: give a number of library items, 0 or more")
+    _require(memory == 0 or graph is None,
+             f"--memory {memory} sets the default solve prompt; a graph declares memory on its nodes, drop --memory")
+    _require(reflect_every >= 0, f"--reflect-every {reflect_every}: must be 0 (never) or more")
     for name, value in (("--max-calls", max_calls), ("--max-tokens", max_tokens)):
         _require(value is None or value >= 1, f"{name} {value}: must be at least 1 (omit it for the default)")
 
@@ -152,7 +166,8 @@ def run(
     budget = Budget(max_calls=max_calls or defaults.max_calls, max_tokens=max_tokens or defaults.max_tokens)
     store_path = _store_path(store)
     if graph is None:
-        agent: Any = SolveAgent(shots=shots, temperature=temperature, seed=seed if temperature > 0 else None)
+        agent: Any = SolveAgent(shots=shots, temperature=temperature, seed=seed if temperature > 0 else None,
+                                memory=memory)
     else:
         from agentkit.graph import load_graph
         from agentkit.runtime import GraphAgent, checkpoint_path
@@ -170,10 +185,12 @@ def run(
     _quiet_hub()
     from agentkit.memory import PolicyRegistry
     from agentkit.runtime import ActivePolicy
+    from agentkit.runtime.experience import LearningConfig
 
     with TrajectoryStore(store_path) as traces, PolicyRegistry(store_path) as registry:
         if policy != "active":
             registry.get(policy)  # an unknown version fails now, naming the known ones
+        agent, library = _reading_library(agent, traces)
         with err.status(_loading(backend, model)) if interactive else nullcontext():
             llm = load_backend(backend, model, base_url=base_url, dtype=dtype)
         follow = ActivePolicy(llm, registry, version=None if policy == "active" else policy, on_change=lambda old, new, e: (
@@ -184,6 +201,7 @@ def run(
                 report = run_tasks(
                     llm, task_suite, tasks, traces, agent=agent, concurrency=concurrency, budget=budget,
                     model_name=model, on_result=on_result, policy=follow,
+                    library=library if learn else None, learning=LearningConfig(reflect_every=reflect_every),
                 )
         finally:
             llm.close()
@@ -193,6 +211,22 @@ def run(
         nodes = traces.node_stats(r.run_id for r in report.results)
     _print_report(report, runs, nodes, graph=agent.name, suite=task_suite.name, model=llm.model_name, backend=backend,
                   store_path=store_path, show_steps=show_steps, json_output=json_output)
+
+
+def _reading_library(agent: Any, traces: Any) -> tuple[Any, Any]:
+    """``agent`` reading the store's experience library, and that library; (agent, None)
+    when it reads none (a graph without memory nodes, the solve agent without --memory)."""
+    from dataclasses import replace
+
+    from agentkit.memory.library import ExperienceLibrary
+
+    if hasattr(agent, "library_for"):
+        agent.library = agent.library_for(traces)
+        return agent, agent.library
+    if agent.memory > 0:
+        library = ExperienceLibrary(traces)
+        return replace(agent, library=library), library
+    return agent, None
 
 
 def _print_report(report: Any, runs: list, nodes: list, *, graph: str, suite: str, model: str, backend: str,

@@ -109,6 +109,10 @@ def summary_table(report: Any, store: str | Path) -> Table:
     table.add_row("tokens", f"{report.tokens:,}")
     table.add_row("completion tokens/s", f"{report.tokens_per_s:.1f}")
     table.add_row("wall time", f"{report.wall_s:.1f} s")
+    if report.memory:
+        m = report.memory
+        table.add_row("library", f"version {m['version']}: +{m['added']} exemplars, +{m['insights']} insights, "
+                                 f"{m['retired']} retired")
     errors = report.as_dict()["errors"]
     if errors:
         table.add_row("errors", Text(str(errors), style="red"))

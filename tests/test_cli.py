@@ -292,6 +292,43 @@ def test_run_prints_steps_then_summary(monkeypatch, tmp_path):
     assert tasks[0].id not in quiet.stdout and "summary" in quiet.stdout
 
 
+def test_run_with_memory_learns_after_each_verified_run(monkeypatch, tmp_path):
+    """The first task is solved unaided; the others only with the library's exemplars in the
+    prompt, so the stream succeeds end to end only if each run taught the library at once."""
+    from agentkit.memory import ExperienceLibrary
+
+    tasks = get_suite("arithmetic").tasks("test", 4)
+    gold = {t.question: t.solution for t in tasks}
+
+    def reply(prompt: str, request) -> str:
+        question = prompt.rsplit("Question: ", 1)[1].split("\n", 1)[0]
+        return gold[question] if question == tasks[0].question or "Experience library" in prompt else WRONG
+
+    monkeypatch.setattr(agentkit.llm, "load_backend", lambda *a, **k: ScriptedLLM(reply))
+    learned, frozen = tmp_path / "learned.db", tmp_path / "frozen.db"
+    result = invoke("run", "--n", "4", "--memory", "2", "--concurrency", "1", "--store", str(learned))
+    assert result.exit_code == 0, result.stderr
+    assert "100.0% (4/4)" in result.stdout and "+4 exemplars" in result.stdout
+    with ExperienceLibrary(learned) as library:
+        assert len(library.items(kind="exemplar")) == 4 and library.version() == 4
+    result = invoke("run", "--n", "4", "--memory", "2", "--no-learn", "--concurrency", "1", "--json",
+                    "--store", str(frozen))
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["success_rate"] == 0.25 and "memory" not in json.loads(result.stdout)
+    with ExperienceLibrary(frozen) as library:
+        assert library.version() == 0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--memory", "-1"], "--memory -1"),
+    (["prebuilt-name", "--memory", "2"], "a graph declares memory on its nodes"),
+    (["--reflect-every", "-2"], "--reflect-every -2"),
+])
+def test_run_rejects_bad_memory_options(args, message, tmp_path):
+    result = invoke("run", *args, "--store", str(tmp_path / "runs.db"))
+    assert result.exit_code == 1 and result.stderr.startswith("error: ") and message in result.stderr
+
+
 # --- traces, models, suites, serve ------------------------------------------------------------
 
 

@@ -115,6 +115,56 @@ def test_runs_record_the_items_shown_and_update_them(tmp_path):
         assert {i.source_runs[0] for i in added} == {r.run_id for r in report.results if r.status == "success"}
 
 
+def test_run_tasks_learns_from_each_run_before_the_next_starts(tmp_path):
+    """A stream on one thread: the first task is solved unaided, every later one only when the
+    library shows it an exemplar. Learning after each verified run carries the whole stream;
+    the same stream without learning solves only the first task."""
+    suite = get_suite("arithmetic")
+    tasks = suite.tasks("train", 6, level=1)
+    llm = scripted_solver(tasks, good=lambda q, prompt: q == tasks[0].question or "Experience library" in prompt)
+    with TrajectoryStore(tmp_path / "learn.db") as store:
+        library = ExperienceLibrary(store)
+        report = run_tasks(llm, suite, tasks, store, agent=SolveAgent(library=library, memory=2), concurrency=1,
+                           library=library, learning=LearningConfig(reflect_every=0))
+        assert [r.status for r in report.results] == ["success"] * 6
+        first, *rest = (store.steps(r.run_id)[0] for r in report.results)
+        assert first.memory_ids is None and all(step.memory_ids for step in rest)
+        assert rest[0].memory_ids == [library.items(kind="exemplar")[0].id]  # the first run's own exemplar
+        assert report.memory == {"added": 6, "retired": 0, "insights": 0, "version": library.version()}
+        assert len(library.versions()) == 6  # one version per run
+        assert report.as_dict()["memory"] == report.memory
+    with TrajectoryStore(tmp_path / "frozen.db") as store:
+        library = ExperienceLibrary(store)
+        report = run_tasks(llm, suite, tasks, store, agent=SolveAgent(library=library, memory=2), concurrency=1)
+        assert [r.status for r in report.results] == ["success"] + ["failure"] * 5
+        assert report.memory == {} and library.version() == 0
+
+
+def test_run_tasks_reflects_on_the_window_of_recent_runs(tmp_path):
+    suite = get_suite("arithmetic")
+    pool = suite.tasks("train", 40, level=1)
+    plus, other = [t for t in pool if "+" in t.question], [t for t in pool if "+" not in t.question]
+    tasks = [plus[0], other[0], other[1], plus[1], other[2], plus[2], other[3], other[4]]
+
+    def reply(prompt: str, request) -> str:
+        if "Two attempts at similar tasks" in prompt:
+            return " the task subtracts\nLesson: borrow from the tens\nExample: 52 - 17 = 35"
+        question = prompt.rsplit("Question: ", 1)[1].split("\n", 1)[0]
+        return next(t.solution for t in tasks if t.question == question) if "+" in question else WRONG
+
+    with TrajectoryStore(tmp_path / "runs.db") as store:
+        library = ExperienceLibrary(store)
+        report = run_tasks(ScriptedLLM(reply), suite, tasks, store, agent=SolveAgent(library=library), concurrency=1,
+                           library=library, learning=LearningConfig(reflect_every=4, max_tokens=400))
+        insights = library.items(kind="insight")
+        assert report.memory["insights"] >= 1 and insights
+        assert insights[0].lesson == "borrow from the tens"
+        ids = [r.run_id for r in report.results]
+        windows = [set(ids[:4]), set(ids[4:])]
+        reflections = [r for r in store.list_runs(None) if r.graph == "memory.reflect" and r.meta["node"] == "reflect"]
+        assert reflections and all(any(set(r.meta["source_runs"]) <= w for w in windows) for r in reflections)
+
+
 # --- retrieval ---------------------------------------------------------------------------------
 
 

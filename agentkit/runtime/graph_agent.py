@@ -130,8 +130,9 @@ class GraphAgent:
     def __call__(self, task: Task, suite: Suite, recorder: Any) -> str:
         return self._invoke(task, suite, recorder, resume=False)
 
-    def _library(self, store: Any) -> Any:
-        """The library memory nodes read: the given one, else the run store's own."""
+    def library_for(self, store: Any) -> Any:
+        """The library memory nodes read: the given one, else the store's own; None when no
+        node reads memory."""
         if self.library is not None or self.graph is None:
             return self.library
         if not any(node.memory is not None for node in self.graph.nodes):
@@ -154,7 +155,7 @@ class GraphAgent:
         config = {"configurable": {"thread_id": thread}, "recursion_limit": RECURSION_LIMIT}
         context = RunContext(recorder=recorder, question=task.question, suite=suite, task=task, shots=self.shots,
                              temperature=self.temperature, max_tokens=self.max_tokens, adapter=self.adapter,
-                             seed=self.seed, library=self._library(recorder.store))
+                             seed=self.seed, library=self.library_for(recorder.store))
         state: Any = initial_state(task.question)
         saver = app.checkpointer
         if saver is not None:

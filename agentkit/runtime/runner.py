@@ -5,6 +5,7 @@ requests at once and gathers them into one batch."""
 
 from __future__ import annotations
 
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -38,6 +39,8 @@ class RunResult:
 class RunReport:
     results: list[RunResult] = field(default_factory=list)
     wall_s: float = 0.0
+    memory: dict[str, Any] = field(default_factory=dict)
+    """With a library to learn into: exemplars added, items retired, reflections, last version."""
 
     @property
     def n(self) -> int:
@@ -74,6 +77,7 @@ class RunReport:
             "tokens": self.tokens, "completion_tokens": self.completion_tokens,
             "wall_s": self.wall_s, "completion_tokens_per_s": self.tokens_per_s,
             "errors": sum(r.status == "error" for r in self.results),
+            **({"memory": self.memory} if self.memory else {}),
         }
 
 
@@ -90,15 +94,23 @@ def run_tasks(
     policy_version: str | None = "base",
     on_result: Callable[[RunResult], None] | None = None,
     policy: Any = None,
+    library: Any = None,
+    learning: Any = None,
 ) -> RunReport:
     """Run ``agent`` on every task; one Run row per task and one Step row per model call.
 
     ``policy`` (an ``ActivePolicy``) follows the store's active policy version instead of
     ``policy_version``: each task runs, start to end, on the version active when it starts,
-    so a promotion mid-batch reaches the tasks that start after it; its run records it."""
+    so a promotion mid-batch reaches the tasks that start after it; its run records it.
+
+    ``library`` (an ExperienceLibrary) learns from every run as soon as it is verified
+    (``update_from_runs``: verified exemplars, the utility of the items shown, route
+    statistics; every ``learning.reflect_every`` runs, ``llm`` reflects on them), so the
+    tasks that start later read what the earlier ones taught it."""
     agent = agent or SolveAgent()
     start = time.perf_counter()
     report = RunReport()
+    learn = _learner(library, learning, llm, store, suite, report.memory) if library is not None else None
 
     def one(task: Task) -> RunResult:
         version, task_llm = policy.current() if policy is not None else (policy_version, llm)
@@ -111,7 +123,10 @@ def run_tasks(
             meta={"level": task.level, "task": task.model_dump(mode="json"), **extra},
         )
         recorder = Recorder(task_llm, store, run_id, budget=budget, policy_version=version)
-        return _execute(lambda: agent(task, suite, recorder), suite, task, store, run_id)
+        result = _execute(lambda: agent(task, suite, recorder), suite, task, store, run_id)
+        if learn:
+            learn(result, task)  # on this thread, before it takes its next task
+        return result
 
     with ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="agentkit-run") as pool:
         futures = {pool.submit(one, task): i for i, task in enumerate(tasks)}
@@ -129,6 +144,41 @@ def run_tasks(
     report.results = [by_index[i] for i in sorted(by_index)]
     report.wall_s = time.perf_counter() - start
     return report
+
+
+def _learner(library: Any, learning: Any, llm: LLM, store: Any, suite: Suite,
+             totals: dict[str, Any]) -> Callable[[RunResult, Task], None]:
+    """The per-run library update of ``run_tasks``, keeping running totals in ``totals``.
+
+    Each run is accounted alone, at once. Reflection compares failed with successful runs,
+    so it reads the window of runs since the previous reflection, every
+    ``reflect_every`` runs."""
+    from agentkit.runtime.experience import LearningConfig, reflect, update_from_runs
+
+    config = learning or LearningConfig()
+    totals.update(added=0, retired=0, insights=0, version=None)
+    window: list[tuple[int, Task]] = []
+    lock = threading.Lock()  # over the totals and the window; the library locks itself
+
+    def learn(result: RunResult, task: Task) -> None:
+        update = update_from_runs(library, store, [result.run_id], suite, tasks=[task])
+        with lock:
+            totals["added"] += len(update.added)
+            totals["retired"] += len(update.retired) + len(update.evicted)
+            window.append((result.run_id, task))
+            due = config.reflect_every and len(window) >= config.reflect_every
+            recent = list(window) if due else []
+            if due:
+                window.clear()
+        if recent:
+            reflected = reflect(library, llm, store, [i for i, _ in recent], suite, tasks=[t for _, t in recent],
+                                config=config)
+            with lock:
+                totals["insights"] += len(reflected.insights)
+        with lock:
+            totals["version"] = library.version()
+
+    return learn
 
 
 def _execute(call: Callable[[], str], suite: Suite, task: Task, store: Any, run_id: int) -> RunResult:
