@@ -66,10 +66,13 @@ class CountingLLM(ScriptedLLM):
     def __init__(self, replies):
         super().__init__(replies)
         self.calls = []
+        self.sampled = []  # tokens sampled per call
 
     def generate(self, requests):
         self.calls.append([(r.n, not isinstance(r.prompt, str)) for r in requests])
-        return super().generate(requests)
+        results = super().generate(requests)
+        self.sampled.append(sum(len(c.token_ids) for cs in results for c in cs))
+        return results
 
 
 def planted_error_policy(task, rectifications):
@@ -276,8 +279,9 @@ def test_build_step_pairs_finds_the_planted_error_and_builds_the_pair(store, tas
     # the two samples went wrong the same way, so their shared prefix is rectified once
     assert llm.calls == [[(2, False)], [(5, True)]]
     assert len(stats.run_ids) == 2 and all(store.get_run(r).policy_version == "v0" for r in stats.run_ids)
-    assert stats.as_dict() | {"wall_s": 0} == {
-        "tasks": 1, "samples": 2, "successes": 0, "failures": 2, "error_points": 2, "by_method": {"checker": 2},
+    assert stats.rectification_tokens == llm.sampled[1] > 0  # the second call rectifies
+    assert stats.as_dict() | {"wall_s": 0, "rectification_tokens": 0} == {
+        "rectification_tokens": 0, "tasks": 1, "samples": 2, "successes": 0, "failures": 2, "error_points": 2, "by_method": {"checker": 2},
         "no_error_found": 0, "rectifications": 5, "correct_rectifications": 4, "chosen_failed_check": 1,
         "unterminated": 0, "dedup_removed": 5, "pairs": 1, "already_stored": 0, "wall_s": 0,
     }

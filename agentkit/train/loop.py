@@ -243,7 +243,8 @@ def _collect(llm: LLM, suite: Suite, tasks: list[Task], store: Any, config: Impr
         if not config.replay:
             kept = [p for p in kept if p.id in set(stats.pair_ids)]
         counts = {**stats.as_dict(), **learn(stats.run_ids)}
-        return [PreferenceExample.from_record(p) for p in kept], counts, _tokens(store, stats.run_ids)
+        sampled = _tokens(store, stats.run_ids) + stats.rectification_tokens
+        return [PreferenceExample.from_record(p) for p in kept], counts, sampled
 
     run_ids = sample_solutions(llm, suite, tasks, store, pair_config, version, adapter=adapter, agent=agent)
     runs = [store.get_run(i) for i in run_ids]

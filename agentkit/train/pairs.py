@@ -109,6 +109,8 @@ class PairStats:
     """Continuations sampled from error prefixes."""
     correct_rectifications: int = 0
     """Of those, how many ended in a verified answer."""
+    rectification_tokens: int = 0
+    """Tokens sampled for the rectifications (the solutions' are in their runs)."""
     chosen_failed_check: int = 0
     """Verified continuations whose step k the checker still rejects (not used as chosen)."""
     unterminated: int = 0
@@ -278,6 +280,7 @@ def rectify(
     pairs: list[Pair] = []
     seen: set[tuple] = set()  # (prompt ids, chosen, rejected) over the whole call
     for members, completions in zip(groups.values(), results):
+        stats.rectification_tokens += sum(len(c.token_ids) for c in completions)
         chosen = [c for c in (_chosen_step(llm, suite, members[0], c, config, stats) for c in completions) if c]
         for p in members:
             rejected_key = normalize_step(p.rejected_text)
