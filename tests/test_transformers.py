@@ -42,6 +42,25 @@ def test_left_padding_does_not_change_answers(tiny_llm):
         assert a.logprobs == pytest.approx(b.logprobs, abs=1e-4)
 
 
+def test_equal_prompts_share_one_prefill_and_answer_as_if_alone(tiny_llm):
+    """n samples of a request and equal prompts of different requests are prefilled once;
+    each row still samples on its own and answers exactly as it would alone."""
+    prompts = ["Step 1: 3 * 4 = 12\nStep 2:", "abc", "Step 1: 3 * 4 = 12\nStep 2:"]
+    alone = [tiny_llm.generate([GenerationRequest(p, max_tokens=8)])[0][0] for p in prompts]
+    rows_before = tiny_llm.stats["rows"]
+    batched = tiny_llm.generate([GenerationRequest(p, n=3, max_tokens=8) for p in prompts])
+    assert tiny_llm.stats["rows"] - rows_before == 9
+    for a, samples in zip(alone, batched):
+        for b in samples:  # greedy: every sample is the lone answer
+            assert b.token_ids == a.token_ids
+            assert b.logprobs == pytest.approx(a.logprobs, abs=1e-4)
+    seeded = GenerationRequest(prompts[0], n=4, temperature=1.5, seed=3, max_tokens=8)
+    [together, _] = tiny_llm.generate([seeded, GenerationRequest(prompts[1], max_tokens=8)])
+    [[*apart]] = [tiny_llm.generate([seeded])[0]]
+    assert [c.token_ids for c in together] == [c.token_ids for c in apart]
+    assert len({tuple(c.token_ids) for c in together}) > 1
+
+
 def test_rows_finish_independently(tiny_llm):
     [[short], [long]] = tiny_llm.generate(
         [GenerationRequest("abc", max_tokens=2), GenerationRequest("abc", max_tokens=9)]

@@ -404,25 +404,38 @@ class TransformersLLM:
         if not active:
             return
         self._max_new = max(r.request.max_tokens for r in active)
+        # the n samples of a request (and equal prompts of different requests) share one
+        # prefill: prefill each distinct prompt once, then copy its KV rows to its samples
+        unique: dict[tuple[int, ...], int] = {}
+        owner = [unique.setdefault(tuple(r.prompt_ids), len(unique)) for r in active]
+        prompts = [list(p) for p in unique]
         with self._adapter_context(adapter):
-            prefix, cache = self._shared_prefix([r.prompt_ids for r in active], adapter)
-            width = max(len(r.prompt_ids) for r in active) - prefix
-            ids = torch.full((len(active), width), self.pad_id, dtype=torch.long)
-            mask = torch.zeros((len(active), prefix + width), dtype=torch.long)
+            prefix, cache = self._shared_prefix(prompts, adapter)
+            width = max(len(p) for p in prompts) - prefix
+            ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
+            mask = torch.zeros((len(prompts), prefix + width), dtype=torch.long)
             mask[:, :prefix] = 1
-            for i, r in enumerate(active):  # left padding keeps every row's last token aligned
-                suffix = r.prompt_ids[prefix:]
+            for i, prompt in enumerate(prompts):  # left padding keeps every row's last token aligned
+                suffix = prompt[prefix:]
                 ids[i, width - len(suffix):] = torch.tensor(suffix)
                 mask[i, prefix + width - len(suffix):] = 1
             ids, mask = ids.to(self.device), mask.to(self.device)
-            positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, prefix:]  # (B, T)
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, prefix:]  # (U, T)
             logits = self.model(
                 input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
                 use_cache=True, logits_to_keep=1,
-            ).logits[:, -1]  # (B, V)
+            ).logits[:, -1]  # (U, V)
+            head_input = self._head_input[:, -1] if self._refine else None  # (U, D)
+            if len(prompts) < len(active):
+                index = torch.tensor(owner, device=self.device)  # (B,) each row's prompt
+                cache.batch_select_indices(index)
+                logits, mask, positions = logits[index], mask[index], positions[index]  # (B, ...)
+                head_input = head_input[index] if head_input is not None else None
             next_pos = positions[:, -1] + 1  # (B,)
+            first = True
             while active:
-                hidden = self._head_input[:, -1] if self._refine else None  # (B, D)
+                hidden = (head_input if first else self._head_input[:, -1]) if self._refine else None  # (B, D)
+                first = False
                 tokens, logprobs = select_tokens(
                     logits, [r.params for r in active], hidden, self._head_weight(), self._softcap
                 )
