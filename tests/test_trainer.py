@@ -145,6 +145,40 @@ def test_policy_gradient_trains_on_informative_groups_only(method, tiny_model_fa
     assert result.history[-1]["kl"] > 0
 
 
+def test_step_progress_gives_hand_computed_per_token_advantages():
+    from agentkit.train.trainer import _with_step_progress
+
+    group = RLGroup([1], [[5, 6, 7, 8, 9], [5, 6, 7]], [1.0, 0.0], step_values=[[0.5, 1.0, 1.0], [0.5, 0.0]],
+                    step_spans=[[(0, 2), (2, 4)], [(1, 3)]])
+    outcome = torch.tensor([0.7, -0.7])
+    first, second = _with_step_progress(group, outcome, 2.0)
+    # completion 0: step 1 (tokens 0-1) gains 0.5, step 2 (tokens 2-3) gains 0, token 4 is outside
+    assert first.tolist() == pytest.approx([0.7 + 1.0, 0.7 + 1.0, 0.7, 0.7, 0.7])
+    # completion 1: token 0 outside, its one step (tokens 1-2) loses 0.5
+    assert second.tolist() == pytest.approx([-0.7, -0.7 - 1.0, -0.7 - 1.0])
+    assert _with_step_progress(RLGroup([1], [[5]], [0.0]), outcome, 2.0) is None
+
+
+def test_step_progress_trains_a_group_whose_rewards_are_all_equal(tiny_model_factory, tiny_tokenizer, tmp_path):
+    """All four samples failed, so the outcome says nothing; the step values say the first
+    line was right and the second wrong, so the wrong line's tokens are pushed down."""
+    prompt = [2] + encode(tiny_tokenizer, "Q: 2+2+1=")
+    right, wrong = encode(tiny_tokenizer, "2+2=4\n"), encode(tiny_tokenizer, "4+1=7\n")
+    completion = right + wrong
+    spans = [(0, len(right)), (len(right), len(completion))]
+    groups = [RLGroup(prompt, [completion] * 4, [0.0] * 4, step_values=[[0.5, 1.0, 0.0]] * 4,
+                      step_spans=[spans] * 4, id=f"g{i}") for i in range(2)]
+    outcome_only = Trainer(config(PGConfig, tmp_path / "a", steps=2), tiny_model_factory()).train(groups)
+    assert outcome_only.adapter_path is None and outcome_only.stats["equal_reward_groups"] == 2
+    trainer = Trainer(config(PGConfig, tmp_path / "b", steps=6, lr=1e-2, step_weight=1.0), tiny_model_factory())
+    score = lambda c: trainer.evaluate([SFTExample(prompt + right, c)])["nll"]  # noqa: E731
+    before = score(wrong)
+    result = trainer.train(groups)
+    assert result.adapter_path is not None and result.stats["examples"] == 2
+    assert result.stats["equal_reward_groups"] == 2 and result.stats["equal_reward_groups_trained_on_steps"] == 2
+    assert score(wrong) > before + 0.1  # the wrong step became less likely
+
+
 @pytest.mark.parametrize("preamble", ["", "Answer every question with yes or no.\n\n"])
 def test_step_only_forward_equals_the_full_forward(preamble, tiny_model_factory, tiny_tokenizer, tmp_path):
     # with a preamble the prompts share > 16 tokens: that part runs once for the whole batch

@@ -107,6 +107,8 @@ class PGConfig(TrainConfig):
     clip_eps: float = _f(0.2, "PPO clip range of the importance ratio.")
     kl_coef: float = _f(0.04, "Weight of the k3 KL penalty to the reference (the policy at the start of training).")
     group_size: int = _f(0, "Samples per group; 0 accepts any size >= 2, else other sizes are an error.")
+    step_weight: float = _f(0.0, "Weight of per-step progress V(after) - V(before) added to each step's tokens "
+                            "(needs RLGroup.step_values/step_spans); 0: outcome advantages only.")
     lr: float = _f(2e-5, "AdamW learning rate of the LoRA weights.")
 
     def __post_init__(self) -> None:

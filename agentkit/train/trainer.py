@@ -53,8 +53,10 @@ from agentkit.train.losses import (
     rloo_advantages,
     sequence_logps,
     sft_loss,
+    step_advantages,
     token_logps,
 )
+from agentkit.train.credit import token_step_index
 
 __all__ = [
     "TrainConfig",
@@ -120,6 +122,12 @@ class RLGroup:
     """Per-token logprobs recorded at sampling (the behaviour policy); None: the policy at
     the start of training is taken as the sampler."""
     id: Any = None
+    step_values: list[list[float]] | None = None
+    """Per completion, step values V[0..S] (V[j]: how promising the output is after its
+    first j "Step k:" lines; from Monte-Carlo rollouts or a step checker). With
+    ``PGConfig.step_weight`` > 0 each step's tokens also get its progress V[j+1] - V[j]."""
+    step_spans: list[list[tuple[int, int]]] | None = None
+    """Per completion, the token spans [start, end) of its S steps (credit.step_token_spans)."""
 
 
 @dataclass
@@ -335,22 +343,27 @@ class Trainer:
     def _advantages(self, groups: list[RLGroup], stats: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
         cfg = self.config
         advantage_fn = grpo_advantages if cfg.method == "grpo" else rloo_advantages
-        kept, equal = [], []
+        kept, equal, progress_kept = [], [], 0
         for i, g in enumerate(groups):
             if len(g.completions) != len(g.rewards) or len(g.completions) < 2:
                 raise AgentkitError(f"group {i}: {len(g.completions)} completions and {len(g.rewards)} rewards; "
                                     "pass one reward per completion and at least 2 completions")
             if cfg.group_size and len(g.completions) != cfg.group_size:
                 raise AgentkitError(f"group {i} has {len(g.completions)} completions, group_size is {cfg.group_size}")
-            advantages, degenerate = advantage_fn(torch.tensor(g.rewards, dtype=torch.float32))
+            advantages, degenerate = advantage_fn(torch.tensor(g.rewards, dtype=torch.float32))  # (G,)
+            rows = _with_step_progress(g, advantages, cfg.step_weight) if cfg.step_weight else None
             if bool(degenerate):
                 equal.append(g.id if g.id is not None else i)
-            else:
+            if rows is not None and any(bool(r.any()) for r in rows):
+                kept.append((g, rows))
+                progress_kept += bool(degenerate)
+            elif not bool(degenerate):
                 kept.append((g, advantages))
-        stats.update(groups=len(groups), equal_reward_groups=len(equal), equal_reward_group_ids=equal)
-        if equal:
-            log.warning("%d of %d groups have all-equal rewards (%s); they carry no advantage and train nothing",
-                        len(equal), len(groups), cfg.method)
+        stats.update(groups=len(groups), equal_reward_groups=len(equal), equal_reward_group_ids=equal,
+                     equal_reward_groups_trained_on_steps=progress_kept)
+        if len(equal) > progress_kept:
+            log.warning("%d of %d groups have all-equal rewards (%s) and no step progress; they train nothing",
+                        len(equal) - progress_kept, len(groups), cfg.method)
         return kept, stats
 
     def _fingerprint(self, examples: list[Any]) -> str:
@@ -358,7 +371,8 @@ class Trainer:
         for x in examples:
             if isinstance(x, tuple):  # (RLGroup, advantages)
                 x = x[0]
-                digest.update(json.dumps([x.prompt_ids, x.completions, x.rewards]).encode())
+                steps = [x.step_values] if x.step_values is not None else []
+                digest.update(json.dumps([x.prompt_ids, x.completions, x.rewards, *steps]).encode())
             elif isinstance(x, PreferenceExample):
                 digest.update(json.dumps([x.prompt_ids, x.chosen_ids, x.rejected_ids]).encode())
             else:
@@ -448,6 +462,8 @@ class Trainer:
             else:
                 old_rows.extend(r["ref"])
         old = _pad_rows(old_rows, tc).to(logps.device)  # (N, Tc)
+        if isinstance(advantages, list):
+            advantages = _pad_rows(advantages, tc)  # (N, Tc) per token
         ref = _pad_rows(ref_rows, tc).to(logps.device) if ref_rows is not None else None
         loss, stats = policy_gradient_loss(
             logps, old, advantages.to(logps.device), mask, clip_eps=cfg.clip_eps, ref_logps=ref, kl_coef=cfg.kl_coef,
@@ -705,11 +721,40 @@ def _dpo_rows(batch: Sequence[PreferenceExample]) -> tuple[list[list[int]], list
     return prompts, completions
 
 
-def _pg_rows(batch: Sequence[tuple[RLGroup, torch.Tensor]]) -> tuple[list[list[int]], list[list[int]], torch.Tensor]:
+def _with_step_progress(group: RLGroup, outcome: torch.Tensor, weight: float) -> list[torch.Tensor] | None:
+    """Per-token advantages of each completion: the group's outcome advantage plus
+    ``weight`` times its step's progress (PAV, Setlur et al. 2024):
+
+        A[i, t] = A_outcome[i] + w · (V_i[j + 1] - V_i[j])   for t in step j of completion i
+        A[i, t] = A_outcome[i]                                 outside every step
+
+    None when the group carries no step values."""
+    if group.step_values is None or group.step_spans is None:
+        return None
+    rows = []
+    for i, completion in enumerate(group.completions):
+        values = torch.tensor(group.step_values[i], dtype=torch.float32)  # (S + 1,)
+        spans = group.step_spans[i][: max(0, len(values) - 1)]
+        index = torch.tensor(token_step_index(spans, len(completion)), dtype=torch.long)  # (T,)
+        progress = step_advantages(values[:-1], values[1:], index) if spans else torch.zeros(len(completion))  # (T,)
+        rows.append(outcome[i] + weight * progress)
+    return rows
+
+
+def _pg_rows(batch: Sequence[tuple[RLGroup, Any]]) -> tuple[list[list[int]], list[list[int]], Any]:
+    """Prompts and completions row by row, and their advantages: (N,) per sequence, or a
+    list of N per-token rows when any group carries step progress."""
     prompts = [g.prompt_ids for g, _ in batch for _ in g.completions]
     completions = [c for g, _ in batch for c in g.completions]
-    advantages = torch.cat([a.reshape(-1) for _, a in batch])  # (N,)
-    return prompts, completions, advantages
+    if all(isinstance(a, torch.Tensor) for _, a in batch):
+        return prompts, completions, torch.cat([a.reshape(-1) for _, a in batch])  # (N,)
+    rows = []
+    for g, a in batch:
+        if isinstance(a, torch.Tensor):  # outcome only: the same advantage on every token
+            rows.extend(a[i].expand(len(c)) for i, c in enumerate(g.completions))
+        else:
+            rows.extend(a)
+    return prompts, completions, rows
 
 
 def _pad_rows(rows: list[torch.Tensor], width: int) -> torch.Tensor:
