@@ -612,6 +612,7 @@ def improve(
     samples: int = typer.Option(4, help="Samples per training task."),
     rectifications: int = typer.Option(8, help="step-dpo: continuations sampled from each first wrong step."),
     chosen_by: str = typer.Option("outcome", help="step-dpo: a rectified step counts when the answer verifies (outcome) or when the step checker accepts it (step)."),
+    step_advantages: str = typer.Option("none", help="grpo/rloo: outcome advantages only (none), or each step's tokens also get its progress under the suite's step checker (checker)."),
     gate_metric: str = typer.Option("success", help="What the gate needs a significant gain in: success or step-accuracy."),
     memory: int = typer.Option(0, help="Experience-library items shown per prompt; every sampled run updates the library (0: off)."),
     model: str = typer.Option("gemma-3-270m", help="Base model: gemma-3-270m, a local directory, or a cached Hugging Face id."),
@@ -626,6 +627,9 @@ def improve(
              f"graph '{graph}': improve trains the single solver today; run `agentkit improve --suite {suite}`")
     _require(method in METHODS, f"--method {method}: choose one of {', '.join(METHODS)}")
     _require(chosen_by in ("outcome", "step"), f"--chosen-by {chosen_by}: choose outcome or step")
+    _require(step_advantages in ("none", "checker"), f"--step-advantages {step_advantages}: choose none or checker")
+    _require(step_advantages == "none" or method in ("grpo", "rloo"),
+             f"--step-advantages {step_advantages} is for --method grpo or rloo, not {method}; drop it")
     _require(gate_metric in ("success", "step-accuracy"), f"--gate-metric {gate_metric}: choose success or step-accuracy")
     _require(memory >= 0, f"--memory {memory}: give a number of library items, 0 or more")
     try:
@@ -648,7 +652,8 @@ def improve(
 
     config = ImproveConfig(suite=suite, method=method, rounds=rounds, levels=level_list, train_tasks=train_tasks,
                            eval_tasks=eval_tasks, samples_per_task=samples, rectifications=rectifications,
-                           chosen_by=chosen_by, gate_metric=gate_metric, memory=memory, output_dir=str(out / "rounds"))
+                           chosen_by=chosen_by, gate_metric=gate_metric, memory=memory, step_advantages=step_advantages,
+                           output_dir=str(out / "rounds"))
     err, console = _stderr_console(), Console()
     _quiet_hub()
     with TrajectoryStore(_store_path(store)) as traces:

@@ -394,3 +394,13 @@ def test_serve_prints_the_url_and_stops_on_ctrl_c(monkeypatch):
     result = invoke("serve", "--port", "0")
     assert result.exit_code == 130
     assert result.stdout.startswith("serving scripted at http://127.0.0.1:")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--step-advantages", "vibes"], "--step-advantages vibes: choose none or checker"),
+    (["--method", "step-dpo", "--step-advantages", "checker"], "is for --method grpo or rloo, not step-dpo"),
+    (["--chosen-by", "vibes"], "--chosen-by vibes: choose outcome or step"),
+])
+def test_improve_rejects_bad_options_before_loading_a_model(args, message, tmp_path):
+    result = invoke("improve", *args, "--store", str(tmp_path / "runs.db"))
+    assert result.exit_code == 1 and result.stderr.startswith("error: ") and message in result.stderr

@@ -8,7 +8,7 @@ import pytest
 from agentkit.memory import TrajectoryStore
 from agentkit.memory.policies import PolicyRegistry
 from agentkit.tasks import get_suite
-from agentkit.train.loop import ImproveConfig, improve, plot_curve
+from agentkit.train.loop import ImproveConfig, checker_values, improve, plot_curve
 
 from conftest import build_tiny_model, build_tiny_tokenizer, char_scripted
 
@@ -101,6 +101,48 @@ def test_improve_config_refuses_unknown_choices():
         ImproveConfig(chosen_by="vibes")
     with pytest.raises(AgentkitError, match="gate metric 'vibes'"):
         ImproveConfig(gate_metric="vibes")
+    with pytest.raises(AgentkitError, match="step advantages 'vibes'"):
+        ImproveConfig(step_advantages="vibes")
+
+
+def test_checker_values_reward_each_right_step_and_drop_at_the_first_wrong_one():
+    suite = get_suite("arithmetic")
+    task = suite.tasks("test", 1, level=2)[0]
+    (a, op1, b, c), (_, op2, d, e) = task.data["steps"]
+    right1, right2 = f"Step 1: {a} {op1} {b} = {c}\n", f"Step 2: {c} {op2} {d} = {e}\n"
+    wrong1, wrong2 = f"Step 1: {a} {op1} {b} = {c + 1}\n", f"Step 2: {c} {op2} {d} = {e + 1}\n"
+    assert checker_values(suite, task, right1 + right2 + f"Answer: {e}") == [0.0, 0.5, 1.0]
+    assert checker_values(suite, task, wrong1 + f"Step 2: {c + 1} {op2} {d} = 0\n") == [0.0, 0.0, 0.0]
+    assert checker_values(suite, task, right1 + wrong2) == [0.0, 0.5, 0.0]
+    assert checker_values(suite, task, "Answer: 3") == [0.0]
+
+
+def test_grpo_with_checker_step_advantages_trains_on_groups_without_outcome_signal(tmp_path, monkeypatch):
+    """Every sample fails (no outcome signal in any group), but their steps differ under the
+    checker, so a candidate is still trained; without step advantages there is nothing to train."""
+    monkeypatch.chdir(tmp_path)
+    tok = build_tiny_tokenizer()
+    suite = get_suite("arithmetic")
+    tasks = {t.question: t for t in suite.tasks("train", 4, level=2, seed=1000) + suite.tasks("test", 4, level=2)}
+
+    def reply(prompt, request):
+        if "Question: " not in prompt:
+            return "ok"
+        task = tasks[prompt.rsplit("Question: ", 1)[1].split("\n", 1)[0]]
+        first = task.solution.splitlines()[0]
+        # half the samples get step 1 right; all get step 2 and the answer wrong
+        return (first if request.temperature > 0 and request.seed % 2 == 0 else "Step 1: 1 + 1 = 3") + \
+            "\nStep 2: 1 + 1 = 3\nAnswer: 3\n"
+
+    results = {}
+    for mode in ("none", "checker"):
+        config = ImproveConfig(method="grpo", rounds=1, levels=[2], train_tasks=4, eval_tasks=4, samples_per_task=4,
+                               epochs=1, batch_size=2, concurrency=4, step_advantages=mode,
+                               output_dir=str(tmp_path / mode))
+        with TrajectoryStore(tmp_path / f"{mode}.db") as store:
+            results[mode] = improve(char_scripted(reply, tok), store, config, model=build_tiny_model(len(tok)))[1]
+    assert results["none"].candidate is None  # all-equal rewards: nothing to train, reported
+    assert results["checker"].candidate == "v1" and results["checker"].examples == 4
 
 
 def test_improve_with_memory_updates_the_library_and_reads_it(tmp_path, monkeypatch):

@@ -26,11 +26,12 @@ from agentkit.llm._malloc import release_memory
 from agentkit.llm.base import LLM
 from agentkit.tasks import Suite, Task
 
-__all__ = ["ImproveConfig", "RoundResult", "improve", "METHODS", "plot_curve"]
+__all__ = ["ImproveConfig", "RoundResult", "improve", "METHODS", "STEP_ADVANTAGES", "checker_values", "plot_curve"]
 
 log = logging.getLogger("agentkit.improve")
 
 METHODS = ("step-dpo", "dpo", "rft", "grpo", "rloo", "gold-sft")
+STEP_ADVANTAGES = ("none", "checker")
 
 
 @dataclass
@@ -55,6 +56,9 @@ class ImproveConfig:
     (the step checker accepting the rectified step suffices; one line per rectification)."""
     gate_metric: str = "success"
     """What the gate needs a significant gain in: "success" or "step-accuracy" (see gate.py)."""
+    step_advantages: str = "none"
+    """grpo/rloo: "none" (outcome advantages only) or "checker" (each step's tokens also get
+    its progress under the suite's step checker, see ``checker_values``)."""
     memory: int = 0
     """Experience library items shown per prompt (0: off). On: every sampled run updates the
     library in the store (verified exemplars, utilities), and sampling, the held-out
@@ -86,6 +90,9 @@ class ImproveConfig:
 
         if self.chosen_by not in CHOSEN_BY:
             raise AgentkitError(f"chosen_by '{self.chosen_by}' is unknown; choose one of {', '.join(CHOSEN_BY)}")
+        if self.step_advantages not in STEP_ADVANTAGES:
+            raise AgentkitError(f"step advantages '{self.step_advantages}' are unknown; choose one of "
+                                f"{', '.join(STEP_ADVANTAGES)}")
         if self.gate_metric not in GATE_METRICS:
             raise AgentkitError(f"gate metric '{self.gate_metric}' is unknown; choose one of {', '.join(GATE_METRICS)}")
 
@@ -213,7 +220,7 @@ def _collect(llm: LLM, suite: Suite, tasks: list[Task], store: Any, config: Impr
     ``agent`` builds the sampling prompts; with a library, the sampled runs then update it."""
     from agentkit.memory import PairStore
     from agentkit.train.pairs import StepDPOConfig, build_outcome_pairs, build_step_pairs, sample_solutions
-    from agentkit.train.trainer import PreferenceExample, RLGroup, SFTExample
+    from agentkit.train.trainer import PreferenceExample, SFTExample
 
     pair_config = StepDPOConfig(
         samples_per_task=config.samples_per_task, rectifications=config.rectifications, shots=config.shots,
@@ -263,12 +270,43 @@ def _collect(llm: LLM, suite: Suite, tasks: list[Task], store: Any, config: Impr
     groups: dict[str, list[Any]] = {}
     for run in runs:
         groups.setdefault(run.task_id, []).append(run)
-    data = [
-        RLGroup(group[0].steps[0].prompt_ids, [g.steps[0].completion_ids for g in group],
-                [float(g.reward or 0.0) for g in group], [g.steps[0].logprobs for g in group], task_id)
-        for task_id, group in groups.items() if len(group) >= 2
-    ]
+    by_id = {t.id: t for t in tasks}
+    data = [_rl_group(llm, suite, by_id[task_id], group, config.step_advantages)
+            for task_id, group in groups.items() if len(group) >= 2]
     return data, {**base, "groups": len(data)}, sampled
+
+
+def _rl_group(llm: LLM, suite: Suite, task: Task, runs: list[Any], step_advantages: str) -> Any:
+    """The sampled runs of one task as an RLGroup, with checker step values on request."""
+    from agentkit.train.credit import step_token_spans
+    from agentkit.train.trainer import RLGroup
+
+    steps = [run.steps[0] for run in runs]
+    group = RLGroup(steps[0].prompt_ids, [s.completion_ids for s in steps], [float(r.reward or 0.0) for r in runs],
+                    [s.logprobs for s in steps], task.id)
+    if step_advantages == "checker":
+        group.step_values = [checker_values(suite, task, s.completion_text or "") for s in steps]
+        group.step_spans = [step_token_spans(llm, s.completion_ids) for s in steps]
+    return group
+
+
+def checker_values(suite: Suite, task: Task, text: str) -> list[float]:
+    """Step values V[0..S] of an output from the suite's step checker:
+
+        V[0] = 0,  V[j] = j / G while steps 1..j all check,  V[j] = 0 from the first wrong step on
+
+    with G the gold solution's step count. So every right step earns 1/G of progress, the
+    first wrong one loses all the progress made, and steps after it earn nothing (the output
+    is already off the gold path; no reward for well-formed lines built on a wrong value)."""
+    from agentkit.tasks import split_steps
+
+    checks = suite.check_steps(task, text) or []
+    gold = max(1, len(split_steps(task.solution)))
+    values, right = [0.0], True
+    for ok in checks:
+        right = right and ok
+        values.append(values[-1] + 1 / gold if right else 0.0)
+    return values
 
 
 def _continuation_ids(llm: LLM, text: str) -> list[int]:
@@ -294,7 +332,8 @@ def _train(config: ImproveConfig, model: str, registry: Any, incumbent: str, exa
     elif config.method in ("rft", "gold-sft"):
         train_config = SFTConfig(**common)
     else:
-        train_config = PGConfig(method=config.method, **{**common, "lr": config.lr / 5})
+        train_config = PGConfig(method=config.method, step_weight=1.0 if config.step_advantages == "checker" else 0.0,
+                                **{**common, "lr": config.lr / 5})
     parent = None if adapter_name(incumbent) is None else registry.get(incumbent).adapter_path
     trainer = Trainer(train_config, model, parent_adapter=parent)
     try:
