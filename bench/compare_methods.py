@@ -64,6 +64,9 @@ def main() -> None:
     parser.add_argument("--rectifications", type=int, default=16)
     parser.add_argument("--chosen-by", choices=["outcome", "step"], default="step")
     parser.add_argument("--epochs", type=float, default=2.0)
+    parser.add_argument("--step-advantages", choices=["none", "checker"], default="none",
+                        help="grpo/rloo: add per-step progress from the step checker")
+    parser.add_argument("--name", default="compare_methods", help="result file name")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="agentkit-compare-"))
@@ -77,6 +80,7 @@ def main() -> None:
                 method=method, rounds=1, levels=[args.level], eval_level=args.eval_level,
                 train_tasks=args.train_tasks, eval_tasks=args.eval_tasks, samples_per_task=args.samples,
                 rectifications=args.rectifications, chosen_by=args.chosen_by, epochs=args.epochs,
+                step_advantages=args.step_advantages if method in ("grpo", "rloo") else "none",
                 output_dir=str(work / method / "rounds"),
             )
             cpu0, wall0 = cpu_seconds(), time.perf_counter()
@@ -103,7 +107,8 @@ def main() -> None:
     body = (
         f"One round per method from the base Gemma 3 270M (CPU, bf16): {args.train_tasks} level-{args.level} "
         f"arithmetic training tasks, {args.samples} samples each (step-dpo: {args.rectifications} "
-        f"rectifications per first wrong step, chosen by {args.chosen_by}), {args.epochs:g} epochs of LoRA r=16; "
+        f"rectifications per first wrong step, chosen by {args.chosen_by}; grpo/rloo step advantages: "
+        f"{args.step_advantages}), {args.epochs:g} epochs of LoRA r=16; "
         f"judged on the same {args.eval_tasks} held-out level-{args.eval_level} tasks, greedy. p values are "
         f"one-sided paired tests against no training (exact McNemar on success, sign-flip permutation on "
         f"step accuracy). CPU minutes are user + system time of both cores.\n\n"
@@ -111,7 +116,7 @@ def main() -> None:
         + f"\n\nTotal wall time {(time.perf_counter() - start) / 60:.1f} min."
     )
     print(body)
-    print("wrote", write_result("compare_methods", "Training methods compared at one round", body))
+    print("wrote", write_result(args.name, "Training methods compared at one round", body))
 
 
 def _held_out(config: ImproveConfig):

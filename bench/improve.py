@@ -57,6 +57,7 @@ def main() -> None:
     parser.add_argument("--nll-weight", type=float, default=1.0)
     parser.add_argument("--chosen-by", choices=["outcome", "step"], default="outcome")
     parser.add_argument("--gate-metric", choices=["success", "step-accuracy"], default="success")
+    parser.add_argument("--step-advantages", choices=["none", "checker"], default="none")
     parser.add_argument("--memory", type=int, default=0, help="experience-library items per prompt (0: off)")
     parser.add_argument("--no-replay", action="store_true", help="train each round on its own pairs only")
     parser.add_argument("--name", default=None, help="result file name (default improve-<method>)")
@@ -69,7 +70,7 @@ def main() -> None:
         train_tasks=args.train_tasks, eval_tasks=args.eval_tasks, samples_per_task=args.samples,
         rectifications=args.rectifications, epochs=args.epochs, lr=args.lr, beta=args.beta,
         nll_weight=args.nll_weight, chosen_by=args.chosen_by, gate_metric=args.gate_metric,
-        replay=not args.no_replay, memory=args.memory, output_dir=str(work / "rounds"),
+        replay=not args.no_replay, memory=args.memory, step_advantages=args.step_advantages, output_dir=str(work / "rounds"),
     )
     start = time.perf_counter()
     with TransformersLLM("gemma-3-270m") as llm, TrajectoryStore(args.store or work / "runs.db") as store:
