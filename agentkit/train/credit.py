@@ -4,9 +4,11 @@ the exact token ids, and find the first wrong step of a failed run.
 The first wrong step is found, in this order (DESIGN.md, "Credit assignment"):
 
 1. ``checker``: the task's step checker (``suite.check_steps``), exact and free;
-2. ``mc``: Monte-Carlo values. V(prefix) = share of K continuations sampled from the node
-   prompt + steps 1..j that end in a verified answer; step j is the first error when V
-   drops across it from at least ``high`` to at most ``low``;
+2. ``mc``: Monte-Carlo values. V(prefix) = share of K continuations from the node prompt
+   + steps 1..j that end in a verified answer — continuing the node's output, or, when
+   later model calls of a graph run decide the answer, running the rest of the graph
+   (``agentkit.train.rollout``); step j is the first error when V drops across it from
+   at least ``high`` to at most ``low``;
 3. ``critic``: the first step a critic node flagged in a "revise" verdict.
 
 Only tokens are trusted: prefixes are cut from the recorded completion ids and fed back
@@ -319,15 +321,21 @@ def locate_errors(
     method: str = "auto",
     mc: MCConfig = MCConfig(),
     adapter: str | None = None,
+    rollout_store: Any = None,
 ) -> list[ErrorPoint | None]:
     """The first wrong step of each failed run, aligned with ``run_ids`` (None: not found).
 
     ``method``: "auto" uses the step checker when the suite has one (and trusts it: if
     every written step checks, the run failed for another reason and gets None), else
     Monte-Carlo values (when mc.samples > 0), else the critic; or force one of "checker",
-    "mc", "critic". ``tasks`` maps task ids to tasks. Monte-Carlo rollouts of all runs go
-    out in one generate call, and their values are saved on the step
-    (``store.set_step_values``, V[0..S]). Successful runs get None.
+    "mc", "critic". ``tasks`` maps task ids to tasks. Successful runs get None.
+
+    Monte-Carlo values continue the output step's own text when nothing but that text
+    decides the run's answer (one batched generate call for all runs); when model calls
+    followed it in a graph run (a critic, a judge, a later node), each rollout replays the
+    run to that step and runs the rest of the graph (``rollout.graph_mc_values``; rollouts
+    are recorded in ``rollout_store`` when given). The values are saved on the step
+    (``store.set_step_values``, V[0..S]).
     """
     if method not in CREDIT_METHODS:
         raise ValueError(f"credit method {method!r} is not one of {', '.join(CREDIT_METHODS)}")
@@ -353,12 +361,21 @@ def locate_errors(
         pending.append((position, run, step, task))
 
     if method in ("auto", "mc") and mc.samples > 0 and pending:
-        all_values = mc_values_batch(
-            llm, suite, [(task, step.prompt_ids or [], step.completion_ids) for _, _, step, task in pending], mc,
-            adapter=adapter,
-        )
+        from agentkit.train.rollout import graph_mc_values, needs_graph_rollouts
+
+        through_graph = [needs_graph_rollouts(run, step) for _, run, step, _ in pending]
+        node_items = [(task, step.prompt_ids or [], step.completion_ids)
+                      for (_, _, step, task), g in zip(pending, through_graph) if not g]
+        graph_items = [(run, step, task) for (_, run, step, task), g in zip(pending, through_graph) if g]
+        node_values = iter(mc_values_batch(llm, suite, node_items, mc, adapter=adapter) if node_items else [])
+        graph_values = iter(graph_mc_values(llm, suite, graph_items, mc, adapter=adapter, store=store,
+                                            rollout_store=rollout_store) if graph_items else [])
+        all_values = [next(graph_values) if g else next(node_values) for g in through_graph]
         still = []
         for (position, run, step, task), values in zip(pending, all_values):
+            if values is None:  # every rollout diverged from the record
+                still.append((position, run, step, task))
+                continue
             store.set_step_values(step.id, values)
             index = first_error_by_values(values, mc.high, mc.low)
             if index is not None:
