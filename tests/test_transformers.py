@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 
 import pytest
 import torch
@@ -203,3 +204,53 @@ def test_loading_an_adapter_keeps_the_plain_cpu_gemm_path(tiny_llm, tmp_path):
     assert all(p.requires_grad for p in tiny_llm.model.parameters())
     [[c]] = tiny_llm.generate([GenerationRequest("abc", max_tokens=4, adapter="a1")])
     assert c.adapter == "a1" and not any(p.grad is not None for p in tiny_llm.model.parameters())
+
+
+def test_the_appending_kv_cache_matches_dynamic_cache(tiny_model_factory):
+    import torch
+    from transformers import DynamicCache
+
+    from agentkit.llm._kvcache import appending_cache
+
+    model = tiny_model_factory()
+    torch.manual_seed(0)
+    prompt, steps = torch.randint(4, 90, (1, 20)), torch.randint(4, 90, (6, 3, 1))
+
+    def run(cache):
+        out = []
+        with torch.inference_mode():
+            out.append(model(input_ids=prompt, past_key_values=cache, use_cache=True).logits[:, -1])
+            cache.batch_repeat_interleave(3)  # one prompt, three rows
+            for k, tokens in enumerate(steps):
+                if k == 3:  # the middle row finishes
+                    cache.batch_select_indices(torch.tensor([0, 2]))
+                tokens = tokens if k < 3 else tokens[[0, 2]]
+                out.append(model(input_ids=tokens, past_key_values=cache, use_cache=True).logits[:, -1])
+        return out, cache
+
+    reference, dynamic = run(DynamicCache(config=model.config))
+    appended, appending = run(appending_cache(model.config, reserve=24))  # outgrows its reservation
+    for a, b in zip(appended, reference):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+    for a, b in zip(appending.layers, dynamic.layers):
+        assert torch.equal(a.keys, b.keys) and torch.equal(a.values, b.values)
+    assert appending.get_seq_length() == dynamic.get_seq_length() == 26
+
+
+def test_a_staggered_burst_of_callers_lands_in_one_batch(tiny_llm):
+    """Callers that arrive a few ms apart (each first writes its run to the store) are
+    gathered while they keep coming, not cut off by the first caller's wait."""
+    results = {}
+
+    def call(i):
+        results[i] = tiny_llm.generate([GenerationRequest(f"Q{i}: " + "x" * i, max_tokens=4)])[0][0]
+
+    threads = []
+    for i in range(8):
+        threads.append(threading.Thread(target=call, args=(i,)))
+        threads[-1].start()
+        time.sleep(0.002)  # less than batch_wait (5 ms); the burst outlasts it
+    for t in threads:
+        t.join(timeout=60)
+    assert len(results) == 8
+    assert tiny_llm.stats["max_rows_in_batch"] == 8

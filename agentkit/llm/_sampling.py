@@ -38,7 +38,7 @@ def select_tokens(
     LM head weight ``head`` (V, D), the logprobs are refined by ``exact_logprobs``.
     """
     logits = logits.float()
-    tokens = logits.argmax(dim=-1)  # (B,) greedy default
+    row_max, tokens = logits.max(dim=-1)  # (B,) greedy default; max beats argmax on a CPU
     sampled = [i for i, p in enumerate(params) if p.temperature > 0]
     truncated = [i for i in sampled if params[i].top_k > 0 or params[i].top_p < 1.0]
     full = [i for i in sampled if i not in set(truncated)]
@@ -46,16 +46,17 @@ def select_tokens(
         tokens[truncated] = _sample_truncated(logits[truncated], [params[i] for i in truncated])
     if full:
         tokens[full] = _sample_full(logits[full], [params[i] for i in full])
+    row_max = row_max[:, None]  # (B, 1)
     if hidden is not None and head is not None:
-        return tokens, exact_logprobs(logits, hidden, head, tokens, softcap=softcap)
-    lse = torch.logsumexp(logits, dim=-1)  # (B,)
+        return tokens, exact_logprobs(logits, hidden, head, tokens, softcap=softcap, row_max=row_max)
+    lse = row_max.squeeze(1) + (logits - row_max).exp_().sum(dim=-1).log_()  # (B,)
     logprobs = logits.gather(1, tokens[:, None]).squeeze(1) - lse  # (B,)
     return tokens, logprobs
 
 
 def exact_logprobs(
     logits: torch.Tensor, hidden: torch.Tensor, head: torch.Tensor, tokens: torch.Tensor, k: int = 32,
-    softcap: float | None = None,
+    softcap: float | None = None, row_max: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """log_softmax(hidden @ head.T)[token] in fp32 from low-precision ``logits``.
 
@@ -66,7 +67,12 @@ def exact_logprobs(
     cost of (k + 1) dot products per row.
 
     logits (N, V) float32 from the low-precision head; hidden (N, D); head (V, D);
-    tokens (N,). Returns (N,) float32.
+    tokens (N,); row_max (N, 1), the rows' maxima when known. Returns (N,) float32.
+
+    The normaliser is one pass over the vocabulary: with m the row maximum,
+    Z = sum_all exp(l - m) - sum_cand exp(l_rounded - m) + sum_cand exp(l_exact - m). The
+    subtraction cancels at most fp32 epsilon times Z, harmless next to the bf16 rounding
+    it corrects.
     """
     top = logits.topk(k, dim=-1).indices  # (N, k)
     in_top = (top == tokens[:, None]).any(dim=-1)  # (N,)
@@ -75,10 +81,12 @@ def exact_logprobs(
     exact = torch.einsum("nd,nkd->nk", hidden.float(), head[cand].float())  # (N, k)
     if softcap:
         exact = softcap * torch.tanh(exact / softcap)
-    rest = logits.scatter(1, cand, float("-inf"))  # (N, V): the tail keeps its rounded values
-    lse = torch.logaddexp(torch.logsumexp(rest, dim=-1), torch.logsumexp(exact, dim=-1))  # (N,)
+    m = logits.amax(dim=-1, keepdim=True) if row_max is None else row_max  # (N, 1)
+    total = (logits - m).exp_().sum(dim=-1)  # (N,)
+    rounded = (logits.gather(1, cand) - m).exp_().sum(dim=-1)  # (N,)
+    z = (total - rounded).clamp_(min=0) + (exact - m).exp_().sum(dim=-1)  # (N,)
     chosen = exact.gather(1, (cand == tokens[:, None]).float().argmax(dim=-1, keepdim=True)).squeeze(1)
-    return chosen - lse
+    return chosen - m.squeeze(1) - z.log_()
 
 
 def _uniforms(params: list[RowParams], device: torch.device) -> torch.Tensor:

@@ -260,7 +260,10 @@ class TransformersLLM:
                 return
             jobs = [job]
             rows = self._row_count(job)
-            deadline = time.perf_counter() + self.batch_wait_s
+            # gather until the callers go quiet: every arrival extends the wait by batch_wait,
+            # up to 10x batch_wait in all, so a burst of concurrent callers lands in one batch
+            start = time.perf_counter()
+            deadline, last_call = start + self.batch_wait_s, start + 10 * self.batch_wait_s
             while rows < self.max_batch:
                 remaining = deadline - time.perf_counter()
                 try:
@@ -272,6 +275,7 @@ class TransformersLLM:
                     break
                 jobs.append(nxt)
                 rows += self._row_count(nxt)
+                deadline = min(time.perf_counter() + self.batch_wait_s, last_call)
             self._run_jobs(jobs)
 
     @staticmethod
@@ -473,11 +477,14 @@ class TransformersLLM:
 
         from transformers import DynamicCache
 
+        from agentkit.llm._kvcache import appending_cache, reserve
+
         batch = len(prompts)
         shortest = min(len(p) for p in prompts)
         window = getattr(self.model.config, "sliding_window", None) or 1 << 30
         if max(len(p) for p in prompts) + max(1, self._max_new) >= window:
             return 0, DynamicCache(config=self.model.config)  # sliding layers would drop prefix keys
+        longest = max(len(p) for p in prompts) + max(1, self._max_new)
         best: tuple[int, ...] = ()
         for key in self._prefixes:
             ids = key[1]
@@ -490,7 +497,7 @@ class TransformersLLM:
             if common >= self.min_prefix and (batch > 1 or self._last_prompt):
                 best = tuple(prompts[0][:common])
                 with torch.inference_mode():
-                    prefix_cache = DynamicCache(config=self.model.config)
+                    prefix_cache = appending_cache(self.model.config)
                     self.model(input_ids=torch.tensor([best], device=self.device), past_key_values=prefix_cache,
                                use_cache=True, logits_to_keep=1)
                 self._prefixes[(adapter, best)] = prefix_cache
@@ -498,9 +505,9 @@ class TransformersLLM:
                     self._prefixes.pop(next(iter(self._prefixes)))
         self._last_prompt = prompts[0]
         if not best:
-            return 0, DynamicCache(config=self.model.config)
+            return 0, appending_cache(self.model.config, reserve=longest)
         self._prefixes[(adapter, best)] = self._prefixes.pop((adapter, best))  # most recently used
-        cache = copy.deepcopy(self._prefixes[(adapter, best)])
+        cache = reserve(copy.deepcopy(self._prefixes[(adapter, best)]), longest)
         cache.batch_repeat_interleave(batch)
         return len(best), cache
 
