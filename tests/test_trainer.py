@@ -73,7 +73,8 @@ def test_dpo_moves_the_loss_and_every_lora_parameter(tiny_model_factory, tiny_to
     result = trainer.train(pattern_pairs(tiny_tokenizer, 16, seed=0))
     losses = [r["loss"] for r in result.history]
     assert len(losses) == 4 and losses[-1] != losses[0]
-    assert result.history[0]["reward_margin"] == 0.0  # step 1: policy == reference
+    # step 1: policy == reference (the reference pass batches differently: float rounding only)
+    assert result.history[0]["reward_margin"] == pytest.approx(0.0, abs=1e-5)
     assert result.history[0]["loss"] == pytest.approx(math.log(2) + result.history[0]["nll"], abs=1e-5)
     after = lora_state(trainer)
     for name, value in before.items():
