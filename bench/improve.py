@@ -44,6 +44,7 @@ def row(r: RoundResult) -> list[object]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--method", choices=METHODS, default="step-dpo")
+    parser.add_argument("--graph", default=None, help="a prebuilt graph or .py file to improve (default: the solve prompt)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--levels", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--eval-level", type=int, default=None)
@@ -66,7 +67,7 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="agentkit-improve-"))
     config = ImproveConfig(
-        method=args.method, rounds=args.rounds, levels=args.levels, eval_level=args.eval_level,
+        method=args.method, graph=args.graph, rounds=args.rounds, levels=args.levels, eval_level=args.eval_level,
         train_tasks=args.train_tasks, eval_tasks=args.eval_tasks, samples_per_task=args.samples,
         rectifications=args.rectifications, epochs=args.epochs, lr=args.lr, beta=args.beta,
         nll_weight=args.nll_weight, chosen_by=args.chosen_by, gate_metric=args.gate_metric,

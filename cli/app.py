@@ -602,7 +602,7 @@ def policy_rollback(
 
 @app.command()
 def improve(
-    graph: Optional[str] = typer.Argument(None, help="Graph to improve: single_solver (the default) is the one the loop trains today."),
+    graph: Optional[str] = typer.Argument(None, help="Graph to improve: a prebuilt graph or a .py file defining `graph` (default: the single solve prompt). Every model call of the graph shares the trained policy."),
     suite: str = typer.Option("arithmetic", help="Built-in suite to train and gate on."),
     rounds: int = typer.Option(3, help="Rounds of collect -> pairs -> train -> gate."),
     method: str = typer.Option("step-dpo", help="step-dpo, dpo (whole-output), rft, grpo, rloo or gold-sft (SFT on gold solutions, the reference)."),
@@ -621,11 +621,19 @@ def improve(
     store: Optional[Path] = typer.Option(None, envvar="AGENTKIT_STORE", show_default=STORE_DEFAULT, help=STORE_HELP),
 ) -> None:
     """Make the policy better at a suite: rounds of collect, credit, train a LoRA candidate, gate, promote."""
-    from agentkit.train.loop import METHODS
+    from agentkit.train.loop import GRAPH_METHODS, METHODS
 
-    _require(graph in (None, "single_solver", "solve"),
-             f"graph '{graph}': improve trains the single solver today; run `agentkit improve --suite {suite}`")
     _require(method in METHODS, f"--method {method}: choose one of {', '.join(METHODS)}")
+    single = graph in (None, "single_solver", "solve")
+    _require(single or method in GRAPH_METHODS,
+             f"--method {method} trains the single solver only; improve graph '{graph}' with "
+             f"--method {' or '.join(GRAPH_METHODS)}")
+    _require(single or memory == 0,
+             f"--memory {memory} sets the default solve prompt; graph '{graph}' declares memory on its nodes, drop --memory")
+    if not single:
+        from agentkit.graph import load_graph
+
+        load_graph(graph)  # an unknown graph or a broken file fails here, before the model loads
     _require(chosen_by in ("outcome", "step"), f"--chosen-by {chosen_by}: choose outcome or step")
     _require(step_advantages in ("none", "checker"), f"--step-advantages {step_advantages}: choose none or checker")
     _require(step_advantages == "none" or method in ("grpo", "rloo"),
@@ -650,7 +658,7 @@ def improve(
     from agentkit.memory import TrajectoryStore
     from agentkit.train.loop import ImproveConfig, improve as run_improve, plot_curve
 
-    config = ImproveConfig(suite=suite, method=method, rounds=rounds, levels=level_list, train_tasks=train_tasks,
+    config = ImproveConfig(suite=suite, method=method, graph=None if single else graph, rounds=rounds, levels=level_list, train_tasks=train_tasks,
                            eval_tasks=eval_tasks, samples_per_task=samples, rectifications=rectifications,
                            chosen_by=chosen_by, gate_metric=gate_metric, memory=memory, step_advantages=step_advantages,
                            output_dir=str(out / "rounds"))

@@ -400,6 +400,9 @@ def test_serve_prints_the_url_and_stops_on_ctrl_c(monkeypatch):
     (["--step-advantages", "vibes"], "--step-advantages vibes: choose none or checker"),
     (["--method", "step-dpo", "--step-advantages", "checker"], "is for --method grpo or rloo, not step-dpo"),
     (["--chosen-by", "vibes"], "--chosen-by vibes: choose outcome or step"),
+    (["plan_solve_check", "--method", "grpo"], "improve graph 'plan_solve_check' with --method step-dpo or rft"),
+    (["plan_solve_check", "--memory", "2"], "graph 'plan_solve_check' declares memory on its nodes"),
+    (["no_such_graph"], "no_such_graph"),
 ])
 def test_improve_rejects_bad_options_before_loading_a_model(args, message, tmp_path):
     result = invoke("improve", *args, "--store", str(tmp_path / "runs.db"))

@@ -164,3 +164,56 @@ def test_improve_with_memory_updates_the_library_and_reads_it(tmp_path, monkeypa
     # the verified samples (even seeds answer right) became exemplars, and the gate's runs saw them
     assert rounds[1].new_data["memory_added"] == len(exemplars) > 0
     assert len(sampled) == 8 and all(ids for ids in shown)
+
+
+def test_improve_a_graph_with_step_dpo_trains_its_solver_call(tmp_path, monkeypatch):
+    """plan -> solve -> check: the runs are whole graph runs, pairs come from the solver's
+    call (its prompt holds the plan), and the gate runs the graph with each policy."""
+    monkeypatch.chdir(tmp_path)
+    tok = build_tiny_tokenizer()
+    suite = get_suite("arithmetic")
+    tasks = {t.question: t for t in suite.tasks("test", 8, level=1) + suite.tasks("train", 64, level=1, seed=1000)}
+    rectified = iter(range(10**6))
+    planned = []
+
+    def reply(prompt, request):
+        if prompt.endswith("Plan:\n"):
+            planned.append(request.adapter)
+            return "1. Do the operation.\n\n"
+        if "Question: " not in prompt:
+            return "ok"
+        task = tasks[prompt.rsplit("Question: ", 1)[1].split("\n", 1)[0]]
+        (a, op, b, c), = task.data["steps"]
+        so_far = prompt.rsplit("Solution:\n", 1)[1]
+        if so_far == "Step 1:":  # a rectification: every other one is right
+            return f" {a} {op} {b} = {c}\n" if next(rectified) % 2 else f" {a} {op} {b} = {c + 1}\n"
+        if request.adapter is not None:  # a trained candidate
+            return task.solution + "\n"
+        return f"Step 1: {a} {op} {b} = {c + 1}\nAnswer: {c + 1}\n"
+
+    llm = char_scripted(reply, tok)
+    config = ImproveConfig(method="step-dpo", graph="plan_solve_check", rounds=1, levels=[1], train_tasks=4,
+                           eval_tasks=8, samples_per_task=2, rectifications=4, chosen_by="step", epochs=1,
+                           batch_size=2, concurrency=4, output_dir=str(tmp_path / "improve"))
+    with TrajectoryStore(tmp_path / "runs.db") as store:
+        rounds = improve(llm, store, config, model=build_tiny_model(len(tok)))
+        runs = store.list_runs()
+        from agentkit.memory import PairStore
+
+        pairs = PairStore(store).pairs(kind="step")
+    assert {r.graph for r in runs} == {"plan_solve_check"}
+    assert rounds[0].heldout_success == 0.0
+    assert rounds[1].new_data["samples"] == 8 and rounds[1].new_data["error_points"] == 8
+    assert rounds[1].examples == len(pairs) == 4  # one right rectification per distinct task
+    for pair in pairs:
+        assert "Plan:\n1. Do the operation.\n" in pair.prompt_text and pair.chosen_text != pair.rejected_text
+    assert rounds[1].promoted and rounds[1].heldout_success == 1.0
+    assert "v1" in planned  # the gate ran the candidate's whole graph, planner included
+
+
+def test_graphs_take_the_methods_that_train_from_their_runs():
+    with pytest.raises(Exception, match="trains the single solver only"):
+        ImproveConfig(method="grpo", graph="plan_solve_check")
+    with pytest.raises(Exception, match="declares memory on its nodes"):
+        ImproveConfig(method="step-dpo", graph="plan_solve_check", memory=2)
+    ImproveConfig(method="rft", graph="plan_solve_check")

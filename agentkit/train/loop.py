@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -26,12 +26,18 @@ from agentkit.llm._malloc import release_memory
 from agentkit.llm.base import LLM
 from agentkit.tasks import Suite, Task
 
-__all__ = ["ImproveConfig", "RoundResult", "improve", "METHODS", "STEP_ADVANTAGES", "checker_values", "plot_curve"]
+__all__ = ["ImproveConfig", "RoundResult", "improve", "METHODS", "GRAPH_METHODS", "STEP_ADVANTAGES", "checker_values",
+           "plot_curve"]
 
 log = logging.getLogger("agentkit.improve")
 
 METHODS = ("step-dpo", "dpo", "rft", "grpo", "rloo", "gold-sft")
+GRAPH_METHODS = ("step-dpo", "rft")
+"""What trains a multi-node graph: both take their data from the model call that wrote the
+run's answer, whatever prompt the graph gave it. The others compare outputs of one prompt
+(dpo, grpo, rloo) or need the solver's prompt without a run (gold-sft)."""
 STEP_ADVANTAGES = ("none", "checker")
+SAMPLING_TEMPERATURE = 0.8
 
 
 @dataclass
@@ -40,6 +46,10 @@ class ImproveConfig:
 
     suite: str = "arithmetic"
     method: str = "step-dpo"
+    graph: str | None = None
+    """A prebuilt graph name or a .py file defining ``graph`` (see agentkit.graph.load_graph):
+    collection, the held-out measurement and the gate all run it, and every model call of
+    its runs shares the one policy being trained. None: the single solve prompt."""
     rounds: int = 3
     levels: list[int] = field(default_factory=lambda: [1, 2])
     """Curriculum: round r trains on levels[min(r, len - 1)] (easier tasks first)."""
@@ -95,6 +105,13 @@ class ImproveConfig:
                                 f"{', '.join(STEP_ADVANTAGES)}")
         if self.gate_metric not in GATE_METRICS:
             raise AgentkitError(f"gate metric '{self.gate_metric}' is unknown; choose one of {', '.join(GATE_METRICS)}")
+        if self.graph not in (None, "single_solver", "solve"):
+            if self.method not in GRAPH_METHODS:
+                raise AgentkitError(f"method '{self.method}' trains the single solver only; improve graph "
+                                    f"'{self.graph}' with {' or '.join(GRAPH_METHODS)}")
+            if self.memory:
+                raise AgentkitError(f"memory={self.memory} sets the solve prompt; graph '{self.graph}' declares "
+                                    "memory on its nodes, drop it")
 
 
 @dataclass
@@ -134,7 +151,7 @@ def improve(
     from agentkit.runtime import SolveAgent, run_tasks
     from agentkit.tasks import get_suite
     from agentkit.train.gate import gate
-    from agentkit.train.registry import adapter_name, load_policy
+    from agentkit.train.registry import PolicyLLM, adapter_name, load_policy
 
     status = on_status or (lambda message: log.info(message))
     suite = get_suite(config.suite)
@@ -146,14 +163,20 @@ def improve(
         from agentkit.memory.library import ExperienceLibrary
 
         library = ExperienceLibrary(store)
-    agent = SolveAgent(shots=config.shots, max_tokens=config.max_tokens, library=library, memory=config.memory)
+    graph = _graph(config)
+    if graph is not None:
+        from agentkit.runtime import GraphAgent
+
+        agent: Any = GraphAgent(graph, shots=config.shots, max_tokens=config.max_tokens)
+    else:
+        agent = SolveAgent(shots=config.shots, max_tokens=config.max_tokens, library=library, memory=config.memory)
     out_dir = Path(config.output_dir)
 
     incumbent = registry.active().version
     status(f"round 0: measuring the active policy '{incumbent}' on {len(held_out)} held-out tasks")
     start = time.perf_counter()
     name = load_policy(llm, registry, incumbent)
-    report = run_tasks(llm, suite, held_out, store, agent=replace(agent, adapter=name), concurrency=config.concurrency,
+    report = run_tasks(PolicyLLM(llm, name), suite, held_out, store, agent=agent, concurrency=config.concurrency,
                        policy_version=incumbent)
     rounds = [RoundResult(0, eval_level, incumbent, None, False, 0, {}, report.success_rate, report.step_accuracy,
                           None, None, None, report.completion_tokens, 0.0, time.perf_counter() - start)]
@@ -166,7 +189,10 @@ def improve(
         tasks = suite.tasks("train", config.train_tasks, level=level, seed=config.seed + 1000 * r)
         adapter = adapter_name(incumbent)
         status(f"round {r}: collecting on {len(tasks)} level-{level} training tasks with '{incumbent}'")
-        examples, new_data, sampled = _collect(llm, suite, tasks, store, config, incumbent, adapter, r, agent)
+        if graph is not None:
+            examples, new_data, sampled = _collect_graph(llm, suite, tasks, store, config, incumbent, adapter, r, graph)
+        else:
+            examples, new_data, sampled = _collect(llm, suite, tasks, store, config, incumbent, adapter, r, agent)
         candidate, promoted, train_s, gate_result = None, False, 0.0, None
         if not examples:
             status(f"round {r}: no training data ({new_data}); the policy stays '{incumbent}'")
@@ -274,6 +300,58 @@ def _collect(llm: LLM, suite: Suite, tasks: list[Task], store: Any, config: Impr
     data = [_rl_group(llm, suite, by_id[task_id], group, config.step_advantages)
             for task_id, group in groups.items() if len(group) >= 2]
     return data, {**base, "groups": len(data)}, sampled
+
+
+def _graph(config: ImproveConfig) -> Any:
+    """The graph to improve, or None for the single solve prompt."""
+    if config.graph in (None, "single_solver", "solve"):
+        return None
+    from agentkit.graph import load_graph
+
+    return load_graph(config.graph)
+
+
+def _collect_graph(llm: LLM, suite: Suite, tasks: list[Task], store: Any, config: ImproveConfig, version: str,
+                   adapter: str | None, round_: int, graph: Any) -> tuple[list[Any], dict[str, Any], int]:
+    """This round's data for a multi-node graph: ``samples_per_task`` sampled runs of the
+    whole graph per task (every node at the sampling temperature, a seed per pass), then
+    Step-DPO pairs at the first wrong step of the call that wrote each failed run's answer
+    (found by the step checker, else by Monte-Carlo rollouts through the rest of the graph),
+    or, for rft, that call's output in each successful run."""
+    from agentkit.memory import PairStore
+    from agentkit.runtime import GraphAgent, run_tasks
+    from agentkit.train.credit import output_step
+    from agentkit.train.pairs import StepDPOConfig, build_step_pairs
+    from agentkit.train.registry import PolicyLLM
+    from agentkit.train.trainer import PreferenceExample, SFTExample
+
+    policy = PolicyLLM(llm, adapter)
+    run_ids: list[int] = []
+    for k in range(config.samples_per_task):
+        sampler = GraphAgent(graph, shots=config.shots, max_tokens=config.max_tokens,
+                             temperature=SAMPLING_TEMPERATURE, seed=config.seed + 1000 * round_ + k)
+        report = run_tasks(policy, suite, tasks, store, agent=sampler, concurrency=config.concurrency,
+                           policy_version=version)
+        run_ids += [result.run_id for result in report.results]
+    sampled = _tokens(store, run_ids)
+    runs = [store.get_run(i) for i in run_ids]
+    base = {"samples": len(runs), "successes": sum(run.status == "success" for run in runs)}
+    if config.method == "rft":
+        steps = [output_step(run.steps) for run in runs if run.status == "success"]
+        data = [SFTExample(step.prompt_ids, step.completion_ids, step.run_id) for step in steps if step is not None]
+        return data, base, sampled
+    pair_config = StepDPOConfig(
+        samples_per_task=config.samples_per_task, rectifications=config.rectifications, shots=config.shots,
+        max_tokens=config.max_tokens, seed=config.seed + round_, chosen_by=config.chosen_by,
+    )
+    pairs = PairStore(store)
+    stats = build_step_pairs(llm, suite, tasks, store, pair_config, version, run_ids=run_ids, adapter=adapter,
+                             pair_store=pairs)
+    kept = pairs.pairs(kind="step", suite=suite.name)
+    if not config.replay:
+        kept = [p for p in kept if p.id in set(stats.pair_ids)]
+    return ([PreferenceExample.from_record(p) for p in kept], {**base, **stats.as_dict()},
+            sampled + stats.rectification_tokens)
 
 
 def _rl_group(llm: LLM, suite: Suite, task: Task, runs: list[Any], step_advantages: str) -> Any:
