@@ -254,3 +254,39 @@ def test_a_staggered_burst_of_callers_lands_in_one_batch(tiny_llm):
         t.join(timeout=60)
     assert len(results) == 8
     assert tiny_llm.stats["max_rows_in_batch"] == 8
+
+
+def test_a_request_joins_the_running_batch_and_is_answered_before_it_ends(tiny_llm):
+    """Continuous batching: a request that arrives while a long one decodes joins its batch
+    (left-padded into its KV cache), answers exactly as it would alone, and is handed back
+    as soon as its own rows are done."""
+    short, long_ = GenerationRequest("Q1: xx", max_tokens=5), GenerationRequest("A long story: ", max_tokens=100)
+    short_alone, long_alone = (c[0] for c in tiny_llm.generate([short, long_]))
+    stats_before = dict(tiny_llm.stats)
+    results, resolved, long_row = {}, [], []
+    joiner = threading.Thread(target=lambda: results.setdefault("short", tiny_llm.generate([short])[0][0]))
+    append, resolve = tiny_llm._append, tiny_llm._resolve_finished
+
+    def on_token(row, token, logprob):
+        append(row, token, logprob)
+        if row.request is long_ and len(row.out_ids) == 10:  # mid-decode: the short request arrives
+            long_row.append(row)
+            joiner.start()
+            while tiny_llm._queue.empty():
+                time.sleep(0.001)
+
+    def on_resolve():
+        open_before = [job for job, _ in tiny_llm._open]
+        resolve()
+        still = {id(job) for job, _ in tiny_llm._open}
+        resolved.extend((job.payload[0], len(long_row[0].out_ids)) for job in open_before if id(job) not in still)
+
+    tiny_llm._append, tiny_llm._resolve_finished = on_token, on_resolve
+    [[long_done]] = tiny_llm.generate([long_])
+    joiner.join(timeout=60)
+    assert tiny_llm.stats["joined_rows"] - stats_before["joined_rows"] == 1
+    assert long_done.token_ids == long_alone.token_ids and len(long_done.token_ids) > 20
+    assert results["short"].token_ids == short_alone.token_ids
+    assert results["short"].logprobs == pytest.approx(short_alone.logprobs, abs=1e-4)
+    when = dict((request.prompt, length) for request, length in resolved)
+    assert when["Q1: xx"] < len(long_done.token_ids)  # answered while the long one still ran

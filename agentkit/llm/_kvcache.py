@@ -19,7 +19,7 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
-__all__ = ["appending_cache", "reserve"]
+__all__ = ["appending_cache", "reserve", "is_appending", "join"]
 
 _HEADROOM = 64
 """Tokens of spare room when a buffer grows without a reservation (grows by >= 1/4 too)."""
@@ -111,4 +111,29 @@ def reserve(cache: DynamicCache, tokens: int) -> DynamicCache:
     for layer in cache.layers:
         if isinstance(layer, _Appending):
             layer.reserve = tokens
+    return cache
+
+
+def is_appending(cache: DynamicCache) -> bool:
+    return bool(cache.layers) and all(isinstance(layer, _Appending) for layer in cache.layers)
+
+
+def join(cache: DynamicCache, other: DynamicCache) -> DynamicCache:
+    """Append ``other``'s rows to ``cache``'s, in place: the shorter side is left-padded
+    with zero keys and values (which the caller's attention mask hides) to the longer one's
+    length. Keys carry their rotary positions already, so where the padding sits does not
+    matter. Both must be appending caches of the same model."""
+    for layer, new in zip(cache.layers, other.layers):
+        la, lb = layer._length, new._length
+        n = max(la, lb)
+        capacity = max(n + _HEADROOM, layer._kbuf.shape[-2], new._kbuf.shape[-2], layer.reserve, new.reserve)
+        for name in ("_kbuf", "_vbuf"):
+            a, b = getattr(layer, name), getattr(new, name)
+            joined = a.new_zeros((a.shape[0] + b.shape[0], a.shape[1], capacity, a.shape[3]))
+            joined[: a.shape[0], :, n - la : n] = a[:, :, :la]
+            joined[a.shape[0] :, :, n - lb : n] = b[:, :, :lb]
+            setattr(layer, name, joined)
+        layer._set_length(n)
+        if hasattr(layer, "cumulative_length"):
+            layer.cumulative_length = n
     return cache

@@ -8,6 +8,7 @@ grouped by LoRA adapter; adapters load and swap without reloading the base model
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import queue
@@ -94,6 +95,13 @@ def _keep_fast_cpu_weights(model: Any) -> None:
         param.requires_grad_(True)
 
 
+def _left_pad(mask: torch.Tensor, width: int) -> torch.Tensor:
+    """A (B, T) attention mask widened to ``width`` columns with masked-out columns in front."""
+    if mask.shape[1] == width:
+        return mask
+    return torch.cat([mask.new_zeros((mask.shape[0], width - mask.shape[1])), mask], dim=1)
+
+
 def _common_prefix(seqs: list[list[int]], limit: int) -> int:
     n = 0
     first = seqs[0]
@@ -111,6 +119,8 @@ class _Row:
     out_logprobs: list[float] = field(default_factory=list)
     text: str = ""
     finish_reason: str | None = None
+    started: float = 0.0
+    latency_s: float = 0.0
 
 
 @dataclass
@@ -172,9 +182,11 @@ class TransformersLLM:
         self._last_prompt: list[int] | None = None
         self._max_new = 0
         self._queue: queue.Queue[_Job | None] = queue.Queue()
+        self._held: collections.deque[_Job | None] = collections.deque()
+        self._open: list[tuple[_Job, list[list[_Row]]]] = []  # generate jobs being decoded
         self._seed_rng = random.Random(0)
         self._closed = False
-        self.stats = {"batches": 0, "rows": 0, "generated_tokens": 0, "max_rows_in_batch": 0}
+        self.stats = {"batches": 0, "rows": 0, "generated_tokens": 0, "max_rows_in_batch": 0, "joined_rows": 0}
         self._worker = threading.Thread(target=self._work, name="agentkit-batcher", daemon=True)
         self._worker.start()
 
@@ -253,9 +265,18 @@ class TransformersLLM:
         self._queue.put(job)
         return job.future.result()
 
+    def _next_job(self, timeout: float | None = None) -> _Job | None:
+        """The next job: one the decode loop took from the queue and could not admit, else
+        the queue's (raises queue.Empty on timeout; timeout 0: do not wait)."""
+        if self._held:
+            return self._held.popleft()
+        if timeout is None:
+            return self._queue.get()
+        return self._queue.get(timeout=timeout) if timeout > 0 else self._queue.get_nowait()
+
     def _work(self) -> None:
         while True:
-            job = self._queue.get()
+            job = self._next_job()
             if job is None:
                 return
             jobs = [job]
@@ -267,7 +288,7 @@ class TransformersLLM:
             while rows < self.max_batch:
                 remaining = deadline - time.perf_counter()
                 try:
-                    nxt = self._queue.get(timeout=max(remaining, 0)) if remaining > 0 else self._queue.get_nowait()
+                    nxt = self._next_job(max(remaining, 0))
                 except queue.Empty:
                     break
                 if nxt is None:
@@ -293,6 +314,7 @@ class TransformersLLM:
             return
         try:
             rows_per_job = [self._make_rows(j.payload) for j in gen_jobs]
+            self._open = list(zip(gen_jobs, rows_per_job))
             by_adapter: dict[str | None, list[_Row]] = {}
             for rows in rows_per_job:
                 for job_rows in rows:
@@ -301,13 +323,57 @@ class TransformersLLM:
             for adapter, rows in by_adapter.items():
                 for start in range(0, len(rows), self.max_batch):
                     self._decode(rows[start : start + self.max_batch], adapter)
-            for job, rows in zip(gen_jobs, rows_per_job):
-                job.future.set_result([[self._completion(r) for r in job_rows] for job_rows in rows])
+            self._resolve_finished()
         except Exception as e:
             log.exception("generation failed")
-            for job in gen_jobs:
+            for job, _ in self._open:
                 if not job.future.done():
                     job.future.set_exception(e)
+        finally:
+            self._open = []
+
+    def _resolve_finished(self) -> None:
+        """Hand every job whose rows are all finished its completions, at once: a caller
+        (a graph's next node) can send its next request while the batch runs on."""
+        still = []
+        for job, rows in self._open:
+            if all(r.finish_reason is not None for job_rows in rows for r in job_rows):
+                job.future.set_result([[self._completion(r) for r in job_rows] for job_rows in rows])
+            else:
+                still.append((job, rows))
+        self._open = still
+
+    def _admit(self, adapter: str | None, free: int, length: int, remaining: int) -> list[_Row]:
+        """Rows of queued generate requests that can join the running batch: same adapter,
+        room in the batch, and every row still inside the sliding window once joined (the
+        batch is ``length`` tokens long and may generate ``remaining`` more). The first job
+        that cannot join, and everything after it, waits for the next batch."""
+        window = getattr(self.model.config, "sliding_window", None) or 1 << 30
+        rows: list[_Row] = []
+        while not self._held:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if job is None or job.kind != "generate":
+                self._held.append(job)
+                break
+            try:
+                job_rows = self._make_rows(job.payload)
+            except Exception as e:  # a bad request fails alone
+                job.future.set_exception(e)
+                continue
+            flat = [r for jr in job_rows for r in jr]
+            longest = max(len(r.prompt_ids) for r in flat)
+            new_max = max(r.request.max_tokens for r in flat)
+            if (any(r.request.adapter != adapter for r in flat) or len(rows) + len(flat) > free
+                    or any(r.request.max_tokens == 0 for r in flat)
+                    or max(length, longest) + max(remaining, new_max) >= window):
+                self._held.append(job)
+                break
+            self._open.append((job, job_rows))
+            rows += flat
+        return rows
 
     def _make_rows(self, requests: list[GenerationRequest]) -> list[list[_Row]]:
         out = []
@@ -333,7 +399,7 @@ class TransformersLLM:
             finish_reason=row.finish_reason or "length",
             prompt_ids=row.prompt_ids,
             adapter=row.request.adapter,
-            latency_s=getattr(row, "latency_s", 0.0),
+            latency_s=row.latency_s,
         )
 
     def _run_other(self, job: _Job) -> Any:
@@ -395,63 +461,40 @@ class TransformersLLM:
 
     @torch.inference_mode()
     def _decode(self, rows: list[_Row], adapter: str | None) -> None:
-        from transformers import DynamicCache
+        """Decode ``rows`` to the end, one token of every active row per step.
 
-        start = time.perf_counter()
+        Continuous batching: between steps, queued requests for the same adapter join the
+        running batch (their prompts prefilled, their KV rows left-padded to the batch's
+        length), and a request whose rows are all done is answered at once. A graph's next
+        node therefore does not wait for the slowest row of the batch its last call was in."""
         self.stats["batches"] += 1
         self.stats["rows"] += len(rows)
-        self.stats["max_rows_in_batch"] = max(self.stats["max_rows_in_batch"], len(rows))
-        active = [r for r in rows if r.request.max_tokens > 0]
         for r in rows:
             if r.request.max_tokens == 0:
                 r.finish_reason = "length"
+        active = [r for r in rows if r.request.max_tokens > 0]
         if not active:
             return
-        self._max_new = max(r.request.max_tokens for r in active)
-        # the n samples of a request (and equal prompts of different requests) share one
-        # prefill: prefill each distinct prompt once, then copy its KV rows to its samples
-        unique: dict[tuple[int, ...], int] = {}
-        owner = [unique.setdefault(tuple(r.prompt_ids), len(unique)) for r in active]
-        prompts = [list(p) for p in unique]
+        from agentkit.llm._kvcache import is_appending, join
+
         with self._adapter_context(adapter):
-            prefix, cache = self._shared_prefix(prompts, adapter)
-            width = max(len(p) for p in prompts) - prefix
-            ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
-            mask = torch.zeros((len(prompts), prefix + width), dtype=torch.long)
-            mask[:, :prefix] = 1
-            for i, prompt in enumerate(prompts):  # left padding keeps every row's last token aligned
-                suffix = prompt[prefix:]
-                ids[i, width - len(suffix):] = torch.tensor(suffix)
-                mask[i, prefix + width - len(suffix):] = 1
-            ids, mask = ids.to(self.device), mask.to(self.device)
-            positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, prefix:]  # (U, T)
-            logits = self.model(
-                input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                use_cache=True, logits_to_keep=1,
-            ).logits[:, -1]  # (U, V)
-            head_input = self._head_input[:, -1] if self._refine else None  # (U, D)
-            if len(prompts) < len(active):
-                index = torch.tensor(owner, device=self.device)  # (B,) each row's prompt
-                cache.batch_select_indices(index)
-                logits, mask, positions = logits[index], mask[index], positions[index]  # (B, ...)
-                head_input = head_input[index] if head_input is not None else None
-            next_pos = positions[:, -1] + 1  # (B,)
-            first = True
+            logits, hidden, cache, mask, next_pos = self._prefill(active, adapter)
+            joinable = is_appending(cache)
             while active:
-                hidden = (head_input if first else self._head_input[:, -1]) if self._refine else None  # (B, D)
-                first = False
-                tokens, logprobs = select_tokens(
-                    logits, [r.params for r in active], hidden, self._head_weight(), self._softcap
-                )
+                self.stats["max_rows_in_batch"] = max(self.stats["max_rows_in_batch"], len(active))
+                tokens, logprobs = select_tokens(logits, [r.params for r in active], hidden, self._head_weight(),
+                                                 self._softcap)
                 tokens_l, logprobs_l = tokens.tolist(), logprobs.tolist()
                 keep = []
+                now = time.perf_counter()
                 for i, r in enumerate(active):
                     self._append(r, tokens_l[i], logprobs_l[i])
                     if r.finish_reason is None:
                         keep.append(i)
                     else:
-                        r.latency_s = time.perf_counter() - start
+                        r.latency_s = now - r.started
                 self.stats["generated_tokens"] += len(active)
+                self._resolve_finished()
                 if not keep:
                     break
                 if len(keep) < len(active):
@@ -464,7 +507,57 @@ class TransformersLLM:
                     input_ids=tokens[:, None], attention_mask=self._step_mask(mask), position_ids=next_pos[:, None],
                     past_key_values=cache, use_cache=True,
                 ).logits[:, -1]
+                hidden = self._head_input[:, -1] if self._refine else None  # (B, D)
                 next_pos = next_pos + 1
+                if joinable and len(active) < self.max_batch and not self._queue.empty():
+                    remaining = max(r.request.max_tokens - len(r.out_ids) for r in active)
+                    new = self._admit(adapter, self.max_batch - len(active), mask.shape[1], remaining)
+                    if new:
+                        n_logits, n_hidden, n_cache, n_mask, n_pos = self._prefill(new, adapter)
+                        join(cache, n_cache)
+                        width = max(mask.shape[1], n_mask.shape[1])
+                        mask = torch.cat([_left_pad(mask, width), _left_pad(n_mask, width)])
+                        logits, next_pos = torch.cat([logits, n_logits]), torch.cat([next_pos, n_pos])
+                        hidden = torch.cat([hidden, n_hidden]) if hidden is not None else None
+                        active += new
+                        self.stats["rows"] += len(new)
+                        self.stats["joined_rows"] += len(new)
+
+    def _prefill(self, rows: list[_Row], adapter: str | None) -> tuple[Any, Any, Any, Any, Any]:
+        """Prefill ``rows`` (all with max_tokens > 0): (next-token logits (B, V), head input
+        (B, D) or None, KV cache, attention mask (B, T), next positions (B,)).
+
+        The n samples of a request (and equal prompts of different requests) share one
+        prefill: each distinct prompt is prefilled once, then its KV rows are copied."""
+        now = time.perf_counter()
+        for r in rows:
+            r.started = now
+        self._max_new = max(r.request.max_tokens for r in rows)
+        unique: dict[tuple[int, ...], int] = {}
+        owner = [unique.setdefault(tuple(r.prompt_ids), len(unique)) for r in rows]
+        prompts = [list(p) for p in unique]
+        prefix, cache = self._shared_prefix(prompts, adapter)
+        width = max(len(p) for p in prompts) - prefix
+        ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(prompts), prefix + width), dtype=torch.long)
+        mask[:, :prefix] = 1
+        for i, prompt in enumerate(prompts):  # left padding keeps every row's last token aligned
+            suffix = prompt[prefix:]
+            ids[i, width - len(suffix):] = torch.tensor(suffix)
+            mask[i, prefix + width - len(suffix):] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, prefix:]  # (U, T)
+        logits = self.model(
+            input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+            use_cache=True, logits_to_keep=1,
+        ).logits[:, -1]  # (U, V)
+        hidden = self._head_input[:, -1] if self._refine else None  # (U, D)
+        if len(prompts) < len(rows):
+            index = torch.tensor(owner, device=self.device)  # (B,) each row's prompt
+            cache.batch_select_indices(index)
+            logits, mask, positions = logits[index], mask[index], positions[index]  # (B, ...)
+            hidden = hidden[index] if hidden is not None else None
+        return logits, hidden, cache, mask, positions[:, -1] + 1
 
     def _shared_prefix(self, prompts: list[list[int]], adapter: str | None) -> tuple[int, Any]:
         """A KV cache holding the prompts' shared prefix, and that prefix's length.
