@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from agentkit.errors import BackendError, ModelNotFoundError
-from agentkit.llm._sampling import RowParams, exact_logprobs, select_tokens
+from agentkit.llm._packed import PackedLinear, can_pack, pack_linear_layers
+from agentkit.llm._sampling import RowParams, exact_logprobs, select_tokens, top_k
 from agentkit.llm.base import GenerationRequest
 from agentkit.llm.models import resolve_model
 from agentkit.llm.transformers import TransformersLLM, choose_dtype
@@ -290,3 +291,48 @@ def test_a_request_joins_the_running_batch_and_is_answered_before_it_ends(tiny_l
     assert results["short"].logprobs == pytest.approx(short_alone.logprobs, abs=1e-4)
     when = dict((request.prompt, length) for request, length in resolved)
     assert when["Q1: xx"] < len(long_done.token_ids)  # answered while the long one still ran
+
+
+@pytest.mark.skipif(not can_pack(torch.bfloat16, "cpu"), reason="no oneDNN packed linear on this build")
+def test_packed_bf16_weights_give_the_same_tokens_and_logprobs(tiny_model_factory, tiny_tokenizer):
+    plain = TransformersLLM.from_model(tiny_model_factory(), tiny_tokenizer, dtype="bf16", pack_weights=False)
+    packed = TransformersLLM.from_model(tiny_model_factory(), tiny_tokenizer, dtype="bf16")
+    try:
+        assert any(isinstance(m, PackedLinear) for m in packed.model.modules())
+        assert not any(isinstance(m, PackedLinear) for m in plain.model.modules())
+        requests = [GenerationRequest(p, max_tokens=12) for p in ("Question: 12 + 7 =", "abc", "Step 1: 3 * 4")]
+        a, b = plain.generate(requests), packed.generate(requests)
+        for [x], [y] in zip(a, b):
+            assert x.token_ids == y.token_ids and x.logprobs == y.logprobs
+    finally:
+        plain.close()
+        packed.close()
+
+
+@pytest.mark.skipif(not can_pack(torch.bfloat16, "cpu"), reason="no oneDNN packed linear on this build")
+def test_a_packed_layer_follows_weight_updates_and_still_trains():
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(64, 48, bias=False).bfloat16()
+    pack_linear_layers(layer)
+    x = torch.randn(3, 64, dtype=torch.bfloat16)
+    with torch.inference_mode():
+        before = layer(x)
+    with torch.no_grad():
+        layer.weight.mul_(2)  # an in-place update: the packed copy must be redone
+    with torch.inference_mode():
+        after = layer(x)
+    torch.testing.assert_close(after, torch.nn.functional.linear(x, layer.weight))
+    assert not torch.equal(before, after)
+    layer(x).float().sum().backward()  # with autograd on, the plain path and its gradient
+    assert layer.weight.grad is not None and layer.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("vocab", [262144, 8192, 4096, 5000])
+def test_blockwise_top_k_equals_topk(vocab):
+    torch.manual_seed(vocab)
+    logits = (torch.randn(6, vocab) * 4).bfloat16().float()  # rounded: many ties
+    values, indices = top_k(logits, 32)
+    expected = logits.topk(32, dim=-1).values
+    assert torch.equal(values, expected)
+    assert torch.equal(logits.gather(1, indices), values)
+    assert all(len(set(row.tolist())) == 32 for row in indices)  # no index twice

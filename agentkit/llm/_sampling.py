@@ -14,9 +14,10 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["RowParams", "select_tokens", "exact_logprobs"]
+__all__ = ["RowParams", "select_tokens", "exact_logprobs", "top_k"]
 
 _CANDIDATES = 1024  # top-p candidate set before falling back to a full sort
+_REFINED = 32  # logits recomputed in fp32 per row when the head is low precision
 
 
 @dataclass
@@ -38,7 +39,12 @@ def select_tokens(
     LM head weight ``head`` (V, D), the logprobs are refined by ``exact_logprobs``.
     """
     logits = logits.float()
-    row_max, tokens = logits.max(dim=-1)  # (B,) greedy default; max beats argmax on a CPU
+    refine = hidden is not None and head is not None
+    if refine:  # the top candidates are needed anyway; their first is the row's maximum
+        top_values, top = top_k(logits, _REFINED)  # (B, k)
+        row_max, tokens = top_values[:, 0], top[:, 0].clone()  # (B,) greedy default
+    else:
+        row_max, tokens = logits.max(dim=-1)  # (B,) max beats argmax on a CPU
     sampled = [i for i, p in enumerate(params) if p.temperature > 0]
     truncated = [i for i in sampled if params[i].top_k > 0 or params[i].top_p < 1.0]
     full = [i for i in sampled if i not in set(truncated)]
@@ -46,17 +52,36 @@ def select_tokens(
         tokens[truncated] = _sample_truncated(logits[truncated], [params[i] for i in truncated])
     if full:
         tokens[full] = _sample_full(logits[full], [params[i] for i in full])
-    row_max = row_max[:, None]  # (B, 1)
-    if hidden is not None and head is not None:
-        return tokens, exact_logprobs(logits, hidden, head, tokens, softcap=softcap, row_max=row_max)
-    lse = row_max.squeeze(1) + (logits - row_max).exp_().sum(dim=-1).log_()  # (B,)
+    if refine:
+        return tokens, exact_logprobs(logits, hidden, head, tokens, softcap=softcap, row_max=row_max, top=top)
+    lse = row_max + (logits - row_max[:, None]).exp_().sum(dim=-1).log_()  # (B,)
     logprobs = logits.gather(1, tokens[:, None]).squeeze(1) - lse  # (B,)
     return tokens, logprobs
 
 
+def top_k(logits: torch.Tensor, k: int, block: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
+    """``logits.topk(k)`` (values, indices; sorted descending) for (N, V) logits, in two
+    cheap passes instead of one selection over the whole vocabulary.
+
+    Every one of the k largest values lies in a block whose maximum is at least the k-th
+    largest value, so the k blocks with the largest maxima hold them all: take each block's
+    maximum, the top k blocks, and the top k of their k x block values. At (16, 262k) this
+    is 0.8 ms against 5.4 ms for ``topk`` (and 2.3 ms for ``max``) on a 2-core Xeon.
+    Ties may be broken differently from ``topk``."""
+    n, vocab = logits.shape
+    if vocab % block or vocab // block < k:
+        return logits.topk(k, dim=-1)
+    blocks = logits.view(n, vocab // block, block)  # (N, V/block, block)
+    best = blocks.amax(dim=-1).topk(k, dim=-1).indices  # (N, k) block numbers
+    candidates = blocks.gather(1, best[:, :, None].expand(-1, -1, block)).view(n, k * block)
+    values, at = candidates.topk(k, dim=-1)  # (N, k) positions among the candidates
+    indices = best.gather(1, torch.div(at, block, rounding_mode="floor")) * block + at % block
+    return values, indices
+
+
 def exact_logprobs(
     logits: torch.Tensor, hidden: torch.Tensor, head: torch.Tensor, tokens: torch.Tensor, k: int = 32,
-    softcap: float | None = None, row_max: torch.Tensor | None = None,
+    softcap: float | None = None, row_max: torch.Tensor | None = None, top: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """log_softmax(hidden @ head.T)[token] in fp32 from low-precision ``logits``.
 
@@ -67,21 +92,23 @@ def exact_logprobs(
     cost of (k + 1) dot products per row.
 
     logits (N, V) float32 from the low-precision head; hidden (N, D); head (V, D);
-    tokens (N,); row_max (N, 1), the rows' maxima when known. Returns (N,) float32.
+    tokens (N,); row_max (N,), the rows' maxima, and top (N, k), the indices of their k
+    largest logits, when known. Returns (N,) float32.
 
     The normaliser is one pass over the vocabulary: with m the row maximum,
     Z = sum_all exp(l - m) - sum_cand exp(l_rounded - m) + sum_cand exp(l_exact - m). The
     subtraction cancels at most fp32 epsilon times Z, harmless next to the bf16 rounding
     it corrects.
     """
-    top = logits.topk(k, dim=-1).indices  # (N, k)
+    if top is None:
+        top = top_k(logits, k)[1]  # (N, k)
     in_top = (top == tokens[:, None]).any(dim=-1)  # (N,)
     cand = top.clone()
     cand[~in_top, -1] = tokens[~in_top]  # the chosen token is always computed exactly
     exact = torch.einsum("nd,nkd->nk", hidden.float(), head[cand].float())  # (N, k)
     if softcap:
         exact = softcap * torch.tanh(exact / softcap)
-    m = logits.amax(dim=-1, keepdim=True) if row_max is None else row_max  # (N, 1)
+    m = logits.amax(dim=-1, keepdim=True) if row_max is None else row_max[:, None]  # (N, 1)
     total = (logits - m).exp_().sum(dim=-1)  # (N,)
     rounded = (logits.gather(1, cand) - m).exp_().sum(dim=-1)  # (N,)
     z = (total - rounded).clamp_(min=0) + (exact - m).exp_().sum(dim=-1)  # (N,)

@@ -23,6 +23,7 @@ from typing import Any, Sequence
 import torch
 
 from agentkit.llm._malloc import tune_allocator
+from agentkit.llm._packed import can_pack, pack_linear_layers
 
 from agentkit.errors import BackendError
 from agentkit.llm._sampling import RowParams, exact_logprobs, select_tokens
@@ -143,6 +144,7 @@ class TransformersLLM:
         max_batch: int = 64,
         batch_wait_ms: float = 5.0,
         threads: int | None = None,
+        pack_weights: bool = True,
         _model: Any = None,
         _tokenizer: Any = None,
     ):
@@ -166,6 +168,11 @@ class TransformersLLM:
         self.model_name = model
         self.model = _model.to(self.device).eval()
         _keep_fast_cpu_weights(self.model)
+        # decode multiplies each weight by a few rows: pre-packed oneDNN weights save the
+        # per-call re-layout (bit-identical outputs; see agentkit.llm._packed)
+        self._pack = pack_weights and can_pack(self.dtype, self.device)
+        if self._pack:
+            pack_linear_layers(self.model)
         self._head_input: torch.Tensor | None = None
         # With a low-precision head, logprobs are refined in fp32 from the head's input.
         self._refine = self.dtype != torch.float32
@@ -445,6 +452,8 @@ class TransformersLLM:
             self.model.load_adapter(path, adapter_name=name, is_trainable=False)
         self.model.to(device=self.device, dtype=self.dtype).eval()
         _keep_fast_cpu_weights(self.model)
+        if self._pack:
+            pack_linear_layers(self.model)  # the adapter's own A and B layers
         self._adapters[name] = path
 
     def _adapter_context(self, adapter: str | None):
