@@ -7,15 +7,16 @@ shared-prefix KV cache.
 
 Cold and warm: oneDNN compiles a kernel for each new matrix shape, so the first batch a
 process runs at a given size pays for compiling kernels for every batch size it passes
-through as rows finish. The concurrent runs are timed twice on the same tasks: first
-cold (the first batch of that size in the process), then warm, as a serving process
-runs them. One at a time is always warm (the untimed warm-up runs batches of 1 and 2).
+through as rows finish. The concurrent pass runs first cold (the first batch of that
+size in the process), then warm, as a serving process runs it, on the same tasks. One at a time is always warm (the untimed warm-up runs batches of 1 and 2).
 The speed-up compares warm with warm.
 
 Machine limit: achieved FLOP/s = 2 x parameters (LM head included) x generated tokens
-per second, over the matmul FLOP/s of the model's dtype (a 1024x1024x1024 matmul),
-measured in this same run before and after the timed runs; the higher of the two is
-the peak. Prefill work is not counted, so this understates the work.
+per second, over the matmul FLOP/s of the model's dtype (a 1024x1024x1024 matmul). The
+machine's speed drifts, so the matmul rate is measured right before and right after
+every timed pass and the pass is compared with their mean. The warm concurrent pass is
+repeated (--repeats) and the median reported. Prefill work is not counted, so this
+understates the work.
 
     python bench/throughput.py                      # 16 concurrent vs sequential, auto dtype
     python bench/throughput.py --concurrency 16 64 --dtype fp32
@@ -24,6 +25,7 @@ the peak. Prefill work is not counted, so this understates the work.
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import torch
@@ -51,53 +53,55 @@ def main() -> None:
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[16])
     parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3, help="warm concurrent passes (the median is reported)")
     parser.add_argument("--out", default="throughput")
     args = parser.parse_args()
 
     llm = TransformersLLM(args.model, dtype=args.dtype)
     params = sum(p.numel() for p in llm.model.parameters())
-    peaks = [matmul_flops(llm.dtype)]
+    dtype = str(llm.dtype).replace("torch.", "")
     suite = get_suite("arithmetic")
     agent = SolveAgent(max_tokens=args.max_tokens)
-    rows, timed = [], []
+    rows, summary = [], []
     with TrajectoryStore(":memory:") as store:
         run_tasks(llm, suite, suite.tasks("train", 2), store, agent=agent, concurrency=2)  # warm-up
         for concurrency in args.concurrency:
             tasks = suite.tasks("test", concurrency, seed=concurrency)
 
-            def batched() -> tuple[int, float, int]:
+            def timed(mode: str, runs: list[list]) -> float:
+                """Run ``runs`` (batches of tasks, one after another) between two matmul-rate
+                measurements; add a table row; return its tokens/s."""
+                before = matmul_flops(llm.dtype)
                 llm.stats["max_rows_in_batch"] = 0
-                r = run_tasks(llm, suite, tasks, store, agent=agent, concurrency=concurrency)
-                return r.completion_tokens, r.wall_s, llm.stats["max_rows_in_batch"]
+                tokens, wall = 0, 0.0
+                for batch in runs:
+                    r = run_tasks(llm, suite, batch, store, agent=agent, concurrency=len(batch))
+                    tokens, wall = tokens + r.completion_tokens, wall + r.wall_s
+                peak = (before + matmul_flops(llm.dtype)) / 2
+                rate = tokens / wall
+                rows.append([concurrency, mode, tokens, wall, rate, llm.stats["max_rows_in_batch"], peak / 1e9,
+                             2 * params * rate / 1e9, f"{100 * 2 * params * rate / peak:.1f}%"])
+                print(markdown_table(HEADERS, rows[-1:]).splitlines()[-1], flush=True)
+                return 2 * params * rate / peak
 
-            cold = batched()
-            seq_tokens, seq_wall = 0, 0.0
-            for task in tasks:
-                r = run_tasks(llm, suite, [task], store, agent=agent, concurrency=1)
-                seq_tokens, seq_wall = seq_tokens + r.completion_tokens, seq_wall + r.wall_s
-            warm = batched()
-            timed.append((concurrency, (seq_tokens, seq_wall, 1), cold, warm))
-            print(f"{concurrency} runs: one at a time {seq_tokens / seq_wall:.1f} tok/s, concurrent cold "
-                  f"{cold[0] / cold[1]:.1f}, warm {warm[0] / warm[1]:.1f}", flush=True)
+            cold = timed(f"{concurrency} concurrent, cold", [tasks])
+            seq_at = len(rows)
+            timed("one at a time", [[task] for task in tasks])
+            seq_rate = rows[seq_at][4]
+            warm = [timed(f"{concurrency} concurrent, warm #{i + 1}", [tasks]) for i in range(args.repeats)]
+            warm_rates = [row[4] for row in rows[-args.repeats:]]
+            summary.append([concurrency, seq_rate, statistics.median(warm_rates),
+                            f"{statistics.median(warm_rates) / seq_rate:.2f}x", f"{100 * cold:.1f}%",
+                            f"{100 * statistics.median(warm):.1f}% ({100 * min(warm):.1f}-{100 * max(warm):.1f}%)"])
     llm.close()
-    peaks.append(matmul_flops(llm.dtype))
-    peak = max(peaks)
-    fp32_peak = matmul_flops(torch.float32) if llm.dtype != torch.float32 else peak
-    for concurrency, seq, cold, warm in timed:
-        seq_rate = seq[0] / seq[1]
-        for mode, (tokens, wall, rows_in_batch) in (
-            ("one at a time", seq), (f"{concurrency} concurrent, cold", cold), (f"{concurrency} concurrent, warm", warm),
-        ):
-            rate = tokens / wall
-            achieved = 2 * params * rate
-            rows.append([concurrency, mode, tokens, wall, rate, rows_in_batch, achieved / 1e9,
-                         f"{100 * achieved / peak:.1f}%", f"{rate / seq_rate:.2f}x"])
+    fp32_peak = matmul_flops(torch.float32)
     body = (
-        f"Model {args.model}, {params / 1e6:.0f}M parameters, dtype {str(llm.dtype).replace('torch.', '')}, "
-        f"greedy, max {args.max_tokens} new tokens, 3-shot arithmetic prompts. "
-        f"Measured {str(llm.dtype).replace('torch.', '')} matmul rate in this run: {peak / 1e9:.0f} GFLOP/s "
-        f"(before and after the timed runs: {', '.join(f'{p / 1e9:.0f}' for p in peaks)}); "
-        f"fp32: {fp32_peak / 1e9:.0f} GFLOP/s.\n\n"
+        f"Model {args.model}, {params / 1e6:.0f}M parameters, dtype {dtype}, greedy, max {args.max_tokens} new "
+        f"tokens, 3-shot arithmetic prompts. The machine's speed drifts by up to a third over minutes here, so "
+        f"every timed pass is bracketed by two {dtype} matmul-rate measurements (1024^3) and compared with "
+        f"their mean. fp32 matmul rate at the end: {fp32_peak / 1e9:.0f} GFLOP/s.\n\n"
+        + markdown_table(SUMMARY, summary)
+        + "\n\nEvery timed pass:\n\n"
         + markdown_table(HEADERS, rows)
         + "\n\nTargets (issue 2): batched >= 4x one-at-a-time tokens/s (warm vs warm); achieved FLOP/s >= 30% of "
         "the matmul rate."
@@ -106,7 +110,10 @@ def main() -> None:
     print("wrote", write_result(args.out, "Batched throughput, transformers backend", body))
 
 
-HEADERS = ["runs", "mode", "tokens", "wall s", "tokens/s", "max rows/batch", "GFLOP/s", "of matmul peak", "speed-up"]
+HEADERS = ["runs", "mode", "tokens", "wall s", "tokens/s", "max rows/batch", "matmul GFLOP/s", "achieved GFLOP/s",
+           "of matmul rate"]
+SUMMARY = ["runs", "one at a time tok/s", "concurrent tok/s (warm, median)", "speed-up", "of matmul rate, cold",
+           "of matmul rate, warm: median (range)"]
 
 if __name__ == "__main__":
     main()
