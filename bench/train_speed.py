@@ -2,7 +2,8 @@
 
 Step pairs as Step-DPO makes them on arithmetic: prompt = the 3-shot prompt + "Step 1:",
 chosen / rejected = one step line (about 12 tokens each). Each mode runs one warm-up and
-timed optimizer steps of --pairs pairs (forward + backward + AdamW), all with bf16 compute:
+timed optimizer steps of --pairs pairs (forward + backward + AdamW), the naive modes with
+bf16 compute, the trainer's modes in each of --dtypes:
 
 - naive: the usual setup - fp32 weights under bf16 autocast, the full model forward with
   logits for every position (the LM head runs over the whole prompt, and autocast copies
@@ -89,6 +90,8 @@ def main() -> None:
     parser.add_argument("--naive-steps", type=int, default=1, help="timed steps per naive mode (each takes a minute)")
     parser.add_argument("--model", default="gemma-3-270m")
     parser.add_argument("--modes", default="naive,naive-bf16,head,step", help="comma-separated: naive, naive-bf16, head, step")
+    parser.add_argument("--dtypes", default="bf16", help="comma-separated compute dtypes of the trainer modes (bf16, fp32)")
+    parser.add_argument("--out", default="train_speed", help="result name under bench/results/")
     parser.add_argument("--naive-micro", type=int, default=2, help="pairs per micro-batch of the naive modes (memory)")
     args = parser.parse_args()
 
@@ -135,31 +138,32 @@ def main() -> None:
         print(results[-1], flush=True)
         del model, opt, naive_step
 
-    for prompt_grad, label in ((True, "head on step tokens (prompt_grad=True)"), (False, "step tokens only (default)")):
-        if ("head" if prompt_grad else "step") not in modes:
-            continue
-        trainer = Trainer(DPOConfig(dtype="bf16", prompt_grad=prompt_grad, output_dir="/tmp/agentkit-speed"), args.model)
-        opt = torch.optim.AdamW(trainer.params, lr=1e-5)
-        ref_list = [{"chosen": 0.0, "rejected": 0.0}] * len(data)
+    for dtype in args.dtypes.split(","):
+        for prompt_grad, label in ((True, "head on step tokens (prompt_grad=True)"), (False, "step tokens only (default)")):
+            if ("head" if prompt_grad else "step") not in modes:
+                continue
+            trainer = Trainer(DPOConfig(dtype=dtype, prompt_grad=prompt_grad, output_dir="/tmp/agentkit-speed"), args.model)
+            opt = torch.optim.AdamW(trainer.params, lr=1e-5)
+            ref_list = [{"chosen": 0.0, "rejected": 0.0}] * len(data)
 
-        def step():
-            with trainer._autocast():
-                loss, parts = trainer._loss(data, ref_list)
-            loss.backward()
-            opt.step()
-            opt.zero_grad()
-            return parts["tokens"], sum(len(x.prompt_ids) * 2 + len(x.chosen_ids) + len(x.rejected_ids) for x in data)
+            def step():
+                with trainer._autocast():
+                    loss, parts = trainer._loss(data, ref_list)
+                loss.backward()
+                opt.step()
+                opt.zero_grad()
+                return parts["tokens"], sum(len(x.prompt_ids) * 2 + len(x.chosen_ids) + len(x.rejected_ids) for x in data)
 
-        results.append((label, *time_steps(step, args.steps)))
-        print(results[-1], flush=True)
-        del trainer, opt
+            results.append((f"{label}, {dtype}", *time_steps(step, args.steps)))
+            print(results[-1], flush=True)
+            del trainer, opt
 
     base = results[0][1]
     rows = [[label, f"{sec:.2f}", f"{s / sec:,.0f}", f"{a / sec:,.0f}", f"{base / sec:.1f}x"] for label, sec, s, a in results]
     prompt_len = sum(len(x.prompt_ids) for x in data) / len(data)
     step_len = sum(len(x.chosen_ids) + len(x.rejected_ids) for x in data) / (2 * len(data))
     body = (
-        f"Model {args.model}, bf16 compute, LoRA r=16 on every linear layer, DPO + NLL loss, {args.pairs} step pairs "
+        f"Model {args.model}, LoRA r=16 on every linear layer, DPO + NLL loss, {args.pairs} step pairs "
         f"per optimizer step (prompt {prompt_len:.0f} tokens, step {step_len:.1f} tokens on average); the fastest of "
         f"{args.steps} timed steps ({args.naive_steps} for the full-forward modes) after one warm-up. The machine is "
         f"shared: load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores at the end of this run, so absolute "
@@ -167,7 +171,7 @@ def main() -> None:
         + markdown_table(["mode", "s / step", "step tok/s", "all tok/s", "speed-up"], rows)
     )
     print(body)
-    print(write_result("train_speed", "DPO training speed, step tokens only vs full forward", body))
+    print(write_result(args.out, "DPO training speed, step tokens only vs full forward", body))
 
 
 if __name__ == "__main__":

@@ -101,6 +101,23 @@ def test_dtype_choice_is_overridable_and_validated():
         choose_dtype("cpu", "int3")
 
 
+def test_training_takes_bf16_only_where_its_matmul_is_faster(monkeypatch):
+    import agentkit.llm.transformers as backend
+
+    monkeypatch.setattr(backend, "_cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(backend, "_cpu_bf16_speedup", lambda: 0.5)  # bf16 units, slow bf16 matmul
+    assert choose_dtype("cpu") == torch.bfloat16
+    assert choose_dtype("cpu", workload="train") == torch.float32
+    monkeypatch.setattr(backend, "_cpu_bf16_speedup", lambda: 3.0)
+    assert choose_dtype("cpu", workload="train") == torch.bfloat16
+    monkeypatch.setattr(backend, "_cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(backend, "_cpu_bf16_speedup", lambda: 0.2)  # emulated bf16
+    assert choose_dtype("cpu") == torch.float32
+    assert choose_dtype("cpu", "bf16", workload="train") == torch.bfloat16  # a request wins
+    with pytest.raises(ValueError, match="workload 'serve'"):
+        choose_dtype("cpu", workload="serve")
+
+
 def test_exact_logprobs_recovers_fp32_from_rounded_logits():
     torch.manual_seed(0)
     head = torch.randn(5000, 32)

@@ -19,7 +19,8 @@ positions that predict completion tokens (the body runs over the whole sequence,
 262k-row LM head only over the step tokens); with ``prompt_grad=False`` (the default) the
 prompt runs without gradient into a KV cache and only the step tokens are backpropagated;
 the frozen base is held in the compute dtype, so bf16 autocast never copies the LM head's
-weight. bf16 autocast where the processor has fast bf16, fp32 otherwise: the same code.
+weight. bf16 autocast where a matmul measures faster in bf16 (``choose_dtype``'s "train"
+check), fp32 otherwise: the same code.
 """
 
 from __future__ import annotations
@@ -173,7 +174,7 @@ class Trainer:
         self.config = config
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         requested = os.environ.get("AGENTKIT_DTYPE", config.dtype) if config.dtype == "auto" else config.dtype
-        self.dtype = choose_dtype(self.device, requested)
+        self.dtype = choose_dtype(self.device, requested, workload="train")
         self.parent_adapter = None if parent_adapter is None else str(parent_adapter)
         self.on_log = on_log
         self.model_name = model if isinstance(model, (str, os.PathLike)) else type(model).__name__
