@@ -30,14 +30,17 @@ class RowParams:
 
 def select_tokens(
     logits: torch.Tensor, params: list[RowParams], hidden: torch.Tensor | None = None,
-    head: torch.Tensor | None = None, softcap: float | None = None,
+    head: torch.Tensor | None = None, softcap: float | None = None, scratch: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Pick one token per row.
 
     logits: (B, V) in any float dtype. Returns (tokens (B,) long, logprobs (B,) float32),
     where logprobs[i] = log_softmax(logits[i])[tokens[i]]. With ``hidden`` (B, D) and the
     LM head weight ``head`` (V, D), the logprobs are refined by ``exact_logprobs``.
+    ``scratch``: the caller hands over float32 ``logits`` it will not read again, so the
+    normaliser is computed in them in place instead of in a new (B, V) tensor.
     """
+    scratch = scratch and logits.dtype == torch.float32
     logits = logits.float()
     refine = hidden is not None and head is not None
     if refine:  # the top candidates are needed anyway; their first is the row's maximum
@@ -53,10 +56,16 @@ def select_tokens(
     if full:
         tokens[full] = _sample_full(logits[full], [params[i] for i in full])
     if refine:
-        return tokens, exact_logprobs(logits, hidden, head, tokens, softcap=softcap, row_max=row_max, top=top)
-    lse = row_max + (logits - row_max[:, None]).exp_().sum(dim=-1).log_()  # (B,)
-    logprobs = logits.gather(1, tokens[:, None]).squeeze(1) - lse  # (B,)
-    return tokens, logprobs
+        return tokens, exact_logprobs(logits, hidden, head, tokens, softcap=softcap, row_max=row_max, top=top,
+                                      inplace=scratch)
+    chosen = logits.gather(1, tokens[:, None]).squeeze(1)  # (B,) before the normaliser may overwrite
+    lse = row_max + _shifted(logits, row_max[:, None], scratch).exp_().sum(dim=-1).log_()  # (B,)
+    return tokens, chosen - lse
+
+
+def _shifted(logits: torch.Tensor, m: torch.Tensor, inplace: bool) -> torch.Tensor:
+    """logits - m, in ``logits`` itself when it may be overwritten."""
+    return logits.sub_(m) if inplace else logits - m
 
 
 def top_k(logits: torch.Tensor, k: int, block: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
@@ -82,6 +91,7 @@ def top_k(logits: torch.Tensor, k: int, block: int = 128) -> tuple[torch.Tensor,
 def exact_logprobs(
     logits: torch.Tensor, hidden: torch.Tensor, head: torch.Tensor, tokens: torch.Tensor, k: int = 32,
     softcap: float | None = None, row_max: torch.Tensor | None = None, top: torch.Tensor | None = None,
+    inplace: bool = False,
 ) -> torch.Tensor:
     """log_softmax(hidden @ head.T)[token] in fp32 from low-precision ``logits``.
 
@@ -93,7 +103,8 @@ def exact_logprobs(
 
     logits (N, V) float32 from the low-precision head; hidden (N, D); head (V, D);
     tokens (N,); row_max (N,), the rows' maxima, and top (N, k), the indices of their k
-    largest logits, when known. Returns (N,) float32.
+    largest logits, when known; ``inplace``: ``logits`` may be overwritten. Returns (N,)
+    float32.
 
     The normaliser is one pass over the vocabulary: with m the row maximum,
     Z = sum_all exp(l - m) - sum_cand exp(l_rounded - m) + sum_cand exp(l_exact - m). The
@@ -109,8 +120,8 @@ def exact_logprobs(
     if softcap:
         exact = softcap * torch.tanh(exact / softcap)
     m = logits.amax(dim=-1, keepdim=True) if row_max is None else row_max[:, None]  # (N, 1)
-    total = (logits - m).exp_().sum(dim=-1)  # (N,)
     rounded = (logits.gather(1, cand) - m).exp_().sum(dim=-1)  # (N,)
+    total = _shifted(logits, m, inplace).exp_().sum(dim=-1)  # (N,)
     z = (total - rounded).clamp_(min=0) + (exact - m).exp_().sum(dim=-1)  # (N,)
     chosen = exact.gather(1, (cand == tokens[:, None]).float().argmax(dim=-1, keepdim=True)).squeeze(1)
     return chosen - m.squeeze(1) - z.log_()
