@@ -5,10 +5,10 @@ dynamic batcher gathers them), against the same 16 runs one at a time. Both use 
 same backend object, greedy decoding and the same few-shot prompts, so both enjoy the
 shared-prefix KV cache.
 
-Cold and warm: oneDNN compiles a kernel for each new matrix shape, so the first batch a
-process runs at a given size pays for compiling kernels for every batch size it passes
-through as rows finish. The concurrent pass runs first cold (the first batch of that
-size in the process), then warm, as a serving process runs it, on the same tasks. One at a time is always warm (the untimed warm-up runs batches of 1 and 2).
+Cold and warm: the first batch a process runs at a given size compiles oneDNN kernels
+for every batch size it passes through as rows finish, and first-touches its memory. The
+concurrent pass runs first cold (the first batch of that size in the process), then
+warm, as a serving process runs it, on the same tasks. One at a time is always warm (the untimed warm-up runs batches of 1 and 2).
 The speed-up compares warm with warm.
 
 Machine limit: achieved FLOP/s = 2 x parameters (LM head included) x generated tokens
