@@ -327,6 +327,27 @@ def test_packed_bf16_weights_give_the_same_tokens_and_logprobs(tiny_model_factor
 
 
 @pytest.mark.skipif(not can_pack(torch.bfloat16, "cpu"), reason="no oneDNN packed linear on this build")
+def test_packed_weights_serve_lora_adapters_like_plain_ones(tiny_model_factory, tiny_tokenizer, tmp_path):
+    from test_llm_protocol import _save_tiny_adapter
+
+    _save_tiny_adapter(tmp_path / "a1")
+    backends = [TransformersLLM.from_model(tiny_model_factory(), tiny_tokenizer, dtype="bf16", pack_weights=pack)
+                for pack in (False, True)]
+    try:
+        answers = []
+        for llm in backends:
+            llm.load_adapter("a1", str(tmp_path / "a1"))
+            requests = [GenerationRequest("Question: 12 + 7 =", max_tokens=12, adapter=adapter) for adapter in ("a1", None)]
+            answers.append([c.token_ids + c.logprobs for [c] in llm.generate(requests)])
+        assert answers[0] == answers[1]
+        assert answers[1][0] != answers[1][1]  # the adapter changed the answer: it was applied
+        assert any(isinstance(m, PackedLinear) for m in backends[1].model.modules())
+    finally:
+        for llm in backends:
+            llm.close()
+
+
+@pytest.mark.skipif(not can_pack(torch.bfloat16, "cpu"), reason="no oneDNN packed linear on this build")
 def test_a_packed_layer_follows_weight_updates_and_still_trains():
     torch.manual_seed(0)
     layer = torch.nn.Linear(64, 48, bias=False).bfloat16()
