@@ -53,8 +53,9 @@ def select_tokens(
     full = [i for i in sampled if i not in set(truncated)]
     if truncated:
         tokens[truncated] = _sample_truncated(logits[truncated], [params[i] for i in truncated])
-    if full:
-        tokens[full] = _sample_full(logits[full], [params[i] for i in full])
+    if full:  # all rows, the usual case when sampling: no (b, V) copy of the logits
+        rows = logits if len(full) == len(params) else logits[full]
+        tokens[full] = _sample_full(rows, [params[i] for i in full])
     if refine:
         return tokens, exact_logprobs(logits, hidden, head, tokens, softcap=softcap, row_max=row_max, top=top,
                                       inplace=scratch)
@@ -133,9 +134,12 @@ def _uniforms(params: list[RowParams], device: torch.device) -> torch.Tensor:
 
 
 def _sample_full(logits: torch.Tensor, params: list[RowParams]) -> torch.Tensor:
+    """Inverse-CDF sampling over the whole vocabulary in one (b, V) tensor: the CDF of
+    exp((l - max) / T) is left unnormalised and the uniform draw is scaled to its total,
+    which saves softmax's division and two more (b, V) allocations per step."""
     temps = torch.tensor([p.temperature for p in params], device=logits.device)[:, None]
-    probs = torch.softmax(logits / temps, dim=-1)  # (b, V)
-    cdf = probs.cumsum(dim=-1)  # (b, V)
+    cdf = logits / temps  # (b, V)
+    cdf.sub_(cdf.amax(dim=-1, keepdim=True)).exp_().cumsum_(dim=-1)  # unnormalised CDF
     u = _uniforms(params, logits.device)[:, None] * cdf[:, -1:]
     idx = torch.searchsorted(cdf, u).squeeze(1)
     return idx.clamp_(max=logits.shape[-1] - 1)
