@@ -68,9 +68,9 @@ def main() -> None:
         for concurrency in args.concurrency:
             tasks = suite.tasks("test", concurrency, seed=concurrency)
 
-            def timed(mode: str, runs: list[list]) -> float:
+            def timed(mode: str, runs: list[list]) -> tuple[float, float]:
                 """Run ``runs`` (batches of tasks, one after another) between two matmul-rate
-                measurements; add a table row; return its tokens/s."""
+                measurements; add a table row; return (tokens/s, fraction of the matmul rate)."""
                 before = matmul_flops(llm.dtype)
                 llm.stats["max_rows_in_batch"] = 0
                 tokens, wall = 0, 0.0
@@ -79,17 +79,16 @@ def main() -> None:
                     tokens, wall = tokens + r.completion_tokens, wall + r.wall_s
                 peak = (before + matmul_flops(llm.dtype)) / 2
                 rate = tokens / wall
+                share = 2 * params * rate / peak
                 rows.append([concurrency, mode, tokens, wall, rate, llm.stats["max_rows_in_batch"], peak / 1e9,
-                             2 * params * rate / 1e9, f"{100 * 2 * params * rate / peak:.1f}%"])
+                             2 * params * rate / 1e9, f"{100 * share:.1f}%"])
                 print(markdown_table(HEADERS, rows[-1:]).splitlines()[-1], flush=True)
-                return 2 * params * rate / peak
+                return rate, share
 
-            cold = timed(f"{concurrency} concurrent, cold", [tasks])
-            seq_at = len(rows)
-            timed("one at a time", [[task] for task in tasks])
-            seq_rate = rows[seq_at][4]
-            warm = [timed(f"{concurrency} concurrent, warm #{i + 1}", [tasks]) for i in range(args.repeats)]
-            warm_rates = [row[4] for row in rows[-args.repeats:]]
+            _, cold = timed(f"{concurrency} concurrent, cold", [tasks])
+            seq_rate, _ = timed("one at a time", [[task] for task in tasks])
+            warm_rates, warm = zip(*(timed(f"{concurrency} concurrent, warm #{i + 1}", [tasks])
+                                     for i in range(args.repeats)))
             summary.append([concurrency, seq_rate, statistics.median(warm_rates),
                             f"{statistics.median(warm_rates) / seq_rate:.2f}x", f"{100 * cold:.1f}%",
                             f"{100 * statistics.median(warm):.1f}% ({100 * min(warm):.1f}-{100 * max(warm):.1f}%)"])
