@@ -74,14 +74,19 @@ def text_of(renderable, width: int = 160) -> str:
 # --- speed and weight --------------------------------------------------------------------
 
 
-def test_help_answers_fast_in_a_fresh_process():
-    start = time.perf_counter()
-    result = cli("--help")
-    elapsed = time.perf_counter() - start
-    assert result.returncode == 0, result.stderr
+def test_help_answers_within_a_second_in_a_fresh_process():
+    """The promise is under 1 s (measured ~0.25 s); the best of three fresh processes is
+    held to it, so one slow moment of a shared machine cannot fail the test, but a
+    regression that makes every start slow does."""
+    times = []
+    for _ in range(3):
+        start = time.perf_counter()
+        result = cli("--help")
+        times.append(time.perf_counter() - start)
+        assert result.returncode == 0, result.stderr
     for name in ("run", "traces", "models", "serve", "suites"):
         assert name in result.stdout
-    assert elapsed < 5, f"agentkit --help took {elapsed:.2f} s"  # ~0.2 s; generous for a loaded CI box
+    assert min(times) < 1.0, f"agentkit --help took {min(times):.2f} s at best ({', '.join(f'{t:.2f}' for t in times)})"
 
 
 @pytest.mark.parametrize("module", ["agentkit.cli.app", "agentkit.cli", "agentkit.llm"])

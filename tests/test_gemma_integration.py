@@ -42,3 +42,24 @@ def test_gemma_runs_arithmetic_and_score_reproduces_the_store(dtype, tmp_path):
             assert max(diffs) <= 1e-3
         else:
             assert statistics.mean(diffs) <= 0.02 and max(diffs) <= 0.3
+
+
+def test_bf16_runs_from_the_cli_through_plain_layers_without_warnings(tmp_path):
+    """What a user of a CPU without AVX-512 gets: `agentkit run --dtype bf16` serves from
+    plain bf16 layers (packing off, as the probe turns it off there), and nothing but
+    agentkit's own output reaches the terminal: no library warning."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "agentkit.cli", "run", "--dtype", "bf16", "--n", "5", "--store", str(tmp_path / "runs.db")],
+        capture_output=True, text=True, timeout=600,
+        env={**os.environ, "AGENTKIT_PACK_WEIGHTS": "0", "COLUMNS": "120"},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert re.search(r"success rate .* \(\d/5\)", result.stdout), result.stdout[-1500:]
+    output = result.stdout + result.stderr
+    for noise in ("Warning", "warn(", "Traceback"):
+        assert noise not in output, output[-2000:]

@@ -14,6 +14,7 @@ from agentkit.errors import BackendError, ModelNotFoundError
 from agentkit.llm._packed import PackedLinear, can_pack, pack_linear_layers
 from agentkit.llm._sampling import RowParams, exact_logprobs, select_tokens, top_k
 from agentkit.llm.base import GenerationRequest
+from agentkit.llm.device import packed_linear_unsupported
 from agentkit.llm.models import resolve_model
 from agentkit.llm.transformers import TransformersLLM, choose_dtype
 
@@ -101,21 +102,81 @@ def test_dtype_choice_is_overridable_and_validated():
         choose_dtype("cpu", "int3")
 
 
-def test_training_takes_bf16_only_where_its_matmul_is_faster(monkeypatch):
-    import agentkit.llm.transformers as backend
+def test_each_workload_takes_bf16_only_where_it_measures_faster(monkeypatch):
+    import agentkit.llm.device as device
 
-    monkeypatch.setattr(backend, "_cpu_has_native_bf16", lambda: True)
-    monkeypatch.setattr(backend, "_cpu_bf16_speedup", lambda: 0.5)  # bf16 units, slow bf16 matmul
+    # the Xeon: decoding (bound by reading weights) faster in bf16, a big matmul slower
+    monkeypatch.setattr(device, "decode_speedup", lambda: 1.8)
+    monkeypatch.setattr(device, "matmul_speedup", lambda: 0.5)
     assert choose_dtype("cpu") == torch.bfloat16
     assert choose_dtype("cpu", workload="train") == torch.float32
-    monkeypatch.setattr(backend, "_cpu_bf16_speedup", lambda: 3.0)
+    monkeypatch.setattr(device, "matmul_speedup", lambda: 3.0)
     assert choose_dtype("cpu", workload="train") == torch.bfloat16
-    monkeypatch.setattr(backend, "_cpu_has_native_bf16", lambda: False)
-    monkeypatch.setattr(backend, "_cpu_bf16_speedup", lambda: 0.2)  # emulated bf16
+    # AVX2 only: bf16 emulated, slower in both
+    monkeypatch.setattr(device, "decode_speedup", lambda: 0.2)
+    monkeypatch.setattr(device, "matmul_speedup", lambda: 0.2)
     assert choose_dtype("cpu") == torch.float32
     assert choose_dtype("cpu", "bf16", workload="train") == torch.bfloat16  # a request wins
     with pytest.raises(ValueError, match="workload 'serve'"):
         choose_dtype("cpu", workload="serve")
+
+
+def test_speed_probes_measure_this_machine():
+    from agentkit.llm.device import decode_speedup, matmul_speedup
+
+    for speedup in (decode_speedup(), matmul_speedup()):
+        assert speedup > 0.0  # bf16 runs on every CPU torch supports, if slowly
+    assert decode_speedup() is decode_speedup()  # measured once per process
+
+
+def test_packing_is_found_by_trying_it(monkeypatch):
+    from agentkit.llm import device
+
+    monkeypatch.delenv("AGENTKIT_PACK_WEIGHTS", raising=False)
+    device.packed_linear_unsupported.cache_clear()
+    reason = device.packed_linear_unsupported(torch.float32)
+    assert "only bf16 and fp16" in reason
+    device.packed_linear_unsupported.cache_clear()
+    monkeypatch.setenv("AGENTKIT_PACK_WEIGHTS", "0")
+    try:
+        assert "AGENTKIT_PACK_WEIGHTS=0" in device.packed_linear_unsupported(torch.bfloat16)
+        assert not can_pack(torch.bfloat16, "cpu")
+    finally:
+        device.packed_linear_unsupported.cache_clear()
+
+    def no_kernel(*args):  # what torch raises on a CPU without AVX-512 or AVX-NE-CONVERT
+        raise RuntimeError("mkldnn_reorder_linear_weight: bf16 path needs the cpu support avx_ne_convert "
+                           "or avx512bw, avx512vl and avx512dq")
+
+    monkeypatch.delenv("AGENTKIT_PACK_WEIGHTS")
+    monkeypatch.setattr(torch.ops.mkldnn, "_reorder_linear_weight", no_kernel, raising=False)
+    try:
+        assert "avx512bw" in device.packed_linear_unsupported(torch.bfloat16)
+        assert not can_pack(torch.bfloat16, "cpu")
+    finally:
+        device.packed_linear_unsupported.cache_clear()
+
+
+def test_bf16_serves_through_plain_layers_where_packing_cannot_run(tiny_model_factory, tiny_tokenizer, monkeypatch):
+    """The path an AVX2-only CPU takes: bf16 weights in plain ``nn.Linear`` layers."""
+    from agentkit.llm import device
+
+    device.packed_linear_unsupported.cache_clear()
+    monkeypatch.setenv("AGENTKIT_PACK_WEIGHTS", "0")
+    fp32 = TransformersLLM.from_model(tiny_model_factory(), tiny_tokenizer, dtype="fp32")
+    bf16 = TransformersLLM.from_model(tiny_model_factory(), tiny_tokenizer, dtype="bf16")
+    try:
+        assert bf16.dtype == torch.bfloat16
+        assert not any(isinstance(m, PackedLinear) for m in bf16.model.modules())
+        [[c]] = fp32.generate([GenerationRequest("Question: 12 + 7 =", max_tokens=16)])
+        [[d]] = bf16.generate([GenerationRequest("Question: 12 + 7 =", max_tokens=16)])
+        assert len(d.token_ids) == 16 and all(x <= 0 for x in d.logprobs)
+        a, b = fp32.score(c.prompt_ids, c.token_ids), bf16.score(c.prompt_ids, c.token_ids)
+        assert max(abs(x - y) for x, y in zip(a, b)) < 0.1
+    finally:
+        fp32.close()
+        bf16.close()
+        device.packed_linear_unsupported.cache_clear()
 
 
 def test_exact_logprobs_recovers_fp32_from_rounded_logits():
@@ -310,7 +371,7 @@ def test_a_request_joins_the_running_batch_and_is_answered_before_it_ends(tiny_l
     assert when["Q1: xx"] < len(long_done.token_ids)  # answered while the long one still ran
 
 
-@pytest.mark.skipif(not can_pack(torch.bfloat16, "cpu"), reason="no oneDNN packed linear on this build")
+@pytest.mark.skipif(not can_pack(torch.bfloat16, "cpu"), reason=str(packed_linear_unsupported(torch.bfloat16)))
 def test_packed_bf16_weights_give_the_same_tokens_and_logprobs(tiny_model_factory, tiny_tokenizer):
     plain = TransformersLLM.from_model(tiny_model_factory(), tiny_tokenizer, dtype="bf16", pack_weights=False)
     packed = TransformersLLM.from_model(tiny_model_factory(), tiny_tokenizer, dtype="bf16")
@@ -326,7 +387,7 @@ def test_packed_bf16_weights_give_the_same_tokens_and_logprobs(tiny_model_factor
         packed.close()
 
 
-@pytest.mark.skipif(not can_pack(torch.bfloat16, "cpu"), reason="no oneDNN packed linear on this build")
+@pytest.mark.skipif(not can_pack(torch.bfloat16, "cpu"), reason=str(packed_linear_unsupported(torch.bfloat16)))
 def test_packed_weights_serve_lora_adapters_like_plain_ones(tiny_model_factory, tiny_tokenizer, tmp_path):
     from test_llm_protocol import _save_tiny_adapter
 
@@ -347,7 +408,7 @@ def test_packed_weights_serve_lora_adapters_like_plain_ones(tiny_model_factory, 
             llm.close()
 
 
-@pytest.mark.skipif(not can_pack(torch.bfloat16, "cpu"), reason="no oneDNN packed linear on this build")
+@pytest.mark.skipif(not can_pack(torch.bfloat16, "cpu"), reason=str(packed_linear_unsupported(torch.bfloat16)))
 def test_a_packed_layer_follows_weight_updates_and_still_trains():
     torch.manual_seed(0)
     layer = torch.nn.Linear(64, 48, bias=False).bfloat16()

@@ -13,13 +13,23 @@ layers then hold every key, like the full ones, and never trim.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
-__all__ = ["appending_cache", "reserve", "is_appending", "join"]
+__all__ = ["appending_cache", "reserve", "is_appending", "join", "cache_argument"]
+
+
+def cache_argument(model: Any) -> str:
+    """The keyword ``model.forward`` takes its KV cache by: ``cache`` from transformers 5.24
+    on (where ``past_key_values`` still works but warns that it goes in 5.40), else
+    ``past_key_values``. A PEFT wrapper's forward takes ``**kwargs``: ask the model inside."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    parameters = inspect.signature(type(base).forward).parameters
+    return "cache" if "cache" in parameters else "past_key_values"
 
 _HEADROOM = 64
 """Tokens of spare room when a buffer grows without a reservation (grows by >= 1/4 too)."""

@@ -8,6 +8,9 @@ a packed one, 29 vs 17 ms for one row (read at ~20 GB/s, the memory's rate); the
 projections save 20-50%. The packed kernel is the same oneDNN kernel, so outputs are
 bit-identical; at prefill sizes the two take the same time.
 
+Where this CPU cannot run the packed kernel (no AVX-512 and no AVX-NE-CONVERT, or
+``AGENTKIT_PACK_WEIGHTS=0``) the layers stay plain ``nn.Linear``.
+
 Packing is done once per weight, at first use, and redone when the weight changes (a new
 tensor, or an in-place update). Only calls without autograd take the packed path: a
 training step through the same module runs the plain ``F.linear`` and its gradients.
@@ -15,25 +18,18 @@ training step through the same module runs the plain ``F.linear`` and its gradie
 
 from __future__ import annotations
 
-import logging
-
 import torch
 import torch.nn.functional as F
 
-__all__ = ["pack_linear_layers", "can_pack"]
+from agentkit.llm.device import packed_linear_unsupported
 
-log = logging.getLogger(__name__)
+__all__ = ["pack_linear_layers", "can_pack"]
 
 
 def can_pack(dtype: torch.dtype, device: str) -> bool:
-    """True where packed oneDNN linear layers exist for ``dtype`` on ``device``."""
-    return (
-        device == "cpu"
-        and dtype in (torch.bfloat16, torch.float16)
-        and torch.backends.mkldnn.is_available()
-        and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
-        and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-    )
+    """True where oneDNN's packed linear kernel runs ``dtype`` on ``device``: tried once per
+    process on a tiny weight (``device.packed_linear_unsupported`` says why not)."""
+    return device == "cpu" and packed_linear_unsupported(dtype) is None
 
 
 class PackedLinear(torch.nn.Linear):

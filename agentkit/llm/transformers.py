@@ -15,17 +15,16 @@ import queue
 import random
 import threading
 import time
-from pathlib import Path
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import torch
 
+from agentkit.errors import BackendError
 from agentkit.llm._malloc import tune_allocator
 from agentkit.llm._packed import can_pack, pack_linear_layers
-
-from agentkit.errors import BackendError
+from agentkit.llm.device import choose_dtype
 from agentkit.llm._sampling import RowParams, exact_logprobs, select_tokens
 from agentkit.llm.base import Completion, GenerationRequest
 
@@ -34,61 +33,6 @@ __all__ = ["TransformersLLM", "choose_dtype"]
 log = logging.getLogger(__name__)
 
 _BASE = "__base__"
-
-
-def choose_dtype(device: str, requested: str = "auto", *, workload: str = "decode") -> torch.dtype:
-    """bf16 where the hardware runs the ``workload`` faster in it, fp32 otherwise; overridable.
-
-    On a CPU the two workloads want different checks:
-    - "decode" multiplies every weight by a few rows, so its speed is bound by reading the
-      weights, which bf16 halves. bf16 where the processor advertises bf16 units (AVX512-BF16,
-      AMX) or a matmul measures at least 1.3x faster in bf16; processors without them
-      emulate bf16 and are slower than fp32.
-    - "train" multiplies by hundreds of rows, bound by the matmul rate itself: bf16 only
-      where a 1024^3 matmul measures at least 1.3x faster in bf16. The bf16 units do not
-      promise that: on a 2-core Xeon with AVX512-BF16 and no AMX, bf16 ran 149 GFLOP/s
-      against fp32's 284, and a DPO step took 5.4 s in bf16 and 3.0 s in fp32."""
-    requested = (requested or "auto").lower()
-    table = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp32": torch.float32, "float32": torch.float32,
-             "fp16": torch.float16, "float16": torch.float16}
-    if requested != "auto":
-        if requested not in table:
-            raise BackendError(f"dtype '{requested}' is not supported; use auto, bf16, fp16 or fp32")
-        return table[requested]
-    if device.startswith("cuda"):
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if workload not in ("decode", "train"):
-        raise ValueError(f"workload '{workload}': use 'decode' or 'train'")
-    if workload == "decode" and _cpu_has_native_bf16():
-        return torch.bfloat16
-    return torch.bfloat16 if _cpu_bf16_speedup() >= 1.3 else torch.float32
-
-
-def _cpu_has_native_bf16() -> bool:
-    """True when the processor advertises bf16 matrix or dot-product units (Intel AMX,
-    AVX512-BF16 on Intel and AMD Zen 4+), where bf16 matmul beats fp32 by 2-5x."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
-
-
-def _cpu_bf16_speedup(n: int = 1024, rounds: int = 3) -> float:
-    """bf16 / fp32 matmul rate, the best of ``rounds`` timings of each, so a moment of
-    contention from another process does not decide the dtype."""
-    def seconds(dtype: torch.dtype) -> float:
-        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-        a @ b  # warm-up: first call picks the kernel
-        start = time.perf_counter()
-        a @ b
-        return time.perf_counter() - start
-
-    try:
-        best = {dtype: min(seconds(dtype) for _ in range(rounds)) for dtype in (torch.float32, torch.bfloat16)}
-    except RuntimeError:
-        return 0.0
-    return best[torch.float32] / best[torch.bfloat16]
 
 
 def _keep_fast_cpu_weights(model: Any) -> None:
@@ -175,6 +119,9 @@ class TransformersLLM:
             _model = _model.to(self.dtype)
         self.model_name = model
         self.model = _model.to(self.device).eval()
+        from agentkit.llm._kvcache import cache_argument  # imports transformers
+
+        self._cache_arg = cache_argument(self.model)
         _keep_fast_cpu_weights(self.model)
         # decode multiplies each weight by a few rows: pre-packed oneDNN weights save the
         # per-call re-layout (bit-identical outputs; see agentkit.llm._packed)
@@ -523,7 +470,7 @@ class TransformersLLM:
                 mask = torch.cat([mask, mask.new_ones((len(active), 1))], dim=1)
                 logits = self.model(
                     input_ids=tokens[:, None], attention_mask=self._step_mask(mask), position_ids=next_pos[:, None],
-                    past_key_values=cache, use_cache=True,
+                    **{self._cache_arg: cache}, use_cache=True,
                 ).logits[:, -1]
                 hidden = self._head_input[:, -1] if self._refine else None  # (B, D)
                 next_pos = next_pos + 1
@@ -566,7 +513,7 @@ class TransformersLLM:
         ids, mask = ids.to(self.device), mask.to(self.device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, prefix:]  # (U, T)
         logits = self.model(
-            input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+            input_ids=ids, attention_mask=mask, position_ids=positions, **{self._cache_arg: cache},
             use_cache=True, logits_to_keep=1,
         ).logits[:, -1]  # (U, V)
         hidden = self._head_input[:, -1] if self._refine else None  # (U, D)
@@ -609,7 +556,7 @@ class TransformersLLM:
                 best = tuple(prompts[0][:common])
                 with torch.inference_mode():
                     prefix_cache = appending_cache(self.model.config)
-                    self.model(input_ids=torch.tensor([best], device=self.device), past_key_values=prefix_cache,
+                    self.model(input_ids=torch.tensor([best], device=self.device), **{self._cache_arg: prefix_cache},
                                use_cache=True, logits_to_keep=1)
                 self._prefixes[(adapter, best)] = prefix_cache
                 while len(self._prefixes) > 4:

@@ -167,7 +167,8 @@ class Trainer:
         on_log: Callable[[dict[str, Any]], None] | None = None,
     ):
         from agentkit.llm._malloc import tune_allocator
-        from agentkit.llm.transformers import choose_dtype
+        from agentkit.llm.device import choose_dtype
+        from agentkit.llm._kvcache import cache_argument  # imports transformers
 
         tune_allocator()
 
@@ -182,6 +183,7 @@ class Trainer:
         self.model = self._wrap(self._load(model))
         causal = self.model.get_base_model()
         self._body = causal.get_decoder() if hasattr(causal, "get_decoder") else causal.model
+        self._cache_arg = cache_argument(self._body)
         self._head = causal.get_output_embeddings()
         self._softcap = getattr(causal.config, "final_logit_softcapping", None)
         self._pad = causal.config.pad_token_id if causal.config.pad_token_id is not None else 0
@@ -296,10 +298,10 @@ class Trainer:
         with torch.no_grad():
             if shared:
                 self._body(input_ids=torch.tensor([prefixes[0][:shared]], device=self.device),
-                           past_key_values=cache, use_cache=True)
+                           **{self._cache_arg: cache}, use_cache=True)
                 cache.batch_repeat_interleave(len(prefixes))
             ppos = (pmask.cumsum(-1) - 1).clamp(min=0)[:, shared:]  # (P, Lp)
-            self._body(input_ids=pids, attention_mask=pmask, position_ids=ppos, past_key_values=cache, use_cache=True)
+            self._body(input_ids=pids, attention_mask=pmask, position_ids=ppos, **{self._cache_arg: cache}, use_cache=True)
         index = torch.tensor(row_prompt, device=self.device)
         cache.batch_select_indices(index)  # (P, ...) -> (N, ...): rows sharing a prompt share its keys
         n = len(prompts)
@@ -312,7 +314,7 @@ class Trainer:
         attn = torch.cat([pmask[index], cmask], dim=1)  # (N, Lp + Tc)
         starts = torch.tensor([len(p) - 1 for p in prompts], device=self.device)
         pos = starts[:, None] + torch.arange(tc, device=self.device)  # (N, Tc)
-        out = self._body(input_ids=ids, attention_mask=attn, position_ids=pos, past_key_values=cache, use_cache=True)
+        out = self._body(input_ids=ids, attention_mask=attn, position_ids=pos, **{self._cache_arg: cache}, use_cache=True)
         return out.last_hidden_state  # (N, Tc, D)
 
     # ---- data -------------------------------------------------------------------------------
