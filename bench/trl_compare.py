@@ -15,14 +15,21 @@ table shows throughput without them ("steps only") and with them amortised over 
 ("incl. reference"). With --trl-defaults a further TRL run uses TRL's own defaults (reference
 recomputed in every step with the adapter disabled, gradient checkpointing on).
 
+The headline compares like with like: agentkit with prompt_grad=True computes the same
+gradients as TRL's DPOTrainer (the prompt is backpropagated through). agentkit's default
+(prompt_grad=False: the prompt runs without gradient into a KV cache) computes fewer
+gradients, so its speed-up is a second, labelled row, never the headline.
+
 Each trainer runs --warmup + --steps optimizer steps through its own training loop; only the
 last --steps count (agentkit: the loop's per-step time; TRL: on_step_begin -> on_step_end,
-i.e. forward, backward, clipping, AdamW and schedule step). The runs are interleaved in one
-process (agentkit default, TRL, agentkit prompt_grad=True, [TRL defaults]) so load from other
-jobs on the machine falls on all of them alike.
+i.e. forward, backward, clipping, AdamW and schedule step), reported as the median with the
+min-max range. Both trainers compute in one dtype, by default the one this machine's matmul
+runs faster in (``choose_dtype(workload="train")``). The runs are interleaved in one process
+(agentkit prompt_grad=True, TRL, agentkit default, [TRL defaults]) so load from other jobs
+on the machine falls on all of them alike.
 
-    python bench/trl_compare.py                        # batch 8, 1 + 3 steps: a quiet machine
-    python bench/trl_compare.py --batch 2 --steps 2    # ~10 minutes on a loaded 2-core machine
+    python bench/trl_compare.py                        # batch 4, 1 + 10 steps per trainer
+    python bench/trl_compare.py --batch 2 --steps 10   # a loaded 2-core machine
 """
 
 from __future__ import annotations
@@ -83,7 +90,7 @@ What differs between the two (beyond the table):
   default adamw_torch_fused, agentkit torch.optim.AdamW; both on the same 3.8M fp32 LoRA weights.
 - Both train on the same token ids (TRL's tokenization, EOS appended to each completion); the data order
   within the epoch differs (each trainer's own seeded shuffle), so tok/s uses the mean tokens per pair.
-- Both use bf16 on this CPU: TRL accepted bf16=True with use_cpu=True, so no fp32 fallback was needed.
+- Both compute in the same dtype (TRL: bf16=True with use_cpu=True where it is bf16).
 - TRL's DPOTrainer needs the `datasets` package (an install dependency of trl, which was missing from the
   venv: `import trl.trainer.dpo_trainer` failed with "No module named 'datasets'").
 """
@@ -196,6 +203,10 @@ def agentkit_run(model: str, examples, args, out_dir: str, *, prompt_grad: bool)
     return times, ref_seconds[0]
 
 
+SAME = "agentkit, prompt_grad=True (the same gradients as TRL)"
+FEWER = "agentkit default, prompt_grad=False (no prompt gradients)"
+
+
 # --- report ------------------------------------------------------------------------------------
 
 
@@ -216,15 +227,21 @@ def versions() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=8, help="pairs per optimizer step (both trainers)")
+    parser.add_argument("--batch", type=int, default=4, help="pairs per optimizer step (both trainers)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed optimizer steps first")
-    parser.add_argument("--steps", type=int, default=3, help="timed optimizer steps per trainer")
-    parser.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"], help="compute dtype of both trainers")
+    parser.add_argument("--steps", type=int, default=10, help="timed optimizer steps per trainer (at least 10)")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"],
+                        help="compute dtype of both trainers (auto: the faster matmul on this machine)")
     parser.add_argument("--model", default="gemma-3-270m")
     parser.add_argument("--trl-defaults", action="store_true",
                         help="also time TRL with its defaults: reference in every step, gradient checkpointing")
     parser.add_argument("--name", default="trl_compare", help="result file bench/results/NAME.md")
     args = parser.parse_args()
+    if args.dtype == "auto":
+        from agentkit.llm.device import choose_dtype, matmul_speedup
+
+        args.dtype = "bf16" if choose_dtype("cpu", workload="train") == torch.bfloat16 else "fp32"
+        print(f"dtype {args.dtype}: bf16 matmul is {matmul_speedup():.2f}x the fp32 rate here", flush=True)
 
     from transformers import AutoTokenizer
 
@@ -273,13 +290,12 @@ def main() -> None:
         print(f"{label}: {time.perf_counter() - t0:.0f} s in all, steps (wall, CPU) {steps} s, load {loads[-1]:.1f}",
               flush=True)
 
-    run("agentkit, default (prompt without gradient)",
-        lambda: agentkit_run(args.model, examples, args, f"{tmp}/ak", prompt_grad=False))
+    run(SAME, lambda: agentkit_run(args.model, examples, args, f"{tmp}/ak-pg", prompt_grad=True))
     if trl is not None:
         run("TRL DPOTrainer (precomputed reference, no checkpointing)",
             lambda: (trl.train(), (trl_times, trl_ref[0]))[1])
         del trl
-    run("agentkit, prompt_grad=True", lambda: agentkit_run(args.model, examples, args, f"{tmp}/ak-pg", prompt_grad=True))
+    run(FEWER, lambda: agentkit_run(args.model, examples, args, f"{tmp}/ak", prompt_grad=False))
     if args.trl_defaults:
         def trl_defaults():
             trainer, times, ref = trl_trainer(path, tokenizer, pairs, args, f"{tmp}/trl-def", defaults=True)
@@ -291,34 +307,44 @@ def main() -> None:
     # --- table: throughput over the timed steps; the reference pass amortised over all pairs ---
     step_tokens = sum(len(x.chosen_ids) + len(x.rejected_ids) for x in examples) / len(examples)
     trl_label = next((k for k in results if k.startswith("TRL") and "defaults" not in k), None)
-    rates: dict[str, tuple[float, float, float]] = {}  # pairs/s: wall, CPU, wall incl. reference
+    rates: dict[str, tuple[float, float, float]] = {}  # pairs/s from median step times: wall, CPU, incl. reference
     rows = []
     for label, (times, ref) in results.items():
         wall = [w for w, _ in times[args.warmup:]]
         cpu = [c for _, c in times[args.warmup:]]
-        sec_pair = sum(wall) / (len(wall) * args.batch)
-        cpu_pair = sum(cpu) / (len(cpu) * args.batch)
+        sec_pair = statistics.median(wall) / args.batch
+        cpu_pair = statistics.median(cpu) / args.batch
         rates[label] = (1 / sec_pair, 1 / cpu_pair, 1 / (sec_pair + ref / len(examples)))
-        rows.append([label, f"{statistics.median(wall):.1f}", f"{min(wall):.1f}", f"{statistics.mean(cpu):.1f}",
-                     f"{1 / sec_pair:.3f}", f"{step_tokens / sec_pair:.1f}", f"{ref:.0f}", f"{rates[label][2]:.3f}"])
+        rows.append([label, f"{statistics.median(wall):.1f} ({min(wall):.1f}-{max(wall):.1f})",
+                     f"{statistics.median(cpu):.1f}", f"{1 / sec_pair:.3f}", f"{step_tokens / sec_pair:.1f}",
+                     f"{ref:.0f}", f"{rates[label][2]:.3f}"])
         print(label, times, f"ref {ref:.1f} s", flush=True)
+    headline = ""
     if trl_label:
         base = rates[trl_label]
         for row, label in zip(rows, results):
             row += [f"{rates[label][i] / base[i]:.2f}x" for i in range(3)]
-    headers = ["trainer", "median s / step", "fastest s / step", "CPU s / step", "pairs/s", "step tok/s",
+        if SAME in results:
+            headline = (f"**Same gradients as TRL (prompt_grad=True): {rates[SAME][0] / base[0]:.2f}x TRL's pairs/s** "
+                        f"(median step times). ")
+        if FEWER in results:
+            headline += (f"With the prompt's gradients off (agentkit's default, fewer gradients than TRL computes): "
+                         f"{rates[FEWER][0] / base[0]:.2f}x.")
+    headers = ["trainer", "s / step: median (min-max)", "CPU s / step", "pairs/s", "step tok/s",
                "reference pass s", "pairs/s incl. reference"]
     headers += ["ratio vs TRL", "ratio, CPU time", "ratio incl. reference"] if trl_label else []
     table = markdown_table(headers, rows)
 
     prompt_len = sum(len(x.prompt_ids) for x in examples) / len(examples)
     body = (
-        f"Model {args.model}, {args.dtype} compute (bf16 base weights, fp32 LoRA weights, bf16 autocast), LoRA r={LORA_R} "
+        f"Model {args.model}, {args.dtype} compute ("
+        + ("bf16 base weights, fp32 LoRA weights, bf16 autocast" if args.dtype == "bf16" else "fp32 weights")
+        + f"), LoRA r={LORA_R} "
         f"alpha={LORA_ALPHA} on every linear layer but the head, DPO (beta {BETA}) + NLL of the chosen tokens (weight "
         f"{NLL_WEIGHT}), AdamW lr {LR}, {args.batch} step pairs per optimizer step; {len(examples)} pairs (prompt "
         f"{prompt_len:.0f} tokens, chosen + rejected {step_tokens:.1f} tokens per pair, EOS included), "
-        f"{args.warmup} warm-up step(s) then {args.steps} timed steps per trainer. pairs/s and tok/s are over the "
-        "timed steps (wall time, mean); \"step tok/s\" counts the chosen + rejected tokens the loss is on. \"CPU s / "
+        f"{args.warmup} warm-up step(s) then {args.steps} timed steps per trainer. pairs/s, tok/s and the ratios "
+        "come from the median step time (wall); \"step tok/s\" counts the chosen + rejected tokens the loss is on. \"CPU s / "
         "step\" is the process CPU time of a step (both threads): less sensitive than wall time to other jobs "
         "taking the cores, though OpenMP threads spinning while their partner waits for a core inflate it too; "
         f"\"ratio, CPU time\" compares on it. The reference pass (once, over all {len(examples)} pairs, "
@@ -328,7 +354,7 @@ def main() -> None:
         f"Machine shared with other jobs: 1-minute load average {', '.join(f'{x:.1f}' for x in loads)} (start, then "
         f"after each run) on {os.cpu_count()} cores; the whole bench took {total:.0f} s. Absolute times are upper "
         "bounds; the runs are interleaved so the load falls on each of them.\n\n"
-        + table + "\n"
+        + (headline + "\n\n" if headline else "") + table + "\n"
     )
     body += NOTES
     if errors:
