@@ -1,37 +1,64 @@
-"""Opening a store file safely, and writing to it from many threads and processes.
+"""Opening a store file safely, sharing one connection to it per process, and writing to
+it from many threads and processes.
 
 Opening never writes to a file it did not create or recognise: a missing or 0-byte
 path is initialised, an agentkit store is migrated, anything else is refused with
-StoreError before the first byte is written. Writes run in BEGIN IMMEDIATE
-transactions (so a writer never has to upgrade a read lock, which is what makes WAL
-writers fail with "database is locked" despite a busy timeout) and are retried with
-backoff when SQLite still reports the file busy.
+StoreError before the first byte is written. The file is inspected through SQLite only,
+never through a Python file handle: closing any other descriptor of a database file
+drops every POSIX lock the process holds on it, so another process's close would then
+checkpoint and delete the WAL this process still writes to, and its later commits
+would be lost (https://sqlite.org/howtocorrupt.html#_posix_advisory_locks_canceled_by_a_separate_thread_doing_close_).
+
+Every store object (TrajectoryStore, PolicyRegistry, TrainerStore, and the pair store and
+experience library through theirs) opened on the same file in a process shares one
+connection and one lock, keyed by the file's real path: ``StoreConnection`` is a store
+object's counted reference to it, and the connection closes when the last reference
+does. A child process after fork never uses or closes its parent's connection; it opens
+its own on first use. No agentkit code deletes ``-wal`` or ``-shm`` files: SQLite does,
+when the last connection of all processes closes.
+
+Writes run in BEGIN IMMEDIATE transactions (so a writer never has to upgrade a read
+lock, which is what makes WAL writers fail with "database is locked" despite a busy
+timeout) and are retried with backoff when SQLite still reports the file busy.
+
+Durability: in WAL mode ``synchronous=NORMAL`` (the default, as SQLite recommends for
+WAL) makes every commit survive a killed process; only an OS crash or power loss can
+roll back the last commits. ``synchronous=FULL`` also survives those, at an fsync per
+commit: pass ``synchronous="full"`` to a store, or set ``AGENTKIT_SYNCHRONOUS=full``.
+Store objects sharing a connection get the strongest level any of them asked for.
 """
 
 from __future__ import annotations
 
+import collections
+import os
 import random
 import sqlite3
+import threading
 import time
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 from agentkit.errors import StoreError
 
 from . import _schema
 
-__all__ = ["connect", "in_write_transaction"]
+__all__ = ["StoreConnection", "connect", "in_write_transaction", "synchronous_level", "SYNCHRONOUS_ENV"]
 
 T = TypeVar("T")
 
-SQLITE_HEADER = b"SQLite format 3\x00"
 WRITABLE_FIX = "pass --store PATH to a writable location"
 FOREIGN_FIX = "pass --store PATH to a new file or an existing agentkit store"
 # SQLite's own busy handler waits this long per attempt; our retry loop wraps it.
 BUSY_TIMEOUT_MS = 5_000
 _NOT_WRITABLE = ("readonly", "read-only", "unable to open", "disk i/o", "is full", "permission")
+
+SYNCHRONOUS_ENV = "AGENTKIT_SYNCHRONOUS"
+_LEVELS = {"normal": 1, "full": 2}  # PRAGMA synchronous values offered, weakest first
 
 
 def _is_busy(exc: sqlite3.OperationalError) -> bool:
@@ -51,6 +78,22 @@ def _as_store_error(path: str, exc: sqlite3.Error) -> StoreError:
 
 def _foreign(path: str, what: str) -> StoreError:
     return StoreError(f"{path} is not an agentkit store ({what}); refusing to modify it: {FOREIGN_FIX}")
+
+
+def _error_name(exc: sqlite3.Error) -> str:
+    return getattr(exc, "sqlite_errorname", "") or ""
+
+
+def synchronous_level(value: str | None = None) -> str:
+    """The durability level to use: ``value``, else $AGENTKIT_SYNCHRONOUS, else normal."""
+    if value is None:
+        raw = os.environ.get(SYNCHRONOUS_ENV, "").strip()
+        if raw and raw.lower() not in _LEVELS:
+            raise StoreError(f"{SYNCHRONOUS_ENV}={raw!r} is not a durability level; set it to full or normal, or unset it")
+        return raw.lower() or "normal"
+    if value.lower() not in _LEVELS:
+        raise StoreError(f"synchronous={value!r} is not a durability level; pass 'full' or 'normal'")
+    return value.lower()
 
 
 def _check_tables(conn: sqlite3.Connection, path: str) -> None:
@@ -80,26 +123,21 @@ def _check_tables(conn: sqlite3.Connection, path: str) -> None:
 
 
 def _inspect_existing(path: Path) -> None:
-    """Refuse a non-empty file that is not an agentkit store, reading it only."""
+    """Refuse a non-empty file that is not an agentkit store, reading it through SQLite only."""
     try:
-        size = path.stat().st_size
+        is_dir, size = path.is_dir(), path.stat().st_size
     except FileNotFoundError:
         return
     except OSError as exc:
         raise _not_writable(str(path), exc.strerror) from None
-    if path.is_dir():
+    if is_dir:
         raise StoreError(f"store path {path} is a directory; pass --store PATH to a file such as {path / 'agentkit.db'}")
     if size == 0:
         return
-    try:
-        with path.open("rb") as f:
-            header = f.read(len(SQLITE_HEADER))
-    except OSError as exc:
-        raise StoreError(f"cannot read the store at {path} ({exc.strerror}); {WRITABLE_FIX}") from None
-    if header != SQLITE_HEADER:
-        raise _foreign(str(path), "not a SQLite database")
     # immutable=1 reads the main file alone, creating no -wal/-shm next to a foreign
     # database; if a checkpoint is rewriting pages under us, read again the locked way.
+    # Both are SQLite's own opens: closing them keeps the locks of this process's other
+    # connections to the file, which a Python open()/close() of it would drop.
     for params in ("mode=ro&immutable=1", "mode=ro"):
         try:
             conn = sqlite3.connect(f"file:{quote(str(path))}?{params}", uri=True)
@@ -110,6 +148,10 @@ def _inspect_existing(path: Path) -> None:
             return
         except sqlite3.DatabaseError as exc:
             error = exc
+    if _error_name(error) == "SQLITE_NOTADB" or "not a database" in str(error):
+        raise _foreign(str(path), "not a SQLite database")
+    if _error_name(error) in ("SQLITE_CANTOPEN", "SQLITE_PERM", "SQLITE_AUTH"):
+        raise StoreError(f"cannot read the store at {path} ({error}); {WRITABLE_FIX}")
     raise StoreError(f"cannot read {path} as an agentkit store ({error}); {FOREIGN_FIX}")
 
 
@@ -147,8 +189,10 @@ def in_write_transaction(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connect
             delay = min(delay * 2, 0.05)
 
 
-def connect(path: str, timeout: float) -> sqlite3.Connection:
-    """Open (creating or migrating if needed) the store at path; one connection per call."""
+def connect(path: str, timeout: float, synchronous: str = "normal") -> sqlite3.Connection:
+    """Open (creating or migrating if needed) the store at path: a new connection.
+
+    Store objects use StoreConnection instead, which shares one connection per file."""
     memory = path == ":memory:"
     if not memory:
         file = Path(path)
@@ -166,9 +210,7 @@ def connect(path: str, timeout: float) -> sqlite3.Connection:
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         conn.execute("PRAGMA foreign_keys = ON")
         _enable_wal(conn, path, timeout)
-        # Under WAL, NORMAL still makes each commit survive a killed process; only
-        # an OS crash or power loss can drop the last commits.
-        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute(f"PRAGMA synchronous = {synchronous_level(synchronous).upper()}")
 
         def setup(c: sqlite3.Connection) -> None:
             _check_tables(c, path)  # again, inside the lock: the file may have changed
@@ -197,3 +239,170 @@ def _enable_wal(conn: sqlite3.Connection, path: str, timeout: float) -> None:
         if time.monotonic() >= deadline:
             raise StoreError(f"store {path} could not switch to WAL mode (journal_mode={mode}); {WRITABLE_FIX}")
         time.sleep(0.01)
+
+
+# --- one connection per store file per process ----------------------------------------------
+
+
+class _Shared:
+    """The process's connection to one store file, its lock, and how many store objects use it."""
+
+    def __init__(self, conn: sqlite3.Connection, key: str | None, synchronous: str):
+        self.conn = conn
+        self.key = key  # the file's real path; None for ":memory:", which is never shared
+        self.lock = threading.RLock()  # one user at a time: in-process writers hand over here
+        self.refs = 1
+        self.synchronous = synchronous
+        self.pid = os.getpid()
+        self.inode = _inode(key) if key is not None else None
+
+
+def _inode(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+class _Registry:
+    """The connections this process holds, by real path. Locks are taken registry first,
+    then a connection's; connections are closed outside the registry lock."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.open: dict[str, _Shared] = {}
+        self.inherited: list[_Shared] = []
+        # Store objects dropped without close(): their finalizers only queue here (they may
+        # run inside a section that holds self.lock); the queue is drained under the lock.
+        self.dropped: collections.deque[_Shared] = collections.deque()
+
+    def acquire_locked(self, path: str, timeout: float, synchronous: str) -> tuple[_Shared, list[_Shared]]:
+        """A reference to the connection for ``path`` (opening it if needed), and the
+        connections to close once the lock is released. Call with self.lock held."""
+        finished = self.drain_locked()
+        if path == ":memory:":
+            return _Shared(connect(path, timeout, synchronous), None, synchronous), finished
+        key = os.path.realpath(path)
+        shared = self.open.get(key)
+        # A file deleted or replaced since it was opened is a new store: never share the old one.
+        if shared is None or shared.inode is None or shared.inode != _inode(key):
+            shared = self.open[key] = _Shared(connect(path, timeout, synchronous), key, synchronous)
+        else:
+            shared.refs += 1
+        return shared, finished
+
+    def release_locked(self, shared: _Shared) -> list[_Shared]:
+        """Drop one reference; returns the connections to close once the lock is released."""
+        if shared.pid != os.getpid():
+            return []  # the parent's connection: neither used nor closed in a forked child
+        shared.refs -= 1
+        if shared.refs > 0:
+            return []
+        if shared.key is not None and self.open.get(shared.key) is shared:
+            del self.open[shared.key]
+        return [shared]
+
+    def drain_locked(self) -> list[_Shared]:
+        finished = []
+        while self.dropped:
+            finished += self.release_locked(self.dropped.popleft())
+        return finished
+
+    def after_fork_in_child(self) -> None:
+        # The parent's connections must be neither used nor closed here
+        # (https://sqlite.org/howtocorrupt.html#_carrying_an_open_database_connection_across_a_fork_):
+        # they stay referenced, so garbage collection never closes them, and the child
+        # opens its own. The lock may have been held by a parent thread at the fork.
+        self.inherited.extend(self.open.values())
+        self.open.clear()
+        self.dropped.clear()
+        self.lock = threading.Lock()
+
+
+def _close_all(finished: list[_Shared]) -> None:
+    for shared in finished:
+        with shared.lock:
+            shared.conn.close()
+
+
+_registry = _Registry()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_registry.after_fork_in_child)
+
+
+class StoreConnection:
+    """A store object's reference to its process's one connection to a store file.
+
+    path: the store file (created or migrated on the first open in the process) or
+    ":memory:" (a private database, never shared). timeout: seconds a write keeps
+    retrying while other processes hold the file. synchronous: "normal" or "full"
+    (default: $AGENTKIT_SYNCHRONOUS, else normal). owner: the store class, for messages.
+    """
+
+    def __init__(self, path: str, *, timeout: float, synchronous: str | None = None, owner: str = "store"):
+        self.path = path
+        self.timeout = timeout
+        self.synchronous = synchronous_level(synchronous)
+        self.owner = owner
+        self._closed = False
+        self._pid = -1
+        self._attach()
+
+    def _attach(self) -> None:
+        """Take a reference to this process's connection (at open, and after a fork)."""
+        with _registry.lock:
+            if self._pid == os.getpid():
+                return  # another thread of this process got here first
+            if self._pid != -1:
+                self._finalizer.detach()  # it would release the parent's connection
+            shared, finished = _registry.acquire_locked(self.path, self.timeout, self.synchronous)
+            self._shared, self._pid = shared, os.getpid()
+            self._finalizer = weakref.finalize(self, _registry.dropped.append, shared)
+        _close_all(finished)
+        if _LEVELS[self.synchronous] > _LEVELS[shared.synchronous]:
+            with shared.lock:
+                shared.conn.execute(f"PRAGMA synchronous = {self.synchronous.upper()}")
+                shared.synchronous = self.synchronous
+
+    def _current(self) -> _Shared:
+        if self._closed:
+            raise StoreError(f"{self.owner} {self.path} is closed; open a new {self.owner}")
+        if self._pid != os.getpid():
+            self._attach()
+        return self._shared
+
+    @contextmanager
+    def locked(self) -> Iterator[sqlite3.Connection]:
+        """The connection, held by this thread for the with-block (reads, or several statements)."""
+        shared = self._current()
+        with shared.lock:
+            if self._closed:  # closed by another thread while this one waited
+                self._current()
+            yield shared.conn
+
+    def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """fn(conn) in one write transaction, retried while other processes hold the file."""
+        with self.locked() as conn:
+            return in_write_transaction(conn, fn, self.path, self.timeout)
+
+    def read(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        """All rows of one query, as sqlite3.Row (by name or index)."""
+        with self.locked() as conn:
+            cursor = conn.cursor()
+            cursor.row_factory = sqlite3.Row
+            return cursor.execute(sql, tuple(params)).fetchall()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        """Drop this reference; the connection closes with the last one in the process."""
+        with _registry.lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._finalizer.detach()
+            finished = _registry.release_locked(self._shared) + _registry.drain_locked()
+        _close_all(finished)

@@ -188,8 +188,8 @@ class ExperienceLibrary:
     # -- plumbing ---------------------------------------------------------------------
 
     def _select(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
-        with self.store._lock:
-            cursor = self.store._connection().execute(sql, params)
+        with self.store._locked() as conn:
+            cursor = conn.execute(sql, params)
             names = [d[0] for d in cursor.description]
             return [dict(zip(names, row)) for row in cursor.fetchall()]
 

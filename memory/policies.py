@@ -25,7 +25,6 @@ import json
 import os
 import re
 import sqlite3
-import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -35,7 +34,7 @@ from pydantic import BaseModel
 from agentkit.errors import StoreError
 
 from ._schema import utcnow
-from ._sqlite import connect, in_write_transaction
+from ._sqlite import StoreConnection
 
 __all__ = ["Policy", "PolicyEvent", "PolicyRegistry", "ChecksumError", "POLICY_STATUSES", "BASE", "adapter_checksum"]
 
@@ -137,40 +136,21 @@ def _actor() -> str:
 class PolicyRegistry:
     """Policy versions in a store file (created and migrated on open, like TrajectoryStore)."""
 
-    def __init__(self, path: str | os.PathLike[str], *, timeout: float = 60.0):
+    def __init__(self, path: str | os.PathLike[str], *, timeout: float = 60.0, synchronous: str | None = None):
         self.path = str(path) if str(path) == ":memory:" else str(Path(path).expanduser())
         self.timeout = timeout
-        self._lock = threading.RLock()
-        self._pid = os.getpid()
-        self._closed = False
-        self._conn = connect(self.path, timeout)
-        self._conn.row_factory = sqlite3.Row
+        self._handle = StoreConnection(self.path, timeout=timeout, synchronous=synchronous, owner="PolicyRegistry")
 
     # -- plumbing ---------------------------------------------------------------
 
-    def _connection(self) -> sqlite3.Connection:
-        if self._closed:
-            raise StoreError(f"policy registry {self.path} is closed; open a new PolicyRegistry")
-        if self._pid != os.getpid():  # never use a connection inherited through fork
-            self._pid = os.getpid()
-            self._lock = threading.RLock()
-            self._conn = connect(self.path, self.timeout)
-            self._conn.row_factory = sqlite3.Row
-        return self._conn
-
     def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        with self._lock:
-            return in_write_transaction(self._connection(), fn, self.path, self.timeout)
+        return self._handle.write(fn)
 
     def _read(self, sql: str, params: tuple = ()) -> list[sqlite3.Row]:
-        with self._lock:
-            return self._connection().execute(sql, params).fetchall()
+        return self._handle.read(sql, params)
 
     def close(self) -> None:
-        with self._lock:
-            if not self._closed and self._pid == os.getpid():
-                self._conn.close()
-            self._closed = True
+        self._handle.close()
 
     def __enter__(self) -> PolicyRegistry:
         return self
@@ -378,6 +358,6 @@ class PolicyRegistry:
         )
 
     def _unknown(self, version: str) -> StoreError:
-        known = ", ".join(r[0] for r in self._read("SELECT version FROM policies ORDER BY id")) if not self._closed else ""
+        known = ", ".join(r[0] for r in self._read("SELECT version FROM policies ORDER BY id")) if not self._handle.closed else ""
         return StoreError(f"no policy version {version!r} in {self.path} (versions: {known or 'none'}); "
                           "see `agentkit policy list`")

@@ -22,7 +22,6 @@ import fcntl
 import json
 import os
 import sqlite3
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -34,7 +33,7 @@ from pydantic import BaseModel
 from agentkit.errors import StoreError
 
 from ._schema import utcnow
-from ._sqlite import connect, in_write_transaction
+from ._sqlite import StoreConnection
 
 __all__ = ["TrainerFiles", "TrainerLock", "TrainerState", "TrainerCycle", "TrainerStore", "running_pid", "STATES"]
 
@@ -189,16 +188,13 @@ class TrainerStore:
     """The ``trainer_state`` and ``trainer_cycles`` tables of a store, and the read-only
     queries over runs and pairs the trainer needs."""
 
-    def __init__(self, path: str | os.PathLike[str], *, timeout: float = 60.0):
+    def __init__(self, path: str | os.PathLike[str], *, timeout: float = 60.0, synchronous: str | None = None):
         self.path = str(Path(path).expanduser())
         self.timeout = timeout
-        self._lock = threading.RLock()
-        self._conn = connect(self.path, timeout)
-        self._conn.row_factory = sqlite3.Row
+        self._handle = StoreConnection(self.path, timeout=timeout, synchronous=synchronous, owner="TrainerStore")
 
     def close(self) -> None:
-        with self._lock:
-            self._conn.close()
+        self._handle.close()
 
     def __enter__(self) -> TrainerStore:
         return self
@@ -207,12 +203,10 @@ class TrainerStore:
         self.close()
 
     def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        with self._lock:
-            return in_write_transaction(self._conn, fn, self.path, self.timeout)
+        return self._handle.write(fn)
 
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
-        with self._lock:
-            return self._conn.execute(sql, tuple(params)).fetchall()
+        return self._handle.read(sql, params)
 
     # -- state ---------------------------------------------------------------------------
 

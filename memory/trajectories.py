@@ -4,7 +4,7 @@ Steps keep the exact prompt/completion token ids and per-token logprobs, so trai
 never re-tokenizes. Every write is its own committed transaction (add_steps: one per
 batch), so a writer killed mid-run loses at most the write in flight. One store
 object is safe to share between threads; any number of processes may open the same
-file.
+file, and store objects on one file in one process share its connection.
 
     with TrajectoryStore("runs.db") as store:
         run_id = store.start_run("solve", suite="arithmetic", task_id="t1", model="gemma-3-270m")
@@ -18,8 +18,8 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -30,7 +30,7 @@ from pydantic import BaseModel
 from agentkit.errors import StoreError
 
 from ._schema import utcnow
-from ._sqlite import connect, in_write_transaction
+from ._sqlite import StoreConnection
 
 __all__ = ["Run", "Step", "TrajectoryStore", "RUN_STATUSES"]
 
@@ -179,56 +179,36 @@ class TrajectoryStore:
 
     path: a file (created with its parent directories if missing) or ":memory:".
     timeout: seconds a write keeps retrying while other writers hold the file.
+    synchronous: "normal" (default in WAL mode: a commit survives a killed process) or
+    "full" (it also survives a power loss); default $AGENTKIT_SYNCHRONOUS, else normal.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, timeout: float = 60.0):
+    def __init__(self, path: str | os.PathLike[str], *, timeout: float = 60.0, synchronous: str | None = None):
         self.path = str(path) if str(path) == ":memory:" else str(Path(path).expanduser())
         self.timeout = timeout
-        self._pid = os.getpid()
-        # One connection per store object, shared by its threads under a lock: in-process
-        # writers hand over through this lock instead of SQLite's sleep-and-poll busy handler.
-        self._lock = threading.RLock()
-        self._inherited: list[sqlite3.Connection] = []
-        self._closed = False
-        self._open()
-
-    def _open(self) -> None:
-        self._conn = connect(self.path, self.timeout)
-        # sqlite-utils reads on the same connection (and under the same lock).
-        self._db = sqlite_utils.Database(self._conn, recursive_triggers=False, execute_plugins=False)
+        # The process's one connection to the file, shared with every other store object on
+        # it and used by one thread at a time (see memory/_sqlite.py).
+        self._handle = StoreConnection(self.path, timeout=timeout, synchronous=synchronous, owner="TrajectoryStore")
 
     # -- plumbing ---------------------------------------------------------------
 
-    def _connection(self) -> sqlite3.Connection:
-        if self._closed:
-            raise StoreError(f"store {self.path} is closed; open a new TrajectoryStore")
-        if self._pid != os.getpid():
-            # After fork the parent's connection must not be used or closed here
-            # (https://sqlite.org/howtocorrupt.html#_carrying_an_open_database_connection_across_a_fork_).
-            self._inherited.append(self._conn)
-            self._lock = threading.RLock()
-            self._pid = os.getpid()
-            self._open()
-        return self._conn
+    def _locked(self) -> AbstractContextManager[sqlite3.Connection]:
+        return self._handle.locked()
 
     def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        with self._lock:
-            return in_write_transaction(self._connection(), fn, self.path, self.timeout)
+        return self._handle.write(fn)
 
     def _rows(self, table: str, where: str | None = None, params: Sequence[Any] = (), **kwargs: Any) -> list[dict[str, Any]]:
-        with self._lock:
-            self._connection()
-            return list(self._db[table].rows_where(where, params, **kwargs))
+        with self._locked() as conn:
+            db = sqlite_utils.Database(conn, recursive_triggers=False, execute_plugins=False)
+            return list(db[table].rows_where(where, params, **kwargs))
 
     def _query_tuple(self, sql: str, params: Sequence[Any] = ()) -> tuple:
-        with self._lock:
-            return self._connection().execute(sql, params).fetchone()
+        with self._locked() as conn:
+            return conn.execute(sql, params).fetchone()
 
     def close(self) -> None:
-        with self._lock:
-            if not self._closed and self._pid == os.getpid():
-                self._conn.close()
-            self._closed = True
+        self._handle.close()
 
     def __enter__(self) -> TrajectoryStore:
         return self
@@ -449,8 +429,7 @@ class TrajectoryStore:
         )
         ids = sorted(set(run_ids))
         totals: dict[tuple[str, str], list] = {}
-        with self._lock:
-            conn = self._connection()
+        with self._locked() as conn:
             # chunks keep each IN list under SQLite's bound-parameter limit
             for chunk in (ids[i:i + 500] for i in range(0, len(ids), 500)):
                 for node, role, first, runs, *sums in conn.execute(query.format(", ".join("?" * len(chunk))), chunk):
