@@ -350,7 +350,9 @@ def traces_list(
     store: Optional[Path] = typer.Option(None, envvar="AGENTKIT_STORE", show_default=STORE_DEFAULT, help=STORE_HELP),
     limit: int = typer.Option(20, help="Show at most this many runs, newest first."),
     suite: Optional[str] = typer.Option(None, help="Only runs of this suite."),
-    status: Optional[str] = typer.Option(None, help="Only runs with this status: success, failure, error, budget or running."),
+    status: Optional[str] = typer.Option(
+        None, help="Only runs with this status: success, failure, error, budget, interrupted or running."
+    ),
 ) -> None:
     """List recorded runs, newest first."""
     from agentkit.memory.trajectories import RUN_STATUSES
@@ -397,6 +399,31 @@ def traces_show(
     acc = "-" if trace.step_accuracy is None else f"{100 * trace.step_accuracy:.1f}%"
     reward = "-" if trace.reward is None else f"{trace.reward:.2f}"
     out.print(f"reward {reward}, step accuracy {acc}")
+
+
+@traces_app.command("repair")
+def traces_repair(
+    store: Optional[Path] = typer.Option(None, envvar="AGENTKIT_STORE", show_default=STORE_DEFAULT, help=STORE_HELP),
+    unowned: bool = typer.Option(
+        False, "--unowned", help="Also mark runs left running that recorded no process (from before agentkit "
+        "recorded one); only when no run is in progress anywhere.",
+    ),
+) -> None:
+    """Mark runs whose process is gone (kill -9, a crash) as interrupted and say how many (opening the store does it too)."""
+    with _open_existing(store) as traces:
+        marked = traces.repair(unowned=unowned)
+        running = traces.list_runs(None, status="running")
+        path = traces.path
+    ids = f": {', '.join(map(str, marked))}" if marked else ""
+    typer.echo(f"marked {len(marked)} run{'' if len(marked) == 1 else 's'} interrupted in {path}{ids}")
+    if marked:
+        typer.echo("finish them with `agentkit run --resume interrupted`, or see them with "
+                   "`agentkit traces list --status interrupted`")
+    unknown = [r for r in running if r.owner_pid is None]
+    if running:
+        typer.echo(f"{len(running)} still running" + (
+            f" ({len(unknown)} recorded no process: `agentkit traces repair --unowned` marks them "
+            "when nothing else runs)" if unknown else " (their processes are alive, or on another host)"))
 
 
 # --- agentkit graphs ------------------------------------------------------------------------

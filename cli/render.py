@@ -33,7 +33,8 @@ __all__ = [
     "policy_detail",
 ]
 
-_STATUS_STYLE = {"success": "green", "failure": "red", "error": "bold red", "budget": "yellow", "running": "cyan"}
+_STATUS_STYLE = {"success": "green", "failure": "red", "error": "bold red", "budget": "yellow", "running": "cyan",
+                 "interrupted": "magenta"}
 
 
 def _pct(value: float | None) -> str:

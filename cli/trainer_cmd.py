@@ -165,6 +165,25 @@ def _ago(iso: Optional[str]) -> str:
     return f"{seconds:.0f} s ago" if seconds < 120 else f"{seconds / 60:.0f} min ago" if seconds < 7200 else iso[:19]
 
 
+def _cursor(state: Any, newest_run: int, alive: bool) -> str:
+    """The cursor and the newest run; while the trainer lives, also why the cursor waits:
+    "20 (newest run 47), waits on run 21 (running, pid 1234, started 3 min ago)"."""
+    text = f"{state.run_cursor if state else 0} (newest run {newest_run})"
+    waiting = (state.status.get("waiting_on") if state else None) if alive else None
+    if waiting:
+        owner = f", pid {waiting['pid']}" if waiting.get("pid") else ", no process recorded"
+        if waiting.get("pid") and waiting.get("host") and waiting["host"] != _hostname():
+            owner += f" on {waiting['host']}"
+        text += f", waits on run {waiting['run']} (running{owner}, started {_ago(waiting.get('since'))})"
+    return text
+
+
+def _hostname() -> str:
+    import socket
+
+    return socket.gethostname()
+
+
 def _status_table(path: Path, files: Any, pid: Optional[int], state: Any, active: str, newest_run: int) -> Any:
     from rich.table import Table
 
@@ -194,7 +213,7 @@ def _status_table(path: Path, files: Any, pid: Optional[int], state: Any, active
         ("alive", f"yes (pid {pid})" if alive and pid and pid > 0 else "starting" if alive else "no"),
         ("state", shown),
         ("suite", state.suite if state else "-"),
-        ("run cursor", f"{state.run_cursor if state else 0} (newest run {newest_run})"),
+        ("run cursor", _cursor(state, newest_run, alive)),
         ("pairs pending", f"{s.get('pending_pairs', 0)} (trains at {config.get('min_pairs', '-')})"),
         ("runs seen / used / failed", f"{s.get('runs_seen', 0)} / {s.get('runs_used', 0)} / {s.get('failed_runs', 0)}"),
         ("pairs built", str(s.get("pairs_built", 0))),

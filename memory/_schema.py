@@ -299,6 +299,16 @@ def m0006_trainer(conn: sqlite3.Connection) -> None:
     )
 
 
+def m0007_run_owner(conn: sqlite3.Connection) -> None:
+    """The process that runs a run (memory/_owners.py): its pid, host name and start
+    identity (boot id / pid namespace / start time in clock ticks), so a run left
+    'running' by a process that is gone can be told from a live one and marked
+    'interrupted'. NULL on runs recorded before this migration."""
+    conn.execute("ALTER TABLE runs ADD COLUMN owner_pid INTEGER")
+    conn.execute("ALTER TABLE runs ADD COLUMN owner_host TEXT")
+    conn.execute("ALTER TABLE runs ADD COLUMN owner_start TEXT")
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = [
     ("0001_initial", m0001_initial),
     ("0002_graph_place", m0002_graph_place),
@@ -306,6 +316,7 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = [
     ("0004_policies", m0004_policies),
     ("0005_experience_library", m0005_experience_library),
     ("0006_trainer", m0006_trainer),
+    ("0007_run_owner", m0007_run_owner),
 ]
 
 

@@ -2,8 +2,9 @@
 it from many threads and processes.
 
 Opening never writes to a file it did not create or recognise: a missing or 0-byte
-path is initialised, an agentkit store is migrated, anything else is refused with
-StoreError before the first byte is written. The file is inspected through SQLite only,
+path is initialised, an agentkit store is migrated (and its runs left 'running' by a
+process that is gone are marked 'interrupted', see memory/_owners.py), anything else is
+refused with StoreError before the first byte is written. The file is inspected through SQLite only,
 never through a Python file handle: closing any other descriptor of a database file
 drops every POSIX lock the process holds on it, so another process's close would then
 checkpoint and delete the WAL this process still writes to, and its later commits
@@ -45,7 +46,7 @@ from urllib.parse import quote
 
 from agentkit.errors import StoreError
 
-from . import _schema
+from . import _owners, _schema
 
 __all__ = ["StoreConnection", "connect", "in_write_transaction", "synchronous_level", "SYNCHRONOUS_ENV"]
 
@@ -70,7 +71,26 @@ def _not_writable(path: str, reason: object) -> StoreError:
     return StoreError(f"cannot write the store at {path} ({reason}); {WRITABLE_FIX}")
 
 
+def is_damaged(exc: BaseException) -> bool:
+    """SQLite found a damaged page (SQLITE_CORRUPT: "database disk image is malformed")."""
+    return isinstance(exc, sqlite3.DatabaseError) and (
+        getattr(exc, "sqlite_errorname", "") == "SQLITE_CORRUPT" or "malformed" in str(exc).lower()
+    )
+
+
+def damaged_store(path: str | os.PathLike[str] | None, exc: BaseException) -> StoreError:
+    """The one-line error for a store SQLite finds damaged: how to see the damage and the way out."""
+    where = str(path) if path is not None else "STORE"
+    return StoreError(
+        f"store {where} is damaged ({' '.join(str(exc).split())}); see the damage with "
+        f"`sqlite3 {where} 'PRAGMA integrity_check'`, then restore the file from a backup, "
+        "or pass --store PATH to record into a new store"
+    )
+
+
 def _as_store_error(path: str, exc: sqlite3.Error) -> StoreError:
+    if is_damaged(exc):
+        return damaged_store(path, exc)
     if any(word in str(exc).lower() for word in _NOT_WRITABLE):
         return _not_writable(path, exc)
     return StoreError(f"store {path}: {exc}")
@@ -152,6 +172,8 @@ def _inspect_existing(path: Path) -> None:
         raise _foreign(str(path), "not a SQLite database")
     if _error_name(error) in ("SQLITE_CANTOPEN", "SQLITE_PERM", "SQLITE_AUTH"):
         raise StoreError(f"cannot read the store at {path} ({error}); {WRITABLE_FIX}")
+    if is_damaged(error):
+        raise damaged_store(path, error)
     raise StoreError(f"cannot read {path} as an agentkit store ({error}); {FOREIGN_FIX}")
 
 
@@ -193,6 +215,11 @@ def connect(path: str, timeout: float, synchronous: str = "normal") -> sqlite3.C
     """Open (creating or migrating if needed) the store at path: a new connection.
 
     Store objects use StoreConnection instead, which shares one connection per file."""
+    return _connect(path, timeout, synchronous)[0]
+
+
+def _connect(path: str, timeout: float, synchronous: str) -> tuple[sqlite3.Connection, list[int]]:
+    """connect(), and the ids of the runs it marked interrupted (their process is gone)."""
     memory = path == ":memory:"
     if not memory:
         file = Path(path)
@@ -212,17 +239,18 @@ def connect(path: str, timeout: float, synchronous: str = "normal") -> sqlite3.C
         _enable_wal(conn, path, timeout)
         conn.execute(f"PRAGMA synchronous = {synchronous_level(synchronous).upper()}")
 
-        def setup(c: sqlite3.Connection) -> None:
+        def setup(c: sqlite3.Connection) -> list[int]:
             _check_tables(c, path)  # again, inside the lock: the file may have changed
             _schema.migrate(c)
+            return _owners.mark_dead_runs(c)
 
-        in_write_transaction(conn, setup, path, timeout)
+        interrupted = in_write_transaction(conn, setup, path, timeout)
     except BaseException as exc:
         conn.close()
         if isinstance(exc, sqlite3.Error):
             raise _as_store_error(path, exc) from None
         raise
-    return conn
+    return conn, interrupted
 
 
 def _enable_wal(conn: sqlite3.Connection, path: str, timeout: float) -> None:
@@ -247,8 +275,8 @@ def _enable_wal(conn: sqlite3.Connection, path: str, timeout: float) -> None:
 class _Shared:
     """The process's connection to one store file, its lock, and how many store objects use it."""
 
-    def __init__(self, conn: sqlite3.Connection, key: str | None, synchronous: str):
-        self.conn = conn
+    def __init__(self, opened: tuple[sqlite3.Connection, list[int]], key: str | None, synchronous: str):
+        self.conn, self.interrupted = opened  # runs marked interrupted by this open, until taken
         self.key = key  # the file's real path; None for ":memory:", which is never shared
         self.lock = threading.RLock()  # one user at a time: in-process writers hand over here
         self.refs = 1
@@ -282,12 +310,12 @@ class _Registry:
         connections to close once the lock is released. Call with self.lock held."""
         finished = self.drain_locked()
         if path == ":memory:":
-            return _Shared(connect(path, timeout, synchronous), None, synchronous), finished
+            return _Shared(_connect(path, timeout, synchronous), None, synchronous), finished
         key = os.path.realpath(path)
         shared = self.open.get(key)
         # A file deleted or replaced since it was opened is a new store: never share the old one.
         if shared is None or shared.inode is None or shared.inode != _inode(key):
-            shared = self.open[key] = _Shared(connect(path, timeout, synchronous), key, synchronous)
+            shared = self.open[key] = _Shared(_connect(path, timeout, synchronous), key, synchronous)
         else:
             shared.refs += 1
         return shared, finished
@@ -392,6 +420,13 @@ class StoreConnection:
             cursor = conn.cursor()
             cursor.row_factory = sqlite3.Row
             return cursor.execute(sql, tuple(params)).fetchall()
+
+    def take_interrupted(self) -> list[int]:
+        """The runs this process's open of the file marked interrupted, once (to report them)."""
+        shared = self._current()
+        with _registry.lock:
+            taken, shared.interrupted = shared.interrupted, []
+        return taken
 
     @property
     def closed(self) -> bool:

@@ -270,8 +270,8 @@ class TrainerStore:
     def runs_after(self, run_id: int, limit: int) -> list[dict[str, Any]]:
         """Up to ``limit`` runs with id > ``run_id``, oldest first, without steps or meta."""
         return [dict(r) for r in self._read(
-            "SELECT id, graph, suite, task_id, split, model, policy_version, status, started_at FROM runs "
-            "WHERE id > ? ORDER BY id LIMIT ?", (run_id, limit))]
+            "SELECT id, graph, suite, task_id, split, model, policy_version, status, started_at, owner_pid, "
+            "owner_host FROM runs WHERE id > ? ORDER BY id LIMIT ?", (run_id, limit))]
 
     def run_tasks(self, run_ids: Sequence[int]) -> dict[int, dict[str, Any] | None]:
         """The task each run recorded in its meta ("task"), or None when it did not."""

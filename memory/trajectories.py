@@ -29,6 +29,7 @@ from pydantic import BaseModel
 
 from agentkit.errors import StoreError
 
+from ._owners import mark_dead_runs, this_process
 from ._schema import utcnow
 from ._sqlite import StoreConnection
 
@@ -36,7 +37,9 @@ __all__ = ["Run", "Step", "TrajectoryStore", "RUN_STATUSES"]
 
 T = TypeVar("T")
 
-RUN_STATUSES = ("success", "failure", "error", "budget")
+RUN_STATUSES = ("success", "failure", "error", "budget", "interrupted")
+"""How a run ended; while it runs its status is 'running'. 'interrupted': stopped before it
+finished (Ctrl-C, or its process died: see ``TrajectoryStore.repair``)."""
 
 
 def _plain(value: Any) -> Any:
@@ -113,6 +116,11 @@ class Run(BaseModel):
     meta: dict[str, Any] | None = None
     started_at: str
     finished_at: str | None = None
+    owner_pid: int | None = None
+    """The process that started (or resumed) the run, with its host and start identity
+    (memory/_owners.py); None on runs recorded before runs recorded it."""
+    owner_host: str | None = None
+    owner_start: str | None = None
     steps: list[Step] | None = None  # loaded by get_run(steps=True)
 
 
@@ -232,13 +240,46 @@ class TrajectoryStore:
         policy_version: str | None = None,
         meta: Mapping[str, Any] | None = None,
     ) -> int:
-        """Insert a run with status 'running' and return its id."""
-        row = (graph, suite, task_id, split, model, policy_version, "running", _dumps(meta), utcnow())
+        """Insert a run with status 'running', owned by this process, and return its id."""
+        row = (graph, suite, task_id, split, model, policy_version, "running", _dumps(meta), utcnow(), *this_process())
         return self._write(lambda c: c.execute(
-            "INSERT INTO runs (graph, suite, task_id, split, model, policy_version, status, meta, started_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO runs (graph, suite, task_id, split, model, policy_version, status, meta, started_at, "
+            "owner_pid, owner_host, owner_start) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             row,
         ).lastrowid)
+
+    def reopen_run(self, run_id: int) -> TrajectoryStore:
+        """Set an unfinished run (interrupted, error or running) back to 'running', owned by
+        this process, before resuming it: while it runs, nothing marks it interrupted."""
+
+        def txn(c: sqlite3.Connection) -> None:
+            row = c.execute("SELECT status FROM runs WHERE id = ?", (run_id,)).fetchone()
+            if row is None:
+                raise self._no_run(run_id)
+            if row[0] not in ("running", "interrupted", "error"):
+                raise StoreError(f"run {run_id} already finished ({row[0]}); only an interrupted, error or running run reopens")
+            c.execute(
+                "UPDATE runs SET status = 'running', finished_at = NULL, error = NULL, "
+                "owner_pid = ?, owner_host = ?, owner_start = ? WHERE id = ?",
+                (*this_process(), run_id),
+            )
+
+        self._write(txn)
+        return self
+
+    def repair(self, *, unowned: bool = False) -> list[int]:
+        """Mark 'interrupted' the runs left 'running' by a process that is gone; returns
+        their ids, with those this process's opening of the store marked (opening does this
+        too). ``unowned``: also runs that recorded no process (from before runs recorded
+        one), which cannot be told from live ones - only when nothing else is running."""
+        opened = self._handle.take_interrupted()
+
+        def txn(c: sqlite3.Connection) -> list[int]:
+            status = "SELECT status FROM runs WHERE id = ?"
+            still = [i for i in opened if c.execute(status, (i,)).fetchone() == ("interrupted",)]  # not reopened since
+            return sorted(still + mark_dead_runs(c, unowned=unowned))
+
+        return self._write(txn)
 
     def finish_run(
         self,

@@ -6,6 +6,7 @@ up a promotion between tasks."""
 from __future__ import annotations
 
 import json
+import multiprocessing as mp
 import os
 import re
 import subprocess
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from agentkit.cli.trainer_cmd import _cursor
 from agentkit.llm.scripted import ScriptedLLM
 from agentkit.memory import PairStore, TrajectoryStore
 from agentkit.memory.policies import PolicyRegistry
@@ -172,9 +174,34 @@ def test_a_running_run_holds_the_cursor_back(tmp_path, tiny_dir):
         with TrainerDaemon(path, config(tmp_path, tiny_dir, min_pairs=1000, max_pairs=1000),
                            llm=char_scripted(policy(set()), build_tiny_tokenizer())) as daemon:
             assert daemon.cycle().runs == 0  # the run after the open one waits for it
+            state = daemon.book.state("arithmetic")
+            assert state.status["waiting_on"]["run"] == open_run and state.status["waiting_on"]["pid"] == os.getpid()
+            assert _cursor(state, 2, alive=True).startswith(
+                f"0 (newest run 2), waits on run {open_run} (running, pid {os.getpid()}, started ")
+            assert _cursor(state, 2, alive=False) == "0 (newest run 2)"  # a stopped trainer waits on nothing
             store.finish_run(open_run, status="error", error="crashed")
             result = daemon.cycle()
             assert (result.runs, result.pairs, result.skipped.get("error")) == (2, 1, 1)
+            assert daemon.book.state("arithmetic").status["waiting_on"] is None
+
+
+def test_a_run_whose_process_died_does_not_hold_the_cursor_back(tmp_path, tiny_dir):
+    from agentkit.train.daemon import TrainerDaemon
+
+    path = tmp_path / "runs.db"
+    with TrajectoryStore(path) as store:
+        child = mp.get_context("fork").Process(target=lambda: store.start_run(
+            "solve", suite="arithmetic", task_id="x", policy_version="base"))  # and exits, leaving it running
+        child.start()
+        child.join(30)
+        (dead,) = [r.id for r in store.list_runs(status="running")]
+        plant_failures(store, char_scripted(policy(set()), build_tiny_tokenizer()), TRAIN[:1])
+        with TrainerDaemon(path, config(tmp_path, tiny_dir, min_pairs=1000, max_pairs=1000),
+                           llm=char_scripted(policy(set()), build_tiny_tokenizer())) as daemon:
+            result = daemon.cycle()  # not an hour's wait (stale_s): the daemon marks it
+            assert (result.interrupted, result.runs, result.skipped.get("interrupted")) == ([dead], 2, 1)
+            assert store.get_run(dead, steps=False).status == "interrupted"
+            assert daemon.book.state("arithmetic").status["interrupted_runs"] == 1
 
 
 def test_training_stopped_midway_resumes_from_its_checkpoint(tmp_path, tiny_dir):

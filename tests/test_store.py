@@ -29,7 +29,7 @@ RUN_COLUMNS = {
     "id": int, "graph": str, "suite": str, "task_id": str, "split": str, "model": str,
     "policy_version": str, "status": str, "reward": float, "step_accuracy": float, "tokens": int,
     "calls": int, "cost": float, "wall_s": float, "error": str, "meta": str, "started_at": str,
-    "finished_at": str,
+    "finished_at": str, "owner_pid": int, "owner_host": str, "owner_start": str,
 }
 STEP_COLUMNS = {
     "id": int, "run_id": int, "node": str, "role": str, "attempt": int, "parent_step_id": int,
@@ -341,7 +341,8 @@ def test_sigkill_loses_at_most_the_step_in_flight(tmp_path):
         stored = {s.id for s in store.steps(run.id)}
         assert set(reported) <= stored
         assert len(stored) - len(reported) <= 1  # the step committed but not yet printed
-        assert run.status == "running"
+        assert run.status == "interrupted"  # its process is gone: opening the store said so
+        assert run.owner_pid == child.pid and run.calls == len(stored)
     conn = sqlite3.connect(path)
     assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
     conn.close()

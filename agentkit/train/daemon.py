@@ -134,6 +134,10 @@ class CycleResult:
     gate_s: float = 0.0
     more: bool = False
     """More runs were waiting than one cycle examines: run the next cycle at once."""
+    waiting_on: dict[str, Any] | None = None
+    """The unfinished run the cursor stopped at (id, pid, host, started_at), if any."""
+    interrupted: list[int] = field(default_factory=list)
+    """Runs found 'running' whose process was gone, marked 'interrupted' this cycle."""
 
     @property
     def did_work(self) -> bool:
@@ -287,7 +291,8 @@ class TrainerDaemon:
                                                    "gate": result.gate},
                 )
             self.status(state="idle", pending_pairs=result.pending, active_policy=self.registry.active().version,
-                        heartbeat_at=_now(), config=asdict(self.config), **self._bump(cycles=1))
+                        heartbeat_at=_now(), config=asdict(self.config), waiting_on=result.waiting_on,
+                        **self._bump(cycles=1, interrupted_runs=len(result.interrupted)))
         if result.did_work:
             log.info("cycle: runs %d..%d examined %d, used %d, failed %d, new pairs %d, pending %d%s",
                      result.run_from + 1, result.run_to, result.runs, result.used, result.failed, result.pairs,
@@ -298,11 +303,19 @@ class TrainerDaemon:
 
     def _collect(self, state: Any, active: str, result: CycleResult) -> None:
         rows = self.book.runs_after(state.run_cursor, self.config.batch_runs)
+        if any(row["status"] == "running" for row in rows):
+            # a run whose process died would hold the cursor until stale_s: mark it interrupted
+            result.interrupted = self.traces.repair()
+            if result.interrupted:
+                log.info("runs %s: their process is gone; marked interrupted", ", ".join(map(str, result.interrupted)))
+                rows = self.book.runs_after(state.run_cursor, self.config.batch_runs)
         result.more = len(rows) == self.config.batch_runs
         ready = []
         for row in rows:
             if row["status"] == "running" and _age_s(row["started_at"]) < self.config.stale_s:
                 result.more = False  # runs after an unfinished one wait for it: the cursor never skips a run
+                result.waiting_on = {"run": row["id"], "pid": row["owner_pid"], "host": row["owner_host"],
+                                     "since": row["started_at"]}
                 break
             ready.append(row)
         if not ready:
@@ -321,7 +334,7 @@ class TrainerDaemon:
             elif row["policy_version"] != active:
                 skip("other_policy")
             elif row["status"] not in ("success", "failure"):
-                skip(row["status"])  # error, budget, abandoned
+                skip(row["status"])  # error, budget, interrupted, or running past stale_s
             elif row["task_id"] in self._held_out_ids:
                 skip("held_out")
             else:
