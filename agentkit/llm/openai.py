@@ -24,10 +24,74 @@ from urllib.parse import urlsplit
 from agentkit.errors import BackendError
 from agentkit.llm.base import Completion, GenerationRequest
 
-__all__ = ["OpenAIClientLLM"]
+__all__ = ["OpenAIClientLLM", "check_base_url"]
 
 _TOKEN_ID = re.compile(r"token_id:(\d+)")
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+_EXAMPLE_URL = "http://127.0.0.1:8000/v1"
+
+
+def check_base_url(url: str, flag: str = "--base-url") -> str:
+    """``url`` if it is a server's API root (http or https, a host, a valid port), else a
+    one-line BackendError at once, before anything waits on the network."""
+    parts = urlsplit(url.strip()) if isinstance(url, str) else None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise BackendError(f"{flag} {url}: not a server URL; pass the server's API root with its scheme and host, "
+                           f"e.g. {flag} {_EXAMPLE_URL}")
+    try:
+        parts.port
+    except ValueError:
+        raise BackendError(f"{flag} {url}: the port is not 0-65535; pass e.g. {flag} {_EXAMPLE_URL}") from None
+    return url
+
+
+class _ConnectTimeout(OSError):
+    """No connection to the server within the connect timeout."""
+
+
+def _connector(connect_timeout: float) -> Any:
+    """http.client's ``_create_connection`` with its own, shorter timeout for connecting;
+    the socket then waits for answers with the request's timeout."""
+
+    def create_connection(address: Any, timeout: Any = None, source_address: Any = None) -> socket.socket:
+        limit = connect_timeout if not isinstance(timeout, (int, float)) else min(timeout, connect_timeout)
+        try:
+            sock = socket.create_connection(address, limit, source_address)
+        except (TimeoutError, socket.timeout):
+            raise _ConnectTimeout(f"no connection within {connect_timeout:g} s") from None
+        sock.settimeout(timeout if isinstance(timeout, (int, float)) else None)
+        return sock
+
+    return create_connection
+
+
+def _connecting_with(cls: Any, connect: Any) -> Any:
+    """A connection class for urllib's ``do_open`` whose connections connect with ``connect``."""
+
+    def make(*args: Any, **kwargs: Any) -> Any:
+        conn = cls(*args, **kwargs)
+        conn._create_connection = connect
+        return conn
+
+    return make
+
+
+class _HTTPHandler(urllib.request.HTTPHandler):
+    def __init__(self, connect_timeout: float):
+        super().__init__()
+        self._connect = _connector(connect_timeout)
+
+    def http_open(self, req: Any) -> Any:
+        return self.do_open(_connecting_with(http.client.HTTPConnection, self._connect), req)
+
+
+class _HTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, connect_timeout: float):
+        super().__init__()
+        self._connect = _connector(connect_timeout)
+
+    def https_open(self, req: Any) -> Any:
+        return self.do_open(_connecting_with(http.client.HTTPSConnection, self._connect), req, context=self._context)
 
 
 class _HTTPStatusError(BackendError):
@@ -70,19 +134,26 @@ class OpenAIClientLLM:
         api_key: str | None = None,
         timeout: float = 120,
         max_workers: int = 64,
+        connect_timeout: float = 5.0,
     ):
-        root = base_url.rstrip("/")
+        """``timeout``: seconds a request may wait for the server's answer; ``connect_timeout``:
+        seconds to reach it at all, so a dead or silent address fails in seconds."""
+        root = check_base_url(base_url).strip().rstrip("/")
         root = root[: -len("/v1")] if root.endswith("/v1") else root
         self._root = root
         self.base_url = root + "/v1"
         self.timeout = timeout
+        self.connect_timeout = connect_timeout
         self.max_workers = max_workers
         self._headers = {"Content-Type": "application/json"}
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
         # a proxy from the environment must not swallow requests to a local server
         local = urlsplit(root).hostname in _LOOPBACK
-        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({})) if local else urllib.request.build_opener()
+        handlers = [_HTTPHandler(connect_timeout), _HTTPSHandler(connect_timeout)]
+        if local:
+            handlers.append(urllib.request.ProxyHandler({}))
+        self._opener = urllib.request.build_opener(*handlers)
         self.model_name = model or self._first_model()
 
     # --- HTTP ------------------------------------------------------------------------
@@ -108,6 +179,12 @@ class OpenAIClientLLM:
             return text
 
     def _unreachable(self, reason: object) -> BackendError:
+        if isinstance(reason, _ConnectTimeout):
+            port = urlsplit(self._root).port or 8000
+            return BackendError(
+                f"no server accepted a connection at {self.base_url} within {self.connect_timeout:g} s; "
+                f"check the host and port, or start one with `agentkit serve --port {port}`"
+            )
         if isinstance(reason, (TimeoutError, socket.timeout)):
             return BackendError(
                 f"the server at {self.base_url} did not answer within {self.timeout:g} s; "

@@ -1,0 +1,71 @@
+"""The OpenAI-compatible client's checks before any request: a --base-url that is not a
+server URL fails at once in one line, and a server that does not accept connections is
+found within the connect timeout, not after minutes of silence."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+
+from agentkit.errors import BackendError
+from agentkit.llm.openai import OpenAIClientLLM, check_base_url
+
+
+@pytest.mark.parametrize("url, needle", [
+    ("notaurl", "--base-url notaurl: not a server URL"),
+    ("127.0.0.1:8000/v1", "--base-url 127.0.0.1:8000/v1: not a server URL"),
+    ("ftp://127.0.0.1/v1", "--base-url ftp://127.0.0.1/v1: not a server URL"),
+    ("http:///v1", "--base-url http:///v1: not a server URL"),
+    ("http://127.0.0.1:99999/v1", "--base-url http://127.0.0.1:99999/v1: the port is not 0-65535"),
+])
+def test_a_base_url_that_is_not_a_server_url_fails_at_once(url, needle):
+    start = time.perf_counter()
+    with pytest.raises(BackendError) as info:
+        OpenAIClientLLM(url, model="m")
+    assert time.perf_counter() - start < 1.0
+    message = str(info.value)
+    assert needle in message and "http://127.0.0.1:8000/v1" in message and "\n" not in message
+
+
+def test_check_base_url_names_the_flag_it_checks():
+    assert check_base_url("http://127.0.0.1:8000/v1/") == "http://127.0.0.1:8000/v1/"
+    with pytest.raises(BackendError, match="--serve-url nope: not a server URL"):
+        check_base_url("nope", flag="--serve-url")
+
+
+@pytest.fixture
+def silent_host(monkeypatch):
+    """A server address whose connections never complete (as a dropped SYN behaves)."""
+
+    def never(address, timeout=None, *args, **kwargs):
+        time.sleep(timeout if timeout is not None else 600)
+        raise TimeoutError("timed out")
+
+    monkeypatch.setattr(socket, "create_connection", never)
+    return "http://10.255.255.1:8000/v1"
+
+
+def test_a_server_that_never_accepts_is_found_within_the_connect_timeout(silent_host):
+    start = time.perf_counter()
+    with pytest.raises(BackendError) as info:
+        OpenAIClientLLM(silent_host, connect_timeout=0.5)  # asks the server for its models
+    took = time.perf_counter() - start
+    assert took < 3.0, f"took {took:.1f} s"
+    assert "10.255.255.1:8000" in str(info.value) and "0.5 s" in str(info.value)
+
+
+def test_every_request_gets_the_connect_timeout(silent_host):
+    client = OpenAIClientLLM(silent_host, model="m", connect_timeout=0.5, timeout=120)  # no request yet
+    start = time.perf_counter()
+    with pytest.raises(BackendError, match="within 0.5 s"):
+        client.list_adapters()
+    assert time.perf_counter() - start < 3.0
+
+
+def test_the_default_connect_timeout_is_a_few_seconds():
+    import inspect
+
+    default = inspect.signature(OpenAIClientLLM).parameters["connect_timeout"].default
+    assert 1 <= default <= 10
