@@ -10,16 +10,32 @@ import json
 import os
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, NoReturn, Optional
 
 import typer
 from typer.core import TyperGroup
 
+from agentkit.cli._errors import NoArgsIsHelpError, UsageError, damaged_store_line, remember_store, usage_line
+
 __all__ = ["app", "main"]
 
 
+def _fail(line: str) -> NoReturn:
+    typer.echo(f"error: {line}", err=True)
+    raise typer.Exit(1)
+
+
 class _Group(TyperGroup):
-    """Turns library errors into one line on stderr and a non-zero exit, never a traceback."""
+    """Turns library errors, values Click cannot parse and a damaged store into one line on
+    stderr and a non-zero exit, never a traceback or a usage box."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except NoArgsIsHelpError:
+            raise  # the group alone: its help
+        except UsageError as exc:
+            _fail(usage_line(exc))
 
     def invoke(self, ctx: Any) -> Any:
         from agentkit.errors import AgentkitError
@@ -29,6 +45,15 @@ class _Group(TyperGroup):
         except AgentkitError as exc:
             typer.echo(f"error: {' '.join(str(exc).split())}", err=True)
             raise typer.Exit(getattr(exc, "exit_code", 1)) from None
+        except NoArgsIsHelpError:
+            raise
+        except UsageError as exc:  # `--n abc`, `traces show -5`, an unknown option
+            _fail(usage_line(exc))
+        except Exception as exc:
+            line = damaged_store_line(exc, ctx)
+            if line is None:
+                raise
+            _fail(line)
         except KeyboardInterrupt:
             typer.echo("error: interrupted", err=True)
             raise typer.Exit(130) from None
@@ -51,7 +76,9 @@ STORE_DEFAULT = "$AGENTKIT_HOME/runs.db"
 def _store_path(store: Optional[Path]) -> Path:
     from agentkit.llm.models import agentkit_home
 
-    return store.expanduser() if store is not None else agentkit_home() / "runs.db"
+    path = store.expanduser() if store is not None else agentkit_home() / "runs.db"
+    remember_store(path)  # named if SQLite finds the file damaged
+    return path
 
 
 def _require(ok: bool, message: str) -> None:
@@ -373,7 +400,7 @@ def traces_list(
 
 @traces_app.command("show")
 def traces_show(
-    run_id: int = typer.Argument(..., help="A run id from `agentkit traces list`."),
+    run_id: int = typer.Argument(..., min=1, help="A run id from `agentkit traces list`."),
     store: Optional[Path] = typer.Option(None, envvar="AGENTKIT_STORE", show_default=STORE_DEFAULT, help=STORE_HELP),
 ) -> None:
     """Show one run and every model call it made."""

@@ -236,7 +236,7 @@ def memory_import(
 
 @memory_app.command("rollback")
 def memory_rollback(
-    version: int = typer.Argument(..., help="The version to restore (see `agentkit memory stats`; 0 is the empty library)."),
+    version: int = typer.Argument(..., min=0, help="The version to restore (see `agentkit memory stats`; 0 is the empty library)."),
     store: Optional[Path] = _store_option(),
 ) -> None:
     """Restore the library exactly as it was at VERSION; the restore is itself a new version, so it can be undone."""

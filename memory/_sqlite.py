@@ -72,9 +72,12 @@ def _not_writable(path: str, reason: object) -> StoreError:
 
 
 def is_damaged(exc: BaseException) -> bool:
-    """SQLite found a damaged page (SQLITE_CORRUPT: "database disk image is malformed")."""
+    """SQLite found a damaged page (SQLITE_CORRUPT: "database disk image is malformed"), or
+    a text column holds bytes that are not text, which only overwritten pages do."""
+    message = str(exc).lower()
     return isinstance(exc, sqlite3.DatabaseError) and (
-        getattr(exc, "sqlite_errorname", "") == "SQLITE_CORRUPT" or "malformed" in str(exc).lower()
+        getattr(exc, "sqlite_errorname", "") == "SQLITE_CORRUPT" or "malformed" in message
+        or "could not decode to utf-8" in message
     )
 
 

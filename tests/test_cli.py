@@ -171,6 +171,14 @@ def bad_inputs(tmp_path: Path, filled: Path) -> dict[str, tuple[list[str], str, 
         "store that does not exist": (["traces", "list", "--store", str(tmp_path / "none.db")], "none.db", {}),
         "checker on a built-in suite": (["run", "--checker", "numeric"], "--checker numeric", {}),
         "unknown level": (["run", "--level", "9"], "level 9", {}),
+        # the framework's own checks: one line and exit 1 too, never its usage box and exit 2
+        "n not a number": (["run", "--n", "abc"], "--n 'abc' is not a whole number", {}),
+        "run id not a number": (["traces", "show", "abc", "--store", str(filled)], "RUN_ID 'abc'", {}),
+        "negative run id": (["traces", "show", "-5", "--store", str(filled)], "RUN_ID -5", {}),
+        "negative library version": (["memory", "rollback", "-1", "--store", str(filled)], "VERSION -1", {}),
+        "unknown option": (["traces", "list", "--stor", str(filled)], "--stor", {}),
+        "missing argument": (["traces", "show", "--store", str(filled)], "RUN_ID", {}),
+        "base url without a scheme": (["run", "--backend", "openai", "--base-url", "notaurl"], "--base-url notaurl", {}),
     }
 
 
@@ -178,6 +186,8 @@ BAD = [
     "unknown suite", "missing model path", "unknown hub id offline", "malformed jsonl", "read-only store",
     "no server", "no server, model named", "unknown backend", "n below 1", "unknown run id",
     "store that does not exist", "checker on a built-in suite", "unknown level",
+    "n not a number", "run id not a number", "negative run id", "negative library version", "unknown option",
+    "missing argument", "base url without a scheme",
 ]
 
 
@@ -368,6 +378,49 @@ def test_traces_show_prints_the_run_and_its_steps(filled_store, columns):
         assert expected in result.stdout, expected
     for line in tasks[0].solution.splitlines():  # the completion text, at any terminal width
         assert line in result.stdout
+
+
+def damaged_store(tmp_path: Path, fill: bytes) -> tuple[Path, list[int]]:
+    """A store of 40 scripted runs whose middle 8 KB were overwritten with ``fill``, and the
+    ids of the runs whose rows can no longer be read."""
+    import sqlite3
+
+    suite = get_suite("arithmetic")
+    tasks = suite.tasks("test", 40)
+    path = tmp_path / "damaged.db"
+    with TrajectoryStore(path) as store:
+        run_tasks(solver(0, tasks), suite, tasks, store, concurrency=1)
+    size = path.stat().st_size
+    with open(path, "r+b") as f:
+        f.seek(size // 2 - 4096)
+        f.write(fill * (8192 // len(fill)))
+    conn = sqlite3.connect(path)
+    damaged = []
+    for run_id in range(1, 41):
+        try:
+            conn.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchall()
+            conn.execute("SELECT * FROM steps WHERE run_id = ?", (run_id,)).fetchall()
+        except sqlite3.DatabaseError:
+            damaged.append(run_id)
+    conn.close()
+    return path, damaged
+
+
+@pytest.mark.parametrize("fill", [b"\0", bytes(range(256))], ids=["zeros", "bytes"])
+def test_a_damaged_store_is_one_line_naming_integrity_check_and_the_backup(tmp_path, fill):
+    path, damaged = damaged_store(tmp_path, fill)
+    assert damaged, "the overwrite missed every run: the test no longer damages what traces read"
+    # the damaged run's rows are read by `traces show`; `traces list` reads them only when
+    # the damage reaches the runs table, so it may succeed, but never with a traceback
+    for args in (["traces", "show", str(damaged[0])], ["traces", "list", "--limit", "100"]):
+        result = cli(*args, "--store", str(path))
+        assert "Traceback" not in result.stderr + result.stdout
+        if args[1] == "list" and result.returncode == 0:
+            continue
+        assert result.returncode == 1, (args, result.returncode, result.stderr[-2000:])
+        lines = result.stderr.splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"error: store {path} is damaged"), result.stderr
+        assert f"sqlite3 {path} 'PRAGMA integrity_check'" in lines[0] and "backup" in lines[0]
 
 
 def test_models_lists_the_cache(monkeypatch, tmp_path):
