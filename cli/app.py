@@ -484,8 +484,10 @@ def graphs_show(
 
     loaded = load_graph(graph)
     path = (out or Path(f"{loaded.name}.mmd")).expanduser()
+    # a typo in --out must not leave new directories behind: only an existing one is written to
+    _require(path.parent.is_dir(), f"cannot write {path}: no directory {path.parent}; create it first, "
+                                   "or pass --out PATH.mmd in an existing directory")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(loaded.to_mermaid(), encoding="utf-8")
     except OSError as exc:
         from agentkit.errors import AgentkitError

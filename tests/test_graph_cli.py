@@ -46,13 +46,21 @@ def test_graphs_list_prints_one_line_per_prebuilt_graph():
 
 
 def test_graphs_show_prints_nodes_and_edges_and_writes_mermaid(tmp_path):
-    out = tmp_path / "diagrams" / "sc.mmd"
+    out = tmp_path / "sc.mmd"
     result = invoke("graphs", "show", "solve_critic", "--out", str(out))
     assert result.exit_code == 0, result.stderr
     for text in ("solve (entry)", "critic", "max_revisions=2", "review", "revise", "accept", "check", "(end)"):
         assert text in result.stdout, text
     assert result.stdout.rstrip().endswith(f"wrote {out}")
     assert "review -->|revise| solve" in out.read_text()
+
+
+def test_graphs_show_never_creates_directories(tmp_path):
+    out = tmp_path / "nonexistent" / "dir" / "x.mmd"
+    result = invoke("graphs", "show", "solve_critic", "--out", str(out))
+    assert result.exit_code == 1 and result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith(f"error: cannot write {out}: no directory {out.parent}"), result.stderr
+    assert "--out" in result.stderr and not (tmp_path / "nonexistent").exists()
 
 
 def test_graphs_show_a_user_file(tmp_path):
