@@ -68,8 +68,10 @@ def start(
     """Start the background trainer on a store: it returns at once, printing the pid and the log file."""
     from agentkit.errors import AgentkitError
     from agentkit.memory.trainer import TrainerStore, running_pid
-    from agentkit.tasks import get_suite
+    from agentkit.tasks import get_suite, list_suites
 
+    _require(not suite.endswith(".jsonl"), f"--suite {suite}: the trainer learns from a built-in suite, "
+                                           f"not a task file; choose one of: {', '.join(list_suites())}")
     task_suite = get_suite(suite)  # an unknown suite fails here, naming the choices
     for name, value in (("--min-pairs", min_pairs), ("--eval-tasks", eval_tasks), ("--rectifications", rectifications)):
         _require(value >= 1, f"{name} {value}: must be at least 1")
@@ -80,12 +82,21 @@ def start(
     _require(backend in ("transformers", "openai"), f"--backend {backend}: the trainer samples with transformers or openai")
     _require(eval_level is None or eval_level in task_suite.levels,
              f"--eval-level {eval_level}: {suite} has levels {', '.join(map(str, task_suite.levels))}")
+    _require(base_url is None or backend == "openai", "--base-url is for --backend openai; drop it or add --backend openai")
+    from agentkit.llm.openai import check_base_url
+
+    if serve_url is not None:
+        check_base_url(serve_url, flag="--serve-url")
     path, files = _files(store, must_exist=False)
     TrainerStore(path).close()  # creates or migrates the store; a bad path fails here, in one line
     pid = running_pid(files.pid)
     if pid is not None and not (foreground and os.environ.get(_DETACHED)):
-        raise AgentkitError(f"a trainer is already running for {path} (pid {pid}); "
-                            f"stop it with `agentkit trainer stop --store {path}`")
+        raise _already_running(path, pid)
+    if backend == "openai" and not os.environ.get(_DETACHED):
+        from agentkit.llm import load_backend
+
+        # the trainer asks the server only when there is work: a dead one must fail now, not then
+        load_backend("openai", model, base_url=base_url).close()
 
     if foreground:
         from agentkit.train.daemon import TrainerConfig, run_daemon
@@ -109,13 +120,17 @@ def start(
     argv += ["--store", str(path)]
     files.log.parent.mkdir(parents=True, exist_ok=True)
     with open(files.log, "ab") as log:
+        logged_before = log.tell()
         child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                  start_new_session=True, env={**os.environ, _DETACHED: "1"}, close_fds=True)
     deadline = time.monotonic() + 60
     while running_pid(files.pid) != child.pid:  # wait until it holds the store's trainer lock
         if child.poll() is not None:
-            raise AgentkitError(f"the trainer exited at once (status {child.returncode}): {_last_line(files.log)}; "
-                                f"see {files.log}")
+            holder = running_pid(files.pid)
+            if holder is not None:  # another start took the lock between our look and our child's
+                raise _already_running(path, holder)
+            raise AgentkitError(f"the trainer exited at once (status {child.returncode}): "
+                                f"{_last_line(files.log, logged_before)}; see {files.log}")
         if time.monotonic() > deadline:
             break  # still importing on a loaded machine: it is up, say so
         time.sleep(0.05)
@@ -124,13 +139,27 @@ def start(
     typer.echo("see it with `agentkit trainer status`; stop it with `agentkit trainer stop`", err=True)
 
 
-def _last_line(path: Path) -> str:
+def _already_running(path: Path, pid: int) -> Any:
+    from agentkit.errors import AgentkitError
+
+    if pid < 0:
+        return AgentkitError(f"a trainer is starting for {path}; see it with `agentkit trainer status --store {path}` "
+                             "in a few seconds")
+    return AgentkitError(f"a trainer is already running for {path} (pid {pid}); "
+                         f"stop it with `agentkit trainer stop --store {path}`")
+
+
+def _last_line(path: Path, offset: int = 0) -> str:
+    """The child's last error line (else its last line) in the log from ``offset`` on, without "error: "."""
     try:
-        lines = [line for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+        with open(path, "rb") as log:
+            log.seek(offset)
+            lines = [line for line in log.read().decode("utf-8", "replace").splitlines() if line.strip()]
     except OSError:
         return "no log"
     errors = [line for line in lines if line.startswith("error:")]
-    return " ".join((errors or lines or ["no output"])[-1].split())
+    line = " ".join((errors or lines or ["no output"])[-1].split())
+    return line.removeprefix("error: ")
 
 
 @trainer_app.command("status")

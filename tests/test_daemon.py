@@ -351,6 +351,12 @@ def test_trainer_start_status_stop_on_a_real_process(tmp_path):
     (["trainer", "start", "--eval-level", "9"], "--eval-level 9: arithmetic has levels 1, 2, 3, 4, 5"),
     (["trainer", "status", "--store", "{tmp}/missing.db"], "no store at {tmp}/missing.db; pass --store PATH"),
     (["trainer", "start", "--store", "{tmp}"], "store path {tmp} is a directory"),
+    (["trainer", "start", "--suite", "{tmp}/tasks.jsonl"], "--suite {tmp}/tasks.jsonl: the trainer learns from a built-in suite"),
+    (["trainer", "start", "--backend", "openai", "--base-url", "notaurl"], "--base-url notaurl: not a server URL"),
+    (["trainer", "start", "--base-url", "http://127.0.0.1:8000/v1"], "--base-url is for --backend openai"),
+    (["trainer", "start", "--serve-url", "notaurl"], "--serve-url notaurl: not a server URL"),
+    (["trainer", "start", "--backend", "openai", "--base-url", "http://127.0.0.1:9/v1"],
+     "no OpenAI-compatible server answers at http://127.0.0.1:9/v1"),
 ])
 def test_trainer_commands_refuse_bad_input_with_one_line(args, message, tmp_path):
     store = str(tmp_path / "runs.db")
@@ -363,6 +369,31 @@ def test_trainer_commands_refuse_bad_input_with_one_line(args, message, tmp_path
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr, result.stderr
     assert result.stderr.startswith("error: " + message.format(store=store, tmp=tmp_path)), result.stderr
     assert running_pid(TrainerFiles.beside(store).pid) is None
+
+
+def test_a_start_that_loses_the_race_for_the_lock_says_a_trainer_is_running(tmp_path, monkeypatch):
+    """Two starts at once: both see no trainer, both spawn one, and the second child finds
+    the lock taken. Its parent says so in the same one line as a start that saw it at once."""
+    from typer.testing import CliRunner
+
+    import agentkit.memory.trainer as trainer
+    from agentkit.cli.app import app
+    from agentkit.memory.trainer import TrainerLock
+
+    store = str(tmp_path / "runs.db")
+    files = TrainerFiles.beside(store)
+    real, calls = trainer.running_pid, []
+
+    def first_look_sees_nothing(path):
+        calls.append(path)
+        return None if len(calls) == 1 else real(path)
+
+    monkeypatch.setattr(trainer, "running_pid", first_look_sees_nothing)
+    with TrainerLock(files.pid):  # the first trainer, here in the test process
+        result = CliRunner().invoke(app, ["trainer", "start", "--store", store, "--poll", "0.2"])
+    assert result.exit_code == 1
+    assert result.stderr == (f"error: a trainer is already running for {store} (pid {os.getpid()}); "
+                             f"stop it with `agentkit trainer stop --store {store}`\n")
 
 
 def test_a_promotion_reaches_a_served_deployment(tmp_path):
