@@ -119,7 +119,7 @@ def run(
         None, show_default="exact", help="How a .jsonl suite checks answers: exact, numeric or regex."
     ),
     n: int = typer.Option(20, "--n", "-n", help="Number of tasks."),
-    split: str = typer.Option("test", help="Task split: train or test."),
+    split: str = typer.Option("test", help="Task split: train or test; a .jsonl file also all (every line, train and test)."),
     level: Optional[int] = typer.Option(
         None, show_default="the suite's default; a .jsonl file: all levels", help="Difficulty level."
     ),
@@ -186,9 +186,13 @@ def run(
         task_suite = load_jsonl(suite, checker=checker or "exact")
     else:
         _require(checker is None, f"--checker {checker}: only a .jsonl suite takes a checker; drop it for '{suite}'")
+        _require(split != "all", f"--split all runs every line of a .jsonl file; {suite} has train and test: "
+                                 "pass --split test")
         task_suite = get_suite(suite)
     tasks = task_suite.tasks(split, n, level=level, seed=seed)
     task_suite.prompt(tasks[0], shots=shots)  # a bad --shots fails now, not after the model loads
+    if hasattr(task_suite, "describe"):  # a .jsonl file: what became of its lines, never silently
+        typer.echo(task_suite.describe(split, running=len(tasks), shots=shots), err=True)
     defaults = Budget()
     budget = Budget(max_calls=max_calls or defaults.max_calls, max_tokens=max_tokens or defaults.max_tokens)
     store_path = _store_path(store)

@@ -334,6 +334,29 @@ def test_run_with_memory_learns_after_each_verified_run(monkeypatch, tmp_path):
         assert library.version() == 0
 
 
+def test_run_on_a_jsonl_file_says_what_it_did_with_its_lines(monkeypatch, tmp_path):
+    path = tmp_path / "tasks.jsonl"
+    path.write_text("".join(json.dumps({"question": f"q{i}?", "answer": str(i)}) + "\n" for i in range(20)))
+    monkeypatch.setattr(agentkit.llm, "load_backend", lambda *a, **k: ScriptedLLM(lambda prompt, request: "Answer: 0"))
+    store = str(tmp_path / "runs.db")
+    result = invoke("run", "--suite", str(path), "--n", "100", "--json", "--store", store)
+    assert result.exit_code == 0, result.stderr
+    held_back = 20 - json.loads(result.stdout)["runs"]  # train lines, by the hash rule
+    assert held_back > 0
+    assert result.stderr == (f'tasks: 20 lines, {held_back} train and {20 - held_back} test (no line gives "split": '
+                             f"1 in 5, by a hash of the question, is train); running {20 - held_back} test lines, "
+                             f"with up to 3 train lines as worked examples in each prompt; --split all runs every line\n")
+    whole = invoke("run", "--suite", str(path), "--n", "100", "--split", "all", "--json", "--store", store)
+    assert whole.exit_code == 0, whole.stderr
+    assert json.loads(whole.stdout)["runs"] == 20 and "running all 20 lines" in whole.stderr
+
+
+def test_split_all_is_for_a_jsonl_file(tmp_path):
+    result = invoke("run", "--split", "all", "--store", str(tmp_path / "runs.db"))
+    assert result.exit_code == 1 and result.stderr.count("\n") == 1
+    assert result.stderr.startswith("error: --split all runs every line of a .jsonl file"), result.stderr
+
+
 @pytest.mark.parametrize("args, message", [
     (["--memory", "-1"], "--memory -1"),
     (["prebuilt-name", "--memory", "2"], "a graph declares memory on its nodes"),

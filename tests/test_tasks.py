@@ -375,6 +375,44 @@ def test_jsonl_without_splits_is_mostly_test_and_zero_shot_without_train(tmp_pat
         only_test.tasks("train", 1)
 
 
+def questions(n, split):
+    """``n`` questions that the no-"split" rule puts in ``split``."""
+    from agentkit.tasks.jsonl import _default_split
+
+    return [q for q in (f"What is {i} + 1?" for i in range(1000)) if _default_split(q) == split][:n]
+
+
+def test_jsonl_split_all_runs_every_line(tmp_path):
+    lines = [json.dumps({"question": f"q{i}?", "answer": str(i)}) for i in range(20)]
+    suite = load_jsonl(write_lines(tmp_path, lines))
+    assert len(suite.tasks("test", 100)) < 20  # the rule holds some lines back as examples
+    every = suite.tasks("all", 100)
+    assert [t.question for t in every] == [f"q{i}?" for i in range(20)]  # file order
+    assert sorted(t.id for t in suite.tasks("all", 100, seed=3)) == sorted(t.id for t in every)
+    only_test = load_jsonl(write_lines(tmp_path, [json.dumps({"question": q, "answer": "1"})
+                                                  for q in questions(5, "test")], "t.jsonl"))
+    assert len(only_test.tasks("all", 10)) == 5
+    with pytest.raises(TaskError, match="unknown split 'dev'; choose one of: train, test, all"):
+        suite.tasks("dev", 1)
+
+
+def test_jsonl_describe_says_what_it_did_with_the_lines(tmp_path):
+    lines = [json.dumps({"question": q, "answer": "1"}) for q in questions(16, "test") + questions(4, "train")]
+    suite = load_jsonl(write_lines(tmp_path, lines))
+    text = suite.describe("test", running=16, shots=3)
+    assert text == ('tasks: 20 lines, 4 train and 16 test (no line gives "split": 1 in 5, by a hash of the question, '
+                    "is train); running 16 test lines, with up to 3 train lines as worked examples in each prompt; "
+                    "--split all runs every line")
+    assert "\n" not in text
+    no_train = load_jsonl(write_lines(tmp_path, lines[:5], "five.jsonl"))
+    assert no_train.describe("test", running=5, shots=3) == (
+        'five: 5 lines, 0 train and 5 test (no line gives "split": 1 in 5, by a hash of the question, is train); '
+        "running 5 test lines, with no worked examples although --shots 3: the file has no train lines")
+    assert no_train.describe("all", running=5, shots=0).endswith("running all 5 lines, with no worked examples")
+    given = load_jsonl(write_lines(tmp_path, [lines[0][:-1] + ', "split": "train"}', lines[1]], "given.jsonl"))
+    assert '1 train and 1 test (lines without "split" are test)' in given.describe("test", running=1, shots=3)
+
+
 def test_jsonl_numeric_and_regex_checkers(tmp_path):
     numeric = load_jsonl(write_lines(tmp_path, ['{"question": "big?", "answer": "1,000"}']), checker="numeric")
     task = numeric.tasks("test", 1)[0]

@@ -4,7 +4,9 @@
 
 Optional keys: "id", "level" (an integer, default 1) and "split" ("train" or "test"). If no
 line gives a split, one line in five (by a hash of its question) is train and the rest
-test; if some lines do, the others are test. Train lines serve as few-shot examples.
+test; if some lines do, the others are test. Train lines serve as few-shot examples;
+``tasks("all", n)`` takes every line, and ``describe`` says in one line what a run does
+with the lines.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from agentkit.tasks.base import SPLITS, Suite, Task, parse_number, split_of
 __all__ = ["JsonlSuite", "load_jsonl", "CHECKERS"]
 
 CHECKERS = ("exact", "numeric", "regex")
+ALL = "all"
+"""The split of every line of the file, train and test alike."""
 _EXAMPLE = 'each line must be an object like {"question": "...", "answer": "..."}'
 _MAX_ANSWER_CHARS = 1000  # bounds the work a user regex does on model text
 
@@ -31,15 +35,18 @@ class JsonlSuite(Suite):
     """Tasks read from a file. No step checker: ``check_steps`` returns None.
 
     Deviations from generated suites: ``tasks(level=None)`` means every level, ``seed=0``
-    keeps file order (other seeds shuffle deterministically), and asking for more tasks
-    than the file holds returns all of them."""
+    keeps file order (other seeds shuffle deterministically), asking for more tasks than
+    the file holds returns all of them, and the split "all" is every line.
+
+    ``given_splits``: how many lines of the file gave their "split" (None: unknown)."""
 
     stop = ("\nQuestion:", "\n\n\n")
 
-    def __init__(self, name: str, tasks: list[Task], checker: str):
+    def __init__(self, name: str, tasks: list[Task], checker: str, given_splits: int | None = None):
         self.name = name
         self.checker = checker
         self._all = tasks
+        self.given_splits = given_splits
         self.levels = tuple(sorted({t.level for t in tasks}))
         self.default_level = self.levels[0]
         has_train = any(t.split == "train" for t in tasks) and checker != "regex"
@@ -50,19 +57,45 @@ class JsonlSuite(Suite):
         )
 
     def tasks(self, split: str, n: int, level: int | None = None, seed: int = 0) -> list[Task]:
-        split = self._check_split(split)
+        if split != ALL and split not in SPLITS:
+            raise TaskError(f"unknown split {split!r}; choose one of: {', '.join((*SPLITS, ALL))}")
         if level is not None:
             self._check_level(level)
         if not isinstance(n, int) or n < 0:
             raise TaskError(f"n={n!r}: the number of tasks must be an integer >= 0")
-        chosen = [t for t in self._all if t.split == split and (level is None or t.level == level)]
+        chosen = [t for t in self._all if split in (ALL, t.split) and (level is None or t.level == level)]
         if not chosen:
             which = f"{split} tasks" + (f" at level {level}" if level is not None else "")
-            raise TaskError(f"{self.name}: no {which}; add lines with \"split\": \"{split}\" to the file")
+            raise TaskError(f"{self.name}: no {which}; add lines with \"split\": \"{split}\" to the file, "
+                            "or run every line with split all (--split all)")
         if seed != 0:
             chosen = list(chosen)
             random.Random(seed).shuffle(chosen)
         return chosen[:n]
+
+    def describe(self, split: str, running: int, shots: int) -> str:
+        """One line on what a run does with the file's lines: how many are train and test and
+        why, how many it runs, and whether its prompts show worked examples."""
+        train = sum(t.split == "train" for t in self._all)
+        test = len(self._all) - train
+        if self.given_splits == 0:
+            rule = 'no line gives "split": 1 in 5, by a hash of the question, is train'
+        elif self.given_splits is not None and self.given_splits < len(self._all):
+            rule = 'lines without "split" are test'
+        else:
+            rule = 'as the lines give "split"'
+        which = f"all {running} lines" if split == ALL else f"{running} {split} lines"
+        if shots <= 0:
+            examples = "no worked examples"
+        elif self.checker == "regex":
+            examples = "no worked examples: a regex answer is a pattern, not an example"
+        elif train == 0:
+            examples = f"no worked examples although --shots {shots}: the file has no train lines"
+        else:
+            examples = f"up to {min(shots, train)} train lines as worked examples in each prompt"
+        hint = "; --split all runs every line" if split != ALL and running < len(self._all) else ""
+        return (f"{self.name}: {len(self._all)} lines, {train} train and {test} test ({rule}); "
+                f"running {which}, with {examples}{hint}")
 
     def _shots(self, task: Task, shots: int) -> list[Task]:
         # a regex answer is a pattern, not an example of an answer: no shots then
@@ -124,7 +157,7 @@ def load_jsonl(
             Task(id=task_id, suite=name, split=split, level=r["level"], question=r["question"],
                  answer=r["answer"], solution=f"Answer: {r['answer']}", data={"line": number})
         )  # fmt: skip
-    return JsonlSuite(name, tasks, checker)
+    return JsonlSuite(name, tasks, checker, given_splits=sum(r["split"] is not None for r in records))
 
 
 def _content_hash(question: str, answer: str) -> str:
