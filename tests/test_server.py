@@ -178,8 +178,8 @@ def test_an_answer_from_another_model_is_refused(client, server, tmp_path, monke
     client.load_adapter("step1", str(tmp_path))
     answer = server.completions
 
-    def base_model_answers(body):  # a server that quietly falls back to the base model
-        return {**answer({**body, "model": "scripted"}), "model": "scripted"}
+    def base_model_answers(body, **kw):  # a server that quietly falls back to the base model
+        return {**answer({**body, "model": "scripted"}, **kw), "model": "scripted"}
 
     monkeypatch.setattr(server, "completions", base_model_answers)
     with pytest.raises(BackendError, match="for model 'step1' but 'scripted' answered"):
@@ -331,14 +331,14 @@ def test_vllm_missing_gives_install_hint(monkeypatch):
 
 def test_older_vllm_shapes(client, server, monkeypatch):
     """vLLM < 0.10: no token_ids / prompt_token_ids fields, and max_tokens=0 refused."""
-    from agentkit.llm.server import _HTTPError
+    from agentkit.llm._wire import HTTPError
 
     answer = server.completions
 
-    def old_vllm(body):
+    def old_vllm(body, **kw):
         if body.get("max_tokens") == 0:
-            raise _HTTPError(400, "max_tokens must be at least 1, got 0.")
-        data = answer(body)
+            raise HTTPError(400, "max_tokens must be at least 1, got 0.")
+        data = answer(body, **kw)
         for choice in data["choices"]:
             del choice["token_ids"], choice["prompt_token_ids"]
         return data

@@ -74,6 +74,7 @@ class _Row:
     finish_reason: str | None = None
     started: float = 0.0
     latency_s: float = 0.0
+    on_token: Any = None  # (token_id) -> None, called with each sampled token (streaming)
 
 
 @dataclass
@@ -82,6 +83,21 @@ class _Job:
     payload: Any
     future: Future
     adapter: str | None = None
+    on_token: Any = None  # (request_index, sample_index, token_id) -> None; see submit()
+
+
+def _answer(future: Future, result: Any = None, error: BaseException | None = None) -> None:
+    """Give a job's caller its result or error, unless the caller cancelled the job
+    meanwhile (a server's client went away): then there is nobody to answer."""
+    from concurrent.futures import InvalidStateError
+
+    try:
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+    except InvalidStateError:
+        pass
 
 
 class TransformersLLM:
@@ -181,13 +197,29 @@ class TransformersLLM:
     def decode(self, token_ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(token_ids), skip_special_tokens=True)
 
+    @property
+    def context_length(self) -> int | None:
+        """Most positions (prompt and completion) the model was built for."""
+        return getattr(self.model.config, "max_position_embeddings", None)
+
     def generate(self, requests: Sequence[GenerationRequest]) -> list[list[Completion]]:
+        return self.submit(requests).result()
+
+    def submit(self, requests: Sequence[GenerationRequest], on_token: Any = None) -> Future:
+        """``generate`` without waiting: a Future of its result.
+
+        Cancelling the future drops the requests' rows from the batch at its next decode
+        step, so a server whose client went away frees the batch at once. ``on_token``
+        ``(request_index, sample_index, token_id)`` is called on the worker thread with each
+        sampled token, for streaming: it must return at once and never raise."""
         if not requests:
-            return []
+            future: Future = Future()
+            future.set_result([])
+            return future
         for r in requests:
             if r.adapter is not None and r.adapter not in self._adapters:
                 raise BackendError(f"adapter '{r.adapter}' is not loaded; load it first (loaded: {self.list_adapters() or 'none'})")
-        return self._submit("generate", list(requests))
+        return self._enqueue("generate", list(requests), on_token=on_token)
 
     def score(self, prompt_ids: Sequence[int], completion_ids: Sequence[int], adapter: str | None = None) -> list[float]:
         if not completion_ids:
@@ -222,11 +254,14 @@ class TransformersLLM:
     # ---- the worker -------------------------------------------------------------
 
     def _submit(self, kind: str, payload: Any, adapter: str | None = None) -> Any:
+        return self._enqueue(kind, payload, adapter).result()
+
+    def _enqueue(self, kind: str, payload: Any, adapter: str | None = None, on_token: Any = None) -> Future:
         if self._closed:
             raise BackendError("this TransformersLLM is closed")
-        job = _Job(kind, payload, Future(), adapter)
+        job = _Job(kind, payload, Future(), adapter, on_token)
         self._queue.put(job)
-        return job.future.result()
+        return job.future
 
     def _next_job(self, timeout: float | None = None) -> _Job | None:
         """The next job: one the decode loop took from the queue and could not admit, else
@@ -267,16 +302,17 @@ class TransformersLLM:
         return sum(r.n for r in job.payload) if job.kind == "generate" else 0
 
     def _run_jobs(self, jobs: list[_Job]) -> None:
+        jobs = [j for j in jobs if not j.future.cancelled()]  # callers that gave up while queued
         for job in [j for j in jobs if j.kind != "generate"]:
             try:
-                job.future.set_result(self._run_other(job))
+                _answer(job.future, self._run_other(job))
             except Exception as e:  # surface to the caller, keep the worker alive
-                job.future.set_exception(e)
+                _answer(job.future, error=e)
         gen_jobs = [j for j in jobs if j.kind == "generate"]
         if not gen_jobs:
             return
         try:
-            rows_per_job = [self._make_rows(j.payload) for j in gen_jobs]
+            rows_per_job = [self._make_rows(j.payload, j.on_token) for j in gen_jobs]
             self._open = list(zip(gen_jobs, rows_per_job))
             by_adapter: dict[str | None, list[_Row]] = {}
             for rows in rows_per_job:
@@ -290,8 +326,7 @@ class TransformersLLM:
         except Exception as e:
             log.exception("generation failed")
             for job, _ in self._open:
-                if not job.future.done():
-                    job.future.set_exception(e)
+                _answer(job.future, error=e)
         finally:
             self._open = []
 
@@ -301,7 +336,20 @@ class TransformersLLM:
         still = []
         for job, rows in self._open:
             if all(r.finish_reason is not None for job_rows in rows for r in job_rows):
-                job.future.set_result([[self._completion(r) for r in job_rows] for job_rows in rows])
+                _answer(job.future, [[self._completion(r) for r in job_rows] for job_rows in rows])
+            else:
+                still.append((job, rows))
+        self._open = still
+
+    def _drop_cancelled(self) -> None:
+        """Finish the rows of every request whose caller cancelled it (a server's client
+        went away, or the server is stopping): they leave the batch at this decode step."""
+        still = []
+        for job, rows in self._open:
+            if job.future.cancelled():
+                for job_rows in rows:
+                    for r in job_rows:
+                        r.finish_reason = r.finish_reason or "cancelled"
             else:
                 still.append((job, rows))
         self._open = still
@@ -321,10 +369,12 @@ class TransformersLLM:
             if job is None or job.kind != "generate":
                 self._held.append(job)
                 break
+            if job.future.cancelled():
+                continue
             try:
-                job_rows = self._make_rows(job.payload)
+                job_rows = self._make_rows(job.payload, job.on_token)
             except Exception as e:  # a bad request fails alone
-                job.future.set_exception(e)
+                _answer(job.future, error=e)
                 continue
             flat = [r for jr in job_rows for r in jr]
             longest = max(len(r.prompt_ids) for r in flat)
@@ -338,9 +388,9 @@ class TransformersLLM:
             rows += flat
         return rows
 
-    def _make_rows(self, requests: list[GenerationRequest]) -> list[list[_Row]]:
+    def _make_rows(self, requests: list[GenerationRequest], on_token: Any = None) -> list[list[_Row]]:
         out = []
-        for request in requests:
+        for k, request in enumerate(requests):
             prompt_ids = self.tokenize(request.prompt) if isinstance(request.prompt, str) else list(request.prompt)
             if not prompt_ids:
                 raise BackendError("empty prompt: pass at least one token")
@@ -351,6 +401,8 @@ class TransformersLLM:
                     seed = (request.seed * 1_000_003 + i) % 2**63 if request.seed is not None else self._seed_rng.getrandbits(63)
                     gen = torch.Generator().manual_seed(seed)
                 job_rows.append(_Row(prompt_ids, request, RowParams(request.temperature, request.top_p, request.top_k, gen)))
+                if on_token is not None:
+                    job_rows[-1].on_token = lambda token, k=k, i=i: on_token(k, i, token)
             out.append(job_rows)
         return out
 
@@ -437,7 +489,8 @@ class TransformersLLM:
         for r in rows:
             if r.request.max_tokens == 0:
                 r.finish_reason = "length"
-        active = [r for r in rows if r.request.max_tokens > 0]
+        self._drop_cancelled()
+        active = [r for r in rows if r.finish_reason is None]
         if not active:
             return
         from agentkit.llm._kvcache import is_appending, join
@@ -450,6 +503,7 @@ class TransformersLLM:
                 tokens, logprobs = select_tokens(self._float_logits(logits), [r.params for r in active], hidden,
                                                  self._head_weight(), self._softcap, scratch=True)
                 tokens_l, logprobs_l = tokens.tolist(), logprobs.tolist()
+                self._drop_cancelled()
                 keep = []
                 now = time.perf_counter()
                 for i, r in enumerate(active):
@@ -600,6 +654,8 @@ class TransformersLLM:
     def _append(self, row: _Row, token: int, logprob: float) -> None:
         row.out_ids.append(token)
         row.out_logprobs.append(logprob)
+        if row.on_token is not None:
+            row.on_token(token)
         request = row.request
         if token in self.eos_ids:
             row.text = self.decode(row.out_ids)
