@@ -11,6 +11,7 @@ left alone: a live run is never marked.
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import sqlite3
@@ -32,8 +33,10 @@ def _read(path: str) -> str | None:
         return None
 
 
+@functools.cache
 def _context() -> tuple[str, str] | None:
-    """(boot id, pid namespace) of this process, or None without /proc."""
+    """(boot id, pid namespace) of this process, or None without /proc; a forked child
+    shares both with its parent."""
     boot = _read("/proc/sys/kernel/random/boot_id")
     try:
         namespace = os.readlink("/proc/self/ns/pid")
@@ -94,6 +97,7 @@ def mark_dead_runs(conn: sqlite3.Connection, *, unowned: bool = False) -> list[i
     (written before runs recorded one), which nothing can tell from live ones."""
     marked = []
     now = utcnow()
+    alive = functools.cache(owner_alive)  # a process runs many runs: look it up once
     rows = conn.execute("SELECT id, owner_pid, owner_host, owner_start FROM runs WHERE status = 'running'").fetchall()
     for run_id, pid, host, start in rows:
         if pid is None:
@@ -101,7 +105,7 @@ def mark_dead_runs(conn: sqlite3.Connection, *, unowned: bool = False) -> list[i
                 continue
             error = ("interrupted: it recorded no process and was marked by `agentkit traces repair --unowned`; "
                      + RESUME_HINT)
-        elif owner_alive(pid, host, start) is False:
+        elif alive(pid, host, start) is False:
             error = f"interrupted: its process (pid {pid} on {host}) ended before the run did; {RESUME_HINT}"
         else:
             continue
