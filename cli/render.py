@@ -225,18 +225,30 @@ def _step_text(step: Any) -> str:
 
 
 def node_table(stats: Sequence[dict], runs: int | None = None) -> Table:
-    """Per-node accounting from ``TrajectoryStore.node_stats``: calls (retries), tokens and
-    latency, with per-run averages over ``runs`` runs (default: the runs that reached each node)."""
-    table = Table(title="per node", title_justify="left", box=box.SIMPLE_HEAD, collapse_padding=True, pad_edge=False)
-    for name in ("node", "role", "runs", "calls", "retries", "tokens", "tokens/run", "latency", "latency/call"):
+    """Per-node accounting from ``TrajectoryStore.node_stats``: calls (retries), outputs that
+    did not parse, fallbacks, tokens and latency, with per-run averages over ``runs`` runs
+    (default: the runs that reached each node). Under the table, what each node fell back to."""
+    # one space between columns, so that eleven fit in 80
+    table = Table(title="per node", title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 0), pad_edge=False,
+                  caption_justify="left", caption_style="yellow")
+    for name in ("node", "role", "runs", "calls", "retries", "un-\nparsed", "fall-\nbacks", "tokens", "tokens\n/run",
+                 "latency", "latency\n/call"):
         table.add_column(name, justify="left" if name in ("node", "role") else "right", no_wrap=True)
+    notes = []
     for row in stats:
         per = runs or row["runs"] or 1
+        unparsed, fallbacks = row.get("unparsed", 0), row.get("fallbacks", 0)
         table.add_row(
             row["node"], row["role"] or "-", str(row["runs"]), str(row["calls"]), str(row["retries"]),
+            Text(str(unparsed), style="yellow" if unparsed else ""), Text(str(fallbacks), style="yellow" if fallbacks else ""),
             f"{row['tokens']:,}", f"{row['tokens'] / per:,.0f}", f"{row['latency_s']:.2f}s",
             f"{row['latency_s'] / row['calls']:.3f}s" if row["calls"] else "-",
         )
+        if fallbacks:
+            why = "; ".join(row.get("fallback_reasons") or []) or "see `agentkit traces show`"
+            notes.append(f"{row['node']}: {fallbacks} fallback{'' if fallbacks == 1 else 's'} ({why})")
+    if notes:
+        table.caption = "\n".join(notes)
     return table
 
 

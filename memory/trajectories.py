@@ -460,30 +460,50 @@ class TrajectoryStore:
 
         One dict per (node, role): ``runs`` (runs that reached the node), ``calls`` (steps,
         model calls and checker/tool steps alike), ``retries`` (steps with attempt > 0),
-        ``prompt_tokens``, ``completion_tokens``, ``tokens`` and ``latency_s`` (sums).
+        ``unparsed`` (steps whose output did not parse: a recorded ``parsed["error"]``, or a
+        solve step with no answer), ``fallbacks`` (steps after which the node went on with
+        a default, ``parsed["fallback"]``: no plan, no verdict so accept, ...) with
+        ``fallback_reasons`` (those defaults, most frequent first), ``prompt_tokens``,
+        ``completion_tokens``, ``tokens`` and ``latency_s`` (sums).
         """
+        valid = "json_valid(parsed) AND "  # a row whose parsed output is not JSON counts as neither
         query = (
             "SELECT node, COALESCE(role, ''), MIN(id), COUNT(DISTINCT run_id), COUNT(*), "
-            "SUM(CASE WHEN attempt > 0 THEN 1 ELSE 0 END), COALESCE(SUM(prompt_tokens), 0), "
-            "COALESCE(SUM(completion_tokens), 0), COALESCE(SUM(latency_s), 0.0) FROM steps "
-            "WHERE run_id IN ({}) GROUP BY node, role"
+            "SUM(CASE WHEN attempt > 0 THEN 1 ELSE 0 END), "
+            f"SUM(CASE WHEN {valid}(json_extract(parsed, '$.error') IS NOT NULL "
+            "OR json_type(parsed, '$.answer') = 'null') THEN 1 ELSE 0 END), "
+            f"SUM(CASE WHEN {valid}json_extract(parsed, '$.fallback') IS NOT NULL THEN 1 ELSE 0 END), "
+            "COALESCE(SUM(prompt_tokens), 0), COALESCE(SUM(completion_tokens), 0), COALESCE(SUM(latency_s), 0.0) "
+            "FROM steps WHERE run_id IN ({}) GROUP BY node, role"
+        )
+        reasons_query = (
+            "SELECT node, COALESCE(role, ''), json_extract(parsed, '$.fallback'), COUNT(*) FROM steps "
+            f"WHERE run_id IN ({{}}) AND {valid}json_extract(parsed, '$.fallback') IS NOT NULL GROUP BY 1, 2, 3"
         )
         ids = sorted(set(run_ids))
         totals: dict[tuple[str, str], list] = {}
+        reasons: dict[tuple[str, str], dict[str, int]] = {}
         with self._locked() as conn:
             # chunks keep each IN list under SQLite's bound-parameter limit
             for chunk in (ids[i:i + 500] for i in range(0, len(ids), 500)):
-                for node, role, first, runs, *sums in conn.execute(query.format(", ".join("?" * len(chunk))), chunk):
-                    row = totals.setdefault((node, role), [first, 0, 0, 0, 0, 0, 0.0])
+                marks = ", ".join("?" * len(chunk))
+                for node, role, first, runs, *sums in conn.execute(query.format(marks), chunk):
+                    row = totals.setdefault((node, role), [first, 0, 0, 0, 0, 0, 0, 0, 0.0])
                     row[0] = min(row[0], first)
                     for k, value in enumerate([runs, *sums], 1):
                         row[k] += value or 0
+                for node, role, reason, count in conn.execute(reasons_query.format(marks), chunk):
+                    seen = reasons.setdefault((node, role), {})
+                    seen[str(reason)] = seen.get(str(reason), 0) + count
         stats = []
-        for (node, role), (_, runs, calls, retries, prompt, completion, latency) in sorted(
+        for (node, role), (_, runs, calls, retries, unparsed, fallbacks, prompt, completion, latency) in sorted(
             totals.items(), key=lambda item: item[1][0]
         ):
+            why = reasons.get((node, role), {})
             stats.append({
                 "node": node, "role": role or None, "runs": runs, "calls": calls, "retries": retries,
+                "unparsed": unparsed, "fallbacks": fallbacks,
+                "fallback_reasons": sorted(why, key=lambda reason: (-why[reason], reason)),
                 "prompt_tokens": prompt, "completion_tokens": completion, "tokens": prompt + completion,
                 "latency_s": latency,
             })

@@ -100,6 +100,37 @@ def test_run_a_graph_prints_steps_summary_and_per_node_table(monkeypatch, tmp_pa
         assert runs[0].meta["suite"] == {"source": "arithmetic", "checker": None}
 
 
+def test_run_and_traces_show_count_fallbacks_per_node(monkeypatch, tmp_path):
+    """The small model's plan ("1. ... 21.") does not parse, so the solver runs without one:
+    the per-node tables of `run` and `traces show` count it and say what the graph did instead."""
+    tasks = get_suite("arithmetic").tasks("test", 2)
+    by_question = {t.question: t for t in tasks}
+
+    def reply(prompt: str, request) -> str:
+        if prompt.endswith("Plan:\n"):
+            return "".join(f"{k}.\n" for k in range(1, 22))
+        return by_question[prompt.rsplit("Question: ", 1)[1].split("\n", 1)[0]].solution + "\n"
+
+    monkeypatch.setattr(agentkit.llm, "load_backend", lambda *a, **k: ScriptedLLM(reply))
+    store = tmp_path / "runs.db"
+    result = invoke("run", "plan_solve_check", "--n", "2", "--store", str(store))
+    assert result.exit_code == 0, result.stderr
+    table = result.stdout[result.stdout.index("per node"):]
+    assert "un-" in table and "parsed" in table and "fall-" in table and "backs" in table  # two-line headers
+    plan_row = next(line for line in table.splitlines() if line.split()[:2] == ["plan", "planner"])
+    assert plan_row.split()[2:6] == ["2", "4", "2", "4"]  # runs, calls, retries, unparsed
+    assert plan_row.split()[6] == "2"  # fallbacks
+    assert "plan: 2 fallbacks (no plan parsed: the nodes after it ran without one)" in " ".join(table.split())
+    data = json.loads(invoke("run", "plan_solve_check", "--n", "2", "--json", "--store", str(store)).stdout)
+    assert [(n["node"], n["unparsed"], n["fallbacks"]) for n in data["nodes"]] == [
+        ("plan", 4, 2), ("solve", 0, 0), ("check", 0, 0)]
+    with TrajectoryStore(store) as s:
+        run_id = s.list_runs(1)[0].id
+    shown = invoke("traces", "show", str(run_id), "--store", str(store))
+    assert shown.exit_code == 0, shown.stderr
+    assert "plan: 1 fallback (no plan parsed: the nodes after it ran without one)" in " ".join(shown.stdout.split())
+
+
 def test_run_a_graph_file_with_json(monkeypatch, tmp_path):
     tasks = get_suite("arithmetic").tasks("test", 1)
     monkeypatch.setattr(agentkit.llm, "load_backend", lambda *a, **k: gold(tasks))

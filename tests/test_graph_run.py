@@ -246,6 +246,60 @@ def test_a_malformed_review_is_retried_then_lets_the_answer_through(suite, store
     assert run.steps[2].parsed["error"].startswith("there is no line 'Verdict:")
 
 
+EMPTY_PLAN = "".join(f"{k}.\n" for k in range(1, 22))  # what the small model writes: "1. 2. ... 21."
+
+
+def test_an_unparsed_plan_and_a_missing_verdict_are_recorded_as_fallbacks(suite, store):
+    tasks = suite.tasks("test", 2, level=2)
+    graph = (Graph("plan_review").add_node("plan", role="planner").add_node("solve", role="solver")
+             .add_node("review", role="critic", max_revisions=2).add_node("check", role="verifier")
+             .add_edge("plan", "solve").add_edge("solve", "review").add_edge("review", "solve", when="revise")
+             .add_edge("review", "check", when="accept").set_entry("plan"))
+    by_question = {t.question: t for t in tasks}
+
+    def reply(prompt: str, request) -> str:
+        if prompt.endswith("Plan:\n"):
+            return EMPTY_PLAN
+        if prompt.endswith("Review:\n"):
+            return "Looks fine to me."
+        return by_question[question_of(prompt)].solution + "\n"
+
+    report, runs, _ = run_graph(graph, ScriptedLLM(reply), suite, store, n=2)
+    for run in runs:
+        plan, retried_plan, solve, review, retried_review, check = run.steps
+        assert plan.parsed == {"error": "no numbered step was found"}  # then retried: no fallback yet
+        assert retried_plan.parsed["fallback"] == "no plan parsed: the nodes after it ran without one"
+        assert "Plan:" not in solve.prompt_text.split("Question: ")[-1]
+        assert retried_review.parsed["fallback"] == "no verdict parsed: routed to accept"
+        assert retried_review.route == "accept" and "fallback" not in review.parsed and "fallback" not in solve.parsed
+    stats = {s["node"]: s for s in store.node_stats(r.run_id for r in report.results)}
+    assert [(n, stats[n]["unparsed"], stats[n]["fallbacks"]) for n in ("plan", "solve", "review", "check")] == [
+        ("plan", 4, 2), ("solve", 0, 0), ("review", 4, 2), ("check", 0, 0)]
+    assert stats["plan"]["fallback_reasons"] == ["no plan parsed: the nodes after it ran without one"]
+    assert stats["review"]["fallback_reasons"] == ["no verdict parsed: routed to accept"]
+
+
+def test_a_router_that_can_score_no_label_records_its_default(suite, store):
+    class Unscorable(ScriptedLLM):
+        def score(self, prompt_ids, completion_ids, adapter=None):
+            return [float("-inf")] * len(completion_ids)
+
+    tasks = suite.tasks("test", 1, level=2)
+    report, [run], _ = run_graph(load_graph("router_tool"), scripted(tasks, cls=Unscorable), suite, store)
+    route = run.steps[0]
+    assert route.route == "calculator" and route.parsed["fallback"] == "no label could be scored: took 'calculator', the first"
+    stats = {s["node"]: s for s in store.node_stats([run.id])}
+    assert (stats["route"]["unparsed"], stats["route"]["fallbacks"]) == (0, 1)
+
+
+def test_a_solve_step_without_an_answer_counts_as_unparsed(suite, store):
+    tasks = suite.tasks("test", 2, level=2)
+    replies = iter(["Step 1: 1 + 1 = 2\n", tasks[1].solution])
+    report = run_tasks(ScriptedLLM(lambda prompt, request: next(replies)), suite, tasks, store, concurrency=1)
+    [row] = store.node_stats(r.run_id for r in report.results)
+    assert (row["node"], row["calls"], row["unparsed"], row["fallbacks"]) == ("solve", 2, 1, 0)
+
+
 def test_max_visits_ends_a_loop(suite, store):
     tasks = suite.tasks("test", 1, level=2)
     graph = (Graph("visits").add_node("solve", role="solver")

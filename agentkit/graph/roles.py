@@ -12,6 +12,7 @@ the parent of the next node's steps); ``visits``, ``revisions``, ``samples``, ``
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -115,11 +116,15 @@ def generate_with_retry(
     route: Callable[[Any], str | None] | None = None,
     cue: str = "",
     memory_ids: list[int] | None = None,
+    fallback: str | None = None,
 ) -> tuple[Any, Any, int, list[int]]:
     """Generate, parse, and on malformed output retry up to ``node.max_retries`` times with a
     prompt that tells the model what was wrong. Every attempt is recorded (attempt 0, 1,
     ...; each retry's parent is the attempt before it). Returns (output or None, the last
-    completion, its step id, every step id)."""
+    completion, its step id, every step id).
+
+    ``fallback``: what the node does instead when no attempt parses, recorded on the last
+    step as ``parsed["fallback"]`` so that the per-node tables count it (never silent)."""
     place = _place(state)
     parent = place["parent_step_id"]
     step_ids: list[int] = []
@@ -139,6 +144,8 @@ def generate_with_retry(
         if parsed_extra is not None:
             parsed.update(parsed_extra(completion.text))
         last = attempt == node.max_retries
+        if output is None and last and fallback:
+            parsed["fallback"] = fallback
         step_id = ctx.recorder.record(
             node=node.name, role=node.role, completion=completion, prompt_text=prompt, attempt=attempt,
             parent_step_id=parent, parsed=parsed, revision=place["revision"],
@@ -165,7 +172,7 @@ def run_planner(node: NodeSpec, state: dict, ctx: RunContext) -> dict:
     output, _, step_id, steps = generate_with_retry(
         node, ctx, state, prompt, parse_plan, prompts=prompts, stop=tuple(prompts["stop"]),
         max_tokens=_max_tokens(node, ctx, prompts["max_tokens"]), temperature=node.temperature or 0.0,
-        memory_ids=memory_ids,
+        memory_ids=memory_ids, fallback="no plan parsed: the nodes after it ran without one",
     )
     return {"plan": output.text() if output else None, "last_step": step_id, "trace": steps,
             "visits": {node.name: _visits(node, state)}}
@@ -252,7 +259,7 @@ def run_critic(node: NodeSpec, state: dict, ctx: RunContext) -> dict:
     output, _, step_id, steps = generate_with_retry(
         node, ctx, state, prompt, parse_review, prompts=prompts, stop=tuple(prompts["stop"]),
         max_tokens=_max_tokens(node, ctx, prompts["max_tokens"]), temperature=node.temperature or 0.0, route=route,
-        memory_ids=memory_ids,
+        memory_ids=memory_ids, fallback="no verdict parsed: routed to accept",
     )
     label = route(output)
     update: dict[str, Any] = {"route": label, "last_step": step_id, "trace": steps,
@@ -288,13 +295,17 @@ def _record_choice(node: NodeSpec, ctx: RunContext, state: dict, prompt: str, la
     start = time.perf_counter()
     scored = score_labels(ctx, prompt, labels)
     prior = prior or {}
-    choice = choose_label({label: sum(lps) + prior.get(label, 0.0) for label, (_, _, lps) in scored.items()})
+    totals = {label: sum(lps) + prior.get(label, 0.0) for label, (_, _, lps) in scored.items()}
+    choice = choose_label(totals)
     prompt_ids, label_ids, logprobs = scored[choice.route]
+    parsed = parsed_of(choice)
+    if not any(-math.inf < total < math.inf for total in totals.values()):
+        parsed["fallback"] = f"no label could be scored: took '{choice.route}', the first"
     place = _place(state)
     step_id = ctx.recorder.record(
         node=node.name, role=node.role, prompt_text=prompt, prompt_ids=prompt_ids, completion_ids=label_ids,
         completion_text=" " + choice.route, logprobs=logprobs, finish_reason="stop",
-        latency_s=time.perf_counter() - start, parsed=parsed_of(choice), route=choice.route if route else None,
+        latency_s=time.perf_counter() - start, parsed=parsed, route=choice.route if route else None,
         memory_ids=memory_ids or None, **place,
     )
     return choice, step_id
@@ -361,6 +372,8 @@ def run_tool(node: NodeSpec, state: dict, ctx: RunContext) -> dict:
     except ToolError as exc:
         error = str(exc)
     parsed = {"tool": tool.name, "input": raw, "output": output, "error": error}
+    if error is not None:
+        parsed["fallback"] = "the tool failed: the answer before it stands"
     step_id = ctx.recorder.record(node=node.name, role=node.role, parsed=parsed,
                                   latency_s=time.perf_counter() - start, **_place(state))
     update: dict[str, Any] = {"last_step": step_id, "trace": [step_id], "visits": {node.name: _visits(node, state)}}
