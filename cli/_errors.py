@@ -17,22 +17,26 @@ except ImportError:  # pragma: no cover - older typer on Click itself
     from click import exceptions as click_exceptions
     from click.globals import get_current_context
 
-__all__ = ["UsageError", "NoArgsIsHelpError", "usage_line", "damaged_store_line", "remember_store"]
+__all__ = ["UsageError", "NoArgsIsHelpError", "usage_line", "damaged_store_line", "too_large_line", "remember_store"]
 
 UsageError = click_exceptions.UsageError
 NoArgsIsHelpError = getattr(click_exceptions, "NoArgsIsHelpError", ())
 """A group run without a subcommand: its help is shown, as before."""
 
 _STORE_KEY = "agentkit.store"
+_COMMAND_KEY = "agentkit.command"
+_SQLITE_MAX = 2**63 - 1  # the largest INTEGER a store holds
 _NEGATIVE = re.compile(r"-\d+(\.\d+)?")
 _KINDS = {int: "a whole number", float: "a number"}
 
 
 def remember_store(path: Any) -> None:
-    """Note the store the running command opens, so a damaged-file error can name it."""
+    """Note the store the running command opens, and the command, so that an error from the
+    store can name the file (damaged) or the value (too large for it)."""
     ctx = get_current_context(silent=True)
     if ctx is not None:
         ctx.meta[_STORE_KEY] = path
+        ctx.meta[_COMMAND_KEY] = ctx
 
 
 def _help(ctx: Any) -> str:
@@ -133,3 +137,19 @@ def damaged_store_line(exc: BaseException, ctx: Any) -> Optional[str]:
     from agentkit.memory._sqlite import damaged_store, is_damaged
 
     return str(damaged_store(getattr(ctx, "meta", {}).get(_STORE_KEY), exc)) if is_damaged(exc) else None
+
+
+def too_large_line(exc: BaseException, ctx: Any) -> Optional[str]:
+    """The one line for a number too large for the store (an OverflowError, or SQLite's
+    "datatype mismatch" for a LIMIT), naming the option or argument that carried it; None
+    for any other error, or when no value of the command is that large."""
+    command = getattr(ctx, "meta", {}).get(_COMMAND_KEY)
+    sqlite3 = sys.modules.get("sqlite3")
+    from_store = sqlite3 is not None and isinstance(exc, sqlite3.Error)
+    if not (isinstance(exc, OverflowError) or from_store) or command is None:
+        return None
+    for param in command.command.params:
+        value = command.params.get(param.name)
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > _SQLITE_MAX:
+            return f"{_name(param)} {value}: too large; pass at most {_SQLITE_MAX} ({_help(command)})"
+    return None

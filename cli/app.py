@@ -15,7 +15,14 @@ from typing import Any, Callable, Iterator, NoReturn, Optional
 import typer
 from typer.core import TyperGroup
 
-from agentkit.cli._errors import NoArgsIsHelpError, UsageError, damaged_store_line, remember_store, usage_line
+from agentkit.cli._errors import (
+    NoArgsIsHelpError,
+    UsageError,
+    damaged_store_line,
+    remember_store,
+    too_large_line,
+    usage_line,
+)
 
 __all__ = ["app", "main"]
 
@@ -50,7 +57,7 @@ class _Group(TyperGroup):
         except UsageError as exc:  # `--n abc`, `traces show -5`, an unknown option
             _fail(usage_line(exc))
         except Exception as exc:
-            line = damaged_store_line(exc, ctx)
+            line = damaged_store_line(exc, ctx) or too_large_line(exc, ctx)
             if line is None:
                 raise
             _fail(line)

@@ -179,6 +179,8 @@ def bad_inputs(tmp_path: Path, filled: Path) -> dict[str, tuple[list[str], str, 
         "unknown option": (["traces", "list", "--stor", str(filled)], "--stor", {}),
         "missing argument": (["traces", "show", "--store", str(filled)], "RUN_ID", {}),
         "base url without a scheme": (["run", "--backend", "openai", "--base-url", "notaurl"], "--base-url notaurl", {}),
+        "run id too large for the store": (["traces", "show", "9" * 30, "--store", str(filled)], "RUN_ID 999", {}),
+        "limit too large for the store": (["traces", "list", "--limit", "9" * 30, "--store", str(filled)], "--limit 999", {}),
     }
 
 
@@ -187,7 +189,7 @@ BAD = [
     "no server", "no server, model named", "unknown backend", "n below 1", "unknown run id",
     "store that does not exist", "checker on a built-in suite", "unknown level",
     "n not a number", "run id not a number", "negative run id", "negative library version", "unknown option",
-    "missing argument", "base url without a scheme",
+    "missing argument", "base url without a scheme", "run id too large for the store", "limit too large for the store",
 ]
 
 
