@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Callable, Iterator, NoReturn, Optional
@@ -117,9 +118,10 @@ def run(
         None, metavar="GRAPH", show_default="one solve node",
         help="A prebuilt graph (see `agentkit graphs list`) or a .py file defining `graph`.",
     ),
-    resume: Optional[int] = typer.Option(
-        None, "--resume", metavar="RUN_ID",
-        help="Finish an interrupted graph run: its completed nodes are not run again.",
+    resume: Optional[str] = typer.Option(
+        None, "--resume", metavar="RUN_IDS",
+        help="Finish unfinished runs in one model load: ids (3,7,9) or `interrupted` (every interrupted run). "
+        "A graph run's completed nodes are not run again; a solve run makes its call again.",
     ),
     suite: str = typer.Option("arithmetic", help="A built-in suite (see `agentkit suites`) or a .jsonl task file."),
     checker: Optional[str] = typer.Option(
@@ -170,8 +172,8 @@ def run(
 ) -> None:
     """Run an agent graph (default: one solve node) on tasks of a suite and record every model call in the store."""
     if resume is not None:
-        _require(graph is None, f"--resume {resume} continues the graph the run started with; drop {graph}")
-        return _resume_run(resume, store=store, model=model, backend=backend, base_url=base_url, dtype=dtype,
+        _require(graph is None, f"--resume {resume} continues the graph each run started with; drop {graph}")
+        return _resume_runs(resume, store=store, model=model, backend=backend, base_url=base_url, dtype=dtype,
                            max_calls=max_calls, max_tokens=max_tokens, json_output=json_output)
     # check everything cheap before the model loads
     _require(n >= 1, f"--n {n}: the number of tasks must be at least 1; pass e.g. --n 20")
@@ -187,6 +189,7 @@ def run(
     from agentkit.llm import load_backend
     from agentkit.memory import TrajectoryStore
     from agentkit.runtime import Budget, SolveAgent, run_tasks
+    from agentkit.runtime.runner import RunsInterrupted
     from agentkit.tasks import get_suite, load_jsonl
 
     if suite.endswith(".jsonl"):
@@ -203,18 +206,19 @@ def run(
     defaults = Budget()
     budget = Budget(max_calls=max_calls or defaults.max_calls, max_tokens=max_tokens or defaults.max_tokens)
     store_path = _store_path(store)
+    # recorded on every run row, so `--resume` can rebuild the run
+    recorded = {"suite": {"source": suite, "checker": checker},
+                "backend": {"backend": backend, "base_url": base_url, "dtype": dtype}}
     if graph is None:
         agent: Any = SolveAgent(shots=shots, temperature=temperature, seed=seed if temperature > 0 else None,
-                                memory=memory)
+                                memory=memory, meta=recorded)
     else:
         from agentkit.graph import load_graph
         from agentkit.runtime import GraphAgent, checkpoint_path
 
         agent = GraphAgent(
             load_graph(graph), shots=shots, temperature=temperature, seed=seed if temperature > 0 else None,
-            checkpoints=checkpoint_path(store_path),
-            meta={"suite": {"source": suite, "checker": checker},
-                  "backend": {"backend": backend, "base_url": base_url, "dtype": dtype}},
+            checkpoints=checkpoint_path(store_path), meta=recorded,
         )
     show_steps = len(tasks) <= 20 if show_steps is None else show_steps
 
@@ -234,6 +238,7 @@ def run(
         follow = ActivePolicy(llm, registry, version=None if policy == "active" else policy, on_change=lambda old, new, e: (
             err.print(f"policy {old} -> {new}: the next runs use {new}" if e is None
                       else f"policy {new} is active but did not load ({e}); runs stay on {old}", markup=False)))
+        interrupted = None
         try:
             with _progress_bar(f"{task_suite.name} on {llm.model_name}", len(tasks), enabled=interactive) as on_result:
                 report = run_tasks(
@@ -241,6 +246,8 @@ def run(
                     model_name=model, on_result=on_result, policy=follow,
                     library=library if learn else None, learning=LearningConfig(reflect_every=reflect_every),
                 )
+        except RunsInterrupted as stopped:
+            report, interrupted = stopped.report, stopped.interrupted
         finally:
             llm.close()
             if hasattr(agent, "close"):
@@ -249,6 +256,16 @@ def run(
         nodes = traces.node_stats(r.run_id for r in report.results)
     _print_report(report, runs, nodes, graph=agent.name, suite=task_suite.name, model=llm.model_name, backend=backend,
                   store_path=store_path, show_steps=show_steps, json_output=json_output)
+    if interrupted is not None:
+        _stop_interrupted(report, interrupted, total=len(tasks))
+
+
+def _stop_interrupted(report: Any, interrupted: list[int], *, total: int) -> None:
+    """After Ctrl-C: say what finished and what was marked, and exit 130."""
+    ids = ",".join(map(str, interrupted))
+    hint = f"; finish them with `agentkit run --resume interrupted` (runs {ids})" if interrupted else ""
+    typer.echo(f"interrupted: {report.n} of {total} runs finished, {len(interrupted)} marked interrupted{hint}", err=True)
+    raise typer.Exit(130)
 
 
 def _reading_library(agent: Any, traces: Any) -> tuple[Any, Any]:
@@ -289,44 +306,82 @@ def _print_report(report: Any, runs: list, nodes: list, *, graph: str, suite: st
     out.print(node_table(nodes, runs=report.n))
 
 
-def _resume_run(run_id: int, *, store: Optional[Path], model: Optional[str], backend: str, base_url: Optional[str],
-                dtype: str, max_calls: Optional[int], max_tokens: Optional[int], json_output: bool) -> None:
-    """agentkit run --resume RUN_ID: rebuild the run's graph, suite and task from its row and finish it."""
+def _resume_runs(spec: str, *, store: Optional[Path], model: Optional[str], backend: str, base_url: Optional[str],
+                 dtype: str, max_calls: Optional[int], max_tokens: Optional[int], json_output: bool) -> None:
+    """agentkit run --resume 3,7 | interrupted: rebuild each run's agent, suite and task from
+    its row and finish them together, on one backend loaded once."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from agentkit.errors import StoreError
     from agentkit.llm import load_backend
     from agentkit.runtime import Budget, RunReport, checkpoint_path, restore_agent, resume_run
+    from agentkit.runtime.runner import RESUMABLE
 
     defaults = Budget()
     budget = Budget(max_calls=max_calls or defaults.max_calls, max_tokens=max_tokens or defaults.max_tokens)
     err = _stderr_console()
     _quiet_hub()
     with _open_existing(store) as traces:
-        try:
-            run_row = traces.get_run(run_id, steps=False)
-        except StoreError:
-            raise StoreError(f"no run with id {run_id} in {traces.path}; see the ids with `agentkit traces list`") from None
-        if run_row.status not in ("running", "error"):
-            raise StoreError(f"run {run_id} already finished ({run_row.status}); only an interrupted run (status running or error) resumes")
         store_path = Path(traces.path)
-        agent, task_suite, task = restore_agent(run_row, checkpoints=checkpoint_path(store_path))
-        recorded = (run_row.meta or {}).get("backend") or {}
+        if spec.strip().lower() == "interrupted":
+            rows = traces.list_runs(None, status="interrupted")[::-1]
+            _require(bool(rows), f"--resume interrupted: no interrupted runs in {store_path}; "
+                     "see `agentkit traces list --status running`")
+        else:
+            rows = [_resumable(traces, _run_id(part, spec)) for part in spec.split(",") if part.strip()]
+            _require(bool(rows), f"--resume {spec!r}: give run ids such as 3,7 or `interrupted`")
+        for row in rows:
+            if row.status not in RESUMABLE:
+                raise StoreError(f"run {row.id} already finished ({row.status}); only an unfinished run "
+                                 "(status running, interrupted or error) resumes")
+        restored = [restore_agent(row, checkpoints=checkpoint_path(store_path)) for row in rows]
+        first = rows[0]
+        recorded = (first.meta or {}).get("backend") or {}
         if backend == "transformers" and recorded.get("backend"):
-            backend = recorded["backend"]  # the default: resume on the backend the run started on
+            backend = recorded["backend"]  # the default: resume on the backend the runs started on
         base_url = base_url or recorded.get("base_url")
         dtype = recorded.get("dtype", dtype) if dtype == "auto" else dtype
-        model = model or run_row.model
+        model = model or first.model
         with err.status(_loading(backend, model)) if err.is_terminal and not json_output else nullcontext():
             llm = load_backend(backend, model, base_url=base_url, dtype=dtype)
+
+        def finish(i: int) -> Any:
+            agent, task_suite, task = restored[i]
+            return resume_run(llm, traces, rows[i].id, agent=agent, suite=task_suite, task=task, budget=budget)
+
+        start = time.perf_counter()
         try:
-            result = resume_run(llm, traces, run_id, agent=agent, suite=task_suite, task=task, budget=budget)
+            with ThreadPoolExecutor(max_workers=min(16, len(rows)), thread_name_prefix="agentkit-resume") as pool:
+                results = list(pool.map(finish, range(len(rows))))
         finally:
             llm.close()
-            agent.close()
-        report = RunReport(results=[result], wall_s=result.wall_s)
-        runs = [traces.get_run(run_id)] if not json_output else []
-        nodes = traces.node_stats([run_id])
-    _print_report(report, runs, nodes, graph=agent.name, suite=task_suite.name, model=llm.model_name, backend=backend,
-                  store_path=store_path, show_steps=True, json_output=json_output)
+            for agent, _, _ in restored:
+                if hasattr(agent, "close"):
+                    agent.close()
+        report = RunReport(results=results, wall_s=time.perf_counter() - start)
+        ids = [row.id for row in rows]
+        runs = [traces.get_run(i) for i in ids] if not json_output else []
+        nodes = traces.node_stats(ids)
+    names = sorted({agent.name for agent, _, _ in restored})
+    suites = sorted({task_suite.name for _, task_suite, _ in restored})
+    _print_report(report, runs, nodes, graph=", ".join(names), suite=", ".join(suites), model=llm.model_name,
+                  backend=backend, store_path=store_path, show_steps=True, json_output=json_output)
+
+
+def _run_id(part: str, spec: str) -> int:
+    part = part.strip()
+    _require(part.isdigit() and 1 <= int(part) < 2**63, f"--resume {spec!r}: {part!r} is not a run id; "
+             "give ids such as 3,7 or `interrupted`")
+    return int(part)
+
+
+def _resumable(traces: Any, run_id: int) -> Any:
+    from agentkit.errors import StoreError
+
+    try:
+        return traces.get_run(run_id, steps=False)
+    except StoreError:
+        raise StoreError(f"no run with id {run_id} in {traces.path}; see the ids with `agentkit traces list`") from None
 
 
 def _loading(backend: str, model: Optional[str]) -> str:

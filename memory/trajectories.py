@@ -267,6 +267,22 @@ class TrajectoryStore:
         self._write(txn)
         return self
 
+    def interrupt_runs(self, run_ids: Iterable[int], *, error: str) -> list[int]:
+        """Mark 'interrupted' those of ``run_ids`` still 'running', in one transaction, and
+        return them: a run that finished meanwhile keeps its outcome (Ctrl-C in run_tasks)."""
+        ids = list(run_ids)
+
+        def txn(c: sqlite3.Connection) -> list[int]:
+            marked = []
+            for run_id in ids:
+                done = c.execute("UPDATE runs SET status = 'interrupted', reward = 0.0, error = ?, finished_at = ? "
+                                 "WHERE id = ? AND status = 'running'", (error, utcnow(), run_id))
+                if done.rowcount:
+                    marked.append(run_id)
+            return marked
+
+        return self._write(txn) if ids else []
+
     def repair(self, *, unowned: bool = False) -> list[int]:
         """Mark 'interrupted' the runs left 'running' by a process that is gone; returns
         their ids, with those this process's opening of the store marked (opening does this

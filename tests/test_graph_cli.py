@@ -73,7 +73,7 @@ def test_graphs_show_a_user_file(tmp_path):
 @pytest.mark.parametrize("args, needle", [
     (["graphs", "show", "plan_solv"], "unknown graph 'plan_solv'; choose one of: best_of_n"),
     (["run", "plan_solv"], "unknown graph 'plan_solv'"),
-    (["run", "--resume", "5", "plan_solve_check"], "--resume 5 continues the graph the run started with"),
+    (["run", "--resume", "5", "plan_solve_check"], "--resume 5 continues the graph each run started with"),
 ])
 def test_graph_errors_are_one_line(args, needle, tmp_path, monkeypatch):
     monkeypatch.setenv("AGENTKIT_STORE", str(tmp_path / "runs.db"))

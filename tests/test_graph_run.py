@@ -15,7 +15,7 @@ from agentkit.graph.roles import run_selector
 from agentkit.graph.spec import node_spec
 from agentkit.llm.scripted import ScriptedLLM
 from agentkit.memory import TrajectoryStore
-from agentkit.runtime import Budget, GraphAgent, Recorder, checkpoint_path, resume_run, run_tasks
+from agentkit.runtime import Budget, GraphAgent, Recorder, SolveAgent, checkpoint_path, resume_run, run_tasks
 from agentkit.tasks import get_suite
 
 PLAN = "1. Do the first operation.\n2. Do the second operation.\n\n"
@@ -408,12 +408,19 @@ def test_resume_reruns_only_the_failed_fan_out_branch(suite, store, tmp_path):
     assert len(fresh.requests) == 4 - len(finished)  # only the branches that did not finish ran again
 
 
-def test_only_graph_runs_resume(suite, store, tmp_path):
+def test_a_solve_run_resumes_by_making_its_call_again(suite, store, tmp_path):
     tasks = suite.tasks("test", 1, level=2)
-    [result] = run_tasks(scripted(tasks), suite, tasks, store).results  # the plain solve agent
-    run_id = store.start_run("solve", suite="arithmetic")
-    with pytest.raises(StoreError, match="only runs of `agentkit run GRAPH ...` resume"):
-        resume_run(scripted(tasks), store, run_id, checkpoints=tmp_path / "cp.sqlite")
+    agent = SolveAgent()
+    run_id = store.start_run("solve", suite="arithmetic", task_id=tasks[0].id,  # as run_tasks opens it
+                             meta={"level": tasks[0].level, "task": tasks[0].model_dump(mode="json"),
+                                   **agent.run_meta(tasks[0], suite)})
+    store.interrupt_runs([run_id], error="killed")
+    result = resume_run(scripted(tasks), store, run_id)
+    assert result.status in ("success", "failure") and store.get_run(run_id).status == result.status
+    assert len(store.steps(run_id)) == 1
+    old = store.start_run("solve", suite="arithmetic")  # a row from before runs recorded their agent
+    with pytest.raises(StoreError, match="recorded no way to rebuild it"):
+        resume_run(scripted(tasks), store, old, checkpoints=tmp_path / "cp.sqlite")
 
 
 # --- accounting ---------------------------------------------------------------------------------------

@@ -272,13 +272,13 @@ def test_shared_prefix_cache_gives_the_same_answers(tiny_model_factory, tiny_tok
         plain.close()
 
 
-def test_loading_an_adapter_keeps_the_plain_cpu_gemm_path(tiny_llm, tmp_path):
+def test_loading_an_adapter_keeps_the_plain_cpu_gemm_path(tiny_llm, tiny_model_factory, tmp_path):
     # PEFT freezes base weights; frozen bf16 CPU linears take a oneDNN path that re-packs the
     # weight for every input shape (6.4 GB and several times slower on Gemma's LM head), so
     # the backend keeps every weight marked trainable (decoding runs under inference_mode)
-    from test_llm_protocol import _save_tiny_adapter
+    from test_llm_protocol import _save_random_adapter
 
-    _save_tiny_adapter(tmp_path / "a1")
+    _save_random_adapter(tiny_model_factory(), tmp_path / "a1")
     tiny_llm.load_adapter("a1", str(tmp_path / "a1"))
     assert all(p.requires_grad for p in tiny_llm.model.parameters())
     [[c]] = tiny_llm.generate([GenerationRequest("abc", max_tokens=4, adapter="a1")])
@@ -289,22 +289,23 @@ def test_the_appending_kv_cache_matches_dynamic_cache(tiny_model_factory):
     import torch
     from transformers import DynamicCache
 
-    from agentkit.llm._kvcache import appending_cache
+    from agentkit.llm._kvcache import appending_cache, cache_argument
 
     model = tiny_model_factory()
+    kv = cache_argument(model)
     torch.manual_seed(0)
     prompt, steps = torch.randint(4, 90, (1, 20)), torch.randint(4, 90, (6, 3, 1))
 
     def run(cache):
         out = []
         with torch.inference_mode():
-            out.append(model(input_ids=prompt, past_key_values=cache, use_cache=True).logits[:, -1])
+            out.append(model(input_ids=prompt, **{kv: cache}, use_cache=True).logits[:, -1])
             cache.batch_repeat_interleave(3)  # one prompt, three rows
             for k, tokens in enumerate(steps):
                 if k == 3:  # the middle row finishes
                     cache.batch_select_indices(torch.tensor([0, 2]))
                 tokens = tokens if k < 3 else tokens[[0, 2]]
-                out.append(model(input_ids=tokens, past_key_values=cache, use_cache=True).logits[:, -1])
+                out.append(model(input_ids=tokens, **{kv: cache}, use_cache=True).logits[:, -1])
         return out, cache
 
     reference, dynamic = run(DynamicCache(config=model.config))
@@ -389,9 +390,9 @@ def test_packed_bf16_weights_give_the_same_tokens_and_logprobs(tiny_model_factor
 
 @pytest.mark.skipif(not can_pack(torch.bfloat16, "cpu"), reason=str(packed_linear_unsupported(torch.bfloat16)))
 def test_packed_weights_serve_lora_adapters_like_plain_ones(tiny_model_factory, tiny_tokenizer, tmp_path):
-    from test_llm_protocol import _save_tiny_adapter
+    from test_llm_protocol import _save_random_adapter
 
-    _save_tiny_adapter(tmp_path / "a1")
+    _save_random_adapter(tiny_model_factory(), tmp_path / "a1")
     backends = [TransformersLLM.from_model(tiny_model_factory(), tiny_tokenizer, dtype="bf16", pack_weights=pack)
                 for pack in (False, True)]
     try:

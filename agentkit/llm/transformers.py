@@ -240,8 +240,15 @@ class TransformersLLM:
         return list(self._adapters)
 
     def close(self) -> None:
+        """Stop the worker. Requests still queued or being decoded are cancelled (their
+        callers get CancelledError) and leave the batch at its next decode step, so closing
+        never waits for a long batch to run to the end (Ctrl-C during `agentkit run`)."""
         if not self._closed:
             self._closed = True
+            with self._queue.mutex:
+                queued = [job for job in self._queue.queue if job is not None]
+            for job in queued + [job for job in list(self._held) if job is not None] + [j for j, _ in list(self._open)]:
+                job.future.cancel()
             self._queue.put(None)
             self._worker.join(timeout=30)
 

@@ -39,6 +39,19 @@ class SolveAgent:
     """An ExperienceLibrary: up to ``memory`` exemplars and insights retrieved for each task
     are shown, in a marked section, as extra worked examples before the question."""
     memory: int = 4
+    meta: dict = field(default_factory=dict, compare=False)
+    """More to record on each run row (the CLI records the suite's source here)."""
+
+    def run_meta(self, task: Task, suite: Suite) -> dict:
+        """What run_tasks records on the run row: enough for ``restore_agent`` to run it again."""
+        options = {"shots": self.shots, "temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k,
+                   "max_tokens": self.max_tokens, "adapter": self.adapter, "seed": self.seed, "memory": self.memory}
+        return {"agent": {"kind": "solve", **options}, **self.meta}
+
+    def resume(self, task: Task, suite: Suite, recorder: Recorder) -> str:
+        """Finish an interrupted run. Its one model call either never returned or was not
+        verified, so the call runs again, on the same run row."""
+        return self(task, suite, recorder)
 
     def prompt(self, task: Task, suite: Suite) -> tuple[str, list[int]]:
         """The solver prompt for ``task`` and the ids of the library items shown in it."""

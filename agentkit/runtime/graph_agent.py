@@ -175,18 +175,26 @@ class GraphAgent:
         return (final.get("draft") or {}).get("text") or ""
 
 
-def restore_agent(run: Any, *, checkpoints: str | Path | None, suite: Suite | None = None) -> tuple[GraphAgent, Suite, Task]:
-    """The agent, suite and task of a recorded graph run, from what ``run_meta`` stored."""
+def restore_agent(run: Any, *, checkpoints: str | Path | None, suite: Suite | None = None) -> tuple[Any, Suite, Task]:
+    """The agent, suite and task of a recorded run, from what its agent's ``run_meta``
+    stored: a GraphAgent on its checkpoints, or the solve agent with its options."""
     from agentkit.graph import Graph, load_graph
-    from agentkit.tasks import get_suite, load_jsonl
+    from agentkit.runtime.agents import SolveAgent
 
     meta = run.meta or {}
     graph_meta = meta.get("graph")
-    if not graph_meta or "task" not in meta:
+    options = dict(meta.get("agent") or {})
+    solve = options.pop("kind", None) == "solve"
+    if not (graph_meta or solve) or "task" not in meta:
         raise StoreError(
-            f"run {run.id} ran the '{run.graph}' agent, not a declarative graph, so it has no checkpoints; "
-            "only runs of `agentkit run GRAPH ...` resume"
+            f"run {run.id} ran the '{run.graph}' agent and recorded no way to rebuild it (runs from before "
+            "agentkit recorded their agent options); start a new run instead"
         )
+    suite = suite or _recorded_suite(run, meta)
+    task = Task.model_validate(meta["task"])
+    extra = {k: v for k, v in meta.items() if k not in ("graph", "agent", "task", "level")}
+    if solve:
+        return SolveAgent(meta=extra, **options), suite, task
     spec = graph_meta["spec"]
     if graph_meta.get("source"):
         graph = load_graph(graph_meta["source"])
@@ -196,14 +204,15 @@ def restore_agent(run: Any, *, checkpoints: str | Path | None, suite: Suite | No
             )
     else:
         graph = Graph.from_spec(spec)
-    if suite is None:
-        source = (meta.get("suite") or {}).get("source") or run.suite
-        if source is None:
-            raise StoreError(f"run {run.id} records no suite; pass the suite to resume it")
-        checker = (meta.get("suite") or {}).get("checker")
-        suite = load_jsonl(source, checker=checker or "exact") if str(source).endswith(".jsonl") else get_suite(source)
-    task = Task.model_validate(meta["task"])
-    options = meta.get("agent") or {}
-    extra = {k: v for k, v in meta.items() if k not in ("graph", "agent", "task", "level")}
     agent = GraphAgent(graph, checkpoints=checkpoints, meta=extra, **options)
     return agent, suite, task
+
+
+def _recorded_suite(run: Any, meta: dict) -> Suite:
+    from agentkit.tasks import get_suite, load_jsonl
+
+    source = (meta.get("suite") or {}).get("source") or run.suite
+    if source is None:
+        raise StoreError(f"run {run.id} records no suite; pass the suite to resume it")
+    checker = (meta.get("suite") or {}).get("checker")
+    return load_jsonl(source, checker=checker or "exact") if str(source).endswith(".jsonl") else get_suite(source)

@@ -17,7 +17,7 @@ from agentkit.runtime.agents import Agent, SolveAgent
 from agentkit.runtime.recorder import Budget, Recorder
 from agentkit.tasks import Suite, Task
 
-__all__ = ["RunResult", "RunReport", "run_tasks", "resume_run"]
+__all__ = ["RunResult", "RunReport", "RunsInterrupted", "run_tasks", "resume_run"]
 
 
 @dataclass
@@ -81,6 +81,19 @@ class RunReport:
         }
 
 
+INTERRUPTED = "interrupted (Ctrl-C); finish it with agentkit run --resume interrupted"
+
+
+class RunsInterrupted(KeyboardInterrupt):
+    """Ctrl-C during ``run_tasks``: ``report`` holds the runs that finished, and
+    ``interrupted`` the ids of the runs in flight, closed with status interrupted."""
+
+    def __init__(self, report: RunReport, interrupted: list[int]):
+        super().__init__(f"{len(interrupted)} runs interrupted")
+        self.report = report
+        self.interrupted = interrupted
+
+
 def run_tasks(
     llm: LLM,
     suite: Suite,
@@ -111,36 +124,63 @@ def run_tasks(
     start = time.perf_counter()
     report = RunReport()
     learn = _learner(library, learning, llm, store, suite, report.memory) if library is not None else None
+    stop = threading.Event()  # set by Ctrl-C: no task starts after it, no run is closed as failed
+    in_flight: set[int] = set()  # runs started and not yet closed
+    lock = threading.Lock()
 
-    def one(task: Task) -> RunResult:
+    def one(task: Task) -> RunResult | None:
         version, task_llm = policy.current() if policy is not None else (policy_version, llm)
         # an agent may record more on the run row (a graph agent: what resuming needs); the
         # task itself lets the background trainer rebuild pairs from the run
         extra = agent.run_meta(task, suite) if hasattr(agent, "run_meta") else {}
-        run_id = store.start_run(
-            agent.name, suite=suite.name, task_id=task.id, split=task.split,
-            model=model_name or getattr(llm, "model_name", None), policy_version=version,
-            meta={"level": task.level, "task": task.model_dump(mode="json"), **extra},
-        )
+        with lock:  # a run either starts before Ctrl-C, and is in flight, or never starts
+            if stop.is_set():
+                return None
+            run_id = store.start_run(
+                agent.name, suite=suite.name, task_id=task.id, split=task.split,
+                model=model_name or getattr(llm, "model_name", None), policy_version=version,
+                meta={"level": task.level, "task": task.model_dump(mode="json"), **extra},
+            )
+            in_flight.add(run_id)
         recorder = Recorder(task_llm, store, run_id, budget=budget, policy_version=version)
-        result = _execute(lambda: agent(task, suite, recorder), suite, task, store, run_id)
-        if learn:
+        result = _execute(lambda: agent(task, suite, recorder), suite, task, store, run_id, stop=stop)
+        with lock:
+            in_flight.discard(run_id)
+        if learn and result is not None:
             learn(result, task)  # on this thread, before it takes its next task
         return result
 
-    with ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="agentkit-run") as pool:
-        futures = {pool.submit(one, task): i for i, task in enumerate(tasks)}
-        by_index: dict[int, RunResult] = {}
-        try:
-            for future in as_completed(futures):
-                result = future.result()
-                by_index[futures[future]] = result
-                if on_result:
-                    on_result(result)
-        except BaseException:
-            for f in futures:
-                f.cancel()
-            raise
+    pool = ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="agentkit-run")
+    futures = {pool.submit(one, task): i for i, task in enumerate(tasks)}
+    by_index: dict[int, RunResult] = {}
+    try:
+        for future in as_completed(futures):
+            result = future.result()
+            if result is None:
+                continue
+            by_index[futures[future]] = result
+            if on_result:
+                on_result(result)
+    except KeyboardInterrupt:
+        # Stop at once: nothing new starts, the runs in flight are closed as interrupted
+        # now (their threads finish in the background when the backend closes), and the
+        # caller gets what finished.
+        with lock:
+            stop.set()
+            unfinished = sorted(in_flight)
+        pool.shutdown(wait=False, cancel_futures=True)
+        for future, i in futures.items():  # finished while the interrupt arrived
+            if future.done() and not future.cancelled() and future.exception() is None and future.result():
+                by_index[i] = future.result()
+        unfinished = store.interrupt_runs(unfinished, error=INTERRUPTED)
+        report.results = [by_index[i] for i in sorted(by_index)]
+        report.wall_s = time.perf_counter() - start
+        raise RunsInterrupted(report, unfinished) from None
+    except BaseException:
+        stop.set()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
     report.results = [by_index[i] for i in sorted(by_index)]
     report.wall_s = time.perf_counter() - start
     return report
@@ -181,8 +221,12 @@ def _learner(library: Any, learning: Any, llm: LLM, store: Any, suite: Suite,
     return learn
 
 
-def _execute(call: Callable[[], str], suite: Suite, task: Task, store: Any, run_id: int) -> RunResult:
-    """Run the agent, verify its text and close the run row, whatever happens inside."""
+def _execute(call: Callable[[], str], suite: Suite, task: Task, store: Any, run_id: int,
+             stop: threading.Event | None = None) -> RunResult | None:
+    """Run the agent, verify its text and close the run row, whatever happens inside.
+    None when ``stop`` was set before the agent finished: the interrupting thread has
+    closed the run row already, and a failure caused by the interruption (the backend
+    closing under the call) is not the run's."""
     t0 = time.perf_counter()
     text, error, status = "", None, "failure"
     reward, step_acc = 0.0, None
@@ -194,12 +238,16 @@ def _execute(call: Callable[[], str], suite: Suite, task: Task, store: Any, run_
     except BudgetExceeded as e:
         status, error = "budget", str(e)
     except AgentkitError as e:
+        if stop is not None and stop.is_set():
+            return None
         # a configuration problem (bad adapter, dead server) stops the whole batch, but
         # the run row still says what happened
         store.finish_run(run_id, status="error", reward=0.0, wall_s=time.perf_counter() - t0, error=str(e))
         raise
     except Exception as e:  # one task's crash is recorded, never the batch's end
         status, error = "error", f"{type(e).__name__}: {e}"
+    if stop is not None and stop.is_set():
+        return None
     wall = time.perf_counter() - t0
     store.finish_run(run_id, status=status, reward=reward, step_accuracy=step_acc, wall_s=wall, error=error)
     run = store.get_run(run_id, steps=True)
@@ -209,7 +257,7 @@ def _execute(call: Callable[[], str], suite: Suite, task: Task, store: Any, run_
     )
 
 
-RESUMABLE = ("running", "error")
+RESUMABLE = ("running", "interrupted", "error")
 
 
 def resume_run(
@@ -223,8 +271,9 @@ def resume_run(
     budget: Budget = Budget(),
     checkpoints: Any = None,
 ) -> RunResult:
-    """Finish an interrupted graph run (status running or error) from its checkpoints:
-    completed nodes are not run again and their steps are not recorded again.
+    """Finish an interrupted run (status running, interrupted or error). A graph run goes on
+    from its checkpoints: completed nodes are not run again and their steps are not
+    recorded again. A solve run makes its one call again.
 
     Without ``agent``/``suite``/``task`` they are rebuilt from what the run row recorded
     (``GraphAgent.run_meta``), with ``checkpoints`` as the checkpoint file."""
@@ -234,13 +283,15 @@ def resume_run(
     run = store.get_run(run_id, steps=True)
     if run.status not in RESUMABLE:
         raise StoreError(
-            f"run {run_id} already finished ({run.status}); only an interrupted run (status running or error) resumes"
+            f"run {run_id} already finished ({run.status}); only an unfinished run (status running, interrupted "
+            "or error) resumes"
         )
     if agent is None or task is None or suite is None:
         restored, restored_suite, restored_task = restore_agent(run, checkpoints=checkpoints, suite=suite)
         agent, suite, task = agent or restored, suite or restored_suite, task or restored_task
     if not hasattr(agent, "resume"):
         raise StoreError(f"the '{agent.name}' agent cannot resume runs; only graph agents (GraphAgent) can")
+    store.reopen_run(run_id)  # running again, owned by this process
     steps = run.steps or []
     model_calls = sum(1 for s in steps if s.prompt_ids is not None)
     tokens = sum((s.prompt_tokens or 0) + (s.completion_tokens or 0) for s in steps)
