@@ -24,7 +24,7 @@ from pathlib import Path
 
 from _common import RESULTS, markdown_table, write_result
 from agentkit.llm.transformers import TransformersLLM
-from agentkit.memory import TrajectoryStore
+from agentkit.store import TrajectoryStore
 from agentkit.train.gate import paired_permutation_p, wilson_interval
 from agentkit.train.loop import METHODS, ImproveConfig, improve
 

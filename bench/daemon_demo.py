@@ -21,8 +21,8 @@ from pathlib import Path
 
 from _common import markdown_table, write_result
 from agentkit.llm import load_backend
-from agentkit.memory import TrajectoryStore
-from agentkit.memory.policies import PolicyRegistry
+from agentkit.store import TrajectoryStore
+from agentkit.store.policies import PolicyRegistry
 from agentkit.runtime import ActivePolicy, SolveAgent, run_tasks
 from agentkit.tasks import get_suite
 from agentkit.train.daemon import TrainerConfig, TrainerDaemon

@@ -12,7 +12,7 @@ import argparse
 from _common import markdown_table, write_result
 from agentkit.graph import load_graph, prebuilt_names
 from agentkit.llm.transformers import TransformersLLM
-from agentkit.memory import TrajectoryStore
+from agentkit.store import TrajectoryStore
 from agentkit.runtime import Budget, GraphAgent, run_tasks
 from agentkit.tasks import get_suite, list_suites
 

@@ -18,7 +18,7 @@ import argparse
 from _common import markdown_table, write_result
 from agentkit.graph import load_graph
 from agentkit.llm.transformers import TransformersLLM
-from agentkit.memory import TrajectoryStore
+from agentkit.store import TrajectoryStore
 from agentkit.runtime import GraphAgent, run_tasks
 from agentkit.tasks import get_suite
 

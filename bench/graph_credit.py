@@ -19,7 +19,7 @@ import time
 from _common import markdown_table, write_result
 from agentkit.graph import Graph, load_graph
 from agentkit.llm.transformers import TransformersLLM
-from agentkit.memory import TrajectoryStore
+from agentkit.store import TrajectoryStore
 from agentkit.runtime import GraphAgent, run_tasks
 from agentkit.tasks import get_suite
 from agentkit.train.credit import MCConfig, first_error_by_values, mc_values_batch, output_step

@@ -27,7 +27,7 @@ from _common import markdown_table, write_result
 from agentkit.graph import Graph
 from agentkit.llm.base import GenerationRequest
 from agentkit.llm.scripted import ScriptedLLM
-from agentkit.memory import TrajectoryStore
+from agentkit.store import TrajectoryStore
 from agentkit.runtime import Budget, GraphAgent, Recorder
 from agentkit.tasks import get_suite
 

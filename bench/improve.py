@@ -17,7 +17,7 @@ from pathlib import Path
 
 from _common import RESULTS, markdown_table, write_result
 from agentkit.llm.transformers import TransformersLLM
-from agentkit.memory import TrajectoryStore
+from agentkit.store import TrajectoryStore
 from agentkit.train.loop import METHODS, ImproveConfig, RoundResult, improve, plot_curve
 
 def cpu_minutes() -> float:

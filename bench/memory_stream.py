@@ -19,7 +19,8 @@ from dataclasses import replace
 
 from _common import RESULTS, markdown_table, write_result
 from agentkit.llm.transformers import TransformersLLM
-from agentkit.memory import ExperienceLibrary, TrajectoryStore
+from agentkit.memory import ExperienceLibrary
+from agentkit.store import TrajectoryStore
 from agentkit.runtime import SolveAgent, run_tasks
 from agentkit.runtime.experience import LearningConfig, update_from_runs
 from agentkit.tasks import get_suite

@@ -40,7 +40,7 @@ STEPS_PER_RUN = 3
 
 def writer(store_path: str, log_path: str, errors_path: str) -> None:
     """Write runs until killed; log each id once its run is committed."""
-    from agentkit.memory import PolicyRegistry, TrajectoryStore
+    from agentkit.store import PolicyRegistry, TrajectoryStore
 
     log = open(log_path, "a")
     errors = open(errors_path, "a")
@@ -68,7 +68,7 @@ def writer(store_path: str, log_path: str, errors_path: str) -> None:
 
 def reader(store_path: str, errors_path: str) -> None:
     """Open, read and close the store until killed."""
-    from agentkit.memory import TrajectoryStore
+    from agentkit.store import TrajectoryStore
 
     errors = open(errors_path, "a")
     while True:
@@ -135,7 +135,7 @@ def main() -> None:
         logs.append(work / f"writer-{len(logs)}.log")
         return spawn("writer", str(store), str(logs[-1]), str(errors))
 
-    from agentkit.memory import TrajectoryStore
+    from agentkit.store import TrajectoryStore
 
     TrajectoryStore(store).close()  # create it once, before the crowd arrives
     daemon = None

@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from agentkit.memory import TrajectoryStore
+from agentkit.store import TrajectoryStore
 
 RESULTS = Path(__file__).parent / "results" / "store.md"
 VOCAB = 262_144  # Gemma 3 vocabulary size

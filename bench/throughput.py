@@ -39,7 +39,7 @@ import torch
 
 from _common import markdown_table, write_result
 from agentkit.llm.transformers import TransformersLLM
-from agentkit.memory import TrajectoryStore
+from agentkit.store import TrajectoryStore
 from agentkit.runtime import SolveAgent, run_tasks
 from agentkit.tasks import get_suite
 

@@ -134,7 +134,7 @@ def damaged_store_line(exc: BaseException, ctx: Any) -> Optional[str]:
     sqlite3 = sys.modules.get("sqlite3")
     if sqlite3 is None or not isinstance(exc, sqlite3.DatabaseError):
         return None  # not SQLite's: nothing more to import
-    from agentkit.memory._sqlite import damaged_store, is_damaged
+    from agentkit.store.db import damaged_store, is_damaged
 
     return str(damaged_store(getattr(ctx, "meta", {}).get(_STORE_KEY), exc)) if is_damaged(exc) else None
 

@@ -187,7 +187,7 @@ def run(
         _require(value is None or value >= 1, f"{name} {value}: must be at least 1 (omit it for the default)")
 
     from agentkit.llm import load_backend
-    from agentkit.memory import TrajectoryStore
+    from agentkit.store import TrajectoryStore
     from agentkit.runtime import Budget, SolveAgent, run_tasks
     from agentkit.runtime.runner import RunsInterrupted
     from agentkit.tasks import get_suite, load_jsonl
@@ -225,7 +225,7 @@ def run(
     err = _stderr_console()
     interactive = err.is_terminal and not json_output
     _quiet_hub()
-    from agentkit.memory import PolicyRegistry
+    from agentkit.store import PolicyRegistry
     from agentkit.runtime import ActivePolicy
     from agentkit.runtime.experience import LearningConfig
 
@@ -430,7 +430,7 @@ app.add_typer(traces_app, name="traces")
 def _open_existing(store: Optional[Path]) -> Any:
     """The store at ``store``; reading commands never create one."""
     from agentkit.errors import StoreError
-    from agentkit.memory import TrajectoryStore
+    from agentkit.store import TrajectoryStore
 
     path = _store_path(store)
     if not path.exists():
@@ -448,7 +448,7 @@ def traces_list(
     ),
 ) -> None:
     """List recorded runs, newest first."""
-    from agentkit.memory.trajectories import RUN_STATUSES
+    from agentkit.store.runs import RUN_STATUSES
 
     statuses = (*RUN_STATUSES, "running")
     _require(status is None or status in statuses, f"--status {status}: choose one of: {', '.join(statuses)}")
@@ -669,7 +669,7 @@ app.add_typer(policy_app, name="policy")
 def _open_registry(store: Optional[Path]) -> Any:
     """The policy registry in the store at ``store``; policy commands never create a store."""
     from agentkit.errors import StoreError
-    from agentkit.memory.policies import PolicyRegistry
+    from agentkit.store.policies import PolicyRegistry
 
     path = _store_path(store)
     if not path.exists():
@@ -683,7 +683,7 @@ def policy_list(
     status: Optional[str] = typer.Option(None, help="Only versions with this status: candidate, active, rejected or retired."),
 ) -> None:
     """List policy versions, oldest first: status, parent, held-out success, checksum."""
-    from agentkit.memory.policies import POLICY_STATUSES
+    from agentkit.store.policies import POLICY_STATUSES
 
     _require(status is None or status in POLICY_STATUSES, f"--status {status}: choose one of: {', '.join(POLICY_STATUSES)}")
     with _open_registry(store) as registry:
@@ -799,7 +799,7 @@ def improve(
 
     from agentkit.cli.render import improve_table
     from agentkit.llm import load_backend
-    from agentkit.memory import TrajectoryStore
+    from agentkit.store import TrajectoryStore
     from agentkit.train.loop import ImproveConfig, improve as run_improve, plot_curve
 
     config = ImproveConfig(suite=suite, method=method, graph=None if single else graph, rounds=rounds, levels=level_list, train_tasks=train_tasks,

@@ -37,7 +37,7 @@ def _store_option() -> Any:
 
 def _files(store: Optional[Path], *, must_exist: bool) -> tuple[Path, Any]:
     from agentkit.errors import StoreError
-    from agentkit.memory.trainer import TrainerFiles
+    from agentkit.store.trainer import TrainerFiles
 
     path = _store_path(store)
     if must_exist and not path.exists():
@@ -67,7 +67,7 @@ def start(
 ) -> None:
     """Start the background trainer on a store: it returns at once, printing the pid and the log file."""
     from agentkit.errors import AgentkitError
-    from agentkit.memory.trainer import TrainerStore, running_pid
+    from agentkit.store.trainer import TrainerStore, running_pid
     from agentkit.tasks import get_suite, list_suites
 
     _require(not suite.endswith(".jsonl"), f"--suite {suite}: the trainer learns from a built-in suite, "
@@ -167,9 +167,9 @@ def status(
     store: Optional[Path] = _store_option(),
 ) -> None:
     """Show whether the trainer runs and what it did: state, cursor, pending pairs, candidates, the last gate."""
-    from agentkit.memory import TrajectoryStore
-    from agentkit.memory.policies import PolicyRegistry
-    from agentkit.memory.trainer import TrainerStore, running_pid
+    from agentkit.store import TrajectoryStore
+    from agentkit.store.policies import PolicyRegistry
+    from agentkit.store.trainer import TrainerStore, running_pid
 
     path, files = _files(store, must_exist=True)
     pid = running_pid(files.pid)
@@ -273,7 +273,7 @@ def stop(
 ) -> None:
     """Stop the background trainer (SIGTERM) and wait until it has stopped at a safe point."""
     from agentkit.errors import AgentkitError
-    from agentkit.memory.trainer import running_pid
+    from agentkit.store.trainer import running_pid
 
     _require(timeout > 0, f"--timeout {timeout}: must be > 0 seconds")
     path, files = _files(store, must_exist=True)

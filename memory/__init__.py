@@ -1,10 +1,7 @@
-"""SQLite stores: the trajectory store (runs and their steps, with exact tokens), preference
-pairs, the policy registry, and the experience library."""
+"""The experience library: items nodes read into their prompts (exemplars, insights,
+routes), their retrieval, and learning them from verified runs. Its tables live in the
+store file (agentkit.store)."""
 
 from .library import ExperienceLibrary, LibraryItem
-from .pairs import Pair, PairStore
-from .policies import Policy, PolicyRegistry
-from .trajectories import Run, Step, TrajectoryStore
 
-__all__ = ["Run", "Step", "TrajectoryStore", "Pair", "PairStore", "Policy", "PolicyRegistry",
-           "ExperienceLibrary", "LibraryItem"]
+__all__ = ["ExperienceLibrary", "LibraryItem"]

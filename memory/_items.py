@@ -11,6 +11,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from agentkit.store.db import dumps
+from agentkit.tasks.base import family_of
+
 __all__ = ["KINDS", "STATUSES", "MAX_TEXT", "LibraryConfig", "LibraryItem", "LibraryVersion", "NewItem", "RunOutcome",
            "UpdateResult", "family_of", "utility", "search_text"]
 
@@ -21,12 +24,6 @@ MAX_TEXT = 4000
 _SYMBOLS = {"+": " plus ", "-": " minus ", "−": " minus ", "*": " times ", "×": " times ", "/": " over ",
             "÷": " over ", "=": " equals ", "(": " ", ")": " "}
 _WORD = re.compile(r"[a-z0-9]+")
-
-
-def family_of(suite: str | None, level: int | None = None) -> str:
-    """The task family items are kept and capped by: "arithmetic/2", or the suite alone."""
-    name = suite or "default"
-    return name if level is None else f"{name}/{level}"
 
 
 def utility(shown: int, shown_success: int, expected: float, prior: float = 2.0) -> float:
@@ -241,6 +238,4 @@ def _to_item(row: dict[str, Any]) -> LibraryItem:
 
 
 def _dumps(value: Any) -> str | None:
-    return None if value is None else json.dumps(value, separators=(",", ":"), sort_keys=True)
-
-
+    return dumps(value, canonical=True)

@@ -39,9 +39,10 @@ from agentkit.errors import StoreError
 
 from ._items import (KINDS, STATUSES, LibraryConfig, LibraryItem, LibraryVersion, NewItem, RunOutcome, UpdateResult,
                      _dumps, _filters, _JSON, _to_item, family_of, search_text, utility)
-from ._schema import utcnow
+from agentkit.store import TrajectoryStore
+from agentkit.store.db import utcnow
+
 from .retrieval import Bm25Retriever, EmbeddingRetriever, Retriever
-from .trajectories import TrajectoryStore
 
 __all__ = [
     "KINDS", "STATUSES", "LibraryConfig", "LibraryItem", "LibraryVersion", "NewItem", "RunOutcome", "UpdateResult",
@@ -188,10 +189,7 @@ class ExperienceLibrary:
     # -- plumbing ---------------------------------------------------------------------
 
     def _select(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
-        with self.store._locked() as conn:
-            cursor = conn.execute(sql, params)
-            names = [d[0] for d in cursor.description]
-            return [dict(zip(names, row)) for row in cursor.fetchall()]
+        return self.store.db.select(sql, params)
 
     def _change(self, message: str, fn: Callable[[_Batch], Any], restored_from: int | None = None) -> tuple[int | None, Any]:
         """Apply fn to one batch in one transaction; returns (new version or None, fn's result)."""
@@ -203,7 +201,7 @@ class ExperienceLibrary:
             result = fn(batch)
             return batch.commit(message, restored_from), result
 
-        return self.store._write(txn)
+        return self.store.db.write(txn)
 
     # -- reading ----------------------------------------------------------------------
 

@@ -20,7 +20,7 @@ from agentkit.cli._docs import commands, render
 from agentkit.cli.app import app
 from agentkit.cli.render import run_steps, summary_table
 from agentkit.llm.scripted import ScriptedLLM
-from agentkit.memory import TrajectoryStore
+from agentkit.store import TrajectoryStore
 from agentkit.runtime import run_tasks
 from agentkit.tasks import get_suite
 

@@ -11,7 +11,7 @@ import pytest
 
 from agentkit.llm.base import GenerationRequest
 from agentkit.llm.scripted import ScriptedLLM
-from agentkit.memory import Pair, PairStore, TrajectoryStore
+from agentkit.store import Pair, PairStore, TrajectoryStore
 from agentkit.runtime import run_tasks
 from agentkit.tasks import get_suite, split_steps
 from agentkit.train.credit import (

@@ -17,9 +17,9 @@ import pytest
 
 from agentkit.cli.trainer_cmd import _cursor
 from agentkit.llm.scripted import ScriptedLLM
-from agentkit.memory import PairStore, TrajectoryStore
-from agentkit.memory.policies import PolicyRegistry
-from agentkit.memory.trainer import TrainerFiles, TrainerStore, running_pid
+from agentkit.store import PairStore, TrajectoryStore
+from agentkit.store.policies import PolicyRegistry
+from agentkit.store.trainer import TrainerFiles, TrainerStore, running_pid
 from agentkit.runtime import ActivePolicy, SolveAgent, run_tasks
 from agentkit.tasks import get_suite
 
@@ -376,9 +376,9 @@ def test_a_start_that_loses_the_race_for_the_lock_says_a_trainer_is_running(tmp_
     the lock taken. Its parent says so in the same one line as a start that saw it at once."""
     from typer.testing import CliRunner
 
-    import agentkit.memory.trainer as trainer
+    import agentkit.store.trainer as trainer
     from agentkit.cli.app import app
-    from agentkit.memory.trainer import TrainerLock
+    from agentkit.store.trainer import TrainerLock
 
     store = str(tmp_path / "runs.db")
     files = TrainerFiles.beside(store)

@@ -14,7 +14,7 @@ import statistics
 import pytest
 
 from agentkit.llm.transformers import TransformersLLM
-from agentkit.memory import TrajectoryStore
+from agentkit.store import TrajectoryStore
 from agentkit.runtime import SolveAgent, run_tasks
 from agentkit.tasks import get_suite
 

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 import agentkit.llm
 from agentkit.cli.app import app
 from agentkit.llm.scripted import ScriptedLLM
-from agentkit.memory import TrajectoryStore
+from agentkit.store import TrajectoryStore
 from agentkit.tasks import get_suite
 
 PLAN = "1. Do the first operation.\n2. Do the second operation.\n\n"

@@ -8,7 +8,7 @@ import pytest
 
 from agentkit.graph import Graph
 from agentkit.llm.scripted import ScriptedLLM
-from agentkit.memory import TrajectoryStore
+from agentkit.store import TrajectoryStore
 from agentkit.runtime import GraphAgent, run_tasks
 from agentkit.tasks import get_suite
 from agentkit.train.credit import MCConfig, locate_errors, mc_values

@@ -7,7 +7,7 @@ import pytest
 
 from agentkit.graph import load_graph
 from agentkit.llm.transformers import TransformersLLM
-from agentkit.memory import TrajectoryStore
+from agentkit.store import TrajectoryStore
 from agentkit.runtime import GraphAgent, run_tasks
 from agentkit.tasks import get_suite
 

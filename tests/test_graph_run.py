@@ -14,7 +14,7 @@ from agentkit.graph.compile import initial_state
 from agentkit.graph.roles import run_selector
 from agentkit.graph.spec import node_spec
 from agentkit.llm.scripted import ScriptedLLM
-from agentkit.memory import TrajectoryStore
+from agentkit.store import TrajectoryStore
 from agentkit.runtime import Budget, GraphAgent, Recorder, SolveAgent, checkpoint_path, resume_run, run_tasks
 from agentkit.tasks import get_suite
 

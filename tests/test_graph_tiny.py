@@ -12,7 +12,7 @@ from agentkit.graph import Graph, RunContext, load_graph
 from agentkit.graph.roles import run_router
 from agentkit.graph.spec import node_spec
 from agentkit.llm.scripted import ScriptedLLM
-from agentkit.memory import TrajectoryStore
+from agentkit.store import TrajectoryStore
 from agentkit.runtime import Budget, GraphAgent, Recorder, run_tasks
 from agentkit.tasks import get_suite
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from agentkit.memory import TrajectoryStore
-from agentkit.memory.policies import PolicyRegistry
+from agentkit.store import TrajectoryStore
+from agentkit.store.policies import PolicyRegistry
 from agentkit.tasks import get_suite
 from agentkit.train.loop import ImproveConfig, checker_values, improve, plot_curve
 
@@ -198,7 +198,7 @@ def test_improve_a_graph_with_step_dpo_trains_its_solver_call(tmp_path, monkeypa
     with TrajectoryStore(tmp_path / "runs.db") as store:
         rounds = improve(llm, store, config, model=build_tiny_model(len(tok)))
         runs = store.list_runs()
-        from agentkit.memory import PairStore
+        from agentkit.store import PairStore
 
         pairs = PairStore(store).pairs(kind="step")
     assert {r.graph for r in runs} == {"plan_solve_check"}

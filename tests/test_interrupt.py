@@ -15,7 +15,7 @@ import time
 import pytest
 
 from agentkit.llm.scripted import ScriptedLLM
-from agentkit.memory import TrajectoryStore
+from agentkit.store import TrajectoryStore
 from agentkit.runtime import SolveAgent, run_tasks
 from agentkit.runtime.runner import RunsInterrupted
 from agentkit.tasks import get_suite

@@ -14,7 +14,8 @@ from agentkit.errors import GraphSpecError, StoreError
 from agentkit.graph import Graph
 from agentkit.graph.memory import memory_section
 from agentkit.llm.scripted import ScriptedLLM
-from agentkit.memory import ExperienceLibrary, TrajectoryStore
+from agentkit.memory import ExperienceLibrary
+from agentkit.store import TrajectoryStore
 from agentkit.memory.library import (Bm25Retriever, LibraryConfig, NewItem, RunOutcome, family_of, read_export,
                                      utility)
 from agentkit.runtime import GraphAgent, SolveAgent, run_tasks
@@ -330,7 +331,7 @@ def test_every_batch_is_a_version_and_rollback_restores_it_exactly(library, tmp_
     restored = library.rollback(saved_version)
     assert contents(library) == saved
     assert library.versions(1)[0].restored_from == saved_version and restored == library.version()
-    library.store._write(lambda c: c.execute("INSERT INTO library_fts (library_fts) VALUES ('integrity-check')"))
+    library.store.db.write(lambda c: c.execute("INSERT INTO library_fts (library_fts) VALUES ('integrity-check')"))
     assert library.retrieve("Compute 10 - 11 again.", family=FAMILY, k=1)[0].key == "Compute 10 - 11."
     assert library.rollback(0) is not None and contents(library) == ([], [])
     assert library.rollback(0) is None  # already there: nothing to do, no version

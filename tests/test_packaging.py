@@ -20,7 +20,7 @@ def test_wheel_maps_the_top_level_folders_into_agentkit(tmp_path):
     )
     [wheel] = tmp_path.glob("agentkit-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    for module in ("agentkit/memory/trajectories.py", "agentkit/cli/app.py", "agentkit/graphs/__init__.py",
+    for module in ("agentkit/memory/library.py", "agentkit/store/runs.py", "agentkit/cli/app.py", "agentkit/graphs/__init__.py",
                    "agentkit/llm/transformers.py", "agentkit/tasks/arithmetic.py"):
         assert module in names
     assert not [n for n in names if n.split("/")[0] in ("memory", "cli", "graphs")]  # no generic top-level modules

@@ -14,8 +14,8 @@ from agentkit.cli.app import app
 from agentkit.errors import BackendError, StoreError
 from agentkit.llm.base import GenerationRequest
 from agentkit.llm.scripted import ScriptedLLM
-from agentkit.memory import TrajectoryStore
-from agentkit.memory.policies import ChecksumError, PolicyRegistry, adapter_checksum
+from agentkit.store import TrajectoryStore
+from agentkit.store.policies import ChecksumError, PolicyRegistry, adapter_checksum
 from agentkit.tasks import get_suite
 from agentkit.errors import AgentkitError
 from agentkit.train.gate import compare_policies, gate, mcnemar_exact, paired_permutation_p, wilson_interval

@@ -16,15 +16,15 @@ from typer.testing import CliRunner
 
 from agentkit.cli.app import app
 from agentkit.errors import StoreError
-from agentkit.memory import TrajectoryStore
-from agentkit.memory._owners import this_process
+from agentkit.store import TrajectoryStore
+from agentkit.store._owners import this_process
 
 needs_proc = pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="process start times come from /proc")
 
 KILLED = textwrap.dedent(
     """
     import os, signal, sys
-    from agentkit.memory import TrajectoryStore
+    from agentkit.store import TrajectoryStore
     store = TrajectoryStore(sys.argv[1])
     run_id = store.start_run("solve", suite="arithmetic")
     store.add_step(run_id, node="solve", prompt_ids=[1, 2, 3], completion_ids=[4, 5])
@@ -100,7 +100,7 @@ def test_only_runs_whose_process_is_surely_gone_are_marked(tmp_path):
     }
     with TrajectoryStore(tmp_path / "runs.db") as store:
         ids = {name: store.start_run(name) for name in owners}
-        with store._locked() as conn:
+        with store.db.locked() as conn:
             for name, owner in owners.items():
                 conn.execute("UPDATE runs SET owner_pid = ?, owner_host = ?, owner_start = ? WHERE id = ?",
                              (*owner, ids[name]))
@@ -141,7 +141,7 @@ def test_traces_repair_says_how_many_runs_it_marked(tmp_path):
     with TrajectoryStore(path) as store:
         live = store.start_run("solve")
         legacy = store.start_run("solve")
-        with store._locked() as conn:  # as recorded before runs recorded their process
+        with store.db.locked() as conn:  # as recorded before runs recorded their process
             conn.execute("UPDATE runs SET owner_pid = NULL, owner_host = NULL, owner_start = NULL WHERE id = ?",
                          (legacy,))
     dead = ended_runs(path, 2)

@@ -8,7 +8,7 @@ import pytest
 from agentkit.errors import BackendError
 from agentkit.llm.base import GenerationRequest
 from agentkit.llm.scripted import ScriptedLLM
-from agentkit.memory import TrajectoryStore
+from agentkit.store import TrajectoryStore
 from agentkit.runtime import Budget, SolveAgent, run_tasks
 from agentkit.tasks import get_suite
 

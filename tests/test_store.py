@@ -20,8 +20,9 @@ import pytest
 import sqlite_utils
 
 from agentkit.errors import StoreError
-from agentkit.memory import Run, Step, TrajectoryStore
-from agentkit.memory import _schema, _sqlite
+from agentkit.store import Run, Step, TrajectoryStore
+from agentkit.store import db as _sqlite
+from agentkit.store import migrations as _schema
 
 # Column -> Python type of its declared SQL type (TEXT str, INTEGER int, REAL float);
 # JSON columns are TEXT.
@@ -44,7 +45,7 @@ MIGRATION_NAMES = [name for name, _ in _schema.MIGRATIONS]
 WRITER = textwrap.dedent(
     """
     import sys
-    from agentkit.memory import TrajectoryStore
+    from agentkit.store import TrajectoryStore
     path, steps = sys.argv[1], int(sys.argv[2])
     with TrajectoryStore(path) as store:
         run_id = store.start_run("child", suite="concurrency")

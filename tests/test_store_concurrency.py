@@ -20,9 +20,10 @@ import textwrap
 import pytest
 
 from agentkit.errors import StoreError
-from agentkit.memory import TrajectoryStore, _sqlite
-from agentkit.memory.policies import PolicyRegistry
-from agentkit.memory.trainer import TrainerStore
+from agentkit.store import TrajectoryStore
+from agentkit.store import db as _sqlite
+from agentkit.store.policies import PolicyRegistry
+from agentkit.store.trainer import TrainerStore
 
 WRITERS = 4
 COMMITS = 150  # per writer; each is one run (start_run) and one step (add_step)
@@ -31,8 +32,8 @@ READERS = 2
 WRITER = textwrap.dedent(
     """
     import sys
-    from agentkit.memory import TrajectoryStore
-    from agentkit.memory.policies import PolicyRegistry
+    from agentkit.store import TrajectoryStore
+    from agentkit.store.policies import PolicyRegistry
     path, commits = sys.argv[1], int(sys.argv[2])
     runs = TrajectoryStore(path)
     steps = TrajectoryStore(path)  # a second store object on the same file, in the same process
@@ -52,7 +53,7 @@ WRITER = textwrap.dedent(
 READER = textwrap.dedent(
     """
     import os, sys
-    from agentkit.memory import TrajectoryStore
+    from agentkit.store import TrajectoryStore
     path, stop = sys.argv[1], sys.argv[2]
     opened, errors = 0, []
     while not os.path.exists(stop):
@@ -149,9 +150,9 @@ def test_store_objects_on_one_file_share_one_connection_until_the_last_closes(tm
     runs = TrajectoryStore(path)
     registry = PolicyRegistry(tmp_path / "link.db")
     book = TrainerStore(tmp_path / "." / "runs.db")
-    shared = runs._handle._shared
-    assert registry._handle._shared is shared and book._handle._shared is shared and shared.refs == 3
-    assert TrajectoryStore(tmp_path / "other.db")._handle._shared is not shared
+    shared = runs.db._shared
+    assert registry.db._shared is shared and book.db._shared is shared and shared.refs == 3
+    assert TrajectoryStore(tmp_path / "other.db").db._shared is not shared
 
     runs.close()
     runs.close()  # twice is once
@@ -165,7 +166,7 @@ def test_store_objects_on_one_file_share_one_connection_until_the_last_closes(tm
     with pytest.raises(sqlite3.ProgrammingError):
         shared.conn.execute("SELECT 1")  # the last close closed it
     with TrajectoryStore(path) as again:  # and a new open gets a new one
-        assert again._handle._shared is not shared and again.list_runs() == []
+        assert again.db._shared is not shared and again.list_runs() == []
 
 
 def test_a_deleted_store_opened_again_is_a_new_store(tmp_path):
@@ -175,18 +176,18 @@ def test_a_deleted_store_opened_again_is_a_new_store(tmp_path):
     for name in ("runs.db", "runs.db-wal", "runs.db-shm"):
         (tmp_path / name).unlink(missing_ok=True)
     with TrajectoryStore(path) as new:  # not the connection to the deleted file
-        assert new._handle._shared is not old._handle._shared and new.list_runs() == []
+        assert new.db._shared is not old.db._shared and new.list_runs() == []
     old.close()
 
 
 def test_a_forked_child_opens_its_own_connection(tmp_path):
     store = TrajectoryStore(tmp_path / "runs.db")
-    parent = store._handle._shared
+    parent = store.db._shared
     queue = mp.get_context("fork").SimpleQueue()
 
     def child():
         run_id = store.start_run("child")
-        queue.put((store._handle._shared is not parent, store._handle._shared.pid == os.getpid(), run_id))
+        queue.put((store.db._shared is not parent, store.db._shared.pid == os.getpid(), run_id))
 
     proc = mp.get_context("fork").Process(target=child)
     proc.start()
@@ -197,7 +198,7 @@ def test_a_forked_child_opens_its_own_connection(tmp_path):
 
 
 def _synchronous(store) -> int:
-    with store._locked() as conn:
+    with store.db.locked() as conn:
         return conn.execute("PRAGMA synchronous").fetchone()[0]
 
 

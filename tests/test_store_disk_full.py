@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from agentkit.errors import StoreError
-from agentkit.memory import TrajectoryStore
+from agentkit.store import TrajectoryStore
 
 
 @pytest.fixture

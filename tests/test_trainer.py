@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 from agentkit.errors import AgentkitError
 from agentkit.llm.base import GenerationRequest
 from agentkit.llm.transformers import TransformersLLM
-from agentkit.memory.policies import PolicyRegistry
+from agentkit.store.policies import PolicyRegistry
 from agentkit.train.registry import load_policy, register_trained
 from agentkit.train.trainer import (
     DPOConfig,

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from agentkit.graph.templates import render, role_prompts
+from agentkit.tasks import family_of
 
 __all__ = ["family_for", "retrieve", "memory_section", "insert_section", "route_prior", "as_data"]
 
@@ -26,8 +27,6 @@ _FORMAT_LINE = re.compile(r"^\s*(question|solution)\s*:", re.IGNORECASE)
 
 def family_for(suite: Any, task: Any) -> str:
     """The library family of a task: "<suite>/<level>" ("default" without a suite)."""
-    from agentkit.memory.library import family_of
-
     return family_of(getattr(suite, "name", None), getattr(task, "level", None))
 
 

@@ -138,7 +138,7 @@ class GraphAgent:
         if not any(node.memory is not None for node in self.graph.nodes):
             return None
         from agentkit.memory.library import ExperienceLibrary
-        from agentkit.memory.trajectories import TrajectoryStore
+        from agentkit.store.runs import TrajectoryStore
 
         return ExperienceLibrary(store) if isinstance(store, TrajectoryStore) else None
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from agentkit.errors import TaskError
 from agentkit.tasks.arithmetic import ArithmeticSuite
-from agentkit.tasks.base import Suite, Task, split_steps
+from agentkit.tasks.base import Suite, Task, family_of, split_steps
 from agentkit.tasks.blocksworld import BlocksworldSuite
 from agentkit.tasks.countdown import CountdownSuite
 from agentkit.tasks.jsonl import JsonlSuite, load_jsonl
@@ -22,6 +22,7 @@ from agentkit.tasks.prontoqa import ProntoQASuite
 
 __all__ = [
     "Task",
+    "family_of",
     "Suite",
     "get_suite",
     "list_suites",

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from agentkit.errors import TaskError
 
 __all__ = [
+    "family_of",
     "Task",
     "Suite",
     "Draft",
@@ -371,3 +372,9 @@ class Suite(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"
+
+
+def family_of(suite: str | None, level: int | None = None) -> str:
+    """The task family items are kept and capped by: "arithmetic/2", or the suite alone."""
+    name = suite or "default"
+    return name if level is None else f"{name}/{level}"

@@ -8,7 +8,7 @@
                 └─ register -> gate on held-out tasks (greedy, both versions) -> promote
                    only on a significant gain -> (optional) load it into a server
 
-Every phase is recorded in the store (memory/trainer.py) before and after it runs, so a
+Every phase is recorded in the store (store/trainer.py) before and after it runs, so a
 restart after SIGTERM or kill -9 continues where it stopped: the run cursor moves only after
 a batch's pairs are stored, and runs that already have pairs are not rebuilt (no pair is
 built twice); training interrupted in flight resumes from its last checkpoint with the same
@@ -34,7 +34,7 @@ from typing import Any, Callable
 
 from agentkit.errors import AgentkitError
 from agentkit.llm.base import LLM
-from agentkit.memory.trainer import TrainerFiles, TrainerLock, TrainerStore
+from agentkit.store.trainer import TrainerFiles, TrainerLock, TrainerStore
 from agentkit.tasks import Task, get_suite
 
 __all__ = ["TrainerConfig", "CycleResult", "TrainerDaemon", "run_daemon"]
@@ -159,8 +159,8 @@ class TrainerDaemon:
 
     def __init__(self, store: str | os.PathLike[str], config: TrainerConfig | None = None, *,
                  llm: LLM | None = None, model: Any = None):
-        from agentkit.memory import PairStore, TrajectoryStore
-        from agentkit.memory.policies import PolicyRegistry
+        from agentkit.store import PairStore, TrajectoryStore
+        from agentkit.store.policies import PolicyRegistry
 
         self.config = config or TrainerConfig()
         self.files = TrainerFiles.beside(store)

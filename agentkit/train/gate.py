@@ -25,7 +25,7 @@ from fractions import Fraction
 from typing import Any, Sequence
 
 from agentkit.llm.base import LLM
-from agentkit.memory.policies import PolicyRegistry
+from agentkit.store.policies import PolicyRegistry
 from agentkit.runtime import Agent, Budget, RunReport, SolveAgent, run_tasks
 from agentkit.tasks import Suite, Task
 from agentkit.train.registry import PolicyLLM, adapter_name, load_policy
@@ -168,7 +168,7 @@ def compare_policies(
     with their policy_version. ``metric``: what must improve significantly, "success"
     (exact McNemar) or "step-accuracy" (paired permutation test, and no fewer successes)."""
     from agentkit.errors import AgentkitError
-    from agentkit.memory import TrajectoryStore
+    from agentkit.store import TrajectoryStore
 
     if metric not in GATE_METRICS:
         raise AgentkitError(f"gate metric '{metric}' is unknown; choose one of {', '.join(GATE_METRICS)}")

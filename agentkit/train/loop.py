@@ -147,7 +147,7 @@ def improve(
     """Run ``config.rounds`` rounds; returns one RoundResult per round plus a round 0 that
     measures the starting policy. ``llm`` samples and evaluates (it must load adapters);
     training loads its own copy of ``model``."""
-    from agentkit.memory.policies import PolicyRegistry
+    from agentkit.store.policies import PolicyRegistry
     from agentkit.runtime import SolveAgent, run_tasks
     from agentkit.tasks import get_suite
     from agentkit.train.gate import gate
@@ -244,7 +244,7 @@ def _collect(llm: LLM, suite: Suite, tasks: list[Task], store: Any, config: Impr
              adapter: str | None, round_: int, agent: Any = None) -> tuple[list[Any], dict[str, Any], int]:
     """This round's training data for the method, plus counts and the sampled token total.
     ``agent`` builds the sampling prompts; with a library, the sampled runs then update it."""
-    from agentkit.memory import PairStore
+    from agentkit.store import PairStore
     from agentkit.train.pairs import StepDPOConfig, build_outcome_pairs, build_step_pairs, sample_solutions
     from agentkit.train.trainer import PreferenceExample, SFTExample
 
@@ -318,7 +318,7 @@ def _collect_graph(llm: LLM, suite: Suite, tasks: list[Task], store: Any, config
     Step-DPO pairs at the first wrong step of the call that wrote each failed run's answer
     (found by the step checker, else by Monte-Carlo rollouts through the rest of the graph),
     or, for rft, that call's output in each successful run."""
-    from agentkit.memory import PairStore
+    from agentkit.store import PairStore
     from agentkit.runtime import GraphAgent, run_tasks
     from agentkit.train.credit import output_step
     from agentkit.train.pairs import StepDPOConfig, build_step_pairs

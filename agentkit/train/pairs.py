@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
 from agentkit.llm.base import LLM, GenerationRequest
-from agentkit.memory.pairs import Pair, PairStore
+from agentkit.store.pairs import Pair, PairStore
 from agentkit.tasks import Suite, Task
 from agentkit.train.credit import (
     CREDIT_METHODS,

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 from agentkit.errors import BackendError
 from agentkit.llm.base import LLM, Completion, GenerationRequest
-from agentkit.memory.policies import BASE, Policy, PolicyRegistry
+from agentkit.store.policies import BASE, Policy, PolicyRegistry
 
 __all__ = ["load_policy", "register_trained", "PolicyLLM", "adapter_name"]
 

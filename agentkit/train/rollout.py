@@ -204,7 +204,7 @@ def graph_mc_values(
         sink.finish_run(rollout_id, status=status, reward=reward, error=error)
         return None if not replay.reached else reward >= 1.0
 
-    from agentkit.memory.trajectories import TrajectoryStore
+    from agentkit.store.runs import TrajectoryStore
 
     sink = rollout_store if rollout_store is not None else TrajectoryStore(":memory:")
     try:

@@ -3,7 +3,7 @@ it from many threads and processes.
 
 Opening never writes to a file it did not create or recognise: a missing or 0-byte
 path is initialised, an agentkit store is migrated (and its runs left 'running' by a
-process that is gone are marked 'interrupted', see memory/_owners.py), anything else is
+process that is gone are marked 'interrupted', see store/_owners.py), anything else is
 refused with StoreError before the first byte is written. The file is inspected through SQLite only,
 never through a Python file handle: closing any other descriptor of a database file
 drops every POSIX lock the process holds on it, so another process's close would then
@@ -32,6 +32,7 @@ Store objects sharing a connection get the strongest level any of them asked for
 from __future__ import annotations
 
 import collections
+import json
 import os
 import random
 import sqlite3
@@ -44,11 +45,15 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote
 
+import sqlite_utils
+
 from agentkit.errors import StoreError
 
-from . import _owners, _schema
+from . import _owners, migrations
+from .migrations import utcnow
 
-__all__ = ["StoreConnection", "connect", "in_write_transaction", "synchronous_level", "SYNCHRONOUS_ENV"]
+__all__ = ["StoreConnection", "connect", "in_write_transaction", "synchronous_level", "SYNCHRONOUS_ENV",
+           "dumps", "loads", "utcnow", "is_damaged", "damaged_store"]
 
 T = TypeVar("T")
 
@@ -127,10 +132,10 @@ def _check_tables(conn: sqlite3.Connection, path: str) -> None:
     if not tables:
         return
     if "agentkit_meta" in tables:
-        row = conn.execute("SELECT value FROM agentkit_meta WHERE key = ?", (_schema.MARKER_KEY,)).fetchone()
-        if row is not None and row[0] == _schema.MARKER_VALUE:
+        row = conn.execute("SELECT value FROM agentkit_meta WHERE key = ?", (migrations.MARKER_KEY,)).fetchone()
+        if row is not None and row[0] == migrations.MARKER_VALUE:
             if "schema_migrations" in tables:
-                known = {name for name, _ in _schema.MIGRATIONS}
+                known = {name for name, _ in migrations.MIGRATIONS}
                 unknown = sorted(
                     name for (name,) in conn.execute("SELECT name FROM schema_migrations")
                     if name not in known
@@ -244,7 +249,7 @@ def _connect(path: str, timeout: float, synchronous: str) -> tuple[sqlite3.Conne
 
         def setup(c: sqlite3.Connection) -> list[int]:
             _check_tables(c, path)  # again, inside the lock: the file may have changed
-            _schema.migrate(c)
+            migrations.migrate(c)
             return _owners.mark_dead_runs(c)
 
         interrupted = in_write_transaction(conn, setup, path, timeout)
@@ -270,6 +275,52 @@ def _enable_wal(conn: sqlite3.Connection, path: str, timeout: float) -> None:
         if time.monotonic() >= deadline:
             raise StoreError(f"store {path} could not switch to WAL mode (journal_mode={mode}); {WRITABLE_FIX}")
         time.sleep(0.01)
+
+
+# --- the JSON codec of every TEXT column that holds JSON ---------------------------------------
+
+
+def _plain(value: Any) -> Any:
+    # numpy/torch scalars and arrays reach here only when json cannot encode them.
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+# repr-based float encoding round-trips every double bit-exactly (and -inf/nan,
+# which logprobs can hold, as the non-standard -Infinity/NaN that json.loads reads).
+# The canonical text (sorted keys, ASCII) is what configs, metrics and the library's
+# version snapshots were always written in: rollback compares rows by it.
+def _options(canonical: bool, default: Callable[[Any], Any] = _plain) -> dict[str, Any]:
+    return {"separators": (",", ":"), "ensure_ascii": canonical, "sort_keys": canonical, "default": default}
+
+
+_ENCODERS = {canonical: json.JSONEncoder(**_options(canonical)).encode for canonical in (False, True)}
+
+
+def dumps(value: Any, *, canonical: bool = False, default: Callable[[Any], Any] | None = None) -> str | None:
+    """The column text of a JSON value; None stays NULL. ``canonical``: sorted keys and
+    ASCII only (configs, metrics, library rows). ``default``: how to encode what json and
+    ``tolist``/``item`` cannot (else TypeError)."""
+    if value is None:
+        return None
+    if default is None:
+        return _ENCODERS[canonical](value)
+
+    def fallback(obj: Any) -> Any:
+        try:
+            return _plain(obj)
+        except TypeError:
+            return default(obj)
+
+    return json.dumps(value, **_options(canonical, fallback))
+
+
+def loads(text: str | None) -> Any:
+    """The value of a JSON column; NULL is None."""
+    return None if text is None else json.loads(text)
 
 
 # --- one connection per store file per process ----------------------------------------------
@@ -423,6 +474,24 @@ class StoreConnection:
             cursor = conn.cursor()
             cursor.row_factory = sqlite3.Row
             return cursor.execute(sql, tuple(params)).fetchall()
+
+    def rows(self, table: str, where: str | None = None, params: Sequence[Any] = (), **kwargs: Any) -> list[dict[str, Any]]:
+        """Rows of ``table`` as dicts, through sqlite-utils' ``rows_where`` (order_by, limit, ...)."""
+        with self.locked() as conn:
+            db = sqlite_utils.Database(conn, recursive_triggers=False, execute_plugins=False)
+            return list(db[table].rows_where(where, params, **kwargs))
+
+    def one(self, sql: str, params: Sequence[Any] = ()) -> tuple:
+        """The first row of one query, as a tuple (None when there is none)."""
+        with self.locked() as conn:
+            return conn.execute(sql, tuple(params)).fetchone()
+
+    def select(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        """All rows of one query, as dicts by column name."""
+        with self.locked() as conn:
+            cursor = conn.execute(sql, tuple(params))
+            names = [d[0] for d in cursor.description]
+            return [dict(zip(names, row)) for row in cursor.fetchall()]
 
     def take_interrupted(self) -> list[int]:
         """The runs this process's open of the file marked interrupted, once (to report them)."""

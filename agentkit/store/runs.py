@@ -15,53 +15,27 @@ file, and store objects on one file in one process share its connection.
 
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-import sqlite_utils
 from pydantic import BaseModel
 
 from agentkit.errors import StoreError
 
 from ._owners import mark_dead_runs, this_process
-from ._schema import utcnow
-from ._sqlite import StoreConnection
+from .db import StoreConnection, utcnow
+from .db import dumps as _dumps
+from .db import loads as _loads
 
 __all__ = ["Run", "Step", "TrajectoryStore", "RUN_STATUSES"]
-
-T = TypeVar("T")
 
 RUN_STATUSES = ("success", "failure", "error", "budget", "interrupted")
 """How a run ended; while it runs its status is 'running'. 'interrupted': stopped before it
 finished (Ctrl-C, or its process died: see ``TrajectoryStore.repair``)."""
-
-
-def _plain(value: Any) -> Any:
-    # numpy/torch scalars and arrays reach here only when json cannot encode them.
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    if hasattr(value, "item"):
-        return value.item()
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
-
-
-# repr-based float encoding round-trips every double bit-exactly (and -inf/nan,
-# which logprobs can hold, as the non-standard -Infinity/NaN that json.loads reads).
-_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=_plain).encode
-
-
-def _dumps(value: Any) -> str | None:
-    return None if value is None else _encode(value)
-
-
-def _loads(text: str | None) -> Any:
-    return None if text is None else json.loads(text)
 
 
 class Step(BaseModel):
@@ -118,7 +92,7 @@ class Run(BaseModel):
     finished_at: str | None = None
     owner_pid: int | None = None
     """The process that started (or resumed) the run, with its host and start identity
-    (memory/_owners.py); None on runs recorded before runs recorded it."""
+    (store/_owners.py); None on runs recorded before runs recorded it."""
     owner_host: str | None = None
     owner_start: str | None = None
     steps: list[Step] | None = None  # loaded by get_run(steps=True)
@@ -195,28 +169,14 @@ class TrajectoryStore:
         self.path = str(path) if str(path) == ":memory:" else str(Path(path).expanduser())
         self.timeout = timeout
         # The process's one connection to the file, shared with every other store object on
-        # it and used by one thread at a time (see memory/_sqlite.py).
-        self._handle = StoreConnection(self.path, timeout=timeout, synchronous=synchronous, owner="TrajectoryStore")
+        # it and used by one thread at a time (see store/db.py); pair stores and the
+        # experience library read and write through it.
+        self.db = StoreConnection(self.path, timeout=timeout, synchronous=synchronous, owner="TrajectoryStore")
 
     # -- plumbing ---------------------------------------------------------------
 
-    def _locked(self) -> AbstractContextManager[sqlite3.Connection]:
-        return self._handle.locked()
-
-    def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        return self._handle.write(fn)
-
-    def _rows(self, table: str, where: str | None = None, params: Sequence[Any] = (), **kwargs: Any) -> list[dict[str, Any]]:
-        with self._locked() as conn:
-            db = sqlite_utils.Database(conn, recursive_triggers=False, execute_plugins=False)
-            return list(db[table].rows_where(where, params, **kwargs))
-
-    def _query_tuple(self, sql: str, params: Sequence[Any] = ()) -> tuple:
-        with self._locked() as conn:
-            return conn.execute(sql, params).fetchone()
-
     def close(self) -> None:
-        self._handle.close()
+        self.db.close()
 
     def __enter__(self) -> TrajectoryStore:
         return self
@@ -242,7 +202,7 @@ class TrajectoryStore:
     ) -> int:
         """Insert a run with status 'running', owned by this process, and return its id."""
         row = (graph, suite, task_id, split, model, policy_version, "running", _dumps(meta), utcnow(), *this_process())
-        return self._write(lambda c: c.execute(
+        return self.db.write(lambda c: c.execute(
             "INSERT INTO runs (graph, suite, task_id, split, model, policy_version, status, meta, started_at, "
             "owner_pid, owner_host, owner_start) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             row,
@@ -264,7 +224,7 @@ class TrajectoryStore:
                 (*this_process(), run_id),
             )
 
-        self._write(txn)
+        self.db.write(txn)
         return self
 
     def interrupt_runs(self, run_ids: Iterable[int], *, error: str) -> list[int]:
@@ -281,21 +241,21 @@ class TrajectoryStore:
                     marked.append(run_id)
             return marked
 
-        return self._write(txn) if ids else []
+        return self.db.write(txn) if ids else []
 
     def repair(self, *, unowned: bool = False) -> list[int]:
         """Mark 'interrupted' the runs left 'running' by a process that is gone; returns
         their ids, with those this process's opening of the store marked (opening does this
         too). ``unowned``: also runs that recorded no process (from before runs recorded
         one), which cannot be told from live ones - only when nothing else is running."""
-        opened = self._handle.take_interrupted()
+        opened = self.db.take_interrupted()
 
         def txn(c: sqlite3.Connection) -> list[int]:
             status = "SELECT status FROM runs WHERE id = ?"
             still = [i for i in opened if c.execute(status, (i,)).fetchone() == ("interrupted",)]  # not reopened since
             return sorted(still + mark_dead_runs(c, unowned=unowned))
 
-        return self._write(txn)
+        return self.db.write(txn)
 
     def finish_run(
         self,
@@ -333,11 +293,11 @@ class TrajectoryStore:
                 (status, reward, step_accuracy, tokens, calls, float(tokens), wall, error, finished_at, run_id),
             )
 
-        self._write(txn)
+        self.db.write(txn)
         return self
 
     def get_run(self, run_id: int, *, steps: bool = True) -> Run:
-        rows = self._rows("runs", "id = ?", [run_id])
+        rows = self.db.rows("runs", "id = ?", [run_id])
         if not rows:
             raise self._no_run(run_id)
         run = _to_run(rows[0])
@@ -359,7 +319,7 @@ class TrajectoryStore:
             if value is not None:
                 where.append(f"{column} = ?")
                 params.append(value)
-        rows = self._rows("runs", " AND ".join(where) or None, params, order_by="id DESC", limit=limit)
+        rows = self.db.rows("runs", " AND ".join(where) or None, params, order_by="id DESC", limit=limit)
         return [_to_run(row) for row in rows]
 
     def summary(self, run_ids: Iterable[int] | None = None) -> dict[str, Any]:
@@ -374,12 +334,12 @@ class TrajectoryStore:
             "COALESCE(SUM(step_accuracy), 0.0), COUNT(step_accuracy) FROM runs"
         )
         if run_ids is None:
-            parts = [self._query_tuple(aggregate)]
+            parts = [self.db.one(aggregate)]
         else:
             ids = sorted(set(run_ids))
             # Chunks keep each IN list under SQLite's bound-parameter limit.
             parts = [
-                self._query_tuple(
+                self.db.one(
                     f"{aggregate} WHERE id IN ({', '.join('?' * len(chunk))})", chunk
                 )
                 for chunk in (ids[i:i + 500] for i in range(0, len(ids), 500))
@@ -453,16 +413,16 @@ class TrajectoryStore:
             return [c.execute(_INSERT_STEP, row).lastrowid for row in rows]
 
         try:
-            return self._write(txn)
+            return self.db.write(txn)
         except sqlite3.IntegrityError as exc:
             raise self._explain_integrity(rows, exc) from None
 
     def _explain_integrity(self, rows: list[tuple], exc: sqlite3.IntegrityError) -> StoreError:
         for row in rows:
             run_id, parent_step_id = row[0], row[4]
-            if not self._query_tuple("SELECT COUNT(*) FROM runs WHERE id = ?", (run_id,))[0]:
+            if not self.db.one("SELECT COUNT(*) FROM runs WHERE id = ?", (run_id,))[0]:
                 return StoreError(f"cannot add a step to run {run_id}: {self._no_run(run_id)}")
-            if parent_step_id is not None and not self._query_tuple(
+            if parent_step_id is not None and not self.db.one(
                 "SELECT COUNT(*) FROM steps WHERE id = ?", (parent_step_id,)
             )[0]:
                 return StoreError(
@@ -499,7 +459,7 @@ class TrajectoryStore:
         ids = sorted(set(run_ids))
         totals: dict[tuple[str, str], list] = {}
         reasons: dict[tuple[str, str], dict[str, int]] = {}
-        with self._locked() as conn:
+        with self.db.locked() as conn:
             # chunks keep each IN list under SQLite's bound-parameter limit
             for chunk in (ids[i:i + 500] for i in range(0, len(ids), 500)):
                 marks = ", ".join("?" * len(chunk))
@@ -527,7 +487,7 @@ class TrajectoryStore:
 
     def steps(self, run_id: int) -> list[Step]:
         """A run's steps in the order they were recorded."""
-        return [_to_step(row) for row in self._rows("steps", "run_id = ?", [run_id], order_by="id")]
+        return [_to_step(row) for row in self.db.rows("steps", "run_id = ?", [run_id], order_by="id")]
 
     def set_step_values(self, step_id: int, values: Sequence[float]) -> TrajectoryStore:
         """Store the credit-assignment values (e.g. Monte-Carlo estimates per sub-step)."""
@@ -537,5 +497,5 @@ class TrajectoryStore:
             if c.execute("UPDATE steps SET step_values = ? WHERE id = ?", (payload, step_id)).rowcount == 0:
                 raise StoreError(f"no step with id {step_id} in store {self.path}")
 
-        self._write(txn)
+        self.db.write(txn)
         return self

@@ -28,8 +28,10 @@ from typing import Any
 
 from pydantic import BaseModel, field_validator
 
-from ._schema import utcnow
-from .trajectories import TrajectoryStore, _dumps, _loads
+from .db import dumps as _dumps
+from .db import loads as _loads
+from .db import utcnow
+from .runs import TrajectoryStore
 
 __all__ = ["Pair", "PairStore", "PAIR_KINDS"]
 
@@ -146,7 +148,7 @@ class PairStore:
                 ids.append(cursor.lastrowid if cursor.rowcount else None)
             return ids
 
-        return self.store._write(txn) if rows else []
+        return self.store.db.write(txn) if rows else []
 
     def add(self, pair: Pair) -> int | None:
         return self.add_pairs([pair])[0]
@@ -162,12 +164,12 @@ class PairStore:
     ) -> list[Pair]:
         """Stored pairs, oldest first, filtered by any of the given fields."""
         where, params = self._where(kind=kind, policy_version=policy_version, suite=suite, run_id=run_id)
-        return [_to_pair(row) for row in self.store._rows("step_pairs", where, params, order_by="id", limit=limit)]
+        return [_to_pair(row) for row in self.store.db.rows("step_pairs", where, params, order_by="id", limit=limit)]
 
     def count(self, *, kind: str | None = None, policy_version: str | None = None) -> int:
         where, params = self._where(kind=kind, policy_version=policy_version)
         sql = "SELECT COUNT(*) FROM step_pairs" + (f" WHERE {where}" if where else "")
-        return self.store._query_tuple(sql, params)[0]
+        return self.store.db.one(sql, params)[0]
 
     def export_jsonl(
         self, path: str | os.PathLike[str], *, kind: str | None = None, policy_version: str | None = None

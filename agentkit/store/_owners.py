@@ -16,7 +16,7 @@ import os
 import socket
 import sqlite3
 
-from ._schema import utcnow
+from .migrations import utcnow
 
 __all__ = ["RESUME_HINT", "Owner", "this_process", "owner_alive", "mark_dead_runs"]
 

@@ -23,21 +23,18 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from pydantic import BaseModel
 
 from agentkit.errors import StoreError
 
-from ._schema import utcnow
-from ._sqlite import StoreConnection
+from .db import StoreConnection, dumps, utcnow
 
 __all__ = ["TrainerFiles", "TrainerLock", "TrainerState", "TrainerCycle", "TrainerStore", "running_pid", "STATES"]
-
-T = TypeVar("T")
 
 STATES = ("starting", "idle", "collecting", "training", "gating", "stopped", "failed")
 """What a trainer is doing; the last one it recorded stays in the store after it exits."""
@@ -181,7 +178,7 @@ _CYCLE_COLUMNS = tuple(name for name in TrainerCycle.model_fields if name != "id
 
 
 def _dumps(value: Any) -> str | None:
-    return None if value is None else json.dumps(value, separators=(",", ":"), sort_keys=True, default=str)
+    return dumps(value, canonical=True, default=str)
 
 
 class TrainerStore:
@@ -191,10 +188,10 @@ class TrainerStore:
     def __init__(self, path: str | os.PathLike[str], *, timeout: float = 60.0, synchronous: str | None = None):
         self.path = str(Path(path).expanduser())
         self.timeout = timeout
-        self._handle = StoreConnection(self.path, timeout=timeout, synchronous=synchronous, owner="TrainerStore")
+        self.db = StoreConnection(self.path, timeout=timeout, synchronous=synchronous, owner="TrainerStore")
 
     def close(self) -> None:
-        self._handle.close()
+        self.db.close()
 
     def __enter__(self) -> TrainerStore:
         return self
@@ -202,18 +199,12 @@ class TrainerStore:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        return self._handle.write(fn)
-
-    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
-        return self._handle.read(sql, params)
-
     # -- state ---------------------------------------------------------------------------
 
     def state(self, suite: str | None = None) -> TrainerState | None:
         """The row of ``suite``, or (None) the most recently updated one; None if there is none."""
-        rows = (self._read("SELECT * FROM trainer_state WHERE suite = ?", (suite,)) if suite is not None
-                else self._read("SELECT * FROM trainer_state ORDER BY updated_at DESC LIMIT 1"))
+        rows = (self.db.read("SELECT * FROM trainer_state WHERE suite = ?", (suite,)) if suite is not None
+                else self.db.read("SELECT * FROM trainer_state ORDER BY updated_at DESC LIMIT 1"))
         if not rows:
             return None
         row = dict(rows[0])
@@ -238,7 +229,7 @@ class TrainerStore:
                  _dumps(merged), utcnow()),
             )
 
-        self._write(txn)
+        self.db.write(txn)
         return self.state(suite)  # type: ignore[return-value]
 
     # -- cycles --------------------------------------------------------------------------
@@ -252,14 +243,14 @@ class TrainerStore:
         row["details"] = _dumps(row.get("details"))
         names = [n for n in _CYCLE_COLUMNS if n in row]
         sql = f"INSERT INTO trainer_cycles ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})"
-        return self._write(lambda c: c.execute(sql, [row[n] for n in names]).lastrowid)
+        return self.db.write(lambda c: c.execute(sql, [row[n] for n in names]).lastrowid)
 
     def cycles(self, suite: str | None = None, limit: int | None = 20) -> list[TrainerCycle]:
         """Recorded cycles, newest first."""
         where, params = ("WHERE suite = ?", [suite]) if suite else ("", [])
         sql = f"SELECT * FROM trainer_cycles {where} ORDER BY id DESC" + (" LIMIT ?" if limit else "")
         out = []
-        for row in self._read(sql, params + ([limit] if limit else [])):
+        for row in self.db.read(sql, params + ([limit] if limit else [])):
             row = dict(row)
             row["details"] = json.loads(row["details"]) if row["details"] else None
             out.append(TrainerCycle.model_validate(row))
@@ -269,7 +260,7 @@ class TrainerStore:
 
     def runs_after(self, run_id: int, limit: int) -> list[dict[str, Any]]:
         """Up to ``limit`` runs with id > ``run_id``, oldest first, without steps or meta."""
-        return [dict(r) for r in self._read(
+        return [dict(r) for r in self.db.read(
             "SELECT id, graph, suite, task_id, split, model, policy_version, status, started_at, owner_pid, "
             "owner_host FROM runs WHERE id > ? ORDER BY id LIMIT ?", (run_id, limit))]
 
@@ -278,7 +269,7 @@ class TrainerStore:
         out: dict[int, dict[str, Any] | None] = {}
         for chunk in (list(run_ids)[i:i + 500] for i in range(0, len(run_ids), 500)):
             sql = f"SELECT id, meta FROM runs WHERE id IN ({', '.join('?' * len(chunk))})"
-            for row in self._read(sql, chunk):
+            for row in self.db.read(sql, chunk):
                 meta = json.loads(row["meta"]) if row["meta"] else {}
                 out[row["id"]] = meta.get("task") if isinstance(meta, dict) else None
         return out
@@ -288,11 +279,11 @@ class TrainerStore:
         found: set[int] = set()
         for chunk in (list(run_ids)[i:i + 500] for i in range(0, len(run_ids), 500)):
             sql = f"SELECT DISTINCT run_id FROM step_pairs WHERE run_id IN ({', '.join('?' * len(chunk))})"
-            found.update(r[0] for r in self._read(sql, chunk))
+            found.update(r[0] for r in self.db.read(sql, chunk))
         return found
 
     def pair_ids(self, suite: str, *, after: int = 0, limit: int | None = None) -> list[int]:
         """Ids of the suite's step pairs above ``after``, oldest first; with ``limit``, the newest ``limit``."""
         sql = "SELECT id FROM step_pairs WHERE kind = 'step' AND suite = ? AND id > ? ORDER BY id DESC"
-        rows = self._read(sql + (" LIMIT ?" if limit else ""), (suite, after, limit) if limit else (suite, after))
+        rows = self.db.read(sql + (" LIMIT ?" if limit else ""), (suite, after, limit) if limit else (suite, after))
         return sorted(r[0] for r in rows)

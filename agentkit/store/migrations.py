@@ -258,7 +258,7 @@ def m0005_experience_library(conn: sqlite3.Connection) -> None:
 
 
 def m0006_trainer(conn: sqlite3.Connection) -> None:
-    """The background trainer's bookkeeping (memory/trainer.py): per suite, the highest run
+    """The background trainer's bookkeeping (store/trainer.py): per suite, the highest run
     id examined and pair id trained on, and its live status as JSON; one row per cycle
     that did work (runs examined, pairs built, the candidate and the gate's decision)."""
     conn.execute(
@@ -300,7 +300,7 @@ def m0006_trainer(conn: sqlite3.Connection) -> None:
 
 
 def m0007_run_owner(conn: sqlite3.Connection) -> None:
-    """The process that runs a run (memory/_owners.py): its pid, host name and start
+    """The process that runs a run (store/_owners.py): its pid, host name and start
     identity (boot id / pid namespace / start time in clock ticks), so a run left
     'running' by a process that is gone can be told from a live one and marked
     'interrupted'. NULL on runs recorded before this migration."""

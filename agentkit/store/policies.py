@@ -25,20 +25,17 @@ import json
 import os
 import re
 import sqlite3
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from pydantic import BaseModel
 
 from agentkit.errors import StoreError
 
-from ._schema import utcnow
-from ._sqlite import StoreConnection
+from .db import StoreConnection, dumps, utcnow
 
 __all__ = ["Policy", "PolicyEvent", "PolicyRegistry", "ChecksumError", "POLICY_STATUSES", "BASE", "adapter_checksum"]
-
-T = TypeVar("T")
 
 BASE = "base"
 POLICY_STATUSES = ("candidate", "active", "rejected", "retired")
@@ -88,7 +85,7 @@ _JSON = ("data", "config", "metrics")
 
 
 def _dumps(value: Any) -> str | None:
-    return None if value is None else json.dumps(value, separators=(",", ":"), sort_keys=True, default=str)
+    return dumps(value, canonical=True, default=str)
 
 
 def _to_policy(row: Mapping[str, Any]) -> Policy:
@@ -139,18 +136,12 @@ class PolicyRegistry:
     def __init__(self, path: str | os.PathLike[str], *, timeout: float = 60.0, synchronous: str | None = None):
         self.path = str(path) if str(path) == ":memory:" else str(Path(path).expanduser())
         self.timeout = timeout
-        self._handle = StoreConnection(self.path, timeout=timeout, synchronous=synchronous, owner="PolicyRegistry")
+        self.db = StoreConnection(self.path, timeout=timeout, synchronous=synchronous, owner="PolicyRegistry")
 
     # -- plumbing ---------------------------------------------------------------
 
-    def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        return self._handle.write(fn)
-
-    def _read(self, sql: str, params: tuple = ()) -> list[sqlite3.Row]:
-        return self._handle.read(sql, params)
-
     def close(self) -> None:
-        self._handle.close()
+        self.db.close()
 
     def __enter__(self) -> PolicyRegistry:
         return self
@@ -168,17 +159,17 @@ class PolicyRegistry:
         if status is not None and status not in POLICY_STATUSES:
             raise StoreError(f"policy status {status!r} is not one of {', '.join(POLICY_STATUSES)}")
         where, params = ("WHERE status = ?", (status,)) if status else ("", ())
-        return [_to_policy(r) for r in self._read(f"SELECT * FROM policies {where} ORDER BY id", params)]
+        return [_to_policy(r) for r in self.db.read(f"SELECT * FROM policies {where} ORDER BY id", params)]
 
     def get(self, version: str) -> Policy:
-        rows = self._read("SELECT * FROM policies WHERE version = ?", (version,))
+        rows = self.db.read("SELECT * FROM policies WHERE version = ?", (version,))
         if not rows:
             raise self._unknown(version)
         return _to_policy(rows[0])
 
     def active(self) -> Policy:
         """The one active version (``base`` until something is promoted)."""
-        rows = self._read("SELECT * FROM policies WHERE status = 'active'")
+        rows = self.db.read("SELECT * FROM policies WHERE status = 'active'")
         if len(rows) != 1:
             raise StoreError(f"store {self.path} has {len(rows)} active policies, expected one; "
                              "repair it with `agentkit policy promote VERSION`")
@@ -187,7 +178,7 @@ class PolicyRegistry:
     def events(self, version: str | None = None) -> list[PolicyEvent]:
         """Registration, promotion, rejection and rollback events, oldest first."""
         where, params = ("WHERE version = ? OR previous = ?", (version, version)) if version else ("", ())
-        return [_to_event(r) for r in self._read(f"SELECT * FROM policy_events {where} ORDER BY id", params)]
+        return [_to_event(r) for r in self.db.read(f"SELECT * FROM policy_events {where} ORDER BY id", params)]
 
     def history(self) -> list[str]:
         """The stack of active versions, oldest first; its last entry is active and
@@ -263,7 +254,7 @@ class PolicyRegistry:
             self._event(c, "register", name, par, None, None, None)
             return name
 
-        return self.get(self._write(txn))
+        return self.get(self.db.write(txn))
 
     def update_metrics(self, version: str, metrics: Mapping[str, Any]) -> Policy:
         """Merge ``metrics`` into the version's metrics (top-level keys replace)."""
@@ -275,7 +266,7 @@ class PolicyRegistry:
             merged = {**(json.loads(row[0]) if row[0] else {}), **metrics}
             c.execute("UPDATE policies SET metrics = ? WHERE version = ?", (_dumps(merged), version))
 
-        self._write(txn)
+        self.db.write(txn)
         return self.get(version)
 
     def promote(
@@ -297,7 +288,7 @@ class PolicyRegistry:
             c.execute("UPDATE policies SET status = 'active', activated_at = ? WHERE version = ?", (now, version))
             self._event(c, "promote", version, previous, actor or _actor(), reason, details)
 
-        self._write(txn)
+        self.db.write(txn)
         return self.get(version)
 
     def reject(
@@ -315,7 +306,7 @@ class PolicyRegistry:
             c.execute("UPDATE policies SET status = 'rejected' WHERE version = ?", (version,))
             self._event(c, "reject", version, None, actor or _actor(), reason, details)
 
-        self._write(txn)
+        self.db.write(txn)
         return self.get(version)
 
     def rollback(self, *, actor: str | None = None, reason: str | None = None) -> Policy:
@@ -337,7 +328,7 @@ class PolicyRegistry:
             c.execute("UPDATE policies SET status = 'active', activated_at = ? WHERE version = ?", (now, previous))
             self._event(c, "rollback", previous, current, actor or _actor(), reason, None)
 
-        self._write(txn)
+        self.db.write(txn)
         return self.get(previous)
 
     # -- helpers ----------------------------------------------------------------
@@ -358,6 +349,6 @@ class PolicyRegistry:
         )
 
     def _unknown(self, version: str) -> StoreError:
-        known = ", ".join(r[0] for r in self._read("SELECT version FROM policies ORDER BY id")) if not self._handle.closed else ""
+        known = ", ".join(r[0] for r in self.db.read("SELECT version FROM policies ORDER BY id")) if not self.db.closed else ""
         return StoreError(f"no policy version {version!r} in {self.path} (versions: {known or 'none'}); "
                           "see `agentkit policy list`")
