@@ -14,7 +14,7 @@ from agentkit.llm.transformers import TransformersLLM
 from agentkit.store import TrajectoryStore
 from agentkit.runtime import SolveAgent, run_tasks
 from agentkit.tasks import get_suite
-from agentkit.train.gate import wilson_interval
+from agentkit.learn.gate import wilson_interval
 
 DEFAULT = [("arithmetic", 1), ("arithmetic", 2), ("arithmetic", 3), ("countdown", 3), ("countdown", 4),
            ("blocksworld", 4), ("prontoqa", 2)]

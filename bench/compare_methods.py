@@ -25,8 +25,8 @@ from pathlib import Path
 from _common import RESULTS, markdown_table, write_result
 from agentkit.llm.transformers import TransformersLLM
 from agentkit.store import TrajectoryStore
-from agentkit.train.gate import paired_permutation_p, wilson_interval
-from agentkit.train.loop import METHODS, ImproveConfig, improve
+from agentkit.learn.gate import paired_permutation_p, wilson_interval
+from agentkit.learn.improve import METHODS, ImproveConfig, improve
 
 HEADERS = ["method", "train examples", "held-out success (95% CI)", "step accuracy (95% CI)", "p success",
            "p step acc", "sampled tokens", "train s", "CPU min", "wall min"]

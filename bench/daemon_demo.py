@@ -25,7 +25,7 @@ from agentkit.store import TrajectoryStore
 from agentkit.store.policies import PolicyRegistry
 from agentkit.runtime import ActivePolicy, SolveAgent, run_tasks
 from agentkit.tasks import get_suite
-from agentkit.train.daemon import TrainerConfig, TrainerDaemon
+from agentkit.learn.daemon import TrainerConfig, TrainerDaemon
 
 
 def cpu_minutes() -> float:

@@ -4,7 +4,7 @@ Runs a graph whose answer a later model call can change (by default plan -> solv
 check: the critic may send the draft back for revision, and the plan comes before the answering
 call, so rollouts replay it from the record), then values every step prefix of each failed run's answering call
 twice: by continuing the call's own output (what is exact for a single node) and by replaying
-the run to that call and running the rest of the graph (``agentkit.train.rollout``). Prints
+the run to that call and running the rest of the graph (``agentkit.learn.rollouts``). Prints
 both value vectors, the first wrong step each finds, and what each cost.
 
     python bench/graph_credit.py --tasks 8 --samples 4
@@ -22,8 +22,8 @@ from agentkit.llm.transformers import TransformersLLM
 from agentkit.store import TrajectoryStore
 from agentkit.runtime import GraphAgent, run_tasks
 from agentkit.tasks import get_suite
-from agentkit.train.credit import MCConfig, first_error_by_values, mc_values_batch, output_step
-from agentkit.train.rollout import graph_mc_values, needs_graph_rollouts
+from agentkit.learn.credit import MCConfig, first_error_by_values, mc_values_batch, output_step
+from agentkit.learn.rollouts import graph_mc_values, needs_graph_rollouts
 
 HEADERS = ["run", "calls in run", "answering call", "node values", "graph values", "first error (node)",
            "first error (graph)"]

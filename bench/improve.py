@@ -18,7 +18,7 @@ from pathlib import Path
 from _common import RESULTS, markdown_table, write_result
 from agentkit.llm.transformers import TransformersLLM
 from agentkit.store import TrajectoryStore
-from agentkit.train.loop import METHODS, ImproveConfig, RoundResult, improve, plot_curve
+from agentkit.learn.improve import METHODS, ImproveConfig, RoundResult, improve, plot_curve
 
 def cpu_minutes() -> float:
     """User + system CPU time of this process so far (all threads), in minutes."""

@@ -24,7 +24,7 @@ from agentkit.store import TrajectoryStore
 from agentkit.runtime import SolveAgent, run_tasks
 from agentkit.runtime.experience import LearningConfig, update_from_runs
 from agentkit.tasks import get_suite
-from agentkit.train.gate import wilson_interval
+from agentkit.learn.gate import wilson_interval
 
 PLANS = {"arithmetic": 1, "countdown": 3}
 

@@ -765,7 +765,7 @@ def improve(
     store: Optional[Path] = typer.Option(None, envvar="AGENTKIT_STORE", show_default=STORE_DEFAULT, help=STORE_HELP),
 ) -> None:
     """Make the policy better at a suite: rounds of collect, credit, train a LoRA candidate, gate, promote."""
-    from agentkit.train.loop import GRAPH_METHODS, METHODS
+    from agentkit.learn.improve import GRAPH_METHODS, METHODS
 
     _require(method in METHODS, f"--method {method}: choose one of {', '.join(METHODS)}")
     single = graph in (None, "single_solver", "solve")
@@ -800,7 +800,7 @@ def improve(
     from agentkit.cli.render import improve_table
     from agentkit.llm import load_backend
     from agentkit.store import TrajectoryStore
-    from agentkit.train.loop import ImproveConfig, improve as run_improve, plot_curve
+    from agentkit.learn.improve import ImproveConfig, improve as run_improve, plot_curve
 
     config = ImproveConfig(suite=suite, method=method, graph=None if single else graph, rounds=rounds, levels=level_list, train_tasks=train_tasks,
                            eval_tasks=eval_tasks, samples_per_task=samples, rectifications=rectifications,

@@ -1,4 +1,4 @@
-"""``agentkit trainer start|status|stop``: the background trainer (agentkit.train.daemon) as
+"""``agentkit trainer start|status|stop``: the background trainer (agentkit.learn.daemon) as
 a detached process beside the store, and how to see and stop it.
 
 Only typer is imported at module level; ``start --foreground`` is the process itself (the
@@ -99,7 +99,7 @@ def start(
         load_backend("openai", model, base_url=base_url).close()
 
     if foreground:
-        from agentkit.train.daemon import TrainerConfig, run_daemon
+        from agentkit.learn.daemon import TrainerConfig, run_daemon
 
         config = TrainerConfig(suite=suite, model=model, backend=backend, base_url=base_url, dtype=dtype,
                                min_pairs=min_pairs, max_pairs=max_pairs, eval_tasks=eval_tasks, eval_level=eval_level,

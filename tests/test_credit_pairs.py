@@ -14,7 +14,7 @@ from agentkit.llm.scripted import ScriptedLLM
 from agentkit.store import Pair, PairStore, TrajectoryStore
 from agentkit.runtime import run_tasks
 from agentkit.tasks import get_suite, split_steps
-from agentkit.train.credit import (
+from agentkit.learn.credit import (
     MCConfig,
     TokenText,
     first_error_by_critic,
@@ -25,7 +25,7 @@ from agentkit.train.credit import (
     step_token_spans,
     token_step_index,
 )
-from agentkit.train.pairs import StepDPOConfig, build_outcome_pairs, build_step_pairs
+from agentkit.learn.pairs import StepDPOConfig, build_outcome_pairs, build_step_pairs
 
 SUITE = get_suite("arithmetic")
 

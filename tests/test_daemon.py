@@ -64,7 +64,7 @@ def tiny_dir(tmp_path_factory):
 
 
 def config(tmp_path, tiny_dir, **overrides):
-    from agentkit.train.daemon import TrainerConfig
+    from agentkit.learn.daemon import TrainerConfig
 
     values = dict(suite="arithmetic", model=str(tiny_dir), min_pairs=2, max_pairs=64, eval_tasks=len(HELD_OUT),
                   eval_level=1, rectifications=2, epochs=1, batch_size=2, concurrency=4, poll_s=0.01,
@@ -80,7 +80,7 @@ def plant_failures(store, llm, tasks=TRAIN):
 
 
 def test_a_cycle_builds_pairs_trains_gates_promotes_and_records_it(tmp_path, tiny_dir):
-    from agentkit.train.daemon import TrainerDaemon
+    from agentkit.learn.daemon import TrainerDaemon
 
     llm = char_scripted(policy(right_for={"v1"}), build_tiny_tokenizer())
     with TrajectoryStore(tmp_path / "runs.db") as store:
@@ -123,7 +123,7 @@ def test_a_cycle_builds_pairs_trains_gates_promotes_and_records_it(tmp_path, tin
 
 
 def test_a_regression_is_rejected_and_its_pairs_are_not_retrained(tmp_path, tiny_dir):
-    from agentkit.train.daemon import TrainerDaemon
+    from agentkit.learn.daemon import TrainerDaemon
 
     llm = char_scripted(policy(right_for={None}), build_tiny_tokenizer())  # the base is right on held-out tasks
     with TrajectoryStore(tmp_path / "runs.db") as store:
@@ -137,7 +137,7 @@ def test_a_regression_is_rejected_and_its_pairs_are_not_retrained(tmp_path, tiny
 
 
 def test_the_cursor_survives_restarts_and_no_pair_is_built_twice(tmp_path, tiny_dir):
-    from agentkit.train.daemon import TrainerDaemon
+    from agentkit.learn.daemon import TrainerDaemon
 
     tok = build_tiny_tokenizer()
     path = tmp_path / "runs.db"
@@ -165,7 +165,7 @@ def test_the_cursor_survives_restarts_and_no_pair_is_built_twice(tmp_path, tiny_
 
 
 def test_a_running_run_holds_the_cursor_back(tmp_path, tiny_dir):
-    from agentkit.train.daemon import TrainerDaemon
+    from agentkit.learn.daemon import TrainerDaemon
 
     path = tmp_path / "runs.db"
     with TrajectoryStore(path) as store:
@@ -186,7 +186,7 @@ def test_a_running_run_holds_the_cursor_back(tmp_path, tiny_dir):
 
 
 def test_a_run_whose_process_died_does_not_hold_the_cursor_back(tmp_path, tiny_dir):
-    from agentkit.train.daemon import TrainerDaemon
+    from agentkit.learn.daemon import TrainerDaemon
 
     path = tmp_path / "runs.db"
     with TrajectoryStore(path) as store:
@@ -205,7 +205,7 @@ def test_a_run_whose_process_died_does_not_hold_the_cursor_back(tmp_path, tiny_d
 
 
 def test_training_stopped_midway_resumes_from_its_checkpoint(tmp_path, tiny_dir):
-    from agentkit.train.daemon import TrainerDaemon, _Stopped
+    from agentkit.learn.daemon import TrainerDaemon, _Stopped
 
     tok = build_tiny_tokenizer()
     path = tmp_path / "runs.db"
@@ -401,7 +401,7 @@ def test_a_promotion_reaches_a_served_deployment(tmp_path):
 
     from agentkit.llm.base import GenerationRequest
     from agentkit.llm.openai import OpenAIClientLLM
-    from agentkit.train.daemon import TrainerConfig, TrainerDaemon
+    from agentkit.learn.daemon import TrainerConfig, TrainerDaemon
 
     served = ScriptedLLM(lambda prompt, request: "ok")
     server, thread = serve_in_thread(served)

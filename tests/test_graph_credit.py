@@ -1,6 +1,6 @@
 """Monte-Carlo credit through the rest of a graph: recorded calls before the target are
 replayed, the target's prefix is forced, later nodes run live, and the graph's answer is
-verified (agentkit.train.rollout)."""
+verified (agentkit.learn.rollouts)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from agentkit.llm.scripted import ScriptedLLM
 from agentkit.store import TrajectoryStore
 from agentkit.runtime import GraphAgent, run_tasks
 from agentkit.tasks import get_suite
-from agentkit.train.credit import MCConfig, locate_errors, mc_values
-from agentkit.train.rollout import graph_mc_values, needs_graph_rollouts
+from agentkit.learn.credit import MCConfig, locate_errors, mc_values
+from agentkit.learn.rollouts import graph_mc_values, needs_graph_rollouts
 
 SUITE = get_suite("arithmetic")
 PLAN = "1. Do the first operation.\n2. Do the second operation.\n\n"

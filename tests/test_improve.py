@@ -8,7 +8,7 @@ import pytest
 from agentkit.store import TrajectoryStore
 from agentkit.store.policies import PolicyRegistry
 from agentkit.tasks import get_suite
-from agentkit.train.loop import ImproveConfig, checker_values, improve, plot_curve
+from agentkit.learn.improve import ImproveConfig, checker_values, improve, plot_curve
 
 from conftest import build_tiny_model, build_tiny_tokenizer, char_scripted
 
@@ -75,7 +75,7 @@ def test_bad_method_is_one_clear_error():
 
 
 def test_gold_sft_trains_on_the_suite_solutions_without_sampling(tmp_path, monkeypatch):
-    from agentkit.train.loop import _collect
+    from agentkit.learn.improve import _collect
 
     monkeypatch.chdir(tmp_path)
     tok = build_tiny_tokenizer()

@@ -46,7 +46,8 @@ def test_importing_agentkit_does_not_import_torch():
 
 def test_policy_helpers_load_without_torch():
     # `agentkit run --backend openai` wraps the backend with PolicyLLM / load_policy: no torch for that
-    code = "import sys; from agentkit.train import PolicyLLM, load_policy, gate, StepDPOConfig; " \
+    code = "import sys; from agentkit.runtime.policy import PolicyLLM, load_policy; " \
+           "from agentkit.learn import gate, StepDPOConfig, ImproveConfig, TrainerConfig; " \
            "print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout.strip()
     assert out == "False"

@@ -18,8 +18,9 @@ from agentkit.store import TrajectoryStore
 from agentkit.store.policies import ChecksumError, PolicyRegistry, adapter_checksum
 from agentkit.tasks import get_suite
 from agentkit.errors import AgentkitError
-from agentkit.train.gate import compare_policies, gate, mcnemar_exact, paired_permutation_p, wilson_interval
-from agentkit.train.registry import PolicyLLM, load_policy
+from agentkit.learn.gate import compare_policies, gate, mcnemar_exact, paired_permutation_p, wilson_interval
+from agentkit.llm.views import PolicyLLM
+from agentkit.runtime.policy import load_policy
 
 WRONG = "Step 1: 1 + 1 = 3\nAnswer: 3"
 

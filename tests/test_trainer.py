@@ -22,7 +22,8 @@ from agentkit.errors import AgentkitError
 from agentkit.llm.base import GenerationRequest
 from agentkit.llm.transformers import TransformersLLM
 from agentkit.store.policies import PolicyRegistry
-from agentkit.train.registry import load_policy, register_trained
+from agentkit.runtime.policy import load_policy
+from agentkit.learn.cycle import register_trained
 from agentkit.train.trainer import (
     DPOConfig,
     PGConfig,

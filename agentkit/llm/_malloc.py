@@ -6,7 +6,7 @@ large with a fresh mmap and returns them with munmap, so each one is page-faulte
 on every step: on this machine a (64, 262144) division took 95 ms that way and 18 ms from
 reused heap memory. Raising the mmap and trim thresholds lets freed blocks be reused, and
 one arena keeps the batching thread's blocks in the main heap (a thread arena cannot hold a
-block bigger than 64 MB and would fall back to mmap). ``agentkit.train.loop`` hands memory
+block bigger than 64 MB and would fall back to mmap). ``agentkit.learn.improve`` hands memory
 back with ``malloc_trim`` between rounds.
 
 It is opt-in (AGENTKIT_MALLOC_TUNE=1): heap-served big blocks fragment when their sizes

@@ -1,12 +1,17 @@
-"""Following the store's active policy while runs go on: a trainer may promote a new version
-at any time, and the tasks that start after the promotion run on it.
+"""Running a policy version on a backend, and following the store's active policy while
+runs go on: a trainer may promote a new version at any time, and the tasks that start
+after the promotion run on it.
+
+``load_policy`` verifies a version's adapter checksum, loads it under its version name,
+and checks with a one-token generation that completions come back tagged with that
+adapter; ``PolicyLLM`` (agentkit.llm.views) then checks every completion of a run.
 
     follow = ActivePolicy(llm, PolicyRegistry("runs.db"))
     run_tasks(llm, suite, tasks, store, policy=follow)   # each run records the version it used
     ActivePolicy(llm, registry, version="v3")            # pinned: v3 whatever is promoted
 
 Each task asks ``current()`` once, when it starts, and keeps that version for the whole run.
-A newly active version is loaded through ``agentkit.train.registry.load_policy`` (its
+A newly active version is loaded through ``load_policy`` (its
 checksum verified, and a probe that the adapter itself answers), and every completion of the
 run is checked to come from that adapter (``PolicyLLM``): a run never silently gets the base
 model. A version that fails to load is logged and the previous one stays in use (and is what
@@ -20,9 +25,42 @@ import threading
 import time
 from typing import Any, Callable
 
-__all__ = ["ActivePolicy"]
+from agentkit.errors import BackendError
+from agentkit.llm.base import LLM, GenerationRequest
+from agentkit.llm.views import PolicyLLM
+from agentkit.store.policies import BASE, PolicyRegistry
+
+__all__ = ["ActivePolicy", "load_policy", "adapter_name", "PolicyLLM"]
 
 log = logging.getLogger("agentkit.policy")
+
+
+def adapter_name(version: str) -> str | None:
+    """The backend adapter a version runs under: None for ``base``, else its version name."""
+    return None if version == BASE else version
+
+
+def load_policy(llm: LLM, registry: PolicyRegistry, version: str | None = None) -> str | None:
+    """Load ``version`` (default: the active one) into ``llm`` and return the adapter name to
+    put in requests (None for ``base``).
+
+    Raises ChecksumError when the adapter files changed since registration, BackendError
+    when the backend does not answer with the adapter it was asked for."""
+    policy = registry.verify(version or registry.active().version)
+    name = adapter_name(policy.version)
+    if name is not None:
+        llm.load_adapter(name, policy.adapter_path)
+    _check_answering(llm, name)
+    return name
+
+
+def _check_answering(llm: LLM, adapter: str | None) -> None:
+    (completion,), = llm.generate([GenerationRequest("Hello", max_tokens=1, adapter=adapter)])
+    if completion.adapter != adapter:
+        raise BackendError(
+            f"asked the backend for adapter {adapter or 'none (base)'} but {completion.adapter or 'the base model'} "
+            f"answered; check the adapter name and that the server was started with LoRA enabled"
+        )
 
 
 class ActivePolicy:
@@ -61,8 +99,6 @@ class ActivePolicy:
             return self.version, self._view  # type: ignore[return-value]
 
     def _switch(self, version: str) -> None:
-        from agentkit.train.registry import PolicyLLM, load_policy
-
         old = self.version
         try:
             # the base model has no adapter to verify; PolicyLLM still checks that no adapter answers

@@ -18,6 +18,7 @@ from typing import Literal, NamedTuple
 from pydantic import BaseModel, ConfigDict, Field
 
 from agentkit.errors import TaskError
+from agentkit.tasks.steps import split_steps
 
 __all__ = [
     "family_of",
@@ -83,15 +84,7 @@ def _sha1_int(text: str) -> int:
 
 # --- reading model text -----------------------------------------------------------------
 
-_STEP = re.compile(r"^[ \t]*step[ \t]*\d+[ \t]*:(.*)$", re.IGNORECASE | re.MULTILINE)
 _ANSWER = re.compile(r"^[ \t*]*answer[ \t*]*:(.*)$", re.IGNORECASE | re.MULTILINE)
-
-
-def split_steps(text: str) -> list[str]:
-    """The content of every line that begins "Step k:", stripped, in order."""
-    if not isinstance(text, str):
-        return []
-    return [m.group(1).strip() for m in _STEP.finditer(text)]
 
 
 def parse_answer(text: str) -> str | None:

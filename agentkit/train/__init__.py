@@ -1,7 +1,8 @@
-"""The trainer: credit assignment, step-level pairs, losses, training and the policy
-registry.
+"""Training on token ids, torch only: the shared loop (``Trainer``), the losses, one config
+per method, and the examples the loop consumes. Nothing here runs agents or reads the
+store; agentkit.learn builds the examples and decides what to train.
 
-Names are imported on first use (PEP 562), so ``from agentkit.train import load_policy``
+Names are imported on first use (PEP 562), so ``from agentkit.train import DPOConfig``
 does not import torch; only the losses and the trainer need it."""
 
 from __future__ import annotations
@@ -10,15 +11,11 @@ import importlib
 from typing import Any
 
 _SOURCES = {
-    "credit": ("ErrorPoint", "MCConfig", "TokenText", "locate_errors", "mc_values", "mc_values_batch",
-               "step_char_spans", "step_token_spans", "token_step_index"),
     "losses": ("dpo_loss", "dpo_nll_loss", "grpo_advantages", "policy_gradient_loss", "rloo_advantages",
                "sequence_logps", "sft_loss", "step_advantages", "token_logps"),
-    "pairs": ("PairStats", "StepDPOConfig", "build_outcome_pairs", "build_step_pairs"),
-    "trainer": ("TrainConfig", "DPOConfig", "SFTConfig", "PGConfig", "PreferenceExample", "SFTExample", "RLGroup",
-                "Trainer", "TrainResult", "config_from_dict"),
-    "registry": ("load_policy", "register_trained", "PolicyLLM", "adapter_name"),
-    "gate": ("GateResult", "compare_policies", "gate", "mcnemar_exact", "wilson_interval"),
+    "configs": ("TrainConfig", "DPOConfig", "SFTConfig", "PGConfig", "config_from_dict"),
+    "examples": ("PreferenceExample", "SFTExample", "RLGroup", "TrainResult", "token_step_index"),
+    "trainer": ("Trainer",),
 }
 _MODULE_OF = {name: module for module, names in _SOURCES.items() for name in names}
 

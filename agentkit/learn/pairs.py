@@ -24,7 +24,7 @@ from typing import Any, Sequence
 from agentkit.llm.base import LLM, GenerationRequest
 from agentkit.store.pairs import Pair, PairStore
 from agentkit.tasks import Suite, Task
-from agentkit.train.credit import (
+from agentkit.learn.credit import (
     CREDIT_METHODS,
     ErrorPoint,
     MCConfig,

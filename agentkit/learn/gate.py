@@ -24,11 +24,15 @@ from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from typing import Any, Sequence
 
+from agentkit.errors import AgentkitError
 from agentkit.llm.base import LLM
+from agentkit.llm.views import PolicyLLM
 from agentkit.store.policies import PolicyRegistry
 from agentkit.runtime import Agent, Budget, RunReport, SolveAgent, run_tasks
+from agentkit.runtime.policy import adapter_name, load_policy
+from agentkit.store import TrajectoryStore
+from agentkit.store.protocols import RunStore
 from agentkit.tasks import Suite, Task
-from agentkit.train.registry import PolicyLLM, adapter_name, load_policy
 
 __all__ = ["GateResult", "GATE_METRICS", "mcnemar_exact", "paired_permutation_p", "wilson_interval",
            "compare_policies", "gate"]
@@ -156,7 +160,7 @@ def compare_policies(
     candidate: str,
     incumbent: str,
     agent: Agent | None = None,
-    store: Any = None,
+    store: RunStore | None = None,
     alpha: float = 0.05,
     concurrency: int = 16,
     budget: Budget = Budget(),
@@ -167,9 +171,6 @@ def compare_policies(
     version names (``load_policy``); runs are recorded in ``store`` (default: in memory)
     with their policy_version. ``metric``: what must improve significantly, "success"
     (exact McNemar) or "step-accuracy" (paired permutation test, and no fewer successes)."""
-    from agentkit.errors import AgentkitError
-    from agentkit.store import TrajectoryStore
-
     if metric not in GATE_METRICS:
         raise AgentkitError(f"gate metric '{metric}' is unknown; choose one of {', '.join(GATE_METRICS)}")
 
@@ -225,7 +226,7 @@ def gate(
     *,
     incumbent: str | None = None,
     agent: Agent | None = None,
-    store: Any = None,
+    store: RunStore | None = None,
     alpha: float = 0.05,
     concurrency: int = 16,
     budget: Budget = Budget(),
@@ -237,8 +238,6 @@ def gate(
     go into the candidate's metrics either way (held-out success, step accuracy, 95% CI and
     the whole gate result)."""
     if len(tasks) == 0:
-        from agentkit.errors import AgentkitError
-
         raise AgentkitError("the gate needs held-out tasks; pass at least one (e.g. suite.tasks('test', 100))")
     incumbent = incumbent or registry.active().version
     for version in (incumbent, candidate):

@@ -2,7 +2,7 @@
 call, force a prefix of that call's output, and let the graph run on from there.
 
 For a single-node run, V(prefix) is the success rate of continuations of the node's own
-output (``credit.mc_values_batch``, one batched generate call). In a graph, what follows
+output (``values.mc_values_batch``, one batched generate call). In a graph, what follows
 the node matters too: a critic may send the draft back, a verifier may judge it, a later
 node may rewrite the answer. Here each rollout re-runs the whole recorded graph:
 
@@ -34,7 +34,12 @@ from typing import Any, Sequence
 from agentkit.errors import AgentkitError
 from agentkit.llm.base import Completion, GenerationRequest
 from agentkit.tasks import Suite, Task
-from agentkit.train.credit import MCConfig, TokenText, derive_seed, step_char_spans
+from agentkit.learn.values import MCConfig, TokenText, derive_seed
+from agentkit.runtime.graph_agent import restore_agent
+from agentkit.runtime.recorder import Budget, Recorder
+from agentkit.store.protocols import RunStore
+from agentkit.store.runs import TrajectoryStore
+from agentkit.tasks.steps import step_char_spans
 
 __all__ = ["ReplayLLM", "graph_mc_values", "needs_graph_rollouts"]
 
@@ -156,8 +161,8 @@ def graph_mc_values(
     config: MCConfig = MCConfig(),
     *,
     adapter: str | None = None,
-    store: Any = None,
-    rollout_store: Any = None,
+    store: RunStore | None = None,
+    rollout_store: RunStore | None = None,
     concurrency: int = 32,
 ) -> list[list[float] | None]:
     """V[0..S] of each (run, output step, task) item, by K = ``config.samples`` rollouts of
@@ -166,9 +171,6 @@ def graph_mc_values(
     newline. ``store``: the run's own store, whose experience library memory nodes read;
     ``rollout_store``: where rollouts are recorded (None: not recorded). Returns None for
     an item whose rollouts of some prefix all diverged."""
-    from agentkit.runtime.graph_agent import restore_agent
-    from agentkit.runtime.recorder import Budget, Recorder
-
     agents, jobs = [], []
     for i, (run, step, task) in enumerate(items):
         agent, _, _ = restore_agent(run, checkpoints=None, suite=suite)
@@ -203,8 +205,6 @@ def graph_mc_values(
             status, error = "error", "diverged: the replayed calls never reached the target call"
         sink.finish_run(rollout_id, status=status, reward=reward, error=error)
         return None if not replay.reached else reward >= 1.0
-
-    from agentkit.store.runs import TrajectoryStore
 
     sink = rollout_store if rollout_store is not None else TrajectoryStore(":memory:")
     try:

@@ -33,9 +33,18 @@ from pathlib import Path
 from typing import Any, Callable
 
 from agentkit.errors import AgentkitError
+from agentkit.learn.credit import CREDIT_METHODS
+from agentkit.learn.cycle import gate_candidate, register_trained, train_candidate
+from agentkit.learn.gate import GATE_METRICS
+from agentkit.learn.pairs import CHOSEN_BY, StepDPOConfig, build_step_pairs
 from agentkit.llm.base import LLM
+from agentkit.runtime import SolveAgent
+from agentkit.runtime.policy import adapter_name, load_policy
+from agentkit.store import PairStore, PolicyRegistry, TrajectoryStore
 from agentkit.store.trainer import TrainerFiles, TrainerLock, TrainerStore
 from agentkit.tasks import Task, get_suite
+from agentkit.train.configs import DPOConfig
+from agentkit.train.examples import PreferenceExample
 
 __all__ = ["TrainerConfig", "CycleResult", "TrainerDaemon", "run_daemon"]
 
@@ -82,10 +91,6 @@ class TrainerConfig:
     output_dir: str | None = field(default=None, metadata={"help": "Candidates go here (None: runs.trainer/ beside the store)."})
 
     def __post_init__(self) -> None:
-        from agentkit.train.credit import CREDIT_METHODS
-        from agentkit.train.gate import GATE_METRICS
-        from agentkit.train.pairs import CHOSEN_BY
-
         suite = get_suite(self.suite)  # an unknown suite fails here, naming the choices
         checks = [
             (self.min_pairs >= 1, f"min_pairs {self.min_pairs}: must be at least 1"),
@@ -159,9 +164,6 @@ class TrainerDaemon:
 
     def __init__(self, store: str | os.PathLike[str], config: TrainerConfig | None = None, *,
                  llm: LLM | None = None, model: Any = None):
-        from agentkit.store import PairStore, TrajectoryStore
-        from agentkit.store.policies import PolicyRegistry
-
         self.config = config or TrainerConfig()
         self.files = TrainerFiles.beside(store)
         self.traces = TrajectoryStore(store)
@@ -354,8 +356,6 @@ class TrainerDaemon:
         built = self.book.runs_with_pairs(todo)  # a restart after pairs were stored, before the cursor moved
         todo = [i for i in todo if i not in built]
         if todo:
-            from agentkit.train.pairs import StepDPOConfig, build_step_pairs
-
             adapter = self._load(active)
             config = StepDPOConfig(rectifications=self.config.rectifications, max_tokens=self.config.max_tokens,
                                    credit=self.config.credit, chosen_by=self.config.chosen_by, seed=self.config.seed)
@@ -391,9 +391,6 @@ class TrainerDaemon:
         self._gate(inflight, result)
 
     def _train(self, inflight: dict[str, Any], result: CycleResult) -> dict[str, Any] | None:
-        from agentkit.train.registry import adapter_name, register_trained
-        from agentkit.train.trainer import DPOConfig, PreferenceExample, Trainer
-
         c = self.config
         parent = inflight["parent"]
         wanted = set(inflight["pair_ids"])
@@ -405,10 +402,8 @@ class TrainerDaemon:
         train_config = DPOConfig(output_dir=inflight["dir"], lr=c.lr, epochs=c.epochs, batch_size=c.batch_size,
                                  beta=c.beta, nll_weight=c.nll_weight, lora_r=c.lora_r, seed=c.seed,
                                  checkpoint_every=c.checkpoint_every, dtype=c.dtype)
-        parent_path = None if adapter_name(parent) is None else self.registry.get(parent).adapter_path
-        trainer = Trainer(train_config, self.model, parent_adapter=parent_path, on_log=self._safe_point)
-        trained = trainer.train(examples, resume=True)
-        del trainer
+        trained = train_candidate(self.registry, train_config, self.model, parent, examples, resume=True,
+                                  on_log=self._safe_point)
         result.train_s = time.perf_counter() - t0
         if trained.adapter_path is None:
             log.warning("training wrote no adapter (%s); pairs up to %d set aside", trained.stats, inflight["pair_cursor"])
@@ -429,10 +424,6 @@ class TrainerDaemon:
         return inflight
 
     def _gate(self, inflight: dict[str, Any], result: CycleResult) -> None:
-        from agentkit.runtime import SolveAgent
-        from agentkit.train.gate import gate
-        from agentkit.train.registry import adapter_name
-
         candidate = inflight["candidate"]
         result.candidate = candidate
         policy = self.registry.get(candidate)
@@ -442,17 +433,13 @@ class TrainerDaemon:
             self.status(state="gating")
             log.info("gating %s against %s on %d held-out tasks", candidate, incumbent, len(self.held_out))
             agent = SolveAgent(shots=self.config.shots, max_tokens=self.config.max_tokens)
-            outcome = gate(self.registry, self.llm, self.suite, self.held_out, candidate, incumbent=incumbent,
-                           agent=agent, store=self.traces, alpha=self.config.alpha,
-                           concurrency=self.config.concurrency, metric=self.config.gate_metric)
+            outcome = gate_candidate(self.registry, self.llm, self.suite, self.held_out, candidate,
+                                     incumbent=incumbent, agent=agent, store=self.traces, alpha=self.config.alpha,
+                                     concurrency=self.config.concurrency, metric=self.config.gate_metric)
             log.info("%s", outcome.summary())
             promoted = outcome.promote
             result.p_value = outcome.p_value
             result.gate = {k: v for k, v in outcome.as_dict().items() if not k.endswith("_ids")}
-            # keep only the active adapter resident
-            stale = adapter_name(incumbent) if promoted else adapter_name(candidate)
-            if stale is not None and stale in self.llm.list_adapters():
-                self.llm.unload_adapter(stale)
         else:  # decided before a restart
             promoted = policy.status in ("active", "retired")
             result.gate = (policy.metrics or {}).get("gate")
@@ -472,8 +459,6 @@ class TrainerDaemon:
     def _publish(self, version: str) -> None:
         """Load the promoted adapter into the server at serve_url, and check it answers."""
         from agentkit.llm.openai import OpenAIClientLLM
-        from agentkit.train.registry import load_policy
-
         try:
             load_policy(OpenAIClientLLM(self.config.serve_url), self.registry, version)
             log.info("loaded %s into %s", version, self.config.serve_url)
@@ -487,8 +472,6 @@ class TrainerDaemon:
     def _load(self, version: str) -> str | None:
         """Load ``version`` into the sampling backend (verified: its adapter must answer),
         unless it is the one loaded last and still resident."""
-        from agentkit.train.registry import adapter_name, load_policy
-
         name = adapter_name(version)
         if self._loaded != version or (name is not None and name not in self.llm.list_adapters()):
             load_policy(self.llm, self.registry, version)

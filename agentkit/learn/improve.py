@@ -22,9 +22,24 @@ from pathlib import Path
 from typing import Any, Callable
 
 from agentkit.errors import AgentkitError
+from agentkit.graph import load_graph
+from agentkit.learn.credit import output_step
+from agentkit.learn.cycle import gate_candidate, register_trained, train_candidate
+from agentkit.learn.gate import GATE_METRICS
+from agentkit.learn.pairs import CHOSEN_BY, StepDPOConfig, build_outcome_pairs, build_step_pairs, sample_solutions
+from agentkit.learn.values import step_token_spans
 from agentkit.llm._malloc import release_memory
 from agentkit.llm.base import LLM
-from agentkit.tasks import Suite, Task
+from agentkit.llm.views import PolicyLLM
+from agentkit.memory.library import ExperienceLibrary
+from agentkit.runtime import GraphAgent, SolveAgent, run_tasks
+from agentkit.runtime.experience import update_from_runs
+from agentkit.runtime.policy import adapter_name, load_policy
+from agentkit.store import PairStore, PolicyRegistry
+from agentkit.store.protocols import RunStore
+from agentkit.tasks import Suite, Task, get_suite, split_steps
+from agentkit.train.configs import DPOConfig, PGConfig, SFTConfig, TrainConfig
+from agentkit.train.examples import PreferenceExample, RLGroup, SFTExample
 
 __all__ = ["ImproveConfig", "RoundResult", "improve", "METHODS", "GRAPH_METHODS", "STEP_ADVANTAGES", "checker_values",
            "plot_curve"]
@@ -95,9 +110,6 @@ class ImproveConfig:
             raise AgentkitError("rounds, train_tasks and eval_tasks must each be at least 1")
         if not self.levels:
             raise AgentkitError("levels is empty; pass at least one difficulty level, e.g. --levels 1 2")
-        from agentkit.train.gate import GATE_METRICS
-        from agentkit.train.pairs import CHOSEN_BY
-
         if self.chosen_by not in CHOSEN_BY:
             raise AgentkitError(f"chosen_by '{self.chosen_by}' is unknown; choose one of {', '.join(CHOSEN_BY)}")
         if self.step_advantages not in STEP_ADVANTAGES:
@@ -137,7 +149,7 @@ class RoundResult:
 
 def improve(
     llm: LLM,
-    store: Any,
+    store: RunStore,
     config: ImproveConfig,
     *,
     model: str = "gemma-3-270m",
@@ -147,12 +159,6 @@ def improve(
     """Run ``config.rounds`` rounds; returns one RoundResult per round plus a round 0 that
     measures the starting policy. ``llm`` samples and evaluates (it must load adapters);
     training loads its own copy of ``model``."""
-    from agentkit.store.policies import PolicyRegistry
-    from agentkit.runtime import SolveAgent, run_tasks
-    from agentkit.tasks import get_suite
-    from agentkit.train.gate import gate
-    from agentkit.train.registry import PolicyLLM, adapter_name, load_policy
-
     status = on_status or (lambda message: log.info(message))
     suite = get_suite(config.suite)
     registry = PolicyRegistry(store.path)
@@ -160,13 +166,9 @@ def improve(
     held_out = suite.tasks("test", config.eval_tasks, level=eval_level, seed=config.seed)
     library = None
     if config.memory > 0:
-        from agentkit.memory.library import ExperienceLibrary
-
         library = ExperienceLibrary(store)
     graph = _graph(config)
     if graph is not None:
-        from agentkit.runtime import GraphAgent
-
         agent: Any = GraphAgent(graph, shots=config.shots, max_tokens=config.max_tokens)
     else:
         agent = SolveAgent(shots=config.shots, max_tokens=config.max_tokens, library=library, memory=config.memory)
@@ -199,28 +201,23 @@ def improve(
         else:
             status(f"round {r}: training a {config.method} candidate on {len(examples)} examples")
             t0 = time.perf_counter()
-            result = _train(config, model, registry, incumbent, examples, out_dir / f"round-{r}")
+            result = train_candidate(registry, _train_config(config, out_dir / f"round-{r}"), model, incumbent,
+                                     examples)
             train_s = time.perf_counter() - t0
             if result.adapter_path is None:
                 status(f"round {r}: training produced no adapter ({result.stats}); the policy stays '{incumbent}'")
             else:
-                from agentkit.train.registry import register_trained
-
                 policy = register_trained(registry, result, parent=incumbent,
                                           data={**new_data, "round": r, "level": level, "improve": asdict(config)})
                 candidate = policy.version
                 status(f"round {r}: gating '{candidate}' against '{incumbent}' on {len(held_out)} held-out tasks")
-                gate_result = gate(registry, llm, suite, held_out, candidate, incumbent=incumbent, agent=agent,
-                                   store=store, alpha=config.alpha, concurrency=config.concurrency,
-                                   metric=config.gate_metric)
+                gate_result = gate_candidate(registry, llm, suite, held_out, candidate, incumbent=incumbent,
+                                             agent=agent, store=store, alpha=config.alpha,
+                                             concurrency=config.concurrency, metric=config.gate_metric)
                 promoted = gate_result.promote
                 status(f"round {r}: {gate_result.summary()}")
                 if promoted:
-                    if adapter is not None:
-                        llm.unload_adapter(adapter)  # keep only the active adapter resident
                     incumbent = candidate
-                else:
-                    llm.unload_adapter(candidate)
         if gate_result is not None:
             success = gate_result.candidate_success if promoted else gate_result.incumbent_success
             step_acc = gate_result.candidate_step_accuracy if promoted else gate_result.incumbent_step_accuracy
@@ -240,26 +237,24 @@ def improve(
     return rounds
 
 
-def _collect(llm: LLM, suite: Suite, tasks: list[Task], store: Any, config: ImproveConfig, version: str,
+def _pair_config(config: ImproveConfig, round_: int) -> StepDPOConfig:
+    """How a round samples and rectifies: the improve knobs StepDPOConfig shares."""
+    return StepDPOConfig(samples_per_task=config.samples_per_task, rectifications=config.rectifications,
+                         shots=config.shots, max_tokens=config.max_tokens, seed=config.seed + round_,
+                         chosen_by=config.chosen_by)
+
+
+def _collect(llm: LLM, suite: Suite, tasks: list[Task], store: RunStore, config: ImproveConfig, version: str,
              adapter: str | None, round_: int, agent: Any = None) -> tuple[list[Any], dict[str, Any], int]:
     """This round's training data for the method, plus counts and the sampled token total.
     ``agent`` builds the sampling prompts; with a library, the sampled runs then update it."""
-    from agentkit.store import PairStore
-    from agentkit.train.pairs import StepDPOConfig, build_outcome_pairs, build_step_pairs, sample_solutions
-    from agentkit.train.trainer import PreferenceExample, SFTExample
-
-    pair_config = StepDPOConfig(
-        samples_per_task=config.samples_per_task, rectifications=config.rectifications, shots=config.shots,
-        max_tokens=config.max_tokens, seed=config.seed + round_, chosen_by=config.chosen_by,
-    )
+    pair_config = _pair_config(config, round_)
     pairs = PairStore(store)
     library = getattr(agent, "library", None)
 
     def learn(run_ids: list[int]) -> dict[str, Any]:
         if library is None:
             return {}
-        from agentkit.runtime.experience import update_from_runs
-
         update = update_from_runs(library, store, run_ids, suite, tasks=tasks)
         return {"memory_version": update.version, "memory_added": len(update.added),
                 "memory_retired": len(update.retired) + len(update.evicted)}
@@ -306,25 +301,16 @@ def _graph(config: ImproveConfig) -> Any:
     """The graph to improve, or None for the single solve prompt."""
     if config.graph in (None, "single_solver", "solve"):
         return None
-    from agentkit.graph import load_graph
-
     return load_graph(config.graph)
 
 
-def _collect_graph(llm: LLM, suite: Suite, tasks: list[Task], store: Any, config: ImproveConfig, version: str,
+def _collect_graph(llm: LLM, suite: Suite, tasks: list[Task], store: RunStore, config: ImproveConfig, version: str,
                    adapter: str | None, round_: int, graph: Any) -> tuple[list[Any], dict[str, Any], int]:
     """This round's data for a multi-node graph: ``samples_per_task`` sampled runs of the
     whole graph per task (every node at the sampling temperature, a seed per pass), then
     Step-DPO pairs at the first wrong step of the call that wrote each failed run's answer
     (found by the step checker, else by Monte-Carlo rollouts through the rest of the graph),
     or, for rft, that call's output in each successful run."""
-    from agentkit.store import PairStore
-    from agentkit.runtime import GraphAgent, run_tasks
-    from agentkit.train.credit import output_step
-    from agentkit.train.pairs import StepDPOConfig, build_step_pairs
-    from agentkit.train.registry import PolicyLLM
-    from agentkit.train.trainer import PreferenceExample, SFTExample
-
     policy = PolicyLLM(llm, adapter)
     run_ids: list[int] = []
     for k in range(config.samples_per_task):
@@ -340,12 +326,8 @@ def _collect_graph(llm: LLM, suite: Suite, tasks: list[Task], store: Any, config
         steps = [output_step(run.steps) for run in runs if run.status == "success"]
         data = [SFTExample(step.prompt_ids, step.completion_ids, step.run_id) for step in steps if step is not None]
         return data, base, sampled
-    pair_config = StepDPOConfig(
-        samples_per_task=config.samples_per_task, rectifications=config.rectifications, shots=config.shots,
-        max_tokens=config.max_tokens, seed=config.seed + round_, chosen_by=config.chosen_by,
-    )
     pairs = PairStore(store)
-    stats = build_step_pairs(llm, suite, tasks, store, pair_config, version, run_ids=run_ids, adapter=adapter,
+    stats = build_step_pairs(llm, suite, tasks, store, _pair_config(config, round_), version, run_ids=run_ids, adapter=adapter,
                              pair_store=pairs)
     kept = pairs.pairs(kind="step", suite=suite.name)
     if not config.replay:
@@ -356,9 +338,6 @@ def _collect_graph(llm: LLM, suite: Suite, tasks: list[Task], store: Any, config
 
 def _rl_group(llm: LLM, suite: Suite, task: Task, runs: list[Any], step_advantages: str) -> Any:
     """The sampled runs of one task as an RLGroup, with checker step values on request."""
-    from agentkit.train.credit import step_token_spans
-    from agentkit.train.trainer import RLGroup
-
     steps = [run.steps[0] for run in runs]
     group = RLGroup(steps[0].prompt_ids, [s.completion_ids for s in steps], [float(r.reward or 0.0) for r in runs],
                     [s.logprobs for s in steps], task.id)
@@ -376,8 +355,6 @@ def checker_values(suite: Suite, task: Task, text: str) -> list[float]:
     with G the gold solution's step count. So every right step earns 1/G of progress, the
     first wrong one loses all the progress made, and steps after it earn nothing (the output
     is already off the gold path; no reward for well-formed lines built on a wrong value)."""
-    from agentkit.tasks import split_steps
-
     checks = suite.check_steps(task, text) or []
     gold = max(1, len(split_steps(task.solution)))
     values, right = [0.0], True
@@ -394,31 +371,20 @@ def _continuation_ids(llm: LLM, text: str) -> list[int]:
     return ids[len(head):] if ids[: len(head)] == head else ids
 
 
-def _tokens(store: Any, run_ids: list[int]) -> int:
+def _tokens(store: RunStore, run_ids: list[int]) -> int:
     return sum(sum(s.completion_tokens or 0 for s in store.steps(i)) for i in run_ids)
 
 
-def _train(config: ImproveConfig, model: str, registry: Any, incumbent: str, examples: list[Any],
-           output_dir: Path) -> Any:
-    from agentkit.train.registry import adapter_name
-    from agentkit.train.trainer import DPOConfig, PGConfig, SFTConfig, Trainer
-
+def _train_config(config: ImproveConfig, output_dir: Path) -> TrainConfig:
+    """The method's trainer config, from the knobs ImproveConfig carries."""
     common = dict(output_dir=str(output_dir), lr=config.lr, epochs=config.epochs, batch_size=config.batch_size,
                   lora_r=config.lora_r, seed=config.seed)
     if config.method in ("step-dpo", "dpo"):
-        train_config = DPOConfig(beta=config.beta, nll_weight=config.nll_weight, **common)
-    elif config.method in ("rft", "gold-sft"):
-        train_config = SFTConfig(**common)
-    else:
-        train_config = PGConfig(method=config.method, step_weight=1.0 if config.step_advantages == "checker" else 0.0,
-                                **{**common, "lr": config.lr / 5})
-    parent = None if adapter_name(incumbent) is None else registry.get(incumbent).adapter_path
-    trainer = Trainer(train_config, model, parent_adapter=parent)
-    try:
-        return trainer.train(examples, resume=False)
-    finally:
-        del trainer
-        release_memory()
+        return DPOConfig(beta=config.beta, nll_weight=config.nll_weight, **common)
+    if config.method in ("rft", "gold-sft"):
+        return SFTConfig(**common)
+    return PGConfig(method=config.method, step_weight=1.0 if config.step_advantages == "checker" else 0.0,
+                    **{**common, "lr": config.lr / 5})
 
 
 def plot_curve(rounds: list[RoundResult], path: str | Path, title: str = "agentkit improve") -> Path:
