@@ -9,6 +9,8 @@ from typing import Any, Optional
 
 import typer
 
+from agentkit.cli._common import STORE_DEFAULT, STORE_HELP, _require, _store_path
+
 __all__ = ["memory_app"]
 
 # app.py registers this group with its error-handling group class (add_typer(..., cls=...)),
@@ -19,8 +21,6 @@ memory_app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-STORE_HELP = "SQLite store of runs and steps."
-STORE_DEFAULT = "$AGENTKIT_HOME/runs.db"
 KIND_HELP = "Only items of this kind: exemplar, insight or route."
 FAMILY_HELP = "Only items of this task family, e.g. arithmetic/2 (see `agentkit memory stats`)."
 
@@ -29,15 +29,8 @@ def _store_option() -> Any:
     return typer.Option(None, "--store", envvar="AGENTKIT_STORE", show_default=STORE_DEFAULT, help=STORE_HELP)
 
 
-def _require(ok: bool, message: str) -> None:
-    from agentkit.cli.app import _require as require
-
-    require(ok, message)
-
-
 def _open(store: Optional[Path], retriever: str = "bm25") -> Any:
     """The library of the store at ``store``; memory commands never create a store."""
-    from agentkit.cli.app import _store_path
     from agentkit.errors import StoreError
     from agentkit.memory.library import Bm25Retriever, EmbeddingRetriever, ExperienceLibrary
 

@@ -18,7 +18,7 @@ from typing import Any, Optional
 
 import typer
 
-from agentkit.cli.app import STORE_DEFAULT, STORE_HELP, _Group, _require, _store_path
+from agentkit.cli._common import STORE_DEFAULT, STORE_HELP, _Group, _require, _store_path
 
 __all__ = ["trainer_app"]
 

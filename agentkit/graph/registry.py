@@ -15,10 +15,15 @@ from agentkit.graph.graph import Graph
 __all__ = ["load_graph", "list_graphs", "prebuilt_names"]
 
 
-def prebuilt_names() -> list[str]:
-    import agentkit.graphs
+PREBUILT = "agentkit.graphs"
+"""The prebuilt graphs, found and loaded by name like plugins: they import agentkit.graph,
+so agentkit.graph never imports them."""
 
-    return sorted(m.name for m in pkgutil.iter_modules(agentkit.graphs.__path__) if not m.name.startswith("_"))
+
+def prebuilt_names() -> list[str]:
+    spec = importlib.util.find_spec(PREBUILT)
+    where = spec.submodule_search_locations if spec is not None else None
+    return sorted(m.name for m in pkgutil.iter_modules(where or []) if not m.name.startswith("_"))
 
 
 def list_graphs() -> list[tuple[str, str]]:
@@ -41,7 +46,7 @@ def load_graph(name_or_path: str | Path) -> Graph:
             raise GraphSpecError(
                 f"unknown graph {text!r}; choose one of: {', '.join(names)}, or pass a path to a .py file defining `graph`"
             )
-        shared = _graph_of(importlib.import_module(f"agentkit.graphs.{text}"), f"prebuilt graph '{text}'")
+        shared = _graph_of(importlib.import_module(f"{PREBUILT}.{text}"), f"prebuilt graph '{text}'")
         graph = Graph.from_spec(shared.spec.model_copy(deep=True))  # a caller's edits stay its own
         graph.source = text
     return graph.validate()
