@@ -9,6 +9,7 @@ from typing import Any, Protocol
 
 from agentkit.llm.base import GenerationRequest
 from agentkit.runtime.recorder import Recorder
+from agentkit.runtime.search import as_strategy, record_tree, search, strategy_dict
 from agentkit.tasks import Suite, Task
 
 __all__ = ["Agent", "SolveAgent"]
@@ -41,11 +42,19 @@ class SolveAgent:
     memory: int = 4
     meta: dict = field(default_factory=dict, compare=False)
     """More to record on each run row (the CLI records the suite's source here)."""
+    search: Any = None
+    """A step-level search (``Beam``, ``MCTS`` or a spec such as "beam:4x8"): the solver
+    grows its output line by line under a verifier instead of one sampled call, and the
+    run records the whole tree (agentkit.runtime.search)."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "search", as_strategy(self.search))
 
     def run_meta(self, task: Task, suite: Suite) -> dict:
         """What run_tasks records on the run row: enough for ``restore_agent`` to run it again."""
         options = {"shots": self.shots, "temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k,
-                   "max_tokens": self.max_tokens, "adapter": self.adapter, "seed": self.seed, "memory": self.memory}
+                   "max_tokens": self.max_tokens, "adapter": self.adapter, "seed": self.seed, "memory": self.memory,
+                   "search": strategy_dict(self.search) if self.search is not None else None}
         return {"agent": {"kind": "solve", **options}, **self.meta}
 
     def resume(self, task: Task, suite: Suite, recorder: Recorder) -> str:
@@ -67,6 +76,11 @@ class SolveAgent:
 
     def __call__(self, task: Task, suite: Suite, recorder: Recorder) -> str:
         prompt, memory_ids = self.prompt(task, suite)
+        if self.search is not None:
+            tree = search(recorder.llm, suite, task, prompt, self.search, adapter=self.adapter,
+                          seed=0 if self.seed is None else self.seed)
+            record_tree(recorder, tree)
+            return tree.text()
         request = GenerationRequest(
             prompt, temperature=self.temperature, top_p=self.top_p,
             top_k=self.top_k, max_tokens=self.max_tokens, stop=suite.stop, adapter=self.adapter,

@@ -49,6 +49,12 @@ class Recorder:
                 raise BudgetExceeded(f"run {self.run_id} reached max_tokens={self.budget.max_tokens}")
             self.calls += calls
 
+    def account(self, *, calls: int = 0, tokens: int = 0) -> None:
+        """Count work recorded without ``record`` (a search writes its tree in batches)."""
+        with self._lock:
+            self.calls += calls
+            self.tokens += tokens
+
     def generate(self, request: GenerationRequest) -> list[Completion]:
         """The request's completions, within budget; nothing is recorded yet."""
         self.reserve(request.n)

@@ -1,0 +1,464 @@
+"""Step-level search: grow a solver's output one line at a time, score every candidate
+line with a verifier, and keep the promising ones (beam) or grow the most promising branch
+(MCTS). Search finds verified steps a weak policy rarely samples; training then distils
+them (expert iteration: ReST-MCTS*, AlphaMath, MCTS-DPO in RESEARCH.md).
+
+    tree = search(llm, suite, task, prompt, Beam(width=4, expand=8))
+    tree.answer                     # the best node that ends the solution
+    tree.text(tree.answer)          # "Step 1: 33 + 36 = 69\\nAnswer: 69\\n"
+    tree.verified                   # the answer's outcome reward was 1
+
+Expanding a node samples ``expand`` candidate next lines from the prompt + the node's
+prefix in one request (n = k, stop at the newline), so a batching backend shares the
+prefix's KV cache among them; a beam's whole frontier goes in one generate call. Only
+token ids are trusted: a child's prefix is its parent's ids + its own, as sampled, and
+text is decoded from them.
+
+A candidate line is scored by
+
+- the suite's step checker (``value="checker"``): 1 while every "Step k:" line so far
+  checks, else 0. For the synthetic suites the checker is a program of the question alone
+  (the canonical operation), like a unit test, so search may use it at inference too;
+- Monte-Carlo (``value="mc"``): ``rollouts`` samples from the candidate to an answer, each
+  verified; V is the share that verify (ReST-MCTS*, AlphaMath: no step labels needed).
+
+An answer line (or the end of the output) is terminal, and scores the outcome verifier's
+reward. Search stops at the first verified answer, when the tree is out of nodes, or when
+the sampled tokens reach ``max_tokens``.
+
+``record_tree`` writes every node as a step of the run: its parent step, value, visit
+count and prior go in ``meta["search"]``, so pairs, credit and the trace tools read the
+whole tree from the store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any, Sequence
+
+from agentkit.errors import AgentkitError
+from agentkit.llm.base import LLM, Completion, GenerationRequest
+from agentkit.tasks import Suite, Task
+from agentkit.tasks.base import parse_answer
+from agentkit.tasks.steps import STEP_LINE
+
+__all__ = ["Beam", "MCTS", "SearchNode", "SearchTree", "parse_search", "as_strategy", "strategy_dict", "search",
+           "record_tree", "VALUES"]
+
+VALUES = ("auto", "checker", "mc")
+
+
+@dataclass(frozen=True)
+class _Strategy:
+    expand: int = 8
+    """Candidate next lines sampled per expanded node (one request, n = expand)."""
+    value: str = "auto"
+    """How a candidate is scored: "checker" (the suite's step checker), "mc" (Monte-Carlo
+    rollouts to a verified answer), "auto" (the checker where the suite has one)."""
+    rollouts: int = 4
+    """Monte-Carlo value: rollouts per candidate."""
+    temperature: float = 0.8
+    top_p: float = 0.95
+    top_k: int = 64
+    line_tokens: int = 40
+    """Longest candidate line."""
+    rollout_tokens: int = 120
+    """Longest Monte-Carlo rollout."""
+    max_depth: int = 8
+    """Lines before the output is cut off (and judged as it stands)."""
+    max_tokens: int = 4096
+    """Sampled tokens (lines and rollouts) the whole search may spend."""
+
+    def __post_init__(self) -> None:
+        if self.expand < 1 or self.rollouts < 1 or self.max_depth < 1 or self.max_tokens < 1:
+            raise AgentkitError(f"{self}: expand, rollouts, max_depth and max_tokens must each be at least 1")
+        if self.value not in VALUES:
+            raise AgentkitError(f"search value {self.value!r} is unknown; choose one of {', '.join(VALUES)}")
+
+
+@dataclass(frozen=True)
+class Beam(_Strategy):
+    """Step-level beam search: each depth samples ``width * expand`` candidate lines, shared
+    evenly by the frontier (the root takes them all), and keeps the ``width`` best."""
+
+    width: int = 4
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.width < 1:
+            raise AgentkitError(f"beam width {self.width}: must be at least 1")
+
+    def __str__(self) -> str:
+        return f"beam:{self.width}x{self.expand}"
+
+
+@dataclass(frozen=True)
+class MCTS(_Strategy):
+    """Monte-Carlo tree search, ``simulations`` times: descend by PUCT,
+
+        score(c) = Q(c) + c_puct * P(c) * sqrt(N(parent)) / (1 + N(c)),
+
+    with P the policy's probability of each sibling line (renormalised over the siblings
+    sampled), expand the leaf reached (``expand`` lines in one request), score its
+    children, and back the mean of their values up the path. A terminal leaf backs up its
+    reward."""
+
+    simulations: int = 16
+    c_puct: float = 1.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.simulations < 1:
+            raise AgentkitError(f"MCTS simulations {self.simulations}: must be at least 1")
+
+    def __str__(self) -> str:
+        return f"mcts:{self.simulations}"
+
+
+_SPEC = re.compile(r"^(?:beam:(\d+)x(\d+)|mcts:(\d+)(?:x(\d+))?)$")
+
+
+def parse_search(spec: str, **options: Any) -> Beam | MCTS:
+    """``beam:WxK`` (width W, K lines per frontier node) or ``mcts:N`` / ``mcts:NxK``
+    (N simulations, K lines per expansion); ``options`` set the other fields."""
+    m = _SPEC.match(spec.strip().lower()) if isinstance(spec, str) else None
+    if m is None:
+        raise AgentkitError(f"search {spec!r} is not understood; write beam:WxK (e.g. beam:4x8) or mcts:N (e.g. mcts:32)")
+    width, expand, sims, sims_expand = m.groups()
+    if width is not None:
+        return Beam(width=int(width), expand=int(expand), **options)
+    return MCTS(simulations=int(sims), **({"expand": int(sims_expand)} if sims_expand else {}), **options)
+
+
+def as_strategy(spec: Any) -> Beam | MCTS | None:
+    """A strategy from what a user or a run row gives: None, a Beam or MCTS, a spec
+    string (``parse_search``) or the dict ``strategy_dict`` wrote."""
+    if spec is None or isinstance(spec, (Beam, MCTS)):
+        return spec
+    if isinstance(spec, str):
+        return parse_search(spec)
+    if isinstance(spec, dict):
+        fields = dict(spec)
+        kind = fields.pop("kind", None)
+        if kind in ("beam", "mcts"):
+            return (Beam if kind == "beam" else MCTS)(**fields)
+    raise AgentkitError(f"search {spec!r} is not a strategy; pass Beam(...), MCTS(...) or 'beam:4x8' / 'mcts:32'")
+
+
+def strategy_dict(strategy: Beam | MCTS) -> dict[str, Any]:
+    """Every field of ``strategy`` and its kind: what a run row records to rebuild it."""
+    return {"kind": "beam" if isinstance(strategy, Beam) else "mcts", **asdict(strategy)}
+
+
+@dataclass
+class SearchNode:
+    """One line of the tree (the root is the prompt itself)."""
+
+    id: int
+    parent: int | None
+    depth: int
+    token_ids: list[int]
+    logprobs: list[float]
+    text: str
+    """The line as its tokens spell it (after the parent's text)."""
+    kind: str
+    """root, step ("Step k:" line), answer ("Answer:" line), end (the output stopped or
+    was cut off), or other (any other line)."""
+    count: int = 1
+    """Times this line was sampled among its siblings (duplicates are merged)."""
+    value: float | None = None
+    """V of the candidate: checker (0/1), Monte-Carlo share, or a terminal's reward."""
+    prior: float = 1.0
+    """P among its siblings: the policy's probability of the line, renormalised."""
+    visits: int = 0
+    value_sum: float = 0.0
+    children: list[int] = field(default_factory=list)
+    expanded: bool = False
+    rollout_ids: list[int] | None = None
+    """A verified Monte-Carlo rollout from this node (its continuation ids), if one was seen."""
+    step_id: int | None = None
+    """The store step this node was recorded as (``record_tree``)."""
+
+    @property
+    def terminal(self) -> bool:
+        return self.kind in ("answer", "end")
+
+    @property
+    def q(self) -> float:
+        """Mean backed-up value (MCTS); the node's own value before any visit."""
+        return self.value_sum / self.visits if self.visits else (self.value or 0.0)
+
+    @property
+    def logprob(self) -> float:
+        return sum(self.logprobs)
+
+
+@dataclass
+class SearchTree:
+    """The nodes of one search, the answer it chose and what it cost."""
+
+    task: Task
+    strategy: Beam | MCTS
+    prompt_ids: list[int]
+    nodes: list[SearchNode]
+    value_mode: str
+    tokens: int = 0
+    """Sampled tokens: candidate lines and rollouts, duplicates included."""
+    prefill: int = 0
+    """Prompt tokens of every request (prompt + prefix), as a backend without a prefix cache pays them."""
+    calls: int = 0
+    """Generate calls (each a batch of requests)."""
+    answer: int | None = None
+    """Id of the node that ends the chosen solution."""
+    adapter: str | None = None
+    """The adapter that sampled the tree (None: the base model)."""
+
+    def path(self, node: int) -> list[SearchNode]:
+        """Root excluded: the lines from the first to ``node``."""
+        out = []
+        while node is not None and self.nodes[node].parent is not None:
+            out.append(self.nodes[node])
+            node = self.nodes[node].parent
+        return out[::-1]
+
+    def ids(self, node: int) -> list[int]:
+        """The completion ids from the prompt to the end of ``node``."""
+        return [t for n in self.path(node) for t in n.token_ids]
+
+    def text(self, node: int | None = None) -> str:
+        node = self.answer if node is None else node
+        return "" if node is None else "".join(n.text for n in self.path(node))
+
+    @property
+    def verified(self) -> bool:
+        return self.answer is not None and (self.nodes[self.answer].value or 0.0) >= 1.0
+
+    @property
+    def chosen(self) -> set[int]:
+        """Nodes on the path to the answer."""
+        return {n.id for n in self.path(self.answer)} if self.answer is not None else set()
+
+    def solution_ids(self) -> list[int]:
+        """The chosen solution's completion ids, a verified rollout's continuation included
+        when Monte-Carlo search reached the answer through one."""
+        if self.answer is None:
+            return []
+        end = self.nodes[self.answer]
+        return self.ids(self.answer) + (end.rollout_ids or [] if not end.terminal else [])
+
+
+def search(llm: LLM, suite: Suite, task: Task, prompt: str | Sequence[int], strategy: Beam | MCTS, *,
+           adapter: str | None = None, seed: int | None = 0) -> SearchTree:
+    """Search for a verified solution of ``task`` from ``prompt`` (text, tokenized once,
+    or ids); see the module doc. ``seed``: the same seed gives the same tree."""
+    prompt_ids = list(prompt) if not isinstance(prompt, str) else llm.tokenize(prompt)
+    value_mode = strategy.value
+    if value_mode == "auto":
+        value_mode = "checker" if suite.has_step_checker else "mc"
+    if value_mode == "checker" and not suite.has_step_checker:
+        raise AgentkitError(f"suite '{suite.name}' has no step checker; search it with value='mc'")
+    root = SearchNode(0, None, 0, [], [], "", "root", value=None)
+    tree = SearchTree(task, strategy, prompt_ids, [root], value_mode, adapter=adapter)
+    runner = _Search(llm, suite, task, tree, adapter, seed)
+    runner.beam() if isinstance(strategy, Beam) else runner.mcts()
+    return tree
+
+
+class _Search:
+    def __init__(self, llm: LLM, suite: Suite, task: Task, tree: SearchTree, adapter: str | None, seed: int | None):
+        self.llm, self.suite, self.task, self.tree = llm, suite, task, tree
+        self.s = tree.strategy
+        self.adapter, self.seed = adapter, seed
+
+    # --- the two strategies ---------------------------------------------------------
+
+    def beam(self) -> None:
+        tree, s = self.tree, self.s
+        frontier = [tree.nodes[0]]
+        while frontier and not self._spent():
+            share = max(1, (s.width * s.expand) // len(frontier))
+            children = self._expand([(node, share) for node in frontier])
+            if any(c.terminal and c.value >= 1.0 for c in children):
+                break
+            open_ = [c for c in children if not c.terminal and c.depth < s.max_depth]
+            frontier = sorted(open_, key=self._rank, reverse=True)[: s.width]
+        self._choose_answer()
+
+    def mcts(self) -> None:
+        tree, s = self.tree, self.s
+        root = tree.nodes[0]
+        for _ in range(s.simulations):
+            if self._spent():
+                break
+            path, node = [root], root
+            while node.expanded and node.children and not node.terminal:
+                node = self._select(node)
+                path.append(node)
+            if node.terminal or node.expanded or node.depth >= s.max_depth:
+                value = node.value or 0.0  # nothing to grow: back its own value up again
+            else:
+                children = self._expand([(node, s.expand)])
+                total = sum(c.count for c in children)
+                value = sum(c.count * c.value for c in children) / total if total else 0.0
+                for c in children:
+                    c.visits, c.value_sum = 1, c.value
+            for n in path:
+                n.visits += 1
+                n.value_sum += value
+            if any(n.terminal and n.value >= 1.0 for n in tree.nodes):
+                break
+        self._choose_answer()
+
+    def _select(self, node: SearchNode) -> SearchNode:
+        children = [self.tree.nodes[i] for i in node.children]
+        sqrt_n = math.sqrt(max(node.visits, 1))
+        return max(children, key=lambda c: c.q + self.s.c_puct * c.prior * sqrt_n / (1 + c.visits))
+
+    # --- expansion and scoring ------------------------------------------------------
+
+    def _expand(self, jobs: list[tuple[SearchNode, int]]) -> list[SearchNode]:
+        """Sample ``n`` candidate lines under each node (one generate call), merge
+        duplicates, score the new children; returns them."""
+        s, tree = self.s, self.tree
+        requests = [GenerationRequest(
+            tree.prompt_ids + tree.ids(node.id), n=n, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
+            max_tokens=s.line_tokens, stop=("\n",), seed=self._seed("line", node.id), adapter=self.adapter,
+        ) for node, n in jobs]
+        results = self._generate(requests)
+        new: list[SearchNode] = []
+        for (parent, _), completions in zip(jobs, results):
+            parent.expanded = True
+            new += self._add_children(parent, completions)
+        self._score(new)
+        return new
+
+    def _add_children(self, parent: SearchNode, completions: list[Completion]) -> list[SearchNode]:
+        tree = self.tree
+        head = self.tree.text(parent.id)
+        seen: dict[str, SearchNode] = {}
+        for c in completions:
+            full = self.llm.decode(tree.ids(parent.id) + c.token_ids)
+            line = full[len(head):] if full.startswith(head) else self.llm.decode(c.token_ids)
+            if line in seen:
+                seen[line].count += 1
+                continue
+            node = SearchNode(len(tree.nodes), parent.id, parent.depth + 1, list(c.token_ids), list(c.logprobs),
+                              line, _kind(line, c))
+            tree.nodes.append(node)
+            parent.children.append(node.id)
+            seen[line] = node
+        children = list(seen.values())
+        # the prior: the policy's probability of each line, renormalised over the siblings
+        top = max((c.logprob for c in children), default=0.0)
+        weights = [math.exp(c.logprob - top) for c in children]
+        for c, w in zip(children, weights):
+            c.prior = w / sum(weights)
+        return children
+
+    def _score(self, nodes: list[SearchNode]) -> None:
+        tree, suite, task = self.tree, self.suite, self.task
+        pending = []
+        for node in nodes:
+            text = tree.text(node.id)
+            if node.terminal or node.depth >= self.s.max_depth:
+                node.value = suite.verify(task, text)
+                if not node.terminal:
+                    node.kind = "end"  # cut off at max_depth: judged as it stands
+            elif tree.value_mode == "checker":
+                node.value = 1.0 if all(suite.check_steps(task, text) or []) else 0.0
+            else:
+                pending.append(node)
+        if pending:
+            self._mc_values(pending)
+
+    def _mc_values(self, nodes: list[SearchNode]) -> None:
+        s, tree = self.s, self.tree
+        requests = [GenerationRequest(
+            tree.prompt_ids + tree.ids(node.id), n=s.rollouts, temperature=s.temperature, top_p=s.top_p,
+            top_k=s.top_k, max_tokens=s.rollout_tokens, stop=self.suite.stop, seed=self._seed("mc", node.id),
+            adapter=self.adapter,
+        ) for node in nodes]
+        for node, rollouts in zip(nodes, self._generate(requests)):
+            head = tree.text(node.id)
+            wins = [r for r in rollouts if self.suite.verify(self.task, head + r.text) >= 1.0]
+            node.value = len(wins) / len(rollouts)
+            if wins:
+                node.rollout_ids = list(wins[0].token_ids)
+
+    def _generate(self, requests: list[GenerationRequest]) -> list[list[Completion]]:
+        results = self.llm.generate(requests)
+        self.tree.calls += 1
+        self.tree.tokens += sum(len(c.token_ids) for row in results for c in row)
+        self.tree.prefill += sum(len(r.prompt) for r in requests)
+        return results
+
+    def _spent(self) -> bool:
+        return self.tree.tokens >= self.s.max_tokens
+
+    def _seed(self, what: str, node: int) -> int | None:
+        if self.seed is None:
+            return None
+        digest = hashlib.sha1(repr((self.seed, what, self.task.id, node)).encode()).hexdigest()
+        return int(digest[:8], 16)
+
+    @staticmethod
+    def _rank(node: SearchNode) -> tuple[float, float]:
+        """Beam order: value, then the policy's mean log-probability per token."""
+        return (node.value or 0.0, node.logprob / max(len(node.token_ids), 1))
+
+    def _choose_answer(self) -> None:
+        """The best terminal (verified first, then value, then the policy's probability);
+        with none, the deepest best line (an unfinished solution, judged as it stands)."""
+        tree = self.tree
+        ends = [n for n in tree.nodes if n.terminal]
+        if ends:
+            tree.answer = max(ends, key=lambda n: (n.value or 0.0, n.q, n.logprob)).id
+        elif len(tree.nodes) > 1:
+            tree.answer = max(tree.nodes[1:], key=lambda n: (n.depth, *self._rank(n))).id
+
+
+def _kind(line: str, completion: Completion) -> str:
+    if parse_answer(line) is not None:
+        return "answer"
+    if not line.endswith("\n") and "\n" not in line:
+        return "end"  # the model stopped (end of sequence, a stop string) or ran out of tokens
+    if STEP_LINE.match(line.lstrip("\n")):
+        return "step"
+    return "other"
+
+
+def record_tree(recorder: Any, tree: SearchTree, *, node: str = "solve", role: str = "solver") -> dict[int, int]:
+    """Write every node of ``tree`` as a step of ``recorder``'s run, parents first (one
+    transaction per depth), and count its tokens and calls on the recorder. Each step's
+    prompt is the search prompt + the node's prefix and its completion the node's line, as
+    sampled; ``meta["search"]`` holds the tree (node, parent, value, visits, prior, count,
+    kind, chosen). Returns node id -> step id."""
+    chosen = tree.chosen
+    by_depth: dict[int, list[SearchNode]] = {}
+    for n in tree.nodes[1:]:
+        by_depth.setdefault(n.depth, []).append(n)
+    step_ids: dict[int, int] = {}
+    store = recorder.store
+    for depth in sorted(by_depth):
+        rows = []
+        for n in by_depth[depth]:
+            parent = tree.nodes[n.parent]
+            rows.append(dict(
+                run_id=recorder.run_id, node=node, role=role, parent_step_id=parent.step_id,
+                prompt_ids=tree.prompt_ids + tree.ids(parent.id), completion_text=n.text,
+                completion_ids=n.token_ids, logprobs=n.logprobs, finish_reason="stop" if n.kind != "end" else "length",
+                adapter=tree.adapter, policy_version=recorder.policy_version, meta={"search": {
+                    "strategy": str(tree.strategy), "value_mode": tree.value_mode, "node": n.id, "parent": n.parent,
+                    "depth": n.depth, "kind": n.kind, "value": n.value, "visits": n.visits, "q": n.q,
+                    "prior": n.prior, "count": n.count, "chosen": n.id in chosen,
+                    "rollout_ids": n.rollout_ids,
+                }},
+            ))
+        for n, step_id in zip(by_depth[depth], store.add_steps(rows)):
+            n.step_id = step_id
+            step_ids[n.id] = step_id
+    recorder.account(calls=tree.calls, tokens=tree.tokens + tree.prefill)
+    return step_ids

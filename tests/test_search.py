@@ -1,0 +1,203 @@
+"""Step-level search (agentkit.runtime.search): it finds what sampling misses, its MCTS
+values are the hand-computed ones, and the run records the whole tree."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+
+import pytest
+
+from agentkit.errors import AgentkitError
+from agentkit.llm.base import Completion, GenerationRequest
+from agentkit.llm.scripted import ScriptedLLM
+from agentkit.runtime import SolveAgent, run_tasks
+from agentkit.runtime.search import MCTS, Beam, as_strategy, parse_search, search, strategy_dict
+from agentkit.store import TrajectoryStore
+from agentkit.tasks import Suite, get_suite
+
+SUITE = get_suite("arithmetic")
+TASK = SUITE.tasks("test", 1, level=2)[0]
+PROMPT = SUITE.prompt(TASK)
+
+
+def gold_lines(task=TASK):
+    steps = [f"Step {k}: {a} {op} {b} = {c}\n" for k, (a, op, b, c) in enumerate(task.data["steps"], 1)]
+    return steps + [f"Answer: {task.answer}\n"]
+
+
+class RareRightLLM(ScriptedLLM):
+    """A weak policy with a planted solution: under any prefix, only every 8th sampled line
+    is the right next line; the others are wrong arithmetic. A whole sampled output needs
+    three rare lines in a row."""
+
+    def __init__(self, every: int = 8):
+        self.every = every
+        self.counters: dict[str, int] = defaultdict(int)
+        super().__init__(self._reply)
+
+    def _next_line(self, solution: str) -> str:
+        gold = gold_lines()
+        done = solution.count("\n")
+        on_track = solution == "".join(gold[:done])
+        self.counters[solution] += 1
+        right = on_track and self.counters[solution] % self.every == 0
+        if done >= len(gold) - 1:
+            return gold[-1] if right else "Answer: 7\n"
+        return gold[done] if right else f"Step {done + 1}: 12 - 10 = {6 + done}\n"
+
+    def _reply(self, prompt_text: str, request: GenerationRequest) -> str:
+        solution = prompt_text.split("Solution:\n")[-1]
+        if "\n" in request.stop:  # one line at a time (search)
+            return self._next_line(solution)
+        out = solution
+        while not out.split("\n")[-2].startswith("Answer") if out else True:
+            out += self._next_line(out)
+        return out[len(solution):] + "\nQuestion:"
+
+
+def test_beam_finds_a_planted_solution_that_sampling_misses():
+    llm = RareRightLLM()
+    sampled = llm.generate([GenerationRequest(PROMPT, n=32, temperature=0.8, max_tokens=200, stop=SUITE.stop)])[0]
+    assert sum(SUITE.verify(TASK, c.text) for c in sampled) == 0  # best-of-32 fails
+
+    tree = search(RareRightLLM(), SUITE, TASK, PROMPT, Beam(width=2, expand=8))
+    assert tree.verified
+    assert tree.text() == "".join(gold_lines())
+    assert SUITE.verify(TASK, tree.text()) == 1.0
+    sampled_tokens = sum(len(c.token_ids) for c in sampled)
+    assert tree.tokens < sampled_tokens  # and it spent fewer tokens than the 32 samples
+
+
+def test_mcts_finds_it_too_and_stops_at_the_verified_answer():
+    tree = search(RareRightLLM(), SUITE, TASK, PROMPT, MCTS(simulations=40, expand=8))
+    assert tree.verified and tree.text() == "".join(gold_lines())
+    root = tree.nodes[0]
+    assert root.visits <= 40
+
+
+def test_search_works_within_its_token_budget():
+    tree = search(RareRightLLM(every=1000), SUITE, TASK, PROMPT, Beam(width=4, expand=8, max_tokens=600))
+    assert not tree.verified
+    per_call = 32 * 40  # one depth of 32 lines of at most 40 tokens may still go past it
+    assert 600 <= tree.tokens < 600 + per_call
+    assert tree.answer is not None  # the best it found, judged as it stands
+
+
+class TreeLLM(ScriptedLLM):
+    """Lines with fixed total log-probabilities under fixed prefixes: a tree written out."""
+
+    def __init__(self, children: dict[str, list[tuple[str, float]]]):
+        super().__init__(["unused"])
+        self.children = children
+
+    def generate(self, requests):
+        out = []
+        for r in requests:
+            solution = self.decode(r.prompt).split("Solution:\n")[-1]
+            lines = self.children[solution]
+            assert r.n == len(lines)
+            row = []
+            for line, logprob in lines:
+                ids = self._encode(line)
+                row.append(Completion(line.rstrip("\n"), ids, [logprob / len(ids)] * len(ids), "stop", list(r.prompt)))
+            out.append(row)
+        return out
+
+
+def test_mcts_values_match_a_hand_computed_tree():
+    s1, s2, answer = gold_lines()
+    wrong1, wrong2, wrong_answer = "Step 1: 1 + 1 = 3\n", "Step 2: 1 + 1 = 3\n", "Answer: 0\n"
+    llm = TreeLLM({
+        "": [(s1, -1.0), (wrong1, -2.0)],          # A (right), B (wrong)
+        s1: [(s2, -1.0), (wrong2, -1.0)],          # C (right), D (wrong)
+        s1 + s2: [(answer, -0.5), (wrong_answer, -0.5)],  # G (right), H (wrong)
+    })
+    tree = search(llm, SUITE, TASK, PROMPT, MCTS(simulations=10, expand=2, c_puct=1.0, value="checker"))
+    by_text = {tree.text(n.id): n for n in tree.nodes[1:]}
+    root, a, b = tree.nodes[0], by_text[s1], by_text[wrong1]
+    c, d, g, h = by_text[s1 + s2], by_text[s1 + wrong2], by_text[s1 + s2 + answer], by_text[s1 + s2 + wrong_answer]
+    # priors: the policy's line probabilities renormalised over the siblings
+    assert a.prior == pytest.approx(1 / (1 + math.exp(-1)))
+    assert c.prior == pytest.approx(0.5)
+    # sim 1 expands the root: A=1, B=0 back up 0.5. Sim 2: PUCT picks A
+    # (1 + 0.731 * 1/2 > 0 + 0.269 * 1/2), expands it: C=1, D=0, 0.5 up [root, A].
+    # Sim 3: A again (0.75 + 0.731 * sqrt2/3 > 0.269 * sqrt2/2), then C (1 + 0.5 * sqrt2/2
+    # > 0 + 0.5 * sqrt2/2); expanding C finds G (verified) and H, 0.5 up [root, A, C]; stop.
+    assert (root.visits, root.value_sum) == (3, 1.5)
+    assert (a.visits, a.value_sum) == (3, 2.0)
+    assert (b.visits, b.value_sum) == (1, 0.0)
+    assert (c.visits, c.value_sum) == (2, 1.5)
+    assert (d.visits, d.value_sum) == (1, 0.0)
+    assert (g.value, h.value) == (1.0, 0.0)
+    assert a.q == pytest.approx(2 / 3) and c.q == pytest.approx(0.75) and root.q == pytest.approx(0.5)
+    assert tree.answer == g.id and tree.chosen == {a.id, c.id, g.id}
+    assert tree.calls == 3
+
+
+def test_monte_carlo_values_score_lines_without_a_step_checker():
+    gold = "".join(gold_lines())
+    lines: dict[str, int] = defaultdict(int)
+
+    def reply(prompt_text: str, request: GenerationRequest) -> str:
+        solution = prompt_text.split("Solution:\n")[-1]
+        on_track = gold.startswith(solution)
+        if "\n" in request.stop:  # a candidate line: every other one is right
+            lines[solution] += 1
+            right = on_track and lines[solution] % 2 == 0
+            return gold_lines()[solution.count("\n")] if right else "Step 9: 1 + 1 = 3\n"
+        return gold[len(solution):] + "\nQuestion:" if on_track else "Answer: 0\n"  # a rollout
+
+    tree = search(ScriptedLLM(reply), SUITE, TASK, PROMPT, Beam(width=1, expand=4, value="mc", rollouts=2))
+    assert tree.value_mode == "mc"
+    assert tree.verified and tree.text() == gold
+    first = {tree.text(i): tree.nodes[i] for i in tree.nodes[0].children}
+    assert first[gold_lines()[0]].value == 1.0 and first["Step 9: 1 + 1 = 3\n"].value == 0.0
+    assert first[gold_lines()[0]].rollout_ids is not None  # a verified rollout is kept
+    answers_only = AnswersOnly()
+    assert not answers_only.has_step_checker
+    assert search(ScriptedLLM(reply), answers_only, TASK, PROMPT, Beam(width=1, expand=4)).value_mode == "mc"
+
+
+class AnswersOnly(type(SUITE)):
+    """Arithmetic with the step checker turned off: only final answers are verified."""
+
+    _check_steps = Suite._check_steps
+
+
+def test_search_is_recorded_as_a_tree_of_steps():
+    llm = RareRightLLM()
+    with TrajectoryStore(":memory:") as store:
+        agent = SolveAgent(search="beam:2x8")
+        report = run_tasks(llm, SUITE, [TASK], store, agent=agent)
+        (result,) = report.results
+        assert result.status == "success"
+        run = store.get_run(result.run_id, steps=True)
+        assert run.meta["agent"]["search"] == strategy_dict(Beam(width=2, expand=8))
+        steps = {s.id: s for s in run.steps}
+        info = {s.id: s.meta["search"] for s in run.steps}
+        roots = [s for s in run.steps if s.parent_step_id is None]
+        assert all(info[s.id]["depth"] == 1 for s in roots)
+        assert sum(info[s.id]["count"] for s in roots) == 16  # the root's 2 x 8 samples, duplicates merged
+        chosen = [s for s in run.steps if info[s.id]["chosen"]]
+        assert "".join(s.completion_text for s in chosen) == "".join(gold_lines())
+        for s in run.steps:  # a child's prompt is its parent's prompt + the parent's line, as ids
+            if s.parent_step_id is not None:
+                parent = steps[s.parent_step_id]
+                assert s.prompt_ids == parent.prompt_ids + parent.completion_ids
+                assert info[s.id]["depth"] == info[parent.id]["depth"] + 1
+        assert all(info[s.id]["value"] == 1.0 for s in chosen)
+        assert run.tokens >= sum(len(s.completion_ids) for s in run.steps)
+
+
+def test_search_specs_parse_and_bad_ones_name_the_fix():
+    assert parse_search("beam:4x8") == Beam(width=4, expand=8)
+    assert parse_search("mcts:32") == MCTS(simulations=32)
+    assert parse_search("mcts:32x4") == MCTS(simulations=32, expand=4)
+    assert as_strategy(strategy_dict(MCTS(simulations=5, value="mc"))) == MCTS(simulations=5, value="mc")
+    with pytest.raises(AgentkitError, match=r"beam:WxK"):
+        parse_search("beam:4")
+    with pytest.raises(AgentkitError, match="value"):
+        Beam(value="oracle")
+    with pytest.raises(AgentkitError, match="no step checker"):
+        search(ScriptedLLM(["x"]), AnswersOnly(), TASK, "p", Beam(value="checker"))
