@@ -24,7 +24,8 @@ def answers(suite, right_for):
         task = by_question.get(question)
         if task is None:
             level = 1
-            for candidate in suite.tasks("test", 8, level=level) + suite.tasks("train", 64, level=level, seed=1000):
+            for candidate in (suite.tasks("test", 8, level=level) + suite.tasks("train", 64, level=level, seed=1000)
+                              + suite.tasks("test", 16, level=level, seed=7919)):  # gate, training, final sets
                 by_question[candidate.question] = candidate
             task = by_question[question]
         ok = request.adapter in right_for or (request.temperature > 0 and request.seed % 2 == 0)
@@ -217,3 +218,58 @@ def test_graphs_take_the_methods_that_train_from_their_runs():
     with pytest.raises(Exception, match="declares memory on its nodes"):
         ImproveConfig(method="step-dpo", graph="plan_solve_check", memory=2)
     ImproveConfig(method="rft", graph="plan_solve_check")
+
+
+def test_final_test_set_is_disjoint_from_the_gate_set_and_never_changes():
+    from agentkit.learn.improve import final_tasks
+
+    suite = get_suite("arithmetic")
+    gate = suite.tasks("test", 100, level=1, seed=0)
+    final = final_tasks(suite, 200, 1, 0, exclude=gate)
+    assert len(final) == 200 and not {t.question for t in final} & {t.question for t in gate}
+    assert final == final_tasks(suite, 200, 1, 0, exclude=gate)
+    assert all(t.split == "test" for t in final)
+
+
+def test_a_search_round_trains_on_what_the_trees_found(tmp_path, monkeypatch):
+    """explore=search, method=expert: one search per training task records a tree; the
+    verified solutions train an SFT stage and the sibling pairs a DPO stage on top; the
+    gate decides on its set and the final test set is measured apart, after promotion."""
+    from collections import defaultdict
+
+    monkeypatch.chdir(tmp_path)
+    tok = build_tiny_tokenizer()
+    suite = get_suite("arithmetic")
+    greedy = answers(suite, right_for={"v1"})
+    counters = defaultdict(int)
+
+    def reply(prompt, request):
+        if "\n" not in request.stop:
+            return greedy(prompt, request)
+        # a search line: every other sample under a prefix is the right next line
+        question = prompt.rsplit("Question: ", 1)[1].split("\n", 1)[0]
+        solution = prompt.split("Solution:\n")[-1]
+        task = next(t for t in suite.tasks("train", 4, level=1, seed=1000) if t.question == question)
+        gold = [line + "\n" for line in task.solution.split("\n")]
+        counters[prompt] += 1
+        done = solution.count("\n")
+        right = solution == "".join(gold[:done]) and counters[prompt] % 2 == 0
+        return gold[done] if right else ("Answer: 3\n" if done else "Step 1: 1 + 1 = 3\n")
+
+    llm = char_scripted(reply, tok)
+    config = ImproveConfig(method="expert", explore="search", search="beam:1x4", rounds=1, levels=[1], train_tasks=4,
+                           eval_tasks=8, final_tasks=8, epochs=1, batch_size=2, concurrency=4,
+                           output_dir=str(tmp_path / "improve"))
+    with TrajectoryStore(tmp_path / "runs.db") as store:
+        rounds = improve(llm, store, config, model=build_tiny_model(len(tok)))
+        registry = PolicyRegistry(store.path)
+        assert registry.active().version == "v1"
+        searched = [r for r in store.list_runs(None) if (r.meta or {}).get("agent", {}).get("search")]
+        assert len(searched) == 4
+    data = rounds[1].new_data
+    assert data["searched"] == 4 and data["solved"] == 4 and data["pairs"] >= 8  # a pair per line of each tree
+    assert rounds[1].examples == data["solved"] + data["pairs"]
+    assert rounds[0].final_success == 0.0 and rounds[1].final_success == 1.0 and rounds[1].final_n == 8
+    assert rounds[1].final_ci95[0] > 0.6
+    assert rounds[1].p_adjusted == rounds[1].p_value  # one round: one gate
+    assert rounds[1].cpu_s > rounds[0].cpu_s > 0

@@ -201,3 +201,30 @@ def test_search_specs_parse_and_bad_ones_name_the_fix():
         Beam(value="oracle")
     with pytest.raises(AgentkitError, match="no step checker"):
         search(ScriptedLLM(["x"]), AnswersOnly(), TASK, "p", Beam(value="checker"))
+
+
+def test_tree_pairs_have_the_prefix_of_their_node_and_the_right_sides():
+    from agentkit.learn.trees import TreePairConfig, solution_example, tree_pairs
+
+    llm = RareRightLLM()
+    with TrajectoryStore(":memory:") as store:
+        report = run_tasks(llm, SUITE, [TASK], store, agent=SolveAgent(search="beam:2x8"))
+        run = store.get_run(report.results[0].run_id, steps=True)
+    pairs = tree_pairs([run], suite="arithmetic", policy_version="base", decode=llm.decode)
+    gold = gold_lines()
+    # one pair per depth: the right line over the wrong one, under the right prefix
+    assert [(llm.decode(p.prompt_ids).split("Solution:\n")[-1], p.chosen_text, p.rejected_text) for p in pairs] == [
+        ("", gold[0], "Step 1: 12 - 10 = 6\n"),
+        (gold[0], gold[1], "Step 2: 12 - 10 = 7\n"),
+        (gold[0] + gold[1], gold[2], "Answer: 7\n"),
+    ]
+    for p in pairs:
+        assert p.prompt_ids[: len(llm.tokenize(PROMPT))] == llm.tokenize(PROMPT)
+        assert llm.decode(p.chosen_ids) == p.chosen_text and p.kind == "step" and p.meta["gap"] == 1.0
+        assert p.prompt_text == llm.decode(p.prompt_ids)
+    # off the gold path every line is wrong: no chosen side there, so no pair
+    assert all(p.prompt_ids[len(llm.tokenize(PROMPT)):] in ([], llm._encode(gold[0]), llm._encode(gold[0] + gold[1]))
+               for p in pairs)
+    assert tree_pairs([run], config=TreePairConfig(high=1.5)) == []
+    example = solution_example(run)
+    assert example.prompt_ids == llm.tokenize(PROMPT) and llm.decode(example.completion_ids) == "".join(gold)

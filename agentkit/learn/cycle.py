@@ -29,13 +29,17 @@ __all__ = ["train_candidate", "register_trained", "gate_candidate"]
 
 
 def train_candidate(registry: PolicyRegistry, config: Any, model: Any, parent: str, examples: Sequence[Any], *,
-                    resume: bool = False, on_log: Callable[..., None] | None = None) -> Any:
+                    resume: bool = False, on_log: Callable[..., None] | None = None,
+                    parent_adapter: str | None = None) -> Any:
     """Train a LoRA candidate (``config``: a DPOConfig, SFTConfig or PGConfig) on
-    ``examples``, continuing ``parent``'s adapter (a fresh one for ``base``); returns the
-    TrainResult. The trainer's model copy goes back to the OS before this returns."""
+    ``examples``, continuing ``parent``'s adapter (a fresh one for ``base``), or the adapter
+    directory ``parent_adapter`` (a stage of this candidate not registered on its own);
+    returns the TrainResult. The trainer's model copy goes back to the OS before this returns."""
     from agentkit.train.trainer import Trainer  # imports torch: not when the CLI starts
 
-    parent_path = None if adapter_name(parent) is None else registry.get(parent).adapter_path
+    parent_path = parent_adapter
+    if parent_path is None and adapter_name(parent) is not None:
+        parent_path = registry.get(parent).adapter_path
     trainer = Trainer(config, model, parent_adapter=parent_path, on_log=on_log)
     try:
         return trainer.train(list(examples), resume=resume)
@@ -69,12 +73,12 @@ def register_trained(
 
 def gate_candidate(registry: PolicyRegistry, llm: LLM, suite: Suite, held_out: Sequence[Task], candidate: str, *,
                    incumbent: str, agent: Agent | None = None, store: RunStore | None = None, alpha: float = 0.05,
-                   concurrency: int = 16, metric: str = "success") -> GateResult:
+                   concurrency: int = 16, metric: str = "success", tests: int = 1) -> GateResult:
     """Gate ``candidate`` against ``incumbent`` on ``held_out`` (promoted on a significant
     gain, else rejected), then unload the adapter that lost: only the active one stays
     resident in ``llm``."""
     outcome = gate(registry, llm, suite, held_out, candidate, incumbent=incumbent, agent=agent, store=store,
-                   alpha=alpha, concurrency=concurrency, metric=metric)
+                   alpha=alpha, concurrency=concurrency, metric=metric, tests=tests)
     stale = adapter_name(incumbent) if outcome.promote else adapter_name(candidate)
     if stale is not None and stale in llm.list_adapters():
         llm.unload_adapter(stale)

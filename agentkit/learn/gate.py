@@ -106,6 +106,10 @@ class GateResult:
     alpha: float
     promote: bool
     metric: str = "success"
+    tests: int = 1
+    """How many gates this run asks in all (one per round): the gate spends alpha / tests
+    each time (Bonferroni alpha spending), so a run's chance of any false promotion stays
+    within alpha."""
     incumbent_step_accuracy: float | None = None
     candidate_step_accuracy: float | None = None
     candidate_ci95: tuple[float, float] = (0.0, 1.0)
@@ -123,13 +127,18 @@ class GateResult:
         return self.candidate_successes / self.n if self.n else 0.0
 
     @property
+    def p_adjusted(self) -> float:
+        """The p-value corrected for ``tests`` gates: min(1, p * tests)."""
+        return min(1.0, self.p_value * self.tests)
+
+    @property
     def decision(self) -> str:
         return "promote" if self.promote else "reject"
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out.update(incumbent_success=self.incumbent_success, candidate_success=self.candidate_success,
-                   decision=self.decision)
+                   decision=self.decision, p_adjusted=self.p_adjusted)
         return out
 
     def summary(self) -> str:
@@ -139,12 +148,13 @@ class GateResult:
             f"({100 * self.incumbent_success:.1f}%), candidate {self.candidate_successes} "
             f"({100 * self.candidate_success:.1f}%), discordant b={self.b} c={self.c}, "
         )
+        p = f"p={self.p_value:.4g}" + (f", x{self.tests} gates p={self.p_adjusted:.4g}" if self.tests > 1 else "")
         if self.metric == "success":
-            return line + f"one-sided exact McNemar p={self.p_value:.4g} (alpha {self.alpha:g}) -> {self.decision}"
+            return line + f"one-sided exact McNemar {p} (alpha {self.alpha:g}) -> {self.decision}"
         pct = lambda v: "-" if v is None else f"{100 * v:.1f}%"  # noqa: E731
         return line + (
             f"step accuracy {pct(self.incumbent_step_accuracy)} -> {pct(self.candidate_step_accuracy)}, "
-            f"one-sided paired permutation p={self.p_value:.4g} (alpha {self.alpha:g}) -> {self.decision}"
+            f"one-sided paired permutation {p} (alpha {self.alpha:g}) -> {self.decision}"
         )
 
 
@@ -165,12 +175,14 @@ def compare_policies(
     concurrency: int = 16,
     budget: Budget = Budget(),
     metric: str = "success",
+    tests: int = 1,
 ) -> GateResult:
     """Run ``agent`` (default: greedy SolveAgent) on ``tasks`` once per policy version and
     test the paired outcomes. Both versions must already be loaded into ``llm`` under their
     version names (``load_policy``); runs are recorded in ``store`` (default: in memory)
     with their policy_version. ``metric``: what must improve significantly, "success"
-    (exact McNemar) or "step-accuracy" (paired permutation test, and no fewer successes)."""
+    (exact McNemar) or "step-accuracy" (paired permutation test, and no fewer successes).
+    ``tests``: the gates asked in all; each must pass alpha / tests."""
     if metric not in GATE_METRICS:
         raise AgentkitError(f"gate metric '{metric}' is unknown; choose one of {', '.join(GATE_METRICS)}")
 
@@ -198,17 +210,18 @@ def compare_policies(
         values = [outcomes[version][i][2] for i in ids if outcomes[version][i][2] is not None]
         return sum(values) / len(values) if values else None
 
+    tests = max(1, tests)
     if metric == "success":
         p = mcnemar_exact(b, c)
-        promote = c > b and p < alpha
+        promote = c > b and p * tests < alpha
     else:
         diffs = [(outcomes[candidate][i][2] or 0.0) - (outcomes[incumbent][i][2] or 0.0) for i in ids]
         p = paired_permutation_p(diffs)
-        promote = sum(diffs) > 0 and p < alpha and sum(cand) >= sum(inc)
+        promote = sum(diffs) > 0 and p * tests < alpha and sum(cand) >= sum(inc)
     return GateResult(
         candidate=candidate, incumbent=incumbent, n=len(ids),
         incumbent_successes=sum(inc), candidate_successes=sum(cand), b=b, c=c, p_value=p, alpha=alpha,
-        promote=promote, metric=metric,
+        promote=promote, metric=metric, tests=tests,
         incumbent_step_accuracy=step_acc(incumbent), candidate_step_accuracy=step_acc(candidate),
         candidate_ci95=wilson_interval(sum(cand), len(ids)), incumbent_ci95=wilson_interval(sum(inc), len(ids)),
         task_ids=ids,
@@ -232,6 +245,7 @@ def gate(
     budget: Budget = Budget(),
     apply: bool = True,
     metric: str = "success",
+    tests: int = 1,
 ) -> GateResult:
     """Evaluate ``candidate`` against ``incumbent`` (default: the active version) and, with
     ``apply``, promote it on a significant gain or mark it rejected otherwise. The numbers
@@ -244,7 +258,7 @@ def gate(
         load_policy(llm, registry, version)
     result = compare_policies(
         llm, suite, tasks, candidate=candidate, incumbent=incumbent, agent=agent, store=store,
-        alpha=alpha, concurrency=concurrency, budget=budget, metric=metric,
+        alpha=alpha, concurrency=concurrency, budget=budget, metric=metric, tests=tests,
     )
     registry.update_metrics(candidate, {
         "heldout_success": result.candidate_success,

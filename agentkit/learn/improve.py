@@ -16,6 +16,7 @@ on the suite's gold solutions, the supervised reference self-improvement is meas
 from __future__ import annotations
 
 import logging
+import resource
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,16 +26,18 @@ from agentkit.errors import AgentkitError
 from agentkit.graph import load_graph
 from agentkit.learn.credit import output_step
 from agentkit.learn.cycle import gate_candidate, register_trained, train_candidate
-from agentkit.learn.gate import GATE_METRICS
+from agentkit.learn.gate import GATE_METRICS, wilson_interval
+from agentkit.learn.trees import search_steps, solution_example, tree_pairs
 from agentkit.learn.pairs import CHOSEN_BY, StepDPOConfig, build_outcome_pairs, build_step_pairs, sample_solutions
 from agentkit.learn.values import step_token_spans
 from agentkit.llm._malloc import release_memory
 from agentkit.llm.base import LLM
 from agentkit.llm.views import PolicyLLM
 from agentkit.memory.library import ExperienceLibrary
-from agentkit.runtime import GraphAgent, SolveAgent, run_tasks
+from agentkit.runtime import Budget, GraphAgent, SolveAgent, run_tasks
 from agentkit.runtime.experience import update_from_runs
 from agentkit.runtime.policy import adapter_name, load_policy
+from agentkit.runtime.search import as_strategy
 from agentkit.store import PairStore, PolicyRegistry
 from agentkit.store.protocols import RunStore
 from agentkit.tasks import Suite, Task, get_suite, split_steps
@@ -46,13 +49,21 @@ __all__ = ["ImproveConfig", "RoundResult", "improve", "METHODS", "GRAPH_METHODS"
 
 log = logging.getLogger("agentkit.improve")
 
-METHODS = ("step-dpo", "dpo", "rft", "grpo", "rloo", "gold-sft")
+METHODS = ("step-dpo", "dpo", "rft", "grpo", "rloo", "gold-sft", "expert")
 GRAPH_METHODS = ("step-dpo", "rft")
 """What trains a multi-node graph: both take their data from the model call that wrote the
 run's answer, whatever prompt the graph gave it. The others compare outputs of one prompt
 (dpo, grpo, rloo) or need the solver's prompt without a run (gold-sft)."""
 STEP_ADVANTAGES = ("none", "checker")
+EXPLORE = ("sample", "search")
+SEARCH_METHODS = ("rft", "step-dpo", "expert")
+"""What trains on search trees: ``rft`` imitates the verified solutions search found
+(expert iteration, ReST-EM), ``step-dpo`` takes the sibling pairs of every expanded node
+(DPO + NLL), ``expert`` does both in one candidate (SFT on the solutions, then DPO + NLL
+on the pairs, continuing it)."""
 SAMPLING_TEMPERATURE = 0.8
+FINAL_SEED = 7919
+"""The final test set is drawn from this seed offset and never shares a task with the gate set."""
 
 
 @dataclass
@@ -73,7 +84,15 @@ class ImproveConfig:
     train_tasks: int = 64
     """New training tasks per round."""
     eval_tasks: int = 100
-    """Held-out test tasks, the same every round, for the gate."""
+    """Gate tasks: test-split tasks, the same every round, that the gate decides on."""
+    final_tasks: int = 200
+    """Final test tasks: test-split tasks from another seed, disjoint from the gate set, that
+    no decision ever reads; the active policy is measured on them after every round (0: off)."""
+    explore: str = "sample"
+    """How a round collects: "sample" (whole outputs, then the method's credit) or "search"
+    (step-level search trees; see SEARCH_METHODS)."""
+    search: str = "beam:4x8"
+    """explore=search: the strategy (agentkit.runtime.search.parse_search)."""
     samples_per_task: int = 4
     rectifications: int = 8
     chosen_by: str = "outcome"
@@ -115,6 +134,17 @@ class ImproveConfig:
         if self.step_advantages not in STEP_ADVANTAGES:
             raise AgentkitError(f"step advantages '{self.step_advantages}' are unknown; choose one of "
                                 f"{', '.join(STEP_ADVANTAGES)}")
+        if self.explore not in EXPLORE:
+            raise AgentkitError(f"explore '{self.explore}' is unknown; choose one of {', '.join(EXPLORE)}")
+        if self.explore == "search":
+            if self.method not in SEARCH_METHODS:
+                raise AgentkitError(f"method '{self.method}' does not train on search trees; with explore=search "
+                                    f"choose one of {', '.join(SEARCH_METHODS)}")
+            as_strategy(self.search)  # a bad spec fails here, before anything loads
+        elif self.method == "expert":
+            raise AgentkitError("method 'expert' trains on search trees; add explore='search' (--explore search)")
+        if self.final_tasks < 0:
+            raise AgentkitError(f"final_tasks={self.final_tasks}: give 0 (off) or more tasks")
         if self.gate_metric not in GATE_METRICS:
             raise AgentkitError(f"gate metric '{self.gate_metric}' is unknown; choose one of {', '.join(GATE_METRICS)}")
         if self.graph not in (None, "single_solver", "solve"):
@@ -145,6 +175,15 @@ class RoundResult:
     sampled_tokens: int
     train_s: float
     wall_s: float
+    p_adjusted: float | None = None
+    """The gate's p-value corrected for the rounds' gates (see GateResult.tests)."""
+    final_success: float | None = None
+    """Of the policy active after this round, on the final test set no decision reads."""
+    final_ci95: tuple[float, float] | None = None
+    final_step_accuracy: float | None = None
+    final_n: int = 0
+    cpu_s: float = 0.0
+    """User + system CPU seconds of this process since the run began (training included)."""
 
 
 def improve(
@@ -175,23 +214,32 @@ def improve(
     out_dir = Path(config.output_dir)
 
     incumbent = registry.active().version
-    status(f"round 0: measuring the active policy '{incumbent}' on {len(held_out)} held-out tasks")
+    final = final_tasks(suite, config.final_tasks, eval_level, config.seed, exclude=held_out)
+    cpu0 = _cpu_seconds()
+    status(f"round 0: measuring the active policy '{incumbent}' on {len(held_out)} gate tasks"
+           + (f" and {len(final)} final test tasks" if final else ""))
     start = time.perf_counter()
     name = load_policy(llm, registry, incumbent)
     report = run_tasks(PolicyLLM(llm, name), suite, held_out, store, agent=agent, concurrency=config.concurrency,
                        policy_version=incumbent)
+    measured = _final(llm, suite, final, store, agent, config, incumbent)
     rounds = [RoundResult(0, eval_level, incumbent, None, False, 0, {}, report.success_rate, report.step_accuracy,
-                          None, None, None, report.completion_tokens, 0.0, time.perf_counter() - start)]
+                          None, None, None, report.completion_tokens, 0.0, time.perf_counter() - start,
+                          **measured, cpu_s=_cpu_seconds() - cpu0)]
     if on_round:
         on_round(rounds[0])
+    replay: list[Any] = []  # explore=search: the verified solutions of every round so far
 
     for r in range(1, config.rounds + 1):
         start = time.perf_counter()
         level = config.levels[min(r - 1, len(config.levels) - 1)]
         tasks = suite.tasks("train", config.train_tasks, level=level, seed=config.seed + 1000 * r)
         adapter = adapter_name(incumbent)
-        status(f"round {r}: collecting on {len(tasks)} level-{level} training tasks with '{incumbent}'")
-        if graph is not None:
+        how = f"searching ({config.search})" if config.explore == "search" else "collecting"
+        status(f"round {r}: {how} on {len(tasks)} level-{level} training tasks with '{incumbent}'")
+        if config.explore == "search":
+            examples, new_data, sampled = _collect_search(llm, suite, tasks, store, config, incumbent, adapter, replay)
+        elif graph is not None:
             examples, new_data, sampled = _collect_graph(llm, suite, tasks, store, config, incumbent, adapter, r, graph)
         else:
             examples, new_data, sampled = _collect(llm, suite, tasks, store, config, incumbent, adapter, r, agent)
@@ -199,10 +247,9 @@ def improve(
         if not examples:
             status(f"round {r}: no training data ({new_data}); the policy stays '{incumbent}'")
         else:
-            status(f"round {r}: training a {config.method} candidate on {len(examples)} examples")
+            status(f"round {r}: training a {config.method} candidate on {_describe(examples)}")
             t0 = time.perf_counter()
-            result = train_candidate(registry, _train_config(config, out_dir / f"round-{r}"), model, incumbent,
-                                     examples)
+            result = _train(registry, config, out_dir / f"round-{r}", model, incumbent, examples)
             train_s = time.perf_counter() - t0
             if result.adapter_path is None:
                 status(f"round {r}: training produced no adapter ({result.stats}); the policy stays '{incumbent}'")
@@ -210,10 +257,11 @@ def improve(
                 policy = register_trained(registry, result, parent=incumbent,
                                           data={**new_data, "round": r, "level": level, "improve": asdict(config)})
                 candidate = policy.version
-                status(f"round {r}: gating '{candidate}' against '{incumbent}' on {len(held_out)} held-out tasks")
+                status(f"round {r}: gating '{candidate}' against '{incumbent}' on {len(held_out)} gate tasks")
                 gate_result = gate_candidate(registry, llm, suite, held_out, candidate, incumbent=incumbent,
                                              agent=agent, store=store, alpha=config.alpha,
-                                             concurrency=config.concurrency, metric=config.gate_metric)
+                                             concurrency=config.concurrency, metric=config.gate_metric,
+                                             tests=config.rounds)
                 promoted = gate_result.promote
                 status(f"round {r}: {gate_result.summary()}")
                 if promoted:
@@ -223,18 +271,110 @@ def improve(
             step_acc = gate_result.candidate_step_accuracy if promoted else gate_result.incumbent_step_accuracy
         else:
             success, step_acc = rounds[-1].heldout_success, rounds[-1].heldout_step_accuracy
+        if promoted:
+            status(f"round {r}: measuring '{incumbent}' on the {len(final)} final test tasks")
+            measured = _final(llm, suite, final, store, agent, config, incumbent)
         row = RoundResult(
             r, level, incumbent, candidate, promoted, len(examples), new_data, success, step_acc,
             gate_result.candidate_success if gate_result else None,
             gate_result.candidate_step_accuracy if gate_result else None,
             gate_result.p_value if gate_result else None,
             sampled, train_s, time.perf_counter() - start,
+            p_adjusted=gate_result.p_adjusted if gate_result else None, **measured, cpu_s=_cpu_seconds() - cpu0,
         )
         release_memory()  # the trainer's model copy goes back to the OS before the next round
         rounds.append(row)
         if on_round:
             on_round(row)
     return rounds
+
+
+def final_tasks(suite: Suite, n: int, level: int, seed: int, *, exclude: list[Task]) -> list[Task]:
+    """``n`` test tasks drawn from seed ``seed + FINAL_SEED``, none of them in ``exclude``
+    (the gate set): the final test set, which no decision reads."""
+    if n == 0:
+        return []
+    taken = {t.question for t in exclude}
+    pool = suite.tasks("test", n + len(taken), level=level, seed=seed + FINAL_SEED)
+    return [t for t in pool if t.question not in taken][:n]
+
+
+def _final(llm: LLM, suite: Suite, tasks: list[Task], store: RunStore, agent: Any, config: ImproveConfig,
+           version: str) -> dict[str, Any]:
+    """The active policy's greedy success on the final test set, with its 95% interval."""
+    if not tasks:
+        return {}
+    report = run_tasks(PolicyLLM(llm, adapter_name(version)), suite, tasks, store, agent=agent,
+                       concurrency=config.concurrency, policy_version=version)
+    wins = sum(r.reward >= 1.0 for r in report.results)
+    return {"final_success": wins / len(tasks), "final_ci95": wilson_interval(wins, len(tasks)),
+            "final_step_accuracy": report.step_accuracy, "final_n": len(tasks)}
+
+
+def _cpu_seconds() -> float:
+    """User + system CPU time of this process and its threads."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _describe(examples: Any) -> str:
+    if isinstance(examples, _Staged):
+        return f"{len(examples.solutions)} solutions and {len(examples.pairs)} pairs"
+    return f"{len(examples)} examples"
+
+
+@dataclass
+class _Staged:
+    """method=expert: SFT on the solutions, then DPO + NLL on the pairs, continuing it."""
+
+    solutions: list[SFTExample]
+    pairs: list[PreferenceExample]
+
+    def __len__(self) -> int:
+        return len(self.solutions) + len(self.pairs)
+
+
+def _train(registry: PolicyRegistry, config: ImproveConfig, out: Path, model: str, incumbent: str, examples: Any) -> Any:
+    """Train the round's candidate: one trainer run, or two stages for method=expert."""
+    if not isinstance(examples, _Staged):
+        return train_candidate(registry, _train_config(config, out), model, incumbent, examples)
+    result = None
+    if examples.solutions:
+        result = train_candidate(registry, _train_config(config, out / "sft", method="rft"), model, incumbent,
+                                 examples.solutions)
+    if examples.pairs:
+        parent = result.adapter_path if result is not None else None
+        result = train_candidate(registry, _train_config(config, out / "dpo", method="step-dpo"), model, incumbent,
+                                 examples.pairs, parent_adapter=parent)
+    return result
+
+
+def _collect_search(llm: LLM, suite: Suite, tasks: list[Task], store: RunStore, config: ImproveConfig, version: str,
+                    adapter: str | None, replay: list[SFTExample]) -> tuple[Any, dict[str, Any], int]:
+    """This round's data from search trees: one search per training task with the active
+    policy, recorded in the store; verified solutions (rft), sibling pairs (step-dpo), or
+    both (expert)."""
+    searcher = SolveAgent(shots=config.shots, max_tokens=config.max_tokens, search=config.search)
+    report = run_tasks(PolicyLLM(llm, adapter), suite, tasks, store, agent=searcher, concurrency=config.concurrency,
+                       policy_version=version, budget=Budget(max_calls=None, max_tokens=None))
+    runs = [store.get_run(r.run_id, steps=True) for r in report.results]
+    solutions = [x for run in runs if (x := solution_example(run)) is not None]
+    replay += solutions
+    pair_store = PairStore(store)
+    new_pairs = tree_pairs(runs, suite=suite.name, policy_version=version, decode=llm.decode)
+    new_ids = pair_store.add_pairs(new_pairs)
+    sampled = sum(s.meta["search"]["count"] * len(s.completion_ids) for run in runs for s in search_steps(run))
+    counts = {"searched": len(runs), "solved": len(solutions), "pairs": len(new_pairs),
+              "search_tokens": sum(run.tokens or 0 for run in runs)}
+    keep = set(new_ids)
+    pairs = [PreferenceExample.from_record(p) for p in pair_store.pairs(kind="step", suite=suite.name)
+             if config.replay or p.id in keep]
+    solved = list(replay) if config.replay else solutions
+    if config.method == "rft":
+        return solved, counts, sampled
+    if config.method == "step-dpo":
+        return pairs, counts, sampled
+    return _Staged(solved, pairs), counts, sampled
 
 
 def _pair_config(config: ImproveConfig, round_: int) -> StepDPOConfig:
@@ -375,15 +515,16 @@ def _tokens(store: RunStore, run_ids: list[int]) -> int:
     return sum(sum(s.completion_tokens or 0 for s in store.steps(i)) for i in run_ids)
 
 
-def _train_config(config: ImproveConfig, output_dir: Path) -> TrainConfig:
+def _train_config(config: ImproveConfig, output_dir: Path, method: str | None = None) -> TrainConfig:
     """The method's trainer config, from the knobs ImproveConfig carries."""
+    method = method or config.method
     common = dict(output_dir=str(output_dir), lr=config.lr, epochs=config.epochs, batch_size=config.batch_size,
                   lora_r=config.lora_r, seed=config.seed)
-    if config.method in ("step-dpo", "dpo"):
+    if method in ("step-dpo", "dpo"):
         return DPOConfig(beta=config.beta, nll_weight=config.nll_weight, **common)
-    if config.method in ("rft", "gold-sft"):
+    if method in ("rft", "gold-sft"):
         return SFTConfig(**common)
-    return PGConfig(method=config.method, step_weight=1.0 if config.step_advantages == "checker" else 0.0,
+    return PGConfig(method=method, step_weight=1.0 if config.step_advantages == "checker" else 0.0,
                     **{**common, "lr": config.lr / 5})
 
 

@@ -283,7 +283,7 @@ class _Search:
             children = self._expand([(node, share) for node in frontier])
             if any(c.terminal and c.value >= 1.0 for c in children):
                 break
-            open_ = [c for c in children if not c.terminal and c.depth < s.max_depth]
+            open_ = [c for c in children if not c.terminal and c.depth < s.max_depth and self._alive(c)]
             frontier = sorted(open_, key=self._rank, reverse=True)[: s.width]
         self._choose_answer()
 
@@ -297,7 +297,7 @@ class _Search:
             while node.expanded and node.children and not node.terminal:
                 node = self._select(node)
                 path.append(node)
-            if node.terminal or node.expanded or node.depth >= s.max_depth:
+            if node.terminal or node.expanded or node.depth >= s.max_depth or not self._alive(node):
                 value = node.value or 0.0  # nothing to grow: back its own value up again
             else:
                 children = self._expand([(node, s.expand)])
@@ -311,6 +311,11 @@ class _Search:
             if any(n.terminal and n.value >= 1.0 for n in tree.nodes):
                 break
         self._choose_answer()
+
+    def _alive(self, node: SearchNode) -> bool:
+        """Whether the node may still lead to a verified answer: under the step checker a
+        refuted line is dead (a wrong step stays wrong); a Monte-Carlo 0 is only an estimate."""
+        return self.tree.value_mode != "checker" or node.value is None or node.value > 0.0
 
     def _select(self, node: SearchNode) -> SearchNode:
         children = [self.tree.nodes[i] for i in node.children]
