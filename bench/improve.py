@@ -1,97 +1,126 @@
-"""Evidence that the loop works: `improve` on the embedded model, CPU only, with the
-per-round table (held-out success, step accuracy, data, tokens, time) and a learning-curve
-PNG written under bench/results/.
+"""Does the loop learn? `improve` on the embedded model, CPU only, on several independent
+seeds (training tasks, sampling, search, LoRA init), each measured on the same final test
+set that no decision reads, with 95% intervals. Writes a table per seed, a summary across
+seeds (mean, median, min, max: never the best run alone) and the learning-curve PNG.
 
-    python bench/improve.py                                     # step-dpo, arithmetic 1 -> 2 ops
-    python bench/improve.py --method rft --rounds 2 --train-tasks 32 --eval-tasks 50
+    python bench/improve.py --seeds 3                                   # the default configuration
+    python bench/improve.py --explore sample --method step-dpo --seeds 3 --name improve-step-dpo
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import resource
+import statistics
 import tempfile
 import time
 from pathlib import Path
 
 from _common import RESULTS, markdown_table, write_result
+from agentkit.learn.improve import EXPLORE, METHODS, ImproveConfig, RoundResult, improve, plot_curve
 from agentkit.llm.transformers import TransformersLLM
 from agentkit.store import TrajectoryStore
-from agentkit.learn.improve import METHODS, ImproveConfig, RoundResult, improve, plot_curve
 
-def cpu_minutes() -> float:
-    """User + system CPU time of this process so far (all threads), in minutes."""
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return (usage.ru_utime + usage.ru_stime) / 60
+HEADERS = ["round", "lvl", "policy", "examples", "gate", "cand", "p", "p adj", "final [95% CI]", "final step",
+           "cpu min"]
 
 
-HEADERS = ["cpu min", "round", "level", "policy", "candidate", "promoted", "train examples", "held-out success",
-           "step accuracy", "candidate success", "candidate step acc", "p", "sampled tokens", "train s", "round s"]
+def pct(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.1f}%"
 
 
-CPU: dict[int, float] = {}
+def final(r: RoundResult) -> str:
+    if r.final_success is None:
+        return "-"
+    low, high = r.final_ci95
+    return f"{100 * r.final_success:.1f}% [{100 * low:.0f}-{100 * high:.0f}]"
 
 
 def row(r: RoundResult) -> list[object]:
-    pct = lambda v: "-" if v is None else f"{100 * v:.1f}%"  # noqa: E731
-    return [f"{CPU.get(r.round, cpu_minutes()):.1f}", r.round, r.level, r.incumbent, r.candidate or "-", "yes" if r.promoted else "no", r.examples,
-            pct(r.heldout_success), pct(r.heldout_step_accuracy), pct(r.candidate_success),
-            pct(r.candidate_step_accuracy),
-            "-" if r.p_value is None else f"{r.p_value:.3f}", r.sampled_tokens, round(r.train_s, 1), round(r.wall_s, 1)]
+    return [r.round, r.level, r.incumbent + (" (new)" if r.promoted else ""), r.examples, pct(r.heldout_success),
+            pct(r.candidate_success), "-" if r.p_value is None else f"{r.p_value:.3g}",
+            "-" if r.p_adjusted is None else f"{r.p_adjusted:.3g}", final(r), pct(r.final_step_accuracy),
+            f"{r.cpu_s / 60:.1f}"]
+
+
+def summary(runs: list[list[RoundResult]]) -> str:
+    """Final test success per round across seeds: mean, median, min and max."""
+    lines = []
+    for k in range(len(runs[0])):
+        finals = [100 * run[k].final_success for run in runs if len(run) > k and run[k].final_success is not None]
+        steps = [100 * run[k].final_step_accuracy for run in runs
+                 if len(run) > k and run[k].final_step_accuracy is not None]
+        cpu = [run[k].cpu_s / 60 for run in runs if len(run) > k]
+        promoted = sum(run[k].promoted for run in runs if len(run) > k)
+        lines.append([k, f"{statistics.mean(finals):.1f}%", f"{statistics.median(finals):.1f}%",
+                      f"{min(finals):.1f}-{max(finals):.1f}%",
+                      f"{statistics.mean(steps):.1f}%" if steps else "-", f"{promoted}/{len(runs)}",
+                      f"{statistics.mean(cpu):.1f} ({min(cpu):.1f}-{max(cpu):.1f})"])
+    return markdown_table(["round", "final mean", "median", "min-max", "step acc mean", "promoted", "cpu min"], lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--method", choices=METHODS, default="step-dpo")
-    parser.add_argument("--graph", default=None, help="a prebuilt graph or .py file to improve (default: the solve prompt)")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--levels", type=int, nargs="+", default=[1, 2])
+    defaults = ImproveConfig()
+    parser.add_argument("--seeds", type=int, default=3, help="independent runs, seeds 1..N")
+    parser.add_argument("--explore", choices=EXPLORE, default=defaults.explore)
+    parser.add_argument("--search", default=defaults.search)
+    parser.add_argument("--method", choices=METHODS, default=defaults.method)
+    parser.add_argument("--rounds", type=int, default=defaults.rounds)
+    parser.add_argument("--levels", type=int, nargs="+", default=defaults.levels)
     parser.add_argument("--eval-level", type=int, default=None)
-    parser.add_argument("--train-tasks", type=int, default=64)
-    parser.add_argument("--eval-tasks", type=int, default=100)
-    parser.add_argument("--samples", type=int, default=4)
-    parser.add_argument("--rectifications", type=int, default=8)
-    parser.add_argument("--epochs", type=float, default=2.0)
-    parser.add_argument("--lr", type=float, default=1e-4)
-    parser.add_argument("--beta", type=float, default=0.4)
-    parser.add_argument("--nll-weight", type=float, default=1.0)
-    parser.add_argument("--chosen-by", choices=["outcome", "step"], default="outcome")
-    parser.add_argument("--gate-metric", choices=["success", "step-accuracy"], default="success")
-    parser.add_argument("--step-advantages", choices=["none", "checker"], default="none")
-    parser.add_argument("--memory", type=int, default=0, help="experience-library items per prompt (0: off)")
-    parser.add_argument("--no-replay", action="store_true", help="train each round on its own pairs only")
-    parser.add_argument("--name", default=None, help="result file name (default improve-<method>)")
-    parser.add_argument("--store", default=None, help="SQLite store (default: a fresh temporary file)")
+    parser.add_argument("--train-tasks", type=int, default=defaults.train_tasks)
+    parser.add_argument("--eval-tasks", type=int, default=defaults.eval_tasks)
+    parser.add_argument("--final-tasks", type=int, default=defaults.final_tasks)
+    parser.add_argument("--samples", type=int, default=defaults.samples_per_task)
+    parser.add_argument("--epochs", type=float, default=defaults.epochs)
+    parser.add_argument("--lr", type=float, default=defaults.lr)
+    parser.add_argument("--chosen-by", choices=["outcome", "step"], default=defaults.chosen_by)
+    parser.add_argument("--gate-metric", choices=["success", "step-accuracy"], default=defaults.gate_metric)
+    parser.add_argument("--name", default=None, help="result file name (default improve-<explore>-<method>)")
     args = parser.parse_args()
 
-    work = Path(tempfile.mkdtemp(prefix="agentkit-improve-"))
-    config = ImproveConfig(
-        method=args.method, graph=args.graph, rounds=args.rounds, levels=args.levels, eval_level=args.eval_level,
-        train_tasks=args.train_tasks, eval_tasks=args.eval_tasks, samples_per_task=args.samples,
-        rectifications=args.rectifications, epochs=args.epochs, lr=args.lr, beta=args.beta,
-        nll_weight=args.nll_weight, chosen_by=args.chosen_by, gate_metric=args.gate_metric,
-        replay=not args.no_replay, memory=args.memory, step_advantages=args.step_advantages, output_dir=str(work / "rounds"),
-    )
+    runs: list[list[RoundResult]] = []
+    tables, config = [], None
     start = time.perf_counter()
-    with TransformersLLM("gemma-3-270m") as llm, TrajectoryStore(args.store or work / "runs.db") as store:
-        def on_round(r: RoundResult) -> None:
-            CPU[r.round] = cpu_minutes()
-            print(markdown_table(HEADERS, [row(r)]), flush=True)
+    for seed in range(1, args.seeds + 1):
+        work = Path(tempfile.mkdtemp(prefix=f"agentkit-improve-{seed}-"))
+        config = ImproveConfig(
+            explore=args.explore, search=args.search, method=args.method, rounds=args.rounds, levels=args.levels,
+            eval_level=args.eval_level, train_tasks=args.train_tasks, eval_tasks=args.eval_tasks,
+            final_tasks=args.final_tasks, samples_per_task=args.samples, epochs=args.epochs, lr=args.lr,
+            chosen_by=args.chosen_by, gate_metric=args.gate_metric, seed=seed, output_dir=str(work / "rounds"),
+        )
+        print(f"== seed {seed} of {args.seeds}", flush=True)
+        with TransformersLLM("gemma-3-270m") as llm, TrajectoryStore(work / "runs.db") as store:
+            rounds = improve(
+                llm, store, config, on_round=lambda r: print(markdown_table(HEADERS, [row(r)]), flush=True),
+                on_status=lambda m: print(f"[{time.perf_counter() - start:7.1f}s] {m}", flush=True),
+            )
+        runs.append(rounds)
+        tables.append(f"### Seed {seed}\n\n" + markdown_table(HEADERS, [row(r) for r in rounds]))
 
-        rounds = improve(llm, store, config, on_round=on_round,
-                         on_status=lambda m: print(f"[{time.perf_counter() - start:7.1f}s] {m}", flush=True))
-    name = args.name or f"improve-{args.method}"
-    png = plot_curve(rounds, RESULTS / f"{name}.png", title=f"agentkit improve ({args.method}), Gemma 3 270M, CPU")
-    cfg = {k: v for k, v in dataclasses.asdict(config).items() if k != "output_dir"}
-    body = (f"Config: `{cfg}`\n\nTotal wall time: {(time.perf_counter() - start) / 60:.1f} min, CPU time "
-            f"{cpu_minutes():.1f} min (both cores; `cpu min` is cumulative CPU time at the end of each round).\n\n"
-            + markdown_table(HEADERS, [row(r) for r in rounds])
-            + f"\n\nRound 0 is the starting policy. A candidate is promoted only on a significant paired gain "
-              f"({'exact one-sided McNemar on success' if config.gate_metric == 'success' else 'one-sided paired permutation test on per-task step accuracy, and no fewer successes'}, alpha {config.alpha}); the held-out columns show the policy active after "
-              f"the round. Curve: `{png.name}`.")
+    name = args.name or f"improve-{args.explore}-{args.method}"
+    png = plot_curve(runs, RESULTS / f"{name}.png",
+                     title=f"improve --explore {args.explore} --method {args.method}: Gemma 3 270M, CPU")
+    cfg = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("output_dir", "seed")}
+    body = (
+        f"Config (seeds 1..{args.seeds}): `{cfg}`\n\n"
+        f"Wall time {(time.perf_counter() - start) / 60:.1f} min for all seeds. `cpu min` is the user + system "
+        "CPU time of the improve run up to the end of the round (both cores count), training and all measuring "
+        "included.\n\n"
+        "Three disjoint task sets: fresh training tasks every round (from the seed), a fixed gate set "
+        f"({config.eval_tasks} test tasks, eval seed {config.eval_seed}) that every promotion decides on, and a "
+        f"final test set ({config.final_tasks} test tasks from another seed, none in the gate set) that no "
+        "decision reads. The gate is a one-sided exact McNemar test that spends alpha "
+        f"{config.alpha} over the {config.rounds} rounds (p adj = p x rounds). `final` is the policy active after "
+        "the round on the final test set, with its 95% Wilson interval.\n\n"
+        f"## Across seeds (final test set)\n\n{summary(runs)}\n\n## Per seed\n\n" + "\n\n".join(tables)
+        + f"\n\nCurve: `{png.name}`."
+    )
     print(body)
-    print("wrote", write_result(name, f"agentkit improve --method {args.method}", body), "and", png)
+    print("wrote", write_result(name, f"agentkit improve --explore {args.explore} --method {args.method}", body),
+          "and", png)
 
 
 if __name__ == "__main__":

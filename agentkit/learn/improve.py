@@ -120,6 +120,11 @@ class ImproveConfig:
     alpha: float = 0.05
     concurrency: int = 32
     seed: int = 0
+    """Seeds the training tasks of every round, sampling, search and the LoRA initialisation.
+    The gate set and the final test set do not depend on it (``eval_seed``), so runs with
+    different seeds are measured on the same tasks."""
+    eval_seed: int = 0
+    """Seeds the gate set; the final test set is drawn from ``eval_seed + FINAL_SEED``."""
     output_dir: str = "agentkit-improve"
 
     def __post_init__(self) -> None:
@@ -202,7 +207,7 @@ def improve(
     suite = get_suite(config.suite)
     registry = PolicyRegistry(store.path)
     eval_level = config.eval_level or config.levels[-1]
-    held_out = suite.tasks("test", config.eval_tasks, level=eval_level, seed=config.seed)
+    held_out = suite.tasks("test", config.eval_tasks, level=eval_level, seed=config.eval_seed)
     library = None
     if config.memory > 0:
         library = ExperienceLibrary(store)
@@ -214,7 +219,7 @@ def improve(
     out_dir = Path(config.output_dir)
 
     incumbent = registry.active().version
-    final = final_tasks(suite, config.final_tasks, eval_level, config.seed, exclude=held_out)
+    final = final_tasks(suite, config.final_tasks, eval_level, config.eval_seed, exclude=held_out)
     cpu0 = _cpu_seconds()
     status(f"round 0: measuring the active policy '{incumbent}' on {len(held_out)} gate tasks"
            + (f" and {len(final)} final test tasks" if final else ""))
@@ -238,7 +243,7 @@ def improve(
         how = f"searching ({config.search})" if config.explore == "search" else "collecting"
         status(f"round {r}: {how} on {len(tasks)} level-{level} training tasks with '{incumbent}'")
         if config.explore == "search":
-            examples, new_data, sampled = _collect_search(llm, suite, tasks, store, config, incumbent, adapter, replay)
+            examples, new_data, sampled = _collect_search(llm, suite, tasks, store, config, incumbent, adapter, replay, r)
         elif graph is not None:
             examples, new_data, sampled = _collect_graph(llm, suite, tasks, store, config, incumbent, adapter, r, graph)
         else:
@@ -350,11 +355,12 @@ def _train(registry: PolicyRegistry, config: ImproveConfig, out: Path, model: st
 
 
 def _collect_search(llm: LLM, suite: Suite, tasks: list[Task], store: RunStore, config: ImproveConfig, version: str,
-                    adapter: str | None, replay: list[SFTExample]) -> tuple[Any, dict[str, Any], int]:
+                    adapter: str | None, replay: list[SFTExample], round_: int = 1) -> tuple[Any, dict[str, Any], int]:
     """This round's data from search trees: one search per training task with the active
     policy, recorded in the store; verified solutions (rft), sibling pairs (step-dpo), or
     both (expert)."""
-    searcher = SolveAgent(shots=config.shots, max_tokens=config.max_tokens, search=config.search)
+    searcher = SolveAgent(shots=config.shots, max_tokens=config.max_tokens, search=config.search,
+                          seed=config.seed * 1000 + round_)
     report = run_tasks(PolicyLLM(llm, adapter), suite, tasks, store, agent=searcher, concurrency=config.concurrency,
                        policy_version=version, budget=Budget(max_calls=None, max_tokens=None))
     runs = [store.get_run(r.run_id, steps=True) for r in report.results]
@@ -528,27 +534,43 @@ def _train_config(config: ImproveConfig, output_dir: Path, method: str | None = 
                     **{**common, "lr": config.lr / 5})
 
 
-def plot_curve(rounds: list[RoundResult], path: str | Path, title: str = "agentkit improve") -> Path:
-    """Held-out success and step accuracy per round, as a PNG."""
+def plot_curve(rounds: list[RoundResult] | list[list[RoundResult]], path: str | Path,
+               title: str = "agentkit improve") -> Path:
+    """Success per round as a PNG: the final test set with its 95% intervals (the number to
+    read), the gate set, and each gated candidate. Several runs (seeds) draw one line each,
+    side by side."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    xs = [r.round for r in rounds]
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
-    ax.plot(xs, [100 * r.heldout_success for r in rounds], marker="o", label="held-out success")
-    if any(r.heldout_step_accuracy is not None for r in rounds):
-        ax.plot(xs, [100 * (r.heldout_step_accuracy or 0) for r in rounds], marker="s", label="step accuracy")
-    cands = [(r.round, 100 * r.candidate_success) for r in rounds if r.candidate_success is not None]
-    if cands:
-        ax.scatter(*zip(*cands), marker="x", color="grey", label="candidate (gated)")
+    runs = rounds if rounds and isinstance(rounds[0], list) else [rounds]
+    fig, ax = plt.subplots(figsize=(6.4, 3.8), dpi=120)
+    for k, run in enumerate(runs):
+        label = f" (seed run {k + 1})" if len(runs) > 1 else ""
+        shift = 0.06 * (k - (len(runs) - 1) / 2)
+        xs = [r.round + shift for r in run]
+        finals = [(x, r) for x, r in zip(xs, run) if r.final_success is not None]
+        if finals:
+            ys = [100 * r.final_success for _, r in finals]
+            low = [y - 100 * r.final_ci95[0] for y, (_, r) in zip(ys, finals)]
+            high = [100 * r.final_ci95[1] - y for y, (_, r) in zip(ys, finals)]
+            ax.errorbar([x for x, _ in finals], ys, yerr=[low, high], marker="o", capsize=3,
+                        label=f"final test success, 95% CI{label}")
+        ax.plot(xs, [100 * r.heldout_success for r in run], marker="s", linestyle=":", alpha=0.6,
+                label=f"gate set success{label}")
+        if len(runs) == 1 and any(r.heldout_step_accuracy is not None for r in run):
+            ax.plot(xs, [100 * (r.heldout_step_accuracy or 0) for r in run], marker="^", linestyle="--", alpha=0.5,
+                    label="gate set step accuracy")
+        cands = [(x, 100 * r.candidate_success) for x, r in zip(xs, run) if r.candidate_success is not None]
+        if cands:
+            ax.scatter(*zip(*cands), marker="x", color="grey", label="candidate (gated)" if k == 0 else None)
     ax.set_xlabel("round")
     ax.set_ylabel("%")
-    ax.set_xticks(xs)
+    ax.set_xticks(sorted({r.round for run in runs for r in run}))
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=6)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
