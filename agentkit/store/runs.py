@@ -440,16 +440,24 @@ class TrajectoryStore:
         solve step with no answer), ``fallbacks`` (steps after which the node went on with
         a default, ``parsed["fallback"]``: no plan, no verdict so accept, ...) with
         ``fallback_reasons`` (those defaults, most frequent first), ``prompt_tokens``,
-        ``completion_tokens``, ``tokens`` and ``latency_s`` (sums).
+        ``completion_tokens``, ``tokens`` and ``latency_s`` (sums). A node that searched
+        (steps with ``meta["search"]``, agentkit.runtime.search.record_tree) also has
+        ``tree_nodes`` (its tree steps), ``sampled_tokens`` (each tree line's tokens times
+        the times it was sampled, duplicates included: what the search paid to generate its
+        lines) and ``strategies`` (e.g. ["beam:4x8"]); other nodes have 0, 0 and [].
         """
         valid = "json_valid(parsed) AND "  # a row whose parsed output is not JSON counts as neither
+        tree = "json_valid(meta) AND json_extract(meta, '$.search') IS NOT NULL"  # a search tree's step
         query = (
             "SELECT node, COALESCE(role, ''), MIN(id), COUNT(DISTINCT run_id), COUNT(*), "
             "SUM(CASE WHEN attempt > 0 THEN 1 ELSE 0 END), "
             f"SUM(CASE WHEN {valid}(json_extract(parsed, '$.error') IS NOT NULL "
             "OR json_type(parsed, '$.answer') = 'null') THEN 1 ELSE 0 END), "
             f"SUM(CASE WHEN {valid}json_extract(parsed, '$.fallback') IS NOT NULL THEN 1 ELSE 0 END), "
-            "COALESCE(SUM(prompt_tokens), 0), COALESCE(SUM(completion_tokens), 0), COALESCE(SUM(latency_s), 0.0) "
+            "COALESCE(SUM(prompt_tokens), 0), COALESCE(SUM(completion_tokens), 0), COALESCE(SUM(latency_s), 0.0), "
+            f"SUM(CASE WHEN {tree} THEN 1 ELSE 0 END), "
+            f"COALESCE(SUM(CASE WHEN {tree} THEN json_extract(meta, '$.search.count') * completion_tokens END), 0), "
+            f"GROUP_CONCAT(DISTINCT CASE WHEN {tree} THEN json_extract(meta, '$.search.strategy') END) "
             "FROM steps WHERE run_id IN ({}) GROUP BY node, role"
         )
         reasons_query = (
@@ -459,29 +467,31 @@ class TrajectoryStore:
         ids = sorted(set(run_ids))
         totals: dict[tuple[str, str], list] = {}
         reasons: dict[tuple[str, str], dict[str, int]] = {}
+        searched: dict[tuple[str, str], set[str]] = {}
         with self.db.locked() as conn:
             # chunks keep each IN list under SQLite's bound-parameter limit
             for chunk in (ids[i:i + 500] for i in range(0, len(ids), 500)):
                 marks = ", ".join("?" * len(chunk))
-                for node, role, first, runs, *sums in conn.execute(query.format(marks), chunk):
-                    row = totals.setdefault((node, role), [first, 0, 0, 0, 0, 0, 0, 0, 0.0])
+                for node, role, first, runs, *sums, strategies in conn.execute(query.format(marks), chunk):
+                    row = totals.setdefault((node, role), [first, 0, 0, 0, 0, 0, 0, 0, 0.0, 0, 0])
                     row[0] = min(row[0], first)
                     for k, value in enumerate([runs, *sums], 1):
                         row[k] += value or 0
+                    searched.setdefault((node, role), set()).update(strategies.split(",") if strategies else ())
                 for node, role, reason, count in conn.execute(reasons_query.format(marks), chunk):
                     seen = reasons.setdefault((node, role), {})
                     seen[str(reason)] = seen.get(str(reason), 0) + count
         stats = []
-        for (node, role), (_, runs, calls, retries, unparsed, fallbacks, prompt, completion, latency) in sorted(
-            totals.items(), key=lambda item: item[1][0]
-        ):
+        for (node, role), (_, runs, calls, retries, unparsed, fallbacks, prompt, completion, latency, tree_nodes,
+                           sampled) in sorted(totals.items(), key=lambda item: item[1][0]):
             why = reasons.get((node, role), {})
             stats.append({
                 "node": node, "role": role or None, "runs": runs, "calls": calls, "retries": retries,
                 "unparsed": unparsed, "fallbacks": fallbacks,
                 "fallback_reasons": sorted(why, key=lambda reason: (-why[reason], reason)),
                 "prompt_tokens": prompt, "completion_tokens": completion, "tokens": prompt + completion,
-                "latency_s": latency,
+                "latency_s": latency, "tree_nodes": tree_nodes, "sampled_tokens": int(sampled),
+                "strategies": sorted(searched.get((node, role), ())),
             })
         return stats
 
