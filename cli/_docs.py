@@ -18,6 +18,8 @@ EXAMPLES = {
         "agentkit run graphs/my_graph.py --suite countdown --n 20",
         "agentkit run --resume 42",
         "agentkit run --suite arithmetic --n 200 --memory 4 --concurrency 1",
+        "agentkit run --suite arithmetic --level 2 --n 20 --search beam:4x8",
+        "agentkit run --suite countdown --n 20 --search mcts:32",
         "agentkit run --suite countdown --level 3 --n 100 --json > report.json",
         "agentkit run --suite my_tasks.jsonl --checker numeric --n 50",
         "agentkit run --backend openai --base-url http://127.0.0.1:8000/v1 --n 200 --concurrency 64",

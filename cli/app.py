@@ -96,6 +96,13 @@ def run(
         None, show_default="8192", help="Per-run budget of prompt plus completion tokens."
     ),
     temperature: float = typer.Option(0.0, help="Sampling temperature; 0 is greedy."),
+    search: Optional[str] = typer.Option(
+        None, metavar="SPEC", show_default="off: one call",
+        help="Step-level search instead of one call: the solve node grows its output a line at a time, each line "
+        "scored by the suite's step checker (else by Monte-Carlo rollouts): beam:WxK (beam width W, K lines per "
+        "node, e.g. beam:4x8) or mcts:N / mcts:NxK (N simulations). Every tree node is recorded as a step. "
+        "A graph declares search on its solver node (search=...).",
+    ),
     dtype: str = typer.Option("auto", help="auto, bf16, fp16 or fp32 (auto: bf16 where the hardware runs it fast)."),
     show_steps: Optional[bool] = typer.Option(
         None, "--show-steps/--no-show-steps", show_default="on for --n 20 or less",
@@ -118,6 +125,13 @@ def run(
     _require(reflect_every >= 0, f"--reflect-every {reflect_every}: must be 0 (never) or more")
     for name, value in (("--max-calls", max_calls), ("--max-tokens", max_tokens)):
         _require(value is None or value >= 1, f"{name} {value}: must be at least 1 (omit it for the default)")
+    if search is not None:
+        _require(graph is None, f"--search {search} searches with the default solve node; graph {graph} declares "
+                                f"search on its solver node, e.g. .add_node('solve', role='solver', search={search!r}); "
+                                "drop --search")
+        _require(temperature == 0, f"--temperature {temperature:g}: a search samples its lines at its own temperature "
+                                   "(0.8); drop --temperature")
+    strategy = _search_strategy("--search", search)
 
     from agentkit.llm import load_backend
     from agentkit.store import TrajectoryStore
@@ -143,8 +157,9 @@ def run(
     recorded = {"suite": {"source": suite, "checker": checker},
                 "backend": {"backend": backend, "base_url": base_url, "dtype": dtype}}
     if graph is None:
-        agent: Any = SolveAgent(shots=shots, temperature=temperature, seed=seed if temperature > 0 else None,
-                                memory=memory, meta=recorded)
+        sampled = temperature > 0 or strategy is not None
+        agent: Any = SolveAgent(shots=shots, temperature=temperature, seed=seed if sampled else None, memory=memory,
+                                search=strategy, meta=recorded)
     else:
         from agentkit.graph import load_graph
         from agentkit.runtime import GraphAgent, checkpoint_path
@@ -191,6 +206,19 @@ def run(
                   store_path=store_path, show_steps=show_steps, json_output=json_output)
     if interrupted is not None:
         _stop_interrupted(report, interrupted, total=len(tasks))
+
+
+def _search_strategy(flag: str, spec: Optional[str]) -> Any:
+    """The strategy a --search value names (None: no search), or a one-line error naming the flag."""
+    if spec is None:
+        return None
+    from agentkit.errors import AgentkitError
+    from agentkit.runtime.search import parse_search
+
+    try:
+        return parse_search(spec)
+    except AgentkitError as exc:
+        raise AgentkitError(f"{flag} {spec}: {exc}") from None
 
 
 def _stop_interrupted(report: Any, interrupted: list[int], *, total: int) -> None:

@@ -17,6 +17,7 @@ from rich.text import Text
 
 from agentkit.llm.base import mean_logprob
 from agentkit.tasks import split_steps
+from agentkit.tasks.base import parse_answer
 
 __all__ = [
     "run_steps",
@@ -26,6 +27,7 @@ __all__ = [
     "run_header",
     "steps_table",
     "node_table",
+    "search_table",
     "graph_tables",
     "models_table",
     "suites_table",
@@ -73,15 +75,66 @@ def _completion_lines(text: str, checks: Sequence[bool] | None) -> list[Text]:
     return lines or [Text("  (empty completion)", style="dim")]
 
 
+def _search_of(step: Any) -> dict | None:
+    """The step's place in a search tree (``meta["search"]``), or None for an ordinary step."""
+    meta = getattr(step, "meta", None)
+    found = meta.get("search") if isinstance(meta, dict) else None
+    return found if isinstance(found, dict) else None
+
+
+def _search_lines(node: str, tree: list[Any]) -> tuple[list[Text], str | None]:
+    """A node's search tree as the user reads it: one line saying what was searched, then the
+    chosen path, each "Step k:" line marked ✓/✗ by the step checker that scored it (a
+    Monte-Carlo value is no check: ·); and the path's answer."""
+    info = _search_of(tree[0]) or {}
+    checker = info.get("value_mode") == "checker"
+    chosen = [s for s in tree if (_search_of(s) or {}).get("chosen")]  # recorded parents first: path order
+    lines = [Text(f"  [{node}: {info.get('strategy', 'search')} search, {len(tree)} tree nodes; the chosen path]",
+                  style="dim")]
+    answer = None
+    for step in chosen:
+        here = _search_of(step) or {}
+        text = (step.completion_text or "").rstrip("\n")
+        if here.get("kind") == "step":
+            mark = _mark(here.get("value") == 1.0 if checker and here.get("value") is not None else None)
+        else:
+            mark = Text(" ")
+        lines.append(Text.assemble("  ", mark, " ", text))
+        answer = parse_answer(text) or answer
+    return (lines if chosen else lines + [Text("  (no path chosen)", style="dim")]), answer
+
+
+def _gather_trees(steps: Sequence[Any]) -> list[Any]:
+    """The steps in order with each search tree gathered into one list: a search writes its
+    tree together, depth by depth, so a tree ends where the depth goes back or another node
+    records."""
+    out: list[Any] = []
+    for step in steps:
+        here, last = _search_of(step), out[-1] if out else None
+        if (here is not None and isinstance(last, list) and last[-1].node == step.node
+                and (_search_of(last[-1]) or {}).get("depth", 0) <= here.get("depth", 0)):
+            last.append(step)
+        else:
+            out.append([step] if here is not None else step)
+    return out
+
+
 def run_steps(run: Any) -> RenderableType:
     """One run as the user reads it: task id and status, the completion text of each step
-    with ✓/✗ per "Step k:" line (from the recorded ``parsed["steps"]``), answer and reward."""
+    with ✓/✗ per "Step k:" line (from the recorded ``parsed["steps"]``), answer and reward.
+    A node that searched shows its tree once, as the path it chose."""
     steps = run.steps or []
     parts: list[RenderableType] = [
         Text.assemble((f"run {run.id} ", "dim"), (run.task_id or "?", "bold"), "  ", _status(run.status))
     ]
     answer = None
-    for step in steps:
+    for item in _gather_trees(steps):
+        if isinstance(item, list):
+            lines, found = _search_lines(item[0].node, item)
+            parts.extend(lines)
+            answer = found or answer
+            continue
+        step = item
         parsed = step.parsed if isinstance(step.parsed, dict) else {}
         if len(steps) > 1:
             parts.append(Text(f"  [{step.node}" + (f" attempt {step.attempt}" if step.attempt else "") + "]", style="dim"))
@@ -224,10 +277,11 @@ def _step_text(step: Any) -> str:
 # --- per-node accounting and graphs --------------------------------------------------------
 
 
-def node_table(stats: Sequence[dict], runs: int | None = None) -> Table:
+def node_table(stats: Sequence[dict], runs: int | None = None) -> RenderableType:
     """Per-node accounting from ``TrajectoryStore.node_stats``: calls (retries), outputs that
     did not parse, fallbacks, tokens and latency, with per-run averages over ``runs`` runs
-    (default: the runs that reached each node). Under the table, what each node fell back to."""
+    (default: the runs that reached each node). Under the table, what each node fell back to,
+    and when a node searched, what its trees cost (``search_table``)."""
     # one space between columns, so that eleven fit in 80
     table = Table(title="per node", title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 0), pad_edge=False,
                   caption_justify="left", caption_style="yellow")
@@ -249,6 +303,24 @@ def node_table(stats: Sequence[dict], runs: int | None = None) -> Table:
             notes.append(f"{row['node']}: {fallbacks} fallback{'' if fallbacks == 1 else 's'} ({why})")
     if notes:
         table.caption = "\n".join(notes)
+    searched = [row for row in stats if row.get("tree_nodes")]
+    return Group(table, search_table(searched, runs)) if searched else table
+
+
+def search_table(stats: Sequence[dict], runs: int | None = None) -> Table:
+    """What each searching node's trees cost, from ``node_stats``: its tree nodes (the lines
+    kept, duplicates merged, one step each; they are its calls above) and its sampled tokens
+    (every line drawn, duplicates included), in all and per run. A search's tokens above
+    count each node's prompt and prefix as well, as a backend without a prefix cache pays."""
+    table = Table(title="search", title_justify="left", box=box.SIMPLE_HEAD, collapse_padding=True, pad_edge=False)
+    for name in ("node", "strategy", "runs", "tree\nnodes", "nodes\n/run", "sampled\ntokens", "sampled\n/run"):
+        table.add_column(name, justify="left" if name in ("node", "strategy") else "right", no_wrap=True)
+    for row in stats:
+        per = runs or row["runs"] or 1
+        table.add_row(
+            row["node"], ", ".join(row.get("strategies") or ()) or "-", str(row["runs"]), f"{row['tree_nodes']:,}",
+            f"{row['tree_nodes'] / per:,.1f}", f"{row['sampled_tokens']:,}", f"{row['sampled_tokens'] / per:,.0f}",
+        )
     return table
 
 
