@@ -24,6 +24,8 @@ EXAMPLES = {
         "agentkit run --suite my_tasks.jsonl --checker numeric --n 50",
         "agentkit run --backend openai --base-url http://127.0.0.1:8000/v1 --n 200 --concurrency 64",
     ],
+    "improve": ["agentkit improve --suite arithmetic --method step-dpo --rounds 3",
+                "agentkit improve --suite arithmetic --explore search --search beam:4x8 --method expert --final-tasks 200"],
     "traces list": ["agentkit traces list --suite arithmetic --status failure --limit 10"],
     "traces show": ["agentkit traces show 42"],
     "graphs list": ["agentkit graphs list"],

@@ -710,10 +710,13 @@ def improve(
     graph: Optional[str] = typer.Argument(None, help="Graph to improve: a prebuilt graph or a .py file defining `graph` (default: the single solve prompt). Every model call of the graph shares the trained policy."),
     suite: str = typer.Option("arithmetic", help="Built-in suite to train and gate on."),
     rounds: int = typer.Option(3, help="Rounds of collect -> pairs -> train -> gate."),
-    method: str = typer.Option("step-dpo", help="step-dpo, dpo (whole-output), rft, grpo, rloo or gold-sft (SFT on gold solutions, the reference)."),
+    method: str = typer.Option("step-dpo", help="step-dpo, dpo (whole-output), rft, grpo, rloo, gold-sft (SFT on gold solutions, the reference) or expert (with --explore search: SFT on the solutions search found, then DPO on its sibling steps)."),
+    explore: str = typer.Option("sample", help="How a round collects its data: sample (whole outputs, then the method's credit) or search (step-level search trees, with --method rft, step-dpo or expert)."),
+    search: Optional[str] = typer.Option(None, metavar="SPEC", show_default="beam:4x8", help="With --explore search: the strategy, beam:WxK (beam width W, K lines per node) or mcts:N / mcts:NxK (N simulations)."),
     levels: str = typer.Option("1,2", help="Curriculum: training level per round, comma-separated (the last repeats)."),
     train_tasks: int = typer.Option(64, help="New training tasks per round."),
-    eval_tasks: int = typer.Option(100, help="Held-out test tasks the gate compares policies on."),
+    eval_tasks: int = typer.Option(100, help="Gate tasks: held-out test tasks the gate compares policies on."),
+    final_tasks: int = typer.Option(200, help="Final test tasks, apart from the gate tasks, that no decision reads: the active policy's success on them, with a 95% interval, after every round (0: off)."),
     samples: int = typer.Option(4, help="Samples per training task."),
     rectifications: int = typer.Option(8, help="step-dpo: continuations sampled from each first wrong step."),
     chosen_by: str = typer.Option("outcome", help="step-dpo: a rectified step counts when the answer verifies (outcome) or when the step checker accepts it (step)."),
@@ -726,9 +729,19 @@ def improve(
     store: Optional[Path] = typer.Option(None, envvar="AGENTKIT_STORE", show_default=STORE_DEFAULT, help=STORE_HELP),
 ) -> None:
     """Make the policy better at a suite: rounds of collect, credit, train a LoRA candidate, gate, promote."""
-    from agentkit.learn.improve import GRAPH_METHODS, METHODS
+    from agentkit.learn.improve import EXPLORE, GRAPH_METHODS, METHODS, SEARCH_METHODS
 
     _require(method in METHODS, f"--method {method}: choose one of {', '.join(METHODS)}")
+    _require(explore in EXPLORE, f"--explore {explore}: choose one of {', '.join(EXPLORE)}")
+    if explore == "search":
+        _require(method in SEARCH_METHODS, f"--method {method} does not train on search trees; with --explore search "
+                                           f"choose one of {', '.join(SEARCH_METHODS)}")
+        _search_strategy("--search", search)
+    else:
+        _require(method != "expert", "--method expert trains on search trees; add --explore search")
+        _require(search is None, f"--search {search} is the strategy of --explore search; add --explore search "
+                                 "or drop --search")
+    _require(final_tasks >= 0, f"--final-tasks {final_tasks}: give 0 (off) or more tasks")
     single = graph in (None, "single_solver", "solve")
     _require(single or method in GRAPH_METHODS,
              f"--method {method} trains the single solver only; improve graph '{graph}' with "
@@ -766,6 +779,7 @@ def improve(
     config = ImproveConfig(suite=suite, method=method, graph=None if single else graph, rounds=rounds, levels=level_list, train_tasks=train_tasks,
                            eval_tasks=eval_tasks, samples_per_task=samples, rectifications=rectifications,
                            chosen_by=chosen_by, gate_metric=gate_metric, memory=memory, step_advantages=step_advantages,
+                           explore=explore, final_tasks=final_tasks, **({"search": search} if search else {}),
                            output_dir=str(out / "rounds"))
     err, console = _stderr_console(), Console()
     _quiet_hub()

@@ -33,6 +33,7 @@ __all__ = [
     "suites_table",
     "policies_table",
     "policy_detail",
+    "improve_table",
 ]
 
 _STATUS_STYLE = {"success": "green", "failure": "red", "error": "bold red", "budget": "yellow", "running": "cyan",
@@ -418,20 +419,35 @@ def policy_detail(policy: Any, events: Sequence[Any]) -> Group:
     return Group(grid, Text(""), history)
 
 
-def improve_table(rounds: list) -> Any:
-    """One row per `agentkit improve` round: the policy after it, its held-out numbers, the data."""
-    from rich.table import Table
-
-    def pct(v: Any) -> str:
-        return "-" if v is None else f"{100 * v:.1f}%"
-
-    table = Table(title="agentkit improve", title_justify="left")
-    for name in ("round", "level", "policy", "candidate", "promoted", "examples", "held-out success",
-                 "step acc", "candidate", "p", "sampled tok", "train s", "round s"):
-        table.add_column(name, justify="right")
+def improve_table(rounds: list) -> Table:
+    """One row per `agentkit improve` round, in 80 columns: the policy active after it and the
+    round's candidate (✓ promoted, ✗ not); success on the gate tasks of both, and the
+    policy's step accuracy; the gate's p-value raw and corrected for the run's gates; the
+    policy's success on the final test tasks, which no decision reads, with its 95%
+    interval; tokens sampled to collect the round's data; CPU minutes since the start."""
+    table = Table(title="agentkit improve", title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 0),
+                  pad_edge=False, show_edge=False, caption_justify="left", caption_style="dim",
+                  caption="final: success on test tasks that no decision reads [95% interval]")
+    for name in ("round", "level", "policy", "cand-\nidate", "gate", "cand.\ngate", "step\nacc", "p", "p adj",
+                 "final", "sampled\ntokens", "CPU\nmin"):
+        table.add_column(name, justify="right", no_wrap=True)
     for r in rounds:
-        table.add_row(str(r.round), str(r.level), r.incumbent, r.candidate or "-", "yes" if r.promoted else "no",
-                      str(r.examples), pct(r.heldout_success), pct(r.heldout_step_accuracy), pct(r.candidate_success),
-                      "-" if r.p_value is None else f"{r.p_value:.3f}", str(r.sampled_tokens),
-                      f"{r.train_s:.0f}", f"{r.wall_s:.0f}")
+        candidate = "-" if r.candidate is None else f"{r.candidate} {'✓' if r.promoted else '✗'}"
+        final = "-"
+        if r.final_success is not None:
+            low, high = r.final_ci95 or (0.0, 1.0)
+            final = f"{_pct(r.final_success)} [{100 * low:.0f}-{100 * high:.0f}]"
+        minutes = r.cpu_s / 60
+        table.add_row(
+            str(r.round), str(r.level), r.incumbent, candidate, _pct(r.heldout_success), _pct(r.candidate_success),
+            _pct(r.heldout_step_accuracy), _num(r.p_value, ".3f"), _num(r.p_adjusted, ".3f"), final,
+            _count(r.sampled_tokens), f"{minutes:.1f}" if minutes < 10 else f"{minutes:.0f}",
+        )
     return table
+
+
+def _count(n: int) -> str:
+    """A token count in at most five characters: 9,999, 123k, 4.5M."""
+    if n < 10_000:
+        return f"{n:,}"
+    return f"{n / 1e3:.0f}k" if n < 999_500 else f"{n / 1e6:.1f}M"

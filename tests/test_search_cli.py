@@ -1,6 +1,6 @@
 """Search on the command line: `agentkit run --search`, what the run prints of a search (the
-chosen path, its tree's cost per node) and `--resume` of a searching run (scripted backend,
-no model loads)."""
+chosen path, its tree's cost per node), `--resume` of a searching run, `agentkit improve
+--explore search` and the improve table (scripted backend, no model loads)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 
 import agentkit.llm
 from agentkit.cli.app import app
-from agentkit.cli.render import node_table
+from agentkit.cli.render import improve_table, node_table
+from agentkit.learn.improve import RoundResult
 from agentkit.llm.scripted import ScriptedLLM
 from agentkit.runtime import SolveAgent, restore_agent, run_tasks
 from agentkit.runtime.search import MCTS
@@ -116,3 +117,47 @@ def test_run_json_reports_the_search_per_node(monkeypatch, tmp_path):
     assert result.exit_code == 0, result.stderr
     [node] = json.loads(result.stdout)["nodes"]
     assert node["strategies"] == ["mcts:4"] and node["tree_nodes"] == tasks[0].solution.count("\n") + 1
+
+
+# --- agentkit improve --explore search ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--method", "expert"], "--method expert trains on search trees; add --explore search"),
+    (["--explore", "search", "--method", "grpo"],
+     "--method grpo does not train on search trees; with --explore search choose one of rft, step-dpo, expert"),
+    (["--explore", "dig"], "--explore dig: choose one of sample, search"),
+    (["--explore", "search", "--search", "mcts:x"], "--search mcts:x: search 'mcts:x' is not understood"),
+    (["--search", "mcts:8"], "--search mcts:8 is the strategy of --explore search; add --explore search"),
+    (["--final-tasks", "-1"], "--final-tasks -1: give 0 (off) or more tasks"),
+])
+def test_improve_rejects_bad_search_options_before_loading_a_model(args, message, monkeypatch, tmp_path):
+    monkeypatch.setattr(agentkit.llm, "load_backend", lambda *a, **k: pytest.fail("the model loaded"))
+    result = invoke("improve", *args, "--store", str(tmp_path / "runs.db"))
+    assert result.exit_code == 1 and result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
+    assert message in result.stderr, result.stderr
+
+
+def rounds() -> list[RoundResult]:
+    return [
+        RoundResult(0, 2, "base", None, False, 0, {}, 0.41, 0.62, None, None, None, 0, 0.0, 90.0,
+                    final_success=0.14, final_ci95=(0.095, 0.197), final_n=200, cpu_s=95.0),
+        RoundResult(1, 1, "v1", "v1", True, 512, {}, 0.47, 0.66, 0.47, 0.66, 0.0123, 1_234_567, 300.0, 500.0,
+                    p_adjusted=0.0369, final_success=0.18, final_ci95=(0.131, 0.240), final_n=200, cpu_s=3600.0),
+        RoundResult(2, 2, "v1", "v2", False, 640, {}, 0.47, 0.66, 0.44, 0.65, 0.71, 23_456, 300.0, 500.0,
+                    p_adjusted=1.0, final_success=0.18, final_ci95=(0.131, 0.240), final_n=200, cpu_s=7260.0),
+    ]
+
+
+def test_improve_table_shows_final_interval_both_p_values_and_cpu_in_80_columns():
+    text = text_of(improve_table(rounds()), 80)
+    lines = text.splitlines()
+    assert all(len(line.rstrip()) <= 80 for line in lines), text
+    assert "…" not in text  # nothing cut to fit
+    header = " ".join(lines[1:3])
+    for name in ("round", "policy", "gate", "p adj", "final", "sampled", "CPU"):
+        assert name in header, name
+    row = {line.split()[0]: line.split() for line in lines if line.split() and line.split()[0] in "012"}
+    assert row["0"] == ["0", "2", "base", "-", "41.0%", "-", "62.0%", "-", "-", "14.0%", "[10-20]", "0", "1.6"]
+    assert row["1"][3:] == ["v1", "✓", "47.0%", "47.0%", "66.0%", "0.012", "0.037", "18.0%", "[13-24]", "1.2M", "60"]
+    assert row["2"][3:] == ["v2", "✗", "47.0%", "44.0%", "66.0%", "0.710", "1.000", "18.0%", "[13-24]", "23k", "121"]
