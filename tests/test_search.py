@@ -76,6 +76,15 @@ def test_mcts_finds_it_too_and_stops_at_the_verified_answer():
     assert root.visits <= 40
 
 
+def test_mcts_samples_more_lines_where_every_line_failed():
+    """The right line comes once in 16 samples; MCTS expands 8 at a time, so it must go
+    back to a node whose lines all failed and sample more there (progressive widening)."""
+    tree = search(RareRightLLM(every=16), SUITE, TASK, PROMPT, MCTS(simulations=40, expand=8))
+    assert tree.verified
+    assert tree.nodes[0].expansions == 2
+    assert sum(tree.nodes[i].count for i in tree.nodes[0].children) == 16
+
+
 def test_search_works_within_its_token_budget():
     tree = search(RareRightLLM(every=1000), SUITE, TASK, PROMPT, Beam(width=4, expand=8, max_tokens=600))
     assert not tree.verified

@@ -169,6 +169,8 @@ class SearchNode:
     was cut off), or other (any other line)."""
     count: int = 1
     """Times this line was sampled among its siblings (duplicates are merged)."""
+    expansions: int = 0
+    """Times lines were sampled under this node (MCTS samples more where every line failed)."""
     value: float | None = None
     """V of the candidate: checker (0/1), Monte-Carlo share, or a terminal's reward."""
     prior: float = 1.0
@@ -280,7 +282,7 @@ class _Search:
         frontier = [tree.nodes[0]]
         while frontier and not self._spent():
             share = max(1, (s.width * s.expand) // len(frontier))
-            children = self._expand([(node, share) for node in frontier])
+            children = _unique(self._expand([(node, share) for node in frontier]))
             if any(c.terminal and c.value >= 1.0 for c in children):
                 break
             open_ = [c for c in children if not c.terminal and c.depth < s.max_depth and self._alive(c)]
@@ -294,17 +296,20 @@ class _Search:
             if self._spent():
                 break
             path, node = [root], root
-            while node.expanded and node.children and not node.terminal:
-                node = self._select(node)
+            while node.children and not node.terminal:
+                open_ = [self.tree.nodes[i] for i in node.children if self._open(self.tree.nodes[i])]
+                if not open_:
+                    break  # every line under it failed: widen it, sample more lines there
+                node = self._select(node, open_)
                 path.append(node)
-            if node.terminal or node.expanded or node.depth >= s.max_depth or not self._alive(node):
+            if node.terminal or node.depth >= s.max_depth or not self._alive(node):
                 value = node.value or 0.0  # nothing to grow: back its own value up again
             else:
-                children = self._expand([(node, s.expand)])
-                total = sum(c.count for c in children)
-                value = sum(c.count * c.value for c in children) / total if total else 0.0
-                for c in children:
-                    c.visits, c.value_sum = 1, c.value
+                sampled = self._expand([(node, s.expand)])
+                value = sum(c.value for c in sampled) / len(sampled)  # the mean over what the policy drew
+                for c in _unique(sampled):
+                    if c.visits == 0:
+                        c.visits, c.value_sum = 1, c.value
             for n in path:
                 n.visits += 1
                 n.value_sum += value
@@ -317,51 +322,60 @@ class _Search:
         refuted line is dead (a wrong step stays wrong); a Monte-Carlo 0 is only an estimate."""
         return self.tree.value_mode != "checker" or node.value is None or node.value > 0.0
 
-    def _select(self, node: SearchNode) -> SearchNode:
-        children = [self.tree.nodes[i] for i in node.children]
+    def _open(self, node: SearchNode) -> bool:
+        """Worth visiting again: alive, and not an answer that failed."""
+        return self._alive(node) and not (node.terminal and (node.value or 0.0) < 1.0)
+
+    def _select(self, node: SearchNode, children: list[SearchNode]) -> SearchNode:
         sqrt_n = math.sqrt(max(node.visits, 1))
         return max(children, key=lambda c: c.q + self.s.c_puct * c.prior * sqrt_n / (1 + c.visits))
 
     # --- expansion and scoring ------------------------------------------------------
 
     def _expand(self, jobs: list[tuple[SearchNode, int]]) -> list[SearchNode]:
-        """Sample ``n`` candidate lines under each node (one generate call), merge
-        duplicates, score the new children; returns them."""
+        """Sample ``n`` candidate lines under each node (one generate call) and score the
+        new ones; returns the child each sample landed on (a line sampled again, also one
+        sampled in an earlier expansion of the node, lands on the same child)."""
         s, tree = self.s, self.tree
         requests = [GenerationRequest(
             tree.prompt_ids + tree.ids(node.id), n=n, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
-            max_tokens=s.line_tokens, stop=("\n",), seed=self._seed("line", node.id), adapter=self.adapter,
+            max_tokens=s.line_tokens, stop=("\n",), seed=self._seed("line", node.id, node.expansions),
+            adapter=self.adapter,
         ) for node, n in jobs]
         results = self._generate(requests)
-        new: list[SearchNode] = []
+        sampled: list[SearchNode] = []
         for (parent, _), completions in zip(jobs, results):
             parent.expanded = True
-            new += self._add_children(parent, completions)
-        self._score(new)
-        return new
+            parent.expansions += 1
+            sampled += self._add_children(parent, completions)
+        self._score([n for n in _unique(sampled) if n.value is None])
+        return sampled
 
     def _add_children(self, parent: SearchNode, completions: list[Completion]) -> list[SearchNode]:
         tree = self.tree
         head = self.tree.text(parent.id)
-        seen: dict[str, SearchNode] = {}
+        seen = {tree.nodes[i].text: tree.nodes[i] for i in parent.children}
+        sampled = []
         for c in completions:
             full = self.llm.decode(tree.ids(parent.id) + c.token_ids)
             line = full[len(head):] if full.startswith(head) else self.llm.decode(c.token_ids)
             if line in seen:
                 seen[line].count += 1
+                sampled.append(seen[line])
                 continue
             node = SearchNode(len(tree.nodes), parent.id, parent.depth + 1, list(c.token_ids), list(c.logprobs),
-                              line, _kind(line, c))
+                              line, _kind(line, c), count=1)
             tree.nodes.append(node)
             parent.children.append(node.id)
             seen[line] = node
+            sampled.append(node)
         children = list(seen.values())
         # the prior: the policy's probability of each line, renormalised over the siblings
         top = max((c.logprob for c in children), default=0.0)
         weights = [math.exp(c.logprob - top) for c in children]
         for c, w in zip(children, weights):
             c.prior = w / sum(weights)
-        return children
+        return sampled
 
     def _score(self, nodes: list[SearchNode]) -> None:
         tree, suite, task = self.tree, self.suite, self.task
@@ -403,10 +417,10 @@ class _Search:
     def _spent(self) -> bool:
         return self.tree.tokens >= self.s.max_tokens
 
-    def _seed(self, what: str, node: int) -> int | None:
+    def _seed(self, what: str, *parts: Any) -> int | None:
         if self.seed is None:
             return None
-        digest = hashlib.sha1(repr((self.seed, what, self.task.id, node)).encode()).hexdigest()
+        digest = hashlib.sha1(repr((self.seed, what, self.task.id, *parts)).encode()).hexdigest()
         return int(digest[:8], 16)
 
     @staticmethod
@@ -423,6 +437,10 @@ class _Search:
             tree.answer = max(ends, key=lambda n: (n.value or 0.0, n.q, n.logprob)).id
         elif len(tree.nodes) > 1:
             tree.answer = max(tree.nodes[1:], key=lambda n: (n.depth, *self._rank(n))).id
+
+
+def _unique(nodes: list[SearchNode]) -> list[SearchNode]:
+    return list({id(n): n for n in nodes}.values())
 
 
 def _kind(line: str, completion: Completion) -> str:
