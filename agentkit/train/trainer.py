@@ -32,6 +32,7 @@ import math
 import os
 import random
 import time
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -141,12 +142,16 @@ class Trainer:
         from peft import LoraConfig, PeftModel, get_peft_model
 
         cfg = self.config
-        if self.parent_adapter:
-            model = PeftModel.from_pretrained(base, self.parent_adapter, is_trainable=True)
-        else:
-            lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                              target_modules=list(cfg.target_modules), task_type="CAUSAL_LM")
-            model = get_peft_model(base, lora)
+        with warnings.catch_warnings():
+            # PEFT reads transformers' deprecated `is_gradient_checkpointing` alias while it
+            # wraps the model; the FutureWarning is theirs to fix and says nothing to a user
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            if self.parent_adapter:
+                model = PeftModel.from_pretrained(base, self.parent_adapter, is_trainable=True)
+            else:
+                lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                                  target_modules=list(cfg.target_modules), task_type="CAUSAL_LM")
+                model = get_peft_model(base, lora)
         for p in model.parameters():
             if p.requires_grad:  # fp32 master weights for the LoRA matrices
                 p.data = p.data.float()
