@@ -78,7 +78,12 @@ class ImproveConfig:
     its runs shares the one policy being trained. None: the single solve prompt."""
     rounds: int = 3
     levels: list[int] = field(default_factory=lambda: [1, 2])
-    """Curriculum: round r trains on levels[min(r, len - 1)] (easier tasks first)."""
+    """Curriculum: round r trains on levels[min(r, len - 1)] (easier tasks first), or, with
+    ``advance_at``, moves through them as the policy earns it."""
+    advance_at: float = 0.0
+    """explore=search: stay on a level until search solves at least this share of a round's
+    fresh training tasks (tasks the policy has never trained on: a held-out measure), then
+    move to the next of ``levels`` (0: follow the fixed schedule)."""
     eval_level: int | None = None
     """Held-out level; None: the last curriculum level."""
     train_tasks: int = 64
@@ -148,6 +153,10 @@ class ImproveConfig:
             as_strategy(self.search)  # a bad spec fails here, before anything loads
         elif self.method == "expert":
             raise AgentkitError("method 'expert' trains on search trees; add explore='search' (--explore search)")
+        if self.advance_at and self.explore != "search":
+            raise AgentkitError(f"advance_at={self.advance_at} reads search's success on fresh tasks; add explore='search'")
+        if not 0.0 <= self.advance_at <= 1.0:
+            raise AgentkitError(f"advance_at={self.advance_at}: give a share of tasks in [0, 1] (0: fixed schedule)")
         if self.final_tasks < 0:
             raise AgentkitError(f"final_tasks={self.final_tasks}: give 0 (off) or more tasks")
         if self.gate_metric not in GATE_METRICS:
@@ -234,16 +243,22 @@ def improve(
     if on_round:
         on_round(rounds[0])
     replay: list[Any] = []  # explore=search: the verified solutions of every round so far
+    step = 0  # the curriculum's place in config.levels
 
     for r in range(1, config.rounds + 1):
         start = time.perf_counter()
-        level = config.levels[min(r - 1, len(config.levels) - 1)]
+        step = step if config.advance_at else r - 1
+        level = config.levels[min(step, len(config.levels) - 1)]
         tasks = suite.tasks("train", config.train_tasks, level=level, seed=config.seed + 1000 * r)
         adapter = adapter_name(incumbent)
         how = f"searching ({config.search})" if config.explore == "search" else "collecting"
         status(f"round {r}: {how} on {len(tasks)} level-{level} training tasks with '{incumbent}'")
         if config.explore == "search":
             examples, new_data, sampled = _collect_search(llm, suite, tasks, store, config, incumbent, adapter, replay, r)
+            if config.advance_at and new_data["solved"] >= config.advance_at * len(tasks):
+                step += 1
+                status(f"round {r}: search solved {new_data['solved']} of {len(tasks)} fresh level-{level} tasks "
+                       f"(>= {config.advance_at:.0%}); the next round moves up a level")
         elif graph is not None:
             examples, new_data, sampled = _collect_graph(llm, suite, tasks, store, config, incumbent, adapter, r, graph)
         else:
