@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from _common import RESULTS, markdown_table, write_result
 from agentkit.llm.base import GenerationRequest
 from agentkit.llm.transformers import TransformersLLM
-from agentkit.runtime.search import MCTS, Beam, search
+from agentkit.graph.search import MCTS, Beam, search
 from agentkit.tasks import get_suite
 
 

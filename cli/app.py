@@ -213,7 +213,7 @@ def _search_strategy(flag: str, spec: Optional[str]) -> Any:
     if spec is None:
         return None
     from agentkit.errors import AgentkitError
-    from agentkit.runtime.search import parse_search
+    from agentkit.graph.search import parse_search
 
     try:
         return parse_search(spec)

@@ -1,4 +1,4 @@
-"""Step-level search (agentkit.runtime.search): it finds what sampling misses, its MCTS
+"""Step-level search (agentkit.graph.search): it finds what sampling misses, its MCTS
 values are the hand-computed ones, and the run records the whole tree."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from agentkit.errors import AgentkitError
 from agentkit.llm.base import Completion, GenerationRequest
 from agentkit.llm.scripted import ScriptedLLM
 from agentkit.runtime import SolveAgent, run_tasks
-from agentkit.runtime.search import MCTS, Beam, as_strategy, parse_search, search, strategy_dict
+from agentkit.graph.search import MCTS, Beam, as_strategy, parse_search, search, strategy_dict
 from agentkit.store import TrajectoryStore
 from agentkit.tasks import Suite, get_suite
 

@@ -16,7 +16,7 @@ from agentkit.cli.render import improve_table, node_table
 from agentkit.learn.improve import RoundResult
 from agentkit.llm.scripted import ScriptedLLM
 from agentkit.runtime import SolveAgent, restore_agent, run_tasks
-from agentkit.runtime.search import MCTS
+from agentkit.graph.search import MCTS
 from agentkit.store import TrajectoryStore
 from agentkit.tasks import get_suite
 

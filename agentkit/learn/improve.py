@@ -37,7 +37,7 @@ from agentkit.memory.library import ExperienceLibrary
 from agentkit.runtime import Budget, GraphAgent, SolveAgent, run_tasks
 from agentkit.runtime.experience import update_from_runs
 from agentkit.runtime.policy import adapter_name, load_policy
-from agentkit.runtime.search import as_strategy
+from agentkit.graph.search import as_strategy
 from agentkit.store import PairStore, PolicyRegistry
 from agentkit.store.protocols import RunStore
 from agentkit.tasks import Suite, Task, get_suite, split_steps
@@ -97,7 +97,7 @@ class ImproveConfig:
     """How a round collects: "sample" (whole outputs, then the method's credit) or "search"
     (step-level search trees; see SEARCH_METHODS)."""
     search: str = "beam:4x8"
-    """explore=search: the strategy (agentkit.runtime.search.parse_search)."""
+    """explore=search: the strategy (agentkit.graph.search.parse_search)."""
     samples_per_task: int = 4
     rectifications: int = 8
     chosen_by: str = "outcome"

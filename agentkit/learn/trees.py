@@ -1,7 +1,7 @@
 """Training data from search trees, read back from the store.
 
 A search run (``SolveAgent(search=...)``) records every node of its tree as a step whose
-``meta["search"]`` holds its value, visits and place (agentkit.runtime.search). From a
+``meta["search"]`` holds its value, visits and place (agentkit.graph.search). From a
 tree come two kinds of data:
 
 - the solution: the verified root-to-answer path, an SFT example (expert iteration,

@@ -9,7 +9,7 @@ from typing import Any, Protocol
 
 from agentkit.llm.base import GenerationRequest
 from agentkit.runtime.recorder import Recorder
-from agentkit.runtime.search import as_strategy, record_tree, search, strategy_dict
+from agentkit.graph.search import as_strategy, record_tree, search, strategy_dict
 from agentkit.tasks import Suite, Task
 
 __all__ = ["Agent", "SolveAgent"]
@@ -45,7 +45,7 @@ class SolveAgent:
     search: Any = None
     """A step-level search (``Beam``, ``MCTS`` or a spec such as "beam:4x8"): the solver
     grows its output line by line under a verifier instead of one sampled call, and the
-    run records the whole tree (agentkit.runtime.search)."""
+    run records the whole tree (agentkit.graph.search)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "search", as_strategy(self.search))

@@ -441,7 +441,7 @@ class TrajectoryStore:
         a default, ``parsed["fallback"]``: no plan, no verdict so accept, ...) with
         ``fallback_reasons`` (those defaults, most frequent first), ``prompt_tokens``,
         ``completion_tokens``, ``tokens`` and ``latency_s`` (sums). A node that searched
-        (steps with ``meta["search"]``, agentkit.runtime.search.record_tree) also has
+        (steps with ``meta["search"]``, agentkit.graph.search.record_tree) also has
         ``tree_nodes`` (its tree steps), ``sampled_tokens`` (each tree line's tokens times
         the times it was sampled, duplicates included: what the search paid to generate its
         lines) and ``strategies`` (e.g. ["beam:4x8"]); other nodes have 0, 0 and [].
