@@ -2,7 +2,7 @@
 
     graph = (Graph("plan_solve_check")
         .add_node("plan", role="planner")
-        .add_node("solve", role="solver")
+        .add_node("solve", role="solver")            # or search=Beam(width=4, expand=8)
         .add_node("review", role="critic", max_revisions=2)
         .add_node("check", role="verifier")
         .add_edge("plan", "solve").add_edge("solve", "review")
@@ -54,7 +54,7 @@ class Graph:
         return list(self.spec.edges)
 
     def add_node(self, name: str, role: str, **options: Any) -> Graph:
-        """Add a node; ``options`` are NodeSpec fields (max_retries, max_revisions, n, ...)."""
+        """Add a node; ``options`` are NodeSpec fields (max_retries, max_revisions, n, search, ...)."""
         if any(n.name == name for n in self.spec.nodes):
             raise GraphSpecError(f"node '{name}' is already in graph '{self.name}'; give the new node another name")
         self.spec.nodes.append(node_spec(name, role, options))
@@ -96,7 +96,8 @@ def to_mermaid(spec: GraphSpec) -> str:
     """A Mermaid flowchart of the spec: nodes labelled with role and bounds, edges with labels."""
     lines = ["flowchart TD", "    START((START))"]
     for node in spec.nodes:
-        bounds = [f"{k}={v}" for k, v in node.options().items() if k in ("n", "max_revisions", "max_visits", "tool")]
+        bounds = [f"{k}={v}" for k, v in node.options().items()
+                  if k in ("n", "max_revisions", "max_visits", "tool", "search")]
         label = f"{node.name}<br/><i>{node.role}</i>" + (f"<br/>{', '.join(bounds)}" if bounds else "")
         left, right = _SHAPES.get(node.role, ("[", "]"))
         lines.append(f'    {node.name}{left}"{label}"{right}')

@@ -21,6 +21,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from agentkit.errors import GraphSpecError
 from agentkit.graph.parsers import (
     CriticOutput,
     MalformedOutput,
@@ -32,6 +33,7 @@ from agentkit.graph.parsers import (
     parse_solution,
 )
 from agentkit.graph import memory as _memory
+from agentkit.graph.search import record_tree, search
 from agentkit.graph.spec import NodeSpec
 from agentkit.graph.templates import render, role_prompts
 from agentkit.graph.tools import ToolError, get_tool
@@ -210,6 +212,8 @@ def run_solver(node: NodeSpec, state: dict, ctx: RunContext) -> dict:
     section, memory_ids = _read_memory(node, ctx, ctx.question)
     prompt, stop = solver_prompt(node, state, ctx, section)
     visit = _visits(node, state)
+    if node.search is not None:
+        return _search_solver(node, state, ctx, prompt, visit)
     sample = state.get("sample") or 0
     temperature = node.temperature if node.temperature is not None else ctx.temperature
     if node.fan_out and node.temperature is None and temperature == 0:
@@ -239,6 +243,26 @@ def run_solver(node: NodeSpec, state: dict, ctx: RunContext) -> dict:
     else:
         update.update(draft=draft, last_step=step_id, critique=None)
     return update
+
+
+def _search_solver(node: NodeSpec, state: dict, ctx: RunContext, prompt: str, visit: int) -> dict:
+    """The solver's call as a step-level search from the prompt it renders: every tree node
+    is recorded as a step of this node (the tree's first lines are children of the step
+    before the node), and the draft is the path the search chose, ending at its step."""
+    if ctx.suite is None or ctx.task is None:
+        raise GraphSpecError(f"node '{node.name}' searches under the task's verifier; run the graph on a suite's "
+                             "tasks (run_tasks), or drop search=")
+    tree = search(ctx.llm, ctx.suite, ctx.task, prompt, node.strategy, adapter=ctx.adapter,
+                  seed=_seed(ctx, node, visit, 0))
+    tree.nodes[0].step_id = _place(state)["parent_step_id"]  # the root is the prompt: where the graph stands
+    steps = record_tree(ctx.recorder, tree, node=node.name, role=node.role)
+    path = tree.path(tree.answer)  # empty when the search sampled nothing
+    last = path[-1].step_id if path else state.get("last_step")
+    text = tree.text()
+    draft = {"node": node.name, "text": text, "answer": ctx.suite.parse_answer(text), "step_id": last,
+             "mean_logprob": mean_logprob([lp for n in path for lp in n.logprobs])}
+    return {"draft": draft, "last_step": last, "critique": None, "trace": list(steps.values()),
+            "visits": {node.name: visit}}
 
 
 def run_critic(node: NodeSpec, state: dict, ctx: RunContext) -> dict:

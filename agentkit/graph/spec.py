@@ -13,7 +13,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from agentkit.errors import GraphSpecError
+from agentkit.errors import AgentkitError, GraphSpecError
+from agentkit.graph.search import MCTS, Beam, as_strategy, strategy_dict
 
 __all__ = ["ROLES", "ROLE_LABELS", "MEMORY_KINDS", "MemorySpec", "NodeSpec", "EdgeSpec", "GraphSpec", "validate_spec",
            "node_spec"]
@@ -92,6 +93,20 @@ class NodeSpec(BaseModel):
     """verifier: ask the model (yes/no by logprob) even when the task has a checker."""
     memory: MemorySpec | None = None
     """Read the experience library: memory=4 (k items) or memory={"k": 4, "kinds": ["exemplar"]}."""
+    search: dict[str, Any] | None = None
+    """solver: a step-level search instead of one sampled call, Beam(width=4, expand=8),
+    MCTS(simulations=32) or a spec such as "beam:4x8" (agentkit.graph.search); kept as
+    ``strategy_dict`` so the spec stays JSON."""
+
+    @field_validator("search", mode="before")
+    @classmethod
+    def _search_as_dict(cls, value: Any) -> Any:
+        if value is None:
+            return None
+        try:
+            return strategy_dict(as_strategy(value))
+        except (AgentkitError, TypeError) as exc:  # TypeError: a recorded dict with a field no strategy has
+            raise ValueError(str(exc)) from None
 
     @field_validator("memory", mode="before")
     @classmethod
@@ -123,9 +138,17 @@ class NodeSpec(BaseModel):
             return tuple(self.labels or ())
         return ROLE_LABELS.get(self.role, ())
 
+    @property
+    def strategy(self) -> Beam | MCTS | None:
+        """The node's search strategy, or None when it samples once."""
+        return as_strategy(self.search)
+
     def options(self) -> dict[str, Any]:
-        """The options that differ from their defaults, for display."""
-        return self.model_dump(exclude={"name", "role"}, exclude_defaults=True)
+        """The options that differ from their defaults, for display (a search as its spec)."""
+        shown = self.model_dump(exclude={"name", "role"}, exclude_defaults=True)
+        if self.search is not None:
+            shown["search"] = str(self.strategy)
+        return shown
 
 
 class EdgeSpec(BaseModel):
@@ -193,6 +216,11 @@ def node_spec(name: str, role: str, options: dict[str, Any]) -> NodeSpec:
     for key in options:
         if key not in allowed:
             raise GraphSpecError(f"node '{name}': unknown option {key!r}; options: {', '.join(allowed)}")
+    if options.get("search") is not None:
+        try:  # the strategy's own message names the fix; pydantic's wrapping would bury it
+            as_strategy(options["search"])
+        except (AgentkitError, TypeError) as exc:
+            raise GraphSpecError(f"node '{name}': {exc}") from None
     try:
         return NodeSpec(name=name, role=role, **options)
     except ValidationError as exc:
@@ -274,6 +302,7 @@ def _check_node_options(node: NodeSpec) -> None:
         "shots": ("solver", node.shots is not None),
         "tool": ("tool", node.tool is not None),
         "judge": ("verifier", node.judge),
+        "search": ("solver", node.search is not None),
     }
     for option, (role, given) in only.items():
         if given and node.role != role:
@@ -300,6 +329,13 @@ def _check_node_options(node: NodeSpec) -> None:
                 )
         if node.memory.kinds is not None and not node.memory.kinds:
             raise GraphSpecError(f"{where}: memory kinds is empty; list at least one of {', '.join(readable)}")
+    if node.search is not None:
+        if node.fan_out:
+            raise GraphSpecError(f"{where}: search= keeps the best path of its own tree; drop n={node.n} (and the "
+                                 "selector after it) or drop search=")
+        if node.temperature is not None:
+            raise GraphSpecError(f"{where}: a search samples its lines at the strategy's temperature; drop "
+                                 "temperature= or set it in the strategy, e.g. Beam(width=4, expand=8, temperature=0.6)")
     if node.fan_out and node.temperature == 0:
         raise GraphSpecError(
             f"{where}: n={node.n} samples at temperature 0 would be identical; set temperature=0.8 or drop it"
