@@ -743,6 +743,8 @@ def improve(
                                  "or drop --search")
     _require(final_tasks >= 0, f"--final-tasks {final_tasks}: give 0 (off) or more tasks")
     single = graph in (None, "single_solver", "solve")
+    _require(single or explore == "sample", f"--explore search searches the single solve prompt; graph '{graph}' "
+                                            "declares search on its solver node (search=...), so drop --explore search")
     _require(single or method in GRAPH_METHODS,
              f"--method {method} trains the single solver only; improve graph '{graph}' with "
              f"--method {' or '.join(GRAPH_METHODS)}")

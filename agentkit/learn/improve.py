@@ -44,8 +44,8 @@ from agentkit.tasks import Suite, Task, get_suite, split_steps
 from agentkit.train.configs import DPOConfig, PGConfig, SFTConfig, TrainConfig
 from agentkit.train.examples import PreferenceExample, RLGroup, SFTExample
 
-__all__ = ["ImproveConfig", "RoundResult", "improve", "METHODS", "GRAPH_METHODS", "STEP_ADVANTAGES", "checker_values",
-           "plot_curve"]
+__all__ = ["ImproveConfig", "RoundResult", "improve", "METHODS", "GRAPH_METHODS", "STEP_ADVANTAGES", "EXPLORE",
+           "SEARCH_METHODS", "checker_values", "final_tasks", "plot_curve"]
 
 log = logging.getLogger("agentkit.improve")
 
@@ -147,6 +147,10 @@ class ImproveConfig:
         if self.explore not in EXPLORE:
             raise AgentkitError(f"explore '{self.explore}' is unknown; choose one of {', '.join(EXPLORE)}")
         if self.explore == "search":
+            if self.graph not in (None, "single_solver", "solve"):
+                raise AgentkitError(f"explore=search searches the single solve prompt; graph '{self.graph}' declares "
+                                    "search on its solver node (add_node(..., search=...)), so improve it with "
+                                    "explore='sample'")
             if self.method not in SEARCH_METHODS:
                 raise AgentkitError(f"method '{self.method}' does not train on search trees; with explore=search "
                                     f"choose one of {', '.join(SEARCH_METHODS)}")
