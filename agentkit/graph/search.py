@@ -65,7 +65,7 @@ class _Strategy:
     top_k: int = 64
     line_tokens: int = 40
     """Longest candidate line."""
-    rollout_tokens: int = 120
+    rollout_length: int = 120
     """Longest Monte-Carlo rollout."""
     max_depth: int = 8
     """Lines before the output is cut off (and judged as it stands)."""
@@ -179,6 +179,8 @@ class SearchNode:
     value_sum: float = 0.0
     children: list[int] = field(default_factory=list)
     expanded: bool = False
+    rollout_tokens: int = 0
+    """Tokens of the Monte-Carlo rollouts that valued this node."""
     rollout_ids: list[int] | None = None
     """A verified Monte-Carlo rollout from this node (its continuation ids), if one was seen."""
     step_id: int | None = None
@@ -397,13 +399,14 @@ class _Search:
         s, tree = self.s, self.tree
         requests = [GenerationRequest(
             tree.prompt_ids + tree.ids(node.id), n=s.rollouts, temperature=s.temperature, top_p=s.top_p,
-            top_k=s.top_k, max_tokens=s.rollout_tokens, stop=self.suite.stop, seed=self._seed("mc", node.id),
+            top_k=s.top_k, max_tokens=s.rollout_length, stop=self.suite.stop, seed=self._seed("mc", node.id),
             adapter=self.adapter,
         ) for node in nodes]
         for node, rollouts in zip(nodes, self._generate(requests)):
             head = tree.text(node.id)
             wins = [r for r in rollouts if self.suite.verify(self.task, head + r.text) >= 1.0]
             node.value = len(wins) / len(rollouts)
+            node.rollout_tokens = sum(len(r.token_ids) for r in rollouts)
             if wins:
                 node.rollout_ids = list(wins[0].token_ids)
 
@@ -477,7 +480,7 @@ def record_tree(recorder: Any, tree: SearchTree, *, node: str = "solve", role: s
                     "strategy": str(tree.strategy), "value_mode": tree.value_mode, "node": n.id, "parent": n.parent,
                     "depth": n.depth, "kind": n.kind, "value": n.value, "visits": n.visits, "q": n.q,
                     "prior": n.prior, "count": n.count, "chosen": n.id in chosen,
-                    "rollout_ids": n.rollout_ids,
+                    "rollout_ids": n.rollout_ids, "rollout_tokens": n.rollout_tokens,
                 }},
             ))
         for n, step_id in zip(by_depth[depth], store.add_steps(rows)):

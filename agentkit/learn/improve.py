@@ -388,7 +388,8 @@ def _collect_search(llm: LLM, suite: Suite, tasks: list[Task], store: RunStore, 
     pair_store = PairStore(store)
     new_pairs = tree_pairs(runs, suite=suite.name, policy_version=version, decode=llm.decode)
     new_ids = pair_store.add_pairs(new_pairs)
-    sampled = sum(s.meta["search"]["count"] * len(s.completion_ids) for run in runs for s in search_steps(run))
+    sampled = sum(s.meta["search"]["count"] * len(s.completion_ids) + s.meta["search"].get("rollout_tokens", 0)
+                  for run in runs for s in search_steps(run))
     counts = {"searched": len(runs), "solved": len(solutions), "pairs": len(new_pairs),
               "search_tokens": sum(run.tokens or 0 for run in runs)}
     keep = set(new_ids)

@@ -443,8 +443,8 @@ class TrajectoryStore:
         ``completion_tokens``, ``tokens`` and ``latency_s`` (sums). A node that searched
         (steps with ``meta["search"]``, agentkit.graph.search.record_tree) also has
         ``tree_nodes`` (its tree steps), ``sampled_tokens`` (each tree line's tokens times
-        the times it was sampled, duplicates included: what the search paid to generate its
-        lines) and ``strategies`` (e.g. ["beam:4x8"]); other nodes have 0, 0 and [].
+        the times it was sampled, duplicates included, plus the Monte-Carlo rollouts that
+        valued them: what the search paid to generate) and ``strategies`` (e.g. ["beam:4x8"]); other nodes have 0, 0 and [].
         """
         valid = "json_valid(parsed) AND "  # a row whose parsed output is not JSON counts as neither
         tree = "json_valid(meta) AND json_extract(meta, '$.search') IS NOT NULL"  # a search tree's step
@@ -456,7 +456,8 @@ class TrajectoryStore:
             f"SUM(CASE WHEN {valid}json_extract(parsed, '$.fallback') IS NOT NULL THEN 1 ELSE 0 END), "
             "COALESCE(SUM(prompt_tokens), 0), COALESCE(SUM(completion_tokens), 0), COALESCE(SUM(latency_s), 0.0), "
             f"SUM(CASE WHEN {tree} THEN 1 ELSE 0 END), "
-            f"COALESCE(SUM(CASE WHEN {tree} THEN json_extract(meta, '$.search.count') * completion_tokens END), 0), "
+            f"COALESCE(SUM(CASE WHEN {tree} THEN json_extract(meta, '$.search.count') * completion_tokens "
+            "+ COALESCE(json_extract(meta, '$.search.rollout_tokens'), 0) END), 0), "
             f"GROUP_CONCAT(DISTINCT CASE WHEN {tree} THEN json_extract(meta, '$.search.strategy') END) "
             "FROM steps WHERE run_id IN ({}) GROUP BY node, role"
         )
