@@ -613,7 +613,8 @@ def serve(
     port: int = typer.Option(8000, help="TCP port (0 picks a free one)."),
     host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
     dtype: str = typer.Option("auto", help="auto, bf16, fp16 or fp32."),
-    max_batch: int = typer.Option(64, help="Most requests decoded together in one batch."),
+    backend: str = typer.Option("transformers", help="transformers (in process, CPU or GPU) or vllm (a GPU)."),
+    max_batch: int = typer.Option(64, help="Most requests decoded together in one batch (transformers)."),
     max_tokens_limit: Optional[int] = typer.Option(
         None, show_default="the model's context length", help="Largest max_tokens one request may ask for; above it, a 400."
     ),
@@ -621,6 +622,8 @@ def serve(
     request_timeout: float = typer.Option(600.0, help="Seconds one completion may run before it is cancelled with a 504."),
 ) -> None:
     """Serve a model in process over an OpenAI-compatible completions API, streaming too, until Ctrl-C or SIGTERM."""
+    _require(backend in ("transformers", "vllm"), f"--backend {backend}: serve runs transformers or vllm; "
+             "to relay another server, point clients at it directly")
     _require(max_batch >= 1, f"--max-batch {max_batch}: must be at least 1")
     _require(max_tokens_limit is None or max_tokens_limit >= 1, f"--max-tokens-limit {max_tokens_limit}: must be at least 1")
     _require(max_body_mb > 0, f"--max-body-mb {max_body_mb:g}: must be above 0")
@@ -634,8 +637,9 @@ def serve(
     check_listen_address(host, port)  # a bad --host or --port fails now, not after the model load
     err = _stderr_console()
     _quiet_hub()
-    with err.status(_loading("transformers", model)) if err.is_terminal else nullcontext():
-        llm = load_backend("transformers", model, dtype=dtype, max_batch=max_batch)
+    with err.status(_loading(backend, model)) if err.is_terminal else nullcontext():
+        extra = {"max_batch": max_batch} if backend == "transformers" else {}
+        llm = load_backend(backend, model, dtype=dtype, **extra)
     try:
         context = getattr(llm, "context_length", None)
         _require(max_tokens_limit is None or context is None or max_tokens_limit <= context,
