@@ -297,3 +297,59 @@ def test_sigint_and_sigterm_stop_a_busy_server_promptly_and_cleanly(tiny_model_d
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+# --- prompts the model cannot take ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("body, param, message", [
+    ({"prompt": [5, 10**6]}, "prompt",
+     "prompt: token id 1000000 is outside the model's vocabulary of 104 ids (0-103)"),
+    ({"prompt": [[5, 6], [5, -1]]}, "prompt",
+     "prompt[1]: token id -1 is outside the model's vocabulary of 104 ids (0-103)"),
+    ({"prompt": [5] * 1000, "max_tokens": 30}, "max_tokens",
+     "max_tokens=30: with a prompt of 1000 tokens that is 1030 tokens, more than the model's context length of 1024; "
+     "ask for at most 24"),
+    ({"prompt": "x" * 1100, "max_tokens": 0}, "prompt",
+     "prompt: 1101 tokens, more than the model's context length of 1024; send a shorter prompt"),
+    ({"prompt": [5] * 20_000, "max_tokens": 0, "echo": True, "logprobs": 0}, "prompt",
+     "prompt: 20000 tokens, more than the model's context length of 1024; send a shorter prompt"),
+])
+def test_a_prompt_the_model_cannot_take_is_400_and_its_neighbours_are_answered(tiny_server, body, param, message):
+    llm = tiny_server.llm
+    good = {"prompt": "Q: 1 + 1 =", "max_tokens": 5, "temperature": 0}
+    status, text = post(tiny_server.port, good)
+    assert status == 200
+    alone = json.loads(text)["choices"][0]["token_ids"]
+    scored = []
+    score = llm.score
+    llm.score = lambda *a, **kw: scored.append(a) or score(*a, **kw)
+
+    answers = {}
+    threads = [threading.Thread(target=lambda k=k, b=b: answers.setdefault(k, post(tiny_server.port, b)))
+               for k, b in [("bad", {**body, "temperature": 0}), ("good", good)]]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    status, text = answers["bad"]
+    assert status == 400, text
+    error = json.loads(text)["error"]
+    assert (error["message"], error["param"], error["type"]) == (message, param, "BadRequestError")
+    status, text = answers["good"]
+    assert status == 200 and json.loads(text)["choices"][0]["token_ids"] == alone
+    assert scored == []  # refused before it reached the backend
+
+
+def test_a_prompt_that_fits_the_context_exactly_is_answered(tiny_server):
+    status, text = post(tiny_server.port, {"prompt": [5] * 1020, "max_tokens": 4, "temperature": 0})
+    assert status == 200 and len(json.loads(text)["choices"][0]["token_ids"]) == 4
+    status, text = post(tiny_server.port, {"prompt": [5] * 1024, "max_tokens": 0, "echo": True, "logprobs": 0})
+    assert status == 200 and len(json.loads(text)["choices"][0]["logprobs"]["token_logprobs"]) == 1024
+
+
+def test_a_negative_token_id_is_400_for_a_backend_without_a_vocabulary_size(scripted_server):
+    status, text = post(scripted_server.port, {"prompt": [5, -3], "max_tokens": 2})
+    assert status == 400
+    error = json.loads(text)["error"]
+    assert (error["message"], error["param"]) == ("prompt: token id -3 is negative: token ids are >= 0", "prompt")

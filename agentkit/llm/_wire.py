@@ -57,8 +57,8 @@ def field(body: dict, name: str, default: Any, check, expected: str) -> Any:
 def parse_prompts(prompt: Any) -> list[str | list[int]]:
     """A string, a list of token ids, or a list of either (one prompt each)."""
 
-    def is_ids(p: Any) -> bool:
-        return isinstance(p, list) and bool(p) and all(is_int(t) and t >= 0 for t in p)
+    def is_ids(p: Any) -> bool:  # the ids' range is the model's to check (CompletionServer)
+        return isinstance(p, list) and bool(p) and all(is_int(t) for t in p)
 
     if isinstance(prompt, str):
         return [prompt]

@@ -306,6 +306,7 @@ class CompletionServer(ThreadingHTTPServer):
             ]
         except ValueError as exc:
             raise HTTPError(400, one_line(exc)) from exc
+        self._check_prompts(prompts, max_tokens)
 
         if stream:
             return self._stream(requests, include_usage, client, deadline)
@@ -407,6 +408,33 @@ class CompletionServer(ThreadingHTTPServer):
             yield "[DONE]"
 
         return _EventStream(events(), future, self._finish)
+
+    def _check_prompts(self, prompts: list[str | list[int]], max_tokens: int) -> None:
+        """A 400 for a prompt the model cannot take, before it reaches the backend (where
+        it would fail the batch it landed in): a token id outside the vocabulary, or a
+        prompt that, with ``max_tokens``, does not fit the model's context. The echo scoring
+        of a long prompt (max_tokens 0) is bounded by the same check."""
+        context = getattr(self.llm, "context_length", None)
+        vocab = getattr(self.llm, "vocab_size", None)
+        for i, prompt in enumerate(prompts):
+            name = "prompt" if len(prompts) == 1 else f"prompt[{i}]"
+            if context is not None:
+                length = len(self.llm.tokenize(prompt)) if isinstance(prompt, str) else len(prompt)
+                if length > context:
+                    raise HTTPError(400, f"{name}: {length} tokens, more than the model's context length of {context}; "
+                                         "send a shorter prompt", param="prompt")
+                if length + max_tokens > context:
+                    raise HTTPError(
+                        400, f"max_tokens={max_tokens}: with a prompt of {length} tokens that is {length + max_tokens} "
+                             f"tokens, more than the model's context length of {context}; ask for at most {context - length}",
+                        param="max_tokens",
+                    )
+            if isinstance(prompt, list):
+                bad = next((t for t in prompt if t < 0 or (vocab is not None and t >= vocab)), None)
+                if bad is not None:
+                    limit = (f"outside the model's vocabulary of {vocab} ids (0-{vocab - 1})" if vocab is not None
+                             else "negative: token ids are >= 0")
+                    raise HTTPError(400, f"{name}: token id {bad} is {limit}", param="prompt")
 
     def _prompt_ids(self, request: GenerationRequest) -> list[int]:
         return self.llm.tokenize(request.prompt) if isinstance(request.prompt, str) else list(request.prompt)

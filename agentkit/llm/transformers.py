@@ -202,6 +202,11 @@ class TransformersLLM:
         """Most positions (prompt and completion) the model was built for."""
         return getattr(self.model.config, "max_position_embeddings", None)
 
+    @property
+    def vocab_size(self) -> int:
+        """How many token ids the model embeds: every prompt id must be below this."""
+        return int(self.model.get_input_embeddings().weight.shape[0])
+
     def generate(self, requests: Sequence[GenerationRequest]) -> list[list[Completion]]:
         return self.submit(requests).result()
 
@@ -319,10 +324,16 @@ class TransformersLLM:
         if not gen_jobs:
             return
         try:
-            rows_per_job = [self._make_rows(j.payload, j.on_token) for j in gen_jobs]
-            self._open = list(zip(gen_jobs, rows_per_job))
+            self._open = []
+            for job in gen_jobs:
+                try:
+                    job_rows = self._make_rows(job.payload, job.on_token)
+                except Exception as e:  # a bad request fails alone, not its batch
+                    _answer(job.future, error=e)
+                    continue
+                self._open.append((job, job_rows))
             by_adapter: dict[str | None, list[_Row]] = {}
-            for rows in rows_per_job:
+            for _, rows in list(self._open):
                 for job_rows in rows:
                     for row in job_rows:
                         by_adapter.setdefault(row.request.adapter, []).append(row)
@@ -332,7 +343,9 @@ class TransformersLLM:
             self._resolve_finished()
         except Exception as e:
             log.exception("generation failed")
-            for job, _ in self._open:
+            # every job this batch took, and every one that joined it: none is left pending
+            # (an already answered one keeps its answer)
+            for job in gen_jobs + [j for j, _ in self._open]:
                 _answer(job.future, error=e)
         finally:
             self._open = []
@@ -399,8 +412,7 @@ class TransformersLLM:
         out = []
         for k, request in enumerate(requests):
             prompt_ids = self.tokenize(request.prompt) if isinstance(request.prompt, str) else list(request.prompt)
-            if not prompt_ids:
-                raise BackendError("empty prompt: pass at least one token")
+            self._check_prompt(prompt_ids, request.max_tokens)
             job_rows = []
             for i in range(request.n):
                 gen = None
@@ -412,6 +424,23 @@ class TransformersLLM:
                     job_rows[-1].on_token = lambda token, k=k, i=i: on_token(k, i, token)
             out.append(job_rows)
         return out
+
+    def _check_prompt(self, prompt_ids: list[int], max_tokens: int) -> None:
+        """A one-line BackendError for a prompt the model cannot take: empty, an id outside
+        the vocabulary (the embedding would raise IndexError for the whole batch), or longer,
+        with its max_tokens, than the model's context."""
+        if not prompt_ids:
+            raise BackendError("empty prompt: pass at least one token")
+        vocab = self.vocab_size
+        bad = next((t for t in prompt_ids if not 0 <= t < vocab), None)
+        if bad is not None:
+            raise BackendError(f"token id {bad} in the prompt is outside the vocabulary of {vocab} ids (0-{vocab - 1})")
+        context = self.context_length
+        if context is not None and len(prompt_ids) + max_tokens > context:
+            raise BackendError(
+                f"prompt of {len(prompt_ids)} tokens + max_tokens={max_tokens} is {len(prompt_ids) + max_tokens} tokens: "
+                f"more than the model's context length of {context}; send a shorter prompt or ask for fewer tokens"
+            )
 
     def _completion(self, row: _Row) -> Completion:
         return Completion(
@@ -513,13 +542,16 @@ class TransformersLLM:
                 self._drop_cancelled()
                 keep = []
                 now = time.perf_counter()
+                appended = 0
                 for i, r in enumerate(active):
-                    self._append(r, tokens_l[i], logprobs_l[i])
+                    if r.finish_reason is None:  # not cancelled by _drop_cancelled just now
+                        self._append(r, tokens_l[i], logprobs_l[i])
+                        appended += 1
                     if r.finish_reason is None:
                         keep.append(i)
                     else:
                         r.latency_s = now - r.started
-                self.stats["generated_tokens"] += len(active)
+                self.stats["generated_tokens"] += appended
                 self._resolve_finished()
                 if not keep:
                     break
