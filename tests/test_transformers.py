@@ -502,3 +502,20 @@ def test_a_cancelled_row_gets_no_more_tokens(tiny_llm):
         time.sleep(0.01)
     tiny_llm.generate([GenerationRequest("Hi", max_tokens=2)])  # the cancelled batch has moved on
     assert len(seen) == 1
+
+
+def test_closing_cancels_a_long_batch_and_fails_later_calls(tiny_model_factory, tiny_tokenizer):
+    """close() does not wait for a batch to run to its end, its callers are not left
+    waiting, and a call after it is a one-line BackendError."""
+    import concurrent.futures
+
+    llm = TransformersLLM.from_model(tiny_model_factory(), tiny_tokenizer, dtype="fp32")
+    future = llm.submit([GenerationRequest("abc", max_tokens=900)])
+    time.sleep(0.3)  # decoding
+    start = time.perf_counter()
+    llm.close()
+    assert time.perf_counter() - start < 5
+    with pytest.raises(concurrent.futures.CancelledError):
+        future.result(timeout=5)
+    with pytest.raises(BackendError, match="closed"):
+        llm.generate([GenerationRequest("abc", max_tokens=2)])

@@ -165,6 +165,7 @@ class TransformersLLM:
         self._open: list[tuple[_Job, list[list[_Row]]]] = []  # generate jobs being decoded
         self._seed_rng = random.Random(0)
         self._closed = False
+        self._closing = threading.Lock()  # over _closed and putting on the queue
         self.stats = {"batches": 0, "rows": 0, "generated_tokens": 0, "max_rows_in_batch": 0, "joined_rows": 0}
         self._worker = threading.Thread(target=self._work, name="agentkit-batcher", daemon=True)
         self._worker.start()
@@ -248,14 +249,23 @@ class TransformersLLM:
         """Stop the worker. Requests still queued or being decoded are cancelled (their
         callers get CancelledError) and leave the batch at its next decode step, so closing
         never waits for a long batch to run to the end (Ctrl-C during `agentkit run`)."""
-        if not self._closed:
+        with self._closing:  # no job is enqueued between the flag and the end marker
+            if self._closed:
+                return
             self._closed = True
             with self._queue.mutex:
                 queued = [job for job in self._queue.queue if job is not None]
-            for job in queued + [job for job in list(self._held) if job is not None] + [j for j, _ in list(self._open)]:
-                job.future.cancel()
             self._queue.put(None)
-            self._worker.join(timeout=30)
+        for job in queued + [job for job in list(self._held) if job is not None] + [j for j, _ in list(self._open)]:
+            job.future.cancel()
+        self._worker.join(timeout=30)
+        while True:  # anything the worker never took: its caller must not wait forever
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None:
+                job.future.cancel()
 
     def __enter__(self) -> "TransformersLLM":
         return self
@@ -269,10 +279,11 @@ class TransformersLLM:
         return self._enqueue(kind, payload, adapter).result()
 
     def _enqueue(self, kind: str, payload: Any, adapter: str | None = None, on_token: Any = None) -> Future:
-        if self._closed:
-            raise BackendError("this TransformersLLM is closed")
         job = _Job(kind, payload, Future(), adapter, on_token)
-        self._queue.put(job)
+        with self._closing:
+            if self._closed:
+                raise BackendError("this TransformersLLM is closed")
+            self._queue.put(job)
         return job.future
 
     def _next_job(self, timeout: float | None = None) -> _Job | None:

@@ -196,8 +196,9 @@ def _run_all(one: Callable[[int], RunResult | None], n: int, concurrency: int, f
     what finished. Any other error waits for the runs in flight to close, then raises."""
     start = time.perf_counter()
     pool = ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="agentkit-run")
-    futures = [pool.submit(one, i) for i in range(n)]
+    futures = []
     try:
+        futures += [pool.submit(one, i) for i in range(n)]  # Ctrl-C may come while threads start
         for future in as_completed(futures):
             result = future.result()
             if result is not None and on_result:
