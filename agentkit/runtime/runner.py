@@ -131,14 +131,12 @@ def run_tasks(
         # an agent may record more on the run row (a graph agent: what resuming needs); the
         # task itself lets the background trainer rebuild pairs from the run
         extra = agent.run_meta(task, suite) if hasattr(agent, "run_meta") else {}
-        if flight.interrupted:
-            return None
-        run_id = store.start_run(
+        run_id = flight.open_run(lambda: store.start_run(
             agent.name, suite=suite.name, task_id=task.id, split=task.split,
             model=model_name or getattr(llm, "model_name", None), policy_version=version,
             meta={"level": task.level, "task": task.model_dump(mode="json"), **extra},
-        )
-        if not flight.opened(run_id):
+        ))
+        if run_id is None:
             return None
         recorder = Recorder(task_llm, store, run_id, budget=budget, policy_version=version)
         result = _execute(lambda: agent(task, suite, recorder), suite, task, store, run_id, flight=flight, index=index)
@@ -161,14 +159,16 @@ class _Flight:
         self.open: set[int] = set()
         self.results: dict[int, RunResult] = {}  # by task index
 
-    def opened(self, run_id: int) -> bool:
-        """Count ``run_id`` in flight; False (and the run marked interrupted) after Ctrl-C."""
+    def open_run(self, start: Callable[[], int]) -> int | None:
+        """Open a run with ``start`` and count it in flight, or None after Ctrl-C. Under the
+        lock, so Ctrl-C never misses a run that is being opened: it is either not started
+        or among the interrupted ones."""
         with self.lock:
-            if not self.interrupted:
-                self.open.add(run_id)
-                return True
-        self.store.interrupt_runs([run_id], error=INTERRUPTED)
-        return False
+            if self.interrupted:
+                return None
+            run_id = start()
+            self.open.add(run_id)
+            return run_id
 
     def close(self, index: int, run_id: int, finish: Callable[[], RunResult]) -> RunResult | None:
         """Close the run with ``finish`` unless Ctrl-C came first (then None)."""
@@ -330,8 +330,13 @@ def resume_run(
 
 def _resume(llm: LLM, store: Any, run: Any, agent: Any, suite: Suite, task: Task, budget: Budget, *,
             flight: _Flight | None = None, index: int = 0) -> RunResult | None:
-    store.reopen_run(run.id)  # running again, owned by this process
-    if flight is not None and not flight.opened(run.id):
+    def reopen() -> int:
+        store.reopen_run(run.id)  # running again, owned by this process
+        return run.id
+
+    if flight is None:
+        reopen()
+    elif flight.open_run(reopen) is None:
         return None
     steps = run.steps or []
     model_calls = sum(1 for s in steps if s.prompt_ids is not None)
