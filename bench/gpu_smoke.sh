@@ -58,38 +58,10 @@ SERVE_HOW=
 
 # --- the server ---------------------------------------------------------------------------------
 
-# `agentkit serve --backend vllm` where the CLI has that option; otherwise the same thing
-# through the library (load_backend("vllm") behind agentkit's OpenAI-compatible server).
-SERVE_PY='
-import signal
-import sys
-
-from agentkit.llm import load_backend
-from agentkit.llm.server import make_server
-
-signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop_server: close vLLM, then exit
-model, port = sys.argv[1], int(sys.argv[2])
-llm = load_backend("vllm", model)
-try:
-    server = make_server(llm, host="127.0.0.1", port=port)
-    print(f"serving {llm.model_name} at {server.url}", flush=True)
-    server.serve_forever()
-except KeyboardInterrupt:
-    pass
-finally:
-    llm.close()
-'
-
 start_server() {
     PORT=$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-    local cmd
-    if COLUMNS=200 "$AGENTKIT" serve --help 2>/dev/null | grep -q -- '--backend'; then
-        cmd=("$AGENTKIT" serve --backend vllm --model "$MODEL" --host 127.0.0.1 --port "$PORT")
-        SERVE_HOW="agentkit serve --backend vllm"
-    else
-        cmd=("$PY" -c "$SERVE_PY" "$MODEL" "$PORT")
-        SERVE_HOW="library: load_backend('vllm') + make_server (agentkit serve has no --backend)"
-    fi
+    local cmd=("$AGENTKIT" serve --backend vllm --model "$MODEL" --host 127.0.0.1 --port "$PORT")
+    SERVE_HOW="agentkit serve --backend vllm"
     # its own session, so that stopping it also stops vLLM's engine process
     setsid "${cmd[@]}" >"$WORK/server.log" 2>&1 &
     SERVER_PID=$!

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -222,11 +223,17 @@ def _search_strategy(flag: str, spec: Optional[str]) -> Any:
 
 
 def _stop_interrupted(report: Any, interrupted: list[int], *, total: int) -> None:
-    """After Ctrl-C: say what finished and what was marked, and exit 130."""
+    """After Ctrl-C: say what finished and what was marked, and exit 130 at once.
+
+    Every run is closed in the store by now. The threads of the runs that were in flight
+    may still wait on a backend call (an HTTP request to a server runs to its own end),
+    and the interpreter would join them at exit, so the process ends without them."""
     ids = ",".join(map(str, interrupted))
     hint = f"; finish them with `agentkit run --resume interrupted` (runs {ids})" if interrupted else ""
     typer.echo(f"interrupted: {report.n} of {total} runs finished, {len(interrupted)} marked interrupted{hint}", err=True)
-    raise typer.Exit(130)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(130)
 
 
 def _reading_library(agent: Any, traces: Any) -> tuple[Any, Any]:
@@ -270,13 +277,13 @@ def _print_report(report: Any, runs: list, nodes: list, *, graph: str, suite: st
 def _resume_runs(spec: str, *, store: Optional[Path], model: Optional[str], backend: str, base_url: Optional[str],
                  dtype: str, max_calls: Optional[int], max_tokens: Optional[int], json_output: bool) -> None:
     """agentkit run --resume 3,7 | interrupted: rebuild each run's agent, suite and task from
-    its row and finish them together, on one backend loaded once."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from agentkit.errors import StoreError
+    its row and finish them together, on one backend loaded once, each on the policy version
+    it started with."""
+    from agentkit.errors import AgentkitError, StoreError
     from agentkit.llm import load_backend
-    from agentkit.runtime import Budget, RunReport, checkpoint_path, restore_agent, resume_run
-    from agentkit.runtime.runner import RESUMABLE
+    from agentkit.store import PolicyRegistry
+    from agentkit.runtime import ActivePolicy, Budget, checkpoint_path, restore_agent
+    from agentkit.runtime.runner import RESUMABLE, RunsInterrupted, resume_runs
 
     defaults = Budget()
     budget = Budget(max_calls=max_calls or defaults.max_calls, max_tokens=max_tokens or defaults.max_tokens)
@@ -295,38 +302,61 @@ def _resume_runs(spec: str, *, store: Optional[Path], model: Optional[str], back
             if row.status not in RESUMABLE:
                 raise StoreError(f"run {row.id} already finished ({row.status}); only an unfinished run "
                                  "(status running, interrupted or error) resumes")
-        restored = [restore_agent(row, checkpoints=checkpoint_path(store_path)) for row in rows]
-        first = rows[0]
-        recorded = (first.meta or {}).get("backend") or {}
-        if backend == "transformers" and recorded.get("backend"):
-            backend = recorded["backend"]  # the default: resume on the backend the runs started on
-        base_url = base_url or recorded.get("base_url")
-        dtype = recorded.get("dtype", dtype) if dtype == "auto" else dtype
-        model = model or first.model
+        runs, restored, skipped = [], [], []
+        for row in rows:  # a run that cannot be rebuilt is named, not the end of the others
+            try:
+                restored.append(restore_agent(row, checkpoints=checkpoint_path(store_path)))
+                runs.append(row)
+            except AgentkitError as exc:
+                skipped.append(f"run {row.id}: {exc}")
+        for line in skipped:
+            err.print(f"skipped {line}", markup=False)
+        _require(bool(runs), f"--resume {spec}: none of the runs can be rebuilt")
+        setups = {_backend_setup(row) for row in runs}
+        _require(len(setups) == 1, f"--resume {spec}: the runs used different backends, models or dtypes "
+                 f"({'; '.join(sorted(map(str, setups)))}); resume each group by its ids")
+        [(recorded_backend, recorded_model, recorded_url, recorded_dtype)] = setups
+        backend = recorded_backend if backend == "transformers" and recorded_backend else backend
+        base_url = base_url or recorded_url
+        dtype = recorded_dtype if dtype == "auto" and recorded_dtype else dtype
+        model = model or recorded_model
         with err.status(_loading(backend, model)) if err.is_terminal and not json_output else nullcontext():
             llm = load_backend(backend, model, base_url=base_url, dtype=dtype)
+        registry = PolicyRegistry(store_path)
+        pinned: dict[Any, Any] = {}
 
-        def finish(i: int) -> Any:
-            agent, task_suite, task = restored[i]
-            return resume_run(llm, traces, rows[i].id, agent=agent, suite=task_suite, task=task, budget=budget)
+        def llm_for(run: Any) -> Any:  # the policy version the run started on, its adapter loaded
+            version = run.policy_version or "base"
+            if version not in pinned:
+                pinned[version] = ActivePolicy(llm, registry, version=version)
+            return pinned[version].current()[1]
 
-        start = time.perf_counter()
+        interrupted = None
         try:
-            with ThreadPoolExecutor(max_workers=min(16, len(rows)), thread_name_prefix="agentkit-resume") as pool:
-                results = list(pool.map(finish, range(len(rows))))
+            report = resume_runs(traces, runs, restored, llm_for, budget=budget, concurrency=16)
+        except RunsInterrupted as stopped:
+            report, interrupted = stopped.report, stopped.interrupted
         finally:
             llm.close()
+            registry.close()
             for agent, _, _ in restored:
                 if hasattr(agent, "close"):
                     agent.close()
-        report = RunReport(results=results, wall_s=time.perf_counter() - start)
-        ids = [row.id for row in rows]
-        runs = [traces.get_run(i) for i in ids] if not json_output else []
+        ids = [r.run_id for r in report.results]
+        shown = [traces.get_run(i) for i in ids] if not json_output else []
         nodes = traces.node_stats(ids)
     names = sorted({agent.name for agent, _, _ in restored})
     suites = sorted({task_suite.name for _, task_suite, _ in restored})
-    _print_report(report, runs, nodes, graph=", ".join(names), suite=", ".join(suites), model=llm.model_name,
+    _print_report(report, shown, nodes, graph=", ".join(names), suite=", ".join(suites), model=llm.model_name,
                   backend=backend, store_path=store_path, show_steps=True, json_output=json_output)
+    if interrupted is not None:
+        _stop_interrupted(report, interrupted, total=len(runs))
+
+
+def _backend_setup(run: Any) -> tuple:
+    """(backend, model, base URL, dtype) a run recorded, to resume it the same way."""
+    recorded = (run.meta or {}).get("backend") or {}
+    return recorded.get("backend"), run.model, recorded.get("base_url"), recorded.get("dtype")
 
 
 def _run_id(part: str, spec: str) -> int:
@@ -574,7 +604,8 @@ def serve(
     port: int = typer.Option(8000, help="TCP port (0 picks a free one)."),
     host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
     dtype: str = typer.Option("auto", help="auto, bf16, fp16 or fp32."),
-    max_batch: int = typer.Option(64, help="Most requests decoded together in one batch."),
+    backend: str = typer.Option("transformers", help="transformers (in process, CPU or GPU) or vllm (a GPU)."),
+    max_batch: int = typer.Option(64, help="Most requests decoded together in one batch (transformers)."),
     max_tokens_limit: Optional[int] = typer.Option(
         None, show_default="the model's context length", help="Largest max_tokens one request may ask for; above it, a 400."
     ),
@@ -582,6 +613,8 @@ def serve(
     request_timeout: float = typer.Option(600.0, help="Seconds one completion may run before it is cancelled with a 504."),
 ) -> None:
     """Serve a model in process over an OpenAI-compatible completions API, streaming too, until Ctrl-C or SIGTERM."""
+    _require(backend in ("transformers", "vllm"), f"--backend {backend}: serve runs transformers or vllm; "
+             "to relay another server, point clients at it directly")
     _require(max_batch >= 1, f"--max-batch {max_batch}: must be at least 1")
     _require(max_tokens_limit is None or max_tokens_limit >= 1, f"--max-tokens-limit {max_tokens_limit}: must be at least 1")
     _require(max_body_mb > 0, f"--max-body-mb {max_body_mb:g}: must be above 0")
@@ -595,8 +628,9 @@ def serve(
     check_listen_address(host, port)  # a bad --host or --port fails now, not after the model load
     err = _stderr_console()
     _quiet_hub()
-    with err.status(_loading("transformers", model)) if err.is_terminal else nullcontext():
-        llm = load_backend("transformers", model, dtype=dtype, max_batch=max_batch)
+    with err.status(_loading(backend, model)) if err.is_terminal else nullcontext():
+        extra = {"max_batch": max_batch} if backend == "transformers" else {}
+        llm = load_backend(backend, model, dtype=dtype, **extra)
     try:
         context = getattr(llm, "context_length", None)
         _require(max_tokens_limit is None or context is None or max_tokens_limit <= context,

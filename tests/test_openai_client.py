@@ -19,6 +19,10 @@ from agentkit.llm.openai import OpenAIClientLLM, check_base_url
     ("ftp://127.0.0.1/v1", "--base-url ftp://127.0.0.1/v1: not a server URL"),
     ("http:///v1", "--base-url http:///v1: not a server URL"),
     ("http://127.0.0.1:99999/v1", "--base-url http://127.0.0.1:99999/v1: the port is not 0-65535"),
+    # urlsplit's ValueError escaped as a traceback before
+    ("http://[::1", "--base-url http://[::1: not a server URL (Invalid IPv6 URL)"),
+    ("http://[nope]:8000/v1", "--base-url http://[nope]:8000/v1: not a server URL ("),
+    ("no\nurl", "--base-url no\\nurl: not a server URL"),  # the newline shown escaped, on one line
 ])
 def test_a_base_url_that_is_not_a_server_url_fails_at_once(url, needle):
     start = time.perf_counter()
@@ -27,6 +31,18 @@ def test_a_base_url_that_is_not_a_server_url_fails_at_once(url, needle):
     assert time.perf_counter() - start < 1.0
     message = str(info.value)
     assert needle in message and "http://127.0.0.1:8000/v1" in message and "\n" not in message
+
+
+def test_an_unclosed_ipv6_base_url_is_a_one_line_error_in_the_cli(tmp_path):
+    from typer.testing import CliRunner
+
+    from agentkit.cli.app import app
+
+    env = {"AGENTKIT_STORE": str(tmp_path / "runs.db"), "AGENTKIT_HOME": str(tmp_path / "home"), "HF_HUB_OFFLINE": "1"}
+    result = CliRunner().invoke(app, ["run", "--backend", "openai", "--base-url", "http://[::1"], env=env)
+    assert result.exit_code == 1 and not isinstance(result.exception, ValueError)
+    assert result.stderr.startswith("error: --base-url http://[::1: not a server URL (Invalid IPv6 URL)")
+    assert len(result.stderr.splitlines()) == 1 and "Traceback" not in result.stdout + result.stderr
 
 
 def test_check_base_url_names_the_flag_it_checks():

@@ -297,3 +297,168 @@ def test_sigint_and_sigterm_stop_a_busy_server_promptly_and_cleanly(tiny_model_d
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+# --- prompts the model cannot take ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("body, param, message", [
+    ({"prompt": [5, 10**6]}, "prompt",
+     "prompt: token id 1000000 is outside the model's vocabulary of 104 ids (0-103)"),
+    ({"prompt": [[5, 6], [5, -1]]}, "prompt",
+     "prompt[1]: token id -1 is outside the model's vocabulary of 104 ids (0-103)"),
+    ({"prompt": [5] * 1000, "max_tokens": 30}, "max_tokens",
+     "max_tokens=30: with a prompt of 1000 tokens that is 1030 tokens, more than the model's context length of 1024; "
+     "ask for at most 24"),
+    ({"prompt": "x" * 1100, "max_tokens": 0}, "prompt",
+     "prompt: 1101 tokens, more than the model's context length of 1024; send a shorter prompt"),
+    ({"prompt": [5] * 20_000, "max_tokens": 0, "echo": True, "logprobs": 0}, "prompt",
+     "prompt: 20000 tokens, more than the model's context length of 1024; send a shorter prompt"),
+    # the tokenizer's TypeError used to be lost in the batcher: the request hung to the 504
+    ({"prompt": "Q: \ud800"}, "prompt",
+     "prompt: text must be valid Unicode; character 3 is a lone surrogate (\\ud800)"),
+])
+def test_a_prompt_the_model_cannot_take_is_400_and_its_neighbours_are_answered(tiny_server, body, param, message):
+    llm = tiny_server.llm
+    good = {"prompt": "Q: 1 + 1 =", "max_tokens": 5, "temperature": 0}
+    status, text = post(tiny_server.port, good)
+    assert status == 200
+    alone = json.loads(text)["choices"][0]["token_ids"]
+    scored = []
+    score = llm.score
+    llm.score = lambda *a, **kw: scored.append(a) or score(*a, **kw)
+
+    answers = {}
+    threads = [threading.Thread(target=lambda k=k, b=b: answers.setdefault(k, post(tiny_server.port, b)))
+               for k, b in [("bad", {**body, "temperature": 0}), ("good", good)]]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    status, text = answers["bad"]
+    assert status == 400, text
+    error = json.loads(text)["error"]
+    assert (error["message"], error["param"], error["type"]) == (message, param, "BadRequestError")
+    status, text = answers["good"]
+    assert status == 200 and json.loads(text)["choices"][0]["token_ids"] == alone
+    assert scored == []  # refused before it reached the backend
+
+
+def test_a_prompt_that_fits_the_context_exactly_is_answered(tiny_server):
+    status, text = post(tiny_server.port, {"prompt": [5] * 1020, "max_tokens": 4, "temperature": 0})
+    assert status == 200 and len(json.loads(text)["choices"][0]["token_ids"]) == 4
+    status, text = post(tiny_server.port, {"prompt": [5] * 1024, "max_tokens": 0, "echo": True, "logprobs": 0})
+    assert status == 200 and len(json.loads(text)["choices"][0]["logprobs"]["token_logprobs"]) == 1024
+
+
+def test_a_negative_token_id_is_400_for_a_backend_without_a_vocabulary_size(scripted_server):
+    status, text = post(scripted_server.port, {"prompt": [5, -3], "max_tokens": 2})
+    assert status == 400
+    error = json.loads(text)["error"]
+    assert (error["message"], error["param"]) == ("prompt: token id -3 is negative: token ids are >= 0", "prompt")
+
+
+# --- bodies the fuzz found (tests/test_fuzz.py): each a 400 naming what is wrong, not a 500 -------
+
+
+def error_of(status: int, text: str) -> dict:
+    assert status == 400, text
+    error = json.loads(text)["error"]
+    assert error["type"] == "BadRequestError" and "\n" not in error["message"]
+    return error
+
+
+@pytest.mark.parametrize("path, body, param, message", [
+    ("/v1/completions", {"prompt": "\ud800", "max_tokens": 2}, "prompt",
+     "prompt: text must be valid Unicode; character 0 is a lone surrogate (\\ud800)"),
+    ("/v1/completions", {"prompt": ["ok", "a\udfff"]}, "prompt",
+     "prompt[1]: text must be valid Unicode; character 1 is a lone surrogate (\\udfff)"),
+    ("/v1/completions", {"prompt": "Hi", "stop": ["x", "\ud800"]}, "stop",
+     "stop[1]: text must be valid Unicode; character 0 is a lone surrogate (\\ud800)"),
+    ("/tokenize", {"prompt": "\udf60\ud8a7"}, "prompt",
+     "prompt: text must be valid Unicode; character 0 is a lone surrogate (\\udf60)"),
+])
+def test_text_that_is_not_valid_unicode_is_400_before_the_backend(scripted_server, path, body, param, message):
+    llm = scripted_server.llm
+    tokenized = []
+    tokenize = llm.tokenize
+    llm.tokenize = lambda text: tokenized.append(text) or tokenize(text)
+    error = error_of(*post(scripted_server.port, body, path=path))
+    assert (error["message"], error["param"]) == (message, param)
+    assert llm.requests == [] and tokenized == []
+
+
+@pytest.mark.parametrize("body, message", [
+    (b"[" * 1000, "request body is not valid JSON here: nested too deeply for this server to read"),
+    (b"[" * 60_000, "request body is not valid JSON here: nested too deeply for this server to read"),
+    (b'{"prompt": "hi", "max_tokens": ' + b"9" * 5000 + b"}",
+     "request body is not valid JSON here: a number with more digits than this server reads "
+     "(Exceeds the limit (4300 digits) for integer string conversion: value has 5000 digits)"),
+])
+def test_json_python_cannot_read_is_400(scripted_server, body, message):
+    error = error_of(*post(scripted_server.port, body))
+    assert error["message"] == message and error["param"] is None
+    assert post(scripted_server.port, {"prompt": "Hi", "max_tokens": 2})[0] == 200  # the server is still fine
+
+
+def test_n_above_the_servers_limit_is_400_naming_n_and_the_limit(scripted_server):
+    llm = scripted_server.llm
+    for n in (10**9, 65):
+        error = error_of(*post(scripted_server.port, {"prompt": "hi", "n": n, "max_tokens": 0}))
+        assert error == {"message": f"n={n}: must be at most 64, this server's limit on samples per prompt; ask for fewer",
+                         "type": "BadRequestError", "param": "n", "code": 400}
+    assert llm.requests == []
+    status, text = post(scripted_server.port, {"prompt": "hi", "n": 64, "max_tokens": 2})
+    assert status == 200 and len(json.loads(text)["choices"]) == 64
+
+    server = start(ScriptedLLM(["Answer: 4"]), max_n=2)
+    try:
+        assert "n=3: must be at most 2" in error_of(*post(server.port, {"prompt": "hi", "n": 3}))["message"]
+        assert post(server.port, {"prompt": "hi", "n": 2})[0] == 200
+    finally:
+        server.stop(grace_s=1)
+
+
+def test_detokenize_ids_outside_the_vocabulary(scripted_server, tiny_server):
+    # the scripted backend has no vocab_size: an id past its 256 bytes has no text, a negative id is a 400
+    assert post(scripted_server.port, {"tokens": [300]}, path="/detokenize") == (200, '{"prompt": ""}')
+    assert post(scripted_server.port, {"tokens": [3 + 104, 300, 3 + 105]}, path="/detokenize") == (200, '{"prompt": "hi"}')
+    error = error_of(*post(scripted_server.port, {"tokens": [5, -1]}, path="/detokenize"))
+    assert (error["message"], error["param"]) == ("tokens: token id -1 is negative: token ids are >= 0", "tokens")
+    # a backend with a vocabulary: the ids are checked against it
+    error = error_of(*post(tiny_server.port, {"tokens": [5, 10**6]}, path="/detokenize"))
+    assert (error["message"], error["param"]) == (
+        "tokens: token id 1000000 is outside the model's vocabulary of 104 ids (0-103)", "tokens")
+
+
+def test_detokenize_a_decode_failure_is_400():
+    class Strict(ScriptedLLM):
+        @staticmethod
+        def decode(token_ids):
+            raise IndexError("piece id is out of range.")
+
+    server = start(Strict(["x"]))
+    try:
+        error = error_of(*post(server.port, {"tokens": [7]}, path="/detokenize"))
+        assert (error["message"], error["param"]) == (
+            "tokens: the model cannot decode them (IndexError: piece id is out of range.)", "tokens")
+    finally:
+        server.stop(grace_s=1)
+
+
+def test_a_model_name_with_a_control_character_stays_on_one_line(scripted_server):
+    status, text = post(scripted_server.port, {"model": "a\nb\u2028c`", "prompt": "hi"})
+    assert status == 404
+    assert json.loads(text)["error"]["message"] == "The model `a\\nb\\u2028c`` does not exist (served: scripted)."
+
+
+def test_an_unexpected_failure_in_a_handler_is_a_one_line_500(scripted_server):
+    def broken(body):
+        raise KeyError("first\nsecond")
+
+    scripted_server.tokenize = broken
+    status, text = post(scripted_server.port, {"prompt": "hi"}, path="/tokenize")
+    assert status == 500
+    error = json.loads(text)["error"]
+    assert error["message"] == "POST /tokenize failed: KeyError: 'first\\nsecond'"
+    assert error["type"] == "InternalServerError"

@@ -110,6 +110,11 @@ def test_fresh_store_has_exactly_the_schema(tmp_path):
         ("parent_step_id", "steps", "id"),
     }
     assert [index.columns for index in db["steps"].indexes] == [["run_id"]]
+    # the runs still running, indexed alone: every open looks for those of dead processes
+    assert [(index.name, index.columns, index.partial) for index in db["runs"].indexes] == [
+        ("idx_runs_running", ["id"], 1)]
+    plan = db.execute("EXPLAIN QUERY PLAN SELECT id, owner_pid FROM runs WHERE status = 'running'").fetchall()
+    assert "idx_runs_running" in plan[0][-1]
     assert list(db["agentkit_meta"].rows) == [{"key": "kind", "value": "agentkit-store"}]
     assert [row["name"] for row in db["schema_migrations"].rows] == MIGRATION_NAMES
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"

@@ -16,14 +16,19 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 
 import pytest
 
 from agentkit.errors import StoreError
 from agentkit.store import TrajectoryStore
 from agentkit.store import db as _sqlite
+from agentkit.store._owners import this_process
 from agentkit.store.policies import PolicyRegistry
 from agentkit.store.trainer import TrainerStore
+
+needs_proc = pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="process start times come from /proc")
 
 WRITERS = 4
 COMMITS = 150  # per writer; each is one run (start_run) and one step (add_step)
@@ -142,6 +147,60 @@ def test_opening_a_store_keeps_the_locks_this_process_holds_on_it(tmp_path):
         store.start_run("solve")
     assert _my_locks(path) == before
     held.close()
+
+
+# -- opening reads; it writes only when it must ---------------------------------------------
+
+
+def _dead_run(path) -> int:
+    """A run left 'running' by a process that is gone: this one's pid, given to a later process."""
+    with TrajectoryStore(path) as store:
+        run_id = store.start_run("solve")
+        *identity, ticks = this_process()[2].split("/")
+        with store.db.locked() as conn:
+            conn.execute("UPDATE runs SET owner_start = ? WHERE id = ?",
+                         ("/".join([*identity, str(int(ticks) + 1)]), run_id))
+    return run_id
+
+
+def test_an_up_to_date_store_opens_while_another_process_writes(tmp_path):
+    """`agentkit traces list` beside a long write: opening reads, and waits for no writer."""
+    path = tmp_path / "runs.db"
+    with TrajectoryStore(path) as store:
+        live = store.start_run("solve")  # this process lives: nothing to mark
+    writer = sqlite3.connect(path, isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")  # the write lock, as another process's transaction holds it
+    try:
+        with TrajectoryStore(path, timeout=0.5) as store:
+            assert [(r.id, r.status) for r in store.list_runs()] == [(live, "running")]
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+
+
+@needs_proc
+def test_an_open_waiting_for_the_write_lock_holds_up_no_other_store_in_the_process(tmp_path):
+    dead = _dead_run(tmp_path / "a.db")  # so opening a.db must write, and waits for the lock
+    writer = sqlite3.connect(tmp_path / "a.db", isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")
+    opened = []
+    waiting = threading.Thread(target=lambda: opened.append(TrajectoryStore(tmp_path / "a.db", timeout=30)))
+    other = threading.Thread(target=lambda: TrajectoryStore(tmp_path / "b.db").close())
+    try:
+        waiting.start()
+        time.sleep(0.5)  # a.db's open is waiting now
+        other.start()
+        other.join(5)
+        assert not other.is_alive(), "opening b.db waited for a.db's open"
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+        waiting.join(30)
+        other.join(30)
+    (store,) = opened
+    assert store.get_run(dead, steps=False).status == "interrupted"
+    assert store.repair() == [dead]  # the open's marks are reported
+    store.close()
 
 
 def test_store_objects_on_one_file_share_one_connection_until_the_last_closes(tmp_path):

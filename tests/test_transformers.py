@@ -436,3 +436,86 @@ def test_blockwise_top_k_equals_topk(vocab):
     assert torch.equal(values, expected)
     assert torch.equal(logits.gather(1, indices), values)
     assert all(len(set(row.tolist())) == 32 for row in indices)  # no index twice
+
+
+# --- a bad request fails alone --------------------------------------------------------------
+
+
+def test_an_empty_prompt_is_answered_with_a_one_line_error_not_left_pending(tiny_llm):
+    future = tiny_llm.submit([GenerationRequest(prompt=[])])
+    with pytest.raises(BackendError, match="empty prompt") as info:
+        future.result(timeout=5)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("prompt, max_tokens, message", [
+    ([], 4, "empty prompt"),
+    ([5, 10**6], 4, "token id 1000000 in the prompt is outside the vocabulary of 104 ids (0-103)"),
+    ([5, -1], 4, "token id -1 in the prompt is outside the vocabulary of 104 ids (0-103)"),
+    ([5] * 1000, 30, "prompt of 1000 tokens + max_tokens=30 is 1030 tokens: more than the model's context length of 1024"),
+    ("x" * 1100, 0, "prompt of 1101 tokens + max_tokens=0 is 1101 tokens: more than the model's context length of 1024"),
+])
+def test_a_bad_request_fails_alone_and_its_batch_neighbours_are_answered(tiny_llm, prompt, max_tokens, message):
+    good = GenerationRequest("Q: 1 + 1 =", max_tokens=5)
+    [[alone]] = tiny_llm.generate([good])
+    batches = tiny_llm.stats["batches"]
+    before = tiny_llm.submit([good])  # all three land in one batch (submitted within batch_wait)
+    bad = tiny_llm.submit([GenerationRequest(prompt, max_tokens=max_tokens)])
+    after = tiny_llm.submit([good, good])
+    with pytest.raises(BackendError) as info:
+        bad.result(timeout=10)
+    assert str(info.value).startswith(message) and "\n" not in str(info.value)
+    assert before.result(timeout=10)[0][0].token_ids == alone.token_ids
+    assert [c[0].token_ids for c in after.result(timeout=10)] == [alone.token_ids] * 2
+    assert tiny_llm.stats["batches"] == batches + 1  # they did share a batch
+    # the worker is still alive
+    assert tiny_llm.generate([good])[0][0].token_ids == alone.token_ids
+
+
+def test_a_failing_batch_answers_every_job_it_took(tiny_llm, monkeypatch):
+    def broken(rows, adapter):
+        raise RuntimeError("the model failed")
+
+    monkeypatch.setattr(tiny_llm, "_prefill", broken)
+    futures = [tiny_llm.submit([GenerationRequest("Hi", max_tokens=3)]) for _ in range(3)]
+    futures.append(tiny_llm.submit([GenerationRequest([], max_tokens=3)]))
+    for future in futures[:3]:
+        with pytest.raises(RuntimeError, match="the model failed"):
+            future.result(timeout=5)
+    with pytest.raises(BackendError, match="empty prompt"):
+        futures[3].result(timeout=5)
+
+
+def test_a_cancelled_row_gets_no_more_tokens(tiny_llm):
+    """A row cancelled mid-decode leaves at the next step without another token: no decode
+    and no on_token call for a client that has gone."""
+    seen = []
+    futures = []
+
+    def on_token(request_index, sample_index, token):
+        seen.append(token)
+        futures[0].cancel()  # the client goes away after its first token
+
+    futures.append(tiny_llm.submit([GenerationRequest("Hello", max_tokens=50)], on_token=on_token))
+    wait = time.monotonic() + 10
+    while not seen and time.monotonic() < wait:
+        time.sleep(0.01)
+    tiny_llm.generate([GenerationRequest("Hi", max_tokens=2)])  # the cancelled batch has moved on
+    assert len(seen) == 1
+
+
+def test_closing_cancels_a_long_batch_and_fails_later_calls(tiny_model_factory, tiny_tokenizer):
+    """close() does not wait for a batch to run to its end, its callers are not left
+    waiting, and a call after it is a one-line BackendError."""
+    import concurrent.futures
+
+    llm = TransformersLLM.from_model(tiny_model_factory(), tiny_tokenizer, dtype="fp32")
+    future = llm.submit([GenerationRequest("abc", max_tokens=900)])
+    time.sleep(0.3)  # decoding
+    start = time.perf_counter()
+    llm.close()
+    assert time.perf_counter() - start < 5
+    with pytest.raises(concurrent.futures.CancelledError):
+        future.result(timeout=5)
+    with pytest.raises(BackendError, match="closed"):
+        llm.generate([GenerationRequest("abc", max_tokens=2)])

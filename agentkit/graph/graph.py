@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 from agentkit.errors import GraphSpecError
-from agentkit.graph.spec import EdgeSpec, GraphSpec, NodeSpec, node_spec, validate_spec
+from agentkit.graph.spec import EdgeSpec, GraphSpec, NodeSpec, check_graph_name, graph_spec, node_spec, validate_spec
 
 __all__ = ["Graph", "to_mermaid"]
 
@@ -28,16 +28,18 @@ class Graph:
     """A graph under construction; every builder method returns ``self``."""
 
     def __init__(self, name: str, description: str = ""):
-        if not isinstance(name, str) or not name.strip():
-            raise GraphSpecError(f"graph name {name!r} is empty; name the graph, e.g. Graph('plan_solve_check')")
+        check_graph_name(name)
+        if not isinstance(description, str):
+            raise GraphSpecError(f"graph '{name}': description={description!r} is not text; describe it in one string")
         self.spec = GraphSpec(name=name, description=description)
         self.source: str | None = None
         """Where load_graph found it: a prebuilt name or a file path (None: built in code)."""
 
     @classmethod
     def from_spec(cls, spec: GraphSpec | dict) -> Graph:
+        """A graph over ``spec``, a GraphSpec or its dict form; ``validate()`` checks it."""
         graph = cls.__new__(cls)
-        graph.spec = spec if isinstance(spec, GraphSpec) else GraphSpec.model_validate(spec)
+        graph.spec = spec if isinstance(spec, GraphSpec) else graph_spec(spec)
         graph.source = None
         return graph
 
@@ -65,10 +67,15 @@ class Graph:
         for value, what in ((source, "source"), (target, "target")):
             if not isinstance(value, str):
                 raise GraphSpecError(f"edge {what} {value!r} is not a node name; pass the name as a string")
+        if when is not None and not isinstance(when, str):
+            raise GraphSpecError(f"edge {f'{source} -> {target}'!r}: when={when!r} is not a label; pass a label "
+                                 "string such as when='revise', or drop when=")
         self.spec.edges.append(EdgeSpec(source=source, target=target, when=when))
         return self
 
     def set_entry(self, name: str) -> Graph:
+        if not isinstance(name, str):
+            raise GraphSpecError(f"entry {name!r} is not a node name; pass the name as a string")
         self.spec.entry = name
         return self
 

@@ -91,7 +91,8 @@ def _check_size(text: str) -> str:
     return text
 
 
-_PLAN_LINE = re.compile(r"^[ \t]*(?:step[ \t]*)?(\d{1,2})[.):][ \t]+(\S.*?)[ \t]*$", re.IGNORECASE | re.MULTILINE)
+# [ \t\r]*$: a line ending in "\r\n" (Windows-style model output) reads like one ending in "\n"
+_PLAN_LINE = re.compile(r"^[ \t]*(?:step[ \t]*)?(\d{1,2})[.):][ \t]+(\S.*?)[ \t\r]*$", re.IGNORECASE | re.MULTILINE)
 
 
 def parse_plan(text: str) -> PlanOutput:
@@ -123,7 +124,7 @@ def parse_solution(text: str, answer_of: Callable[[str], str | None] = parse_ans
     return SolverOutput(answer=answer, steps=split_steps(text))
 
 
-_FIELD = r"^[ \t*_]*{}[ \t*_]*:[ \t*_]*(.*?)[ \t]*$"
+_FIELD = r"^[ \t*_]*{}[ \t*_]*:[ \t*_]*(.*?)[ \t\r]*$"
 _SCORE = re.compile(_FIELD.format("score"), re.IGNORECASE | re.MULTILINE)
 _CRITIQUE = re.compile(_FIELD.format("critique"), re.IGNORECASE | re.MULTILINE)
 _VERDICT = re.compile(_FIELD.format("verdict"), re.IGNORECASE | re.MULTILINE)
@@ -161,8 +162,7 @@ def choose_label(scores: dict[str, float]) -> RouterOutput:
     if not scores:
         raise ValueError("choose_label needs at least one label")
     # a log-probability is finite or -inf; anything else (nan, +inf) counts as impossible
-    finite = {label: (float(s) if isinstance(s, (int, float)) and s < math.inf else -math.inf)
-              for label, s in scores.items()}
+    finite = {label: _logprob(s) for label, s in scores.items()}
     best = max(finite, key=lambda label: finite[label])  # max keeps the first of equal keys
     top = finite[best]
     if top == -math.inf:
@@ -172,6 +172,18 @@ def choose_label(scores: dict[str, float]) -> RouterOutput:
         total = sum(weights.values())
         distribution = {label: w / total for label, w in weights.items()}
     return RouterOutput(route=best, distribution=distribution)
+
+
+def _logprob(score: object) -> float:
+    """``score`` as a log-probability: finite or -inf (nan, +inf, an int too large for a
+    float and anything not a number count as impossible)."""
+    if not isinstance(score, (int, float)) or isinstance(score, bool):
+        return -math.inf
+    try:
+        value = float(score)
+    except OverflowError:
+        return -math.inf
+    return value if value < math.inf else -math.inf
 
 
 def answer_key(answer: str | None) -> str | None:

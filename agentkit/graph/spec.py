@@ -8,6 +8,7 @@ Every problem is one GraphSpecError naming the bad value and the fix, e.g.
 from __future__ import annotations
 
 import re
+from collections import Counter
 from string import Template
 from typing import Any
 
@@ -17,7 +18,7 @@ from agentkit.errors import AgentkitError, GraphSpecError
 from agentkit.graph.search import MCTS, Beam, as_strategy, strategy_dict
 
 __all__ = ["ROLES", "ROLE_LABELS", "MEMORY_KINDS", "MemorySpec", "NodeSpec", "EdgeSpec", "GraphSpec", "validate_spec",
-           "node_spec"]
+           "node_spec", "graph_spec", "check_graph_name"]
 
 ROLES = ("planner", "solver", "critic", "router", "verifier", "tool", "selector")
 """planner: task -> numbered plan; solver: context -> steps + answer; critic: answer ->
@@ -179,7 +180,7 @@ class GraphSpec(BaseModel):
         for node in self.nodes:
             if node.name == name:
                 return node
-        raise GraphSpecError(f"graph '{self.name}' has no node named '{name}' (nodes: {self._names()})")
+        raise GraphSpecError(f"graph {self.name!r} has no node named {name!r} (nodes: {self._names()})")
 
     def out_edges(self, name: str) -> list[EdgeSpec]:
         return [e for e in self.edges if e.source == name]
@@ -204,14 +205,52 @@ class GraphSpec(BaseModel):
         return ", ".join(n.name for n in self.nodes) or "none"
 
 
-def node_spec(name: str, role: str, options: dict[str, Any]) -> NodeSpec:
-    """A NodeSpec, with pydantic's complaints turned into one actionable line."""
+def check_graph_name(name: Any) -> str:
+    """``name`` if it can name a graph (one line of printable text), else a GraphSpecError."""
+    if not isinstance(name, str) or not name.strip() or not name.isprintable():
+        raise GraphSpecError(
+            f"graph name {name!r} is not usable; name the graph with one line of text, e.g. Graph('plan_solve_check')"
+        )
+    return name
+
+
+def _check_node_name(name: Any) -> None:
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise GraphSpecError(
             f"node name {name!r} is not usable; use letters, digits, '_' or '-', starting with a letter (e.g. 'solve')"
         )
-    if role not in ROLES:
+
+
+def _check_role(name: str, role: Any) -> None:
+    if not isinstance(role, str) or role not in ROLES:
         raise GraphSpecError(f"node '{name}': unknown role {role!r}; choose one of: {', '.join(ROLES)}")
+
+
+def _shown(part: Any) -> str:
+    """A part of a field's location as written; quoted when it is not plain text (the
+    location holds dict keys, such as a router's labels)."""
+    if isinstance(part, str):
+        return part if part and part.isprintable() else repr(part)
+    return str(part)
+
+
+def _invalid(where: str, exc: ValidationError) -> GraphSpecError:
+    """pydantic's first complaint as one line naming the field, the value and the fix."""
+    error = exc.errors()[0]
+    field = ".".join(_shown(part) for part in error["loc"]) or "the spec"
+    if error["type"] == "missing":
+        return GraphSpecError(f"{where}: {field} is missing; add it")
+    if error["type"] == "extra_forbidden":
+        return GraphSpecError(f"{where}: unknown key {field}; remove it")
+    value = repr(error.get("input"))
+    value = value if len(value) <= 80 else value[:77] + "..."
+    return GraphSpecError(f"{where}: {field}={value} is invalid ({error['msg'].lower()}); fix the value of {field}")
+
+
+def node_spec(name: str, role: str, options: dict[str, Any]) -> NodeSpec:
+    """A NodeSpec, with pydantic's complaints turned into one actionable line."""
+    _check_node_name(name)
+    _check_role(name, role)
     allowed = [f for f in NodeSpec.model_fields if f not in ("name", "role")]
     for key in options:
         if key not in allowed:
@@ -224,11 +263,18 @@ def node_spec(name: str, role: str, options: dict[str, Any]) -> NodeSpec:
     try:
         return NodeSpec(name=name, role=role, **options)
     except ValidationError as exc:
-        error = exc.errors()[0]
-        field = ".".join(str(part) for part in error["loc"])
-        raise GraphSpecError(
-            f"node '{name}': {field}={error.get('input')!r} is invalid ({error['msg'].lower()}); fix the value of {field}"
-        ) from None
+        raise _invalid(f"node '{name}'", exc) from None
+
+
+def graph_spec(data: Any) -> GraphSpec:
+    """A GraphSpec from a dict (e.g. read from JSON or YAML), with pydantic's complaints
+    turned into one actionable line."""
+    if not isinstance(data, dict):
+        raise GraphSpecError(f"a graph spec is a dict with name, nodes, edges and entry, not {type(data).__name__}")
+    try:
+        return GraphSpec.model_validate(data)
+    except ValidationError as exc:
+        raise _invalid("graph spec", exc) from None
 
 
 # --- validation ------------------------------------------------------------------------------
@@ -236,25 +282,33 @@ def node_spec(name: str, role: str, options: dict[str, Any]) -> NodeSpec:
 
 def validate_spec(spec: GraphSpec) -> GraphSpec:
     """Raise GraphSpecError for the first problem found; return the spec when there is none."""
+    check_graph_name(spec.name)
+    # a spec built from a dict (Graph.from_spec) has not been through node_spec's checks
+    for node in spec.nodes:
+        _check_node_name(node.name)
+        _check_role(node.name, node.role)
     names = [n.name for n in spec.nodes]
     nodes = {n.name: n for n in spec.nodes}
     listing = spec._names()
     if not spec.nodes:
-        raise GraphSpecError(f"graph '{spec.name}' has no nodes; add one, e.g. .add_node('solve', role='solver')")
-    duplicates = sorted({n for n in names if names.count(n) > 1})
+        raise GraphSpecError(f"graph {spec.name!r} has no nodes; add one, e.g. .add_node('solve', role='solver')")
+    counts = Counter(names)
+    duplicates = sorted(n for n, k in counts.items() if k > 1)
     if duplicates:
-        raise GraphSpecError(f"graph '{spec.name}' has two nodes named '{duplicates[0]}'; give each node its own name")
+        raise GraphSpecError(f"graph {spec.name!r} has two nodes named '{duplicates[0]}'; give each node its own name")
     for node in spec.nodes:
         _check_node_options(node)
     if spec.entry is None:
-        raise GraphSpecError(f"graph '{spec.name}' has no entry point; call .set_entry(<node>) (nodes: {listing})")
-    if spec.entry not in nodes:
-        raise GraphSpecError(f"entry '{spec.entry}': no node named '{spec.entry}' (nodes: {listing})")
+        raise GraphSpecError(f"graph {spec.name!r} has no entry point; call .set_entry(<node>) (nodes: {listing})")
+    if not isinstance(spec.entry, str) or spec.entry not in nodes:
+        raise GraphSpecError(f"entry {spec.entry!r}: no node named {spec.entry!r} (nodes: {listing})")
 
     for edge in spec.edges:
         for end in (edge.source, edge.target):
             if end not in nodes:
-                raise GraphSpecError(f"edge '{edge.source} -> {edge.target}': no node named '{end}' (nodes: {listing})")
+                raise GraphSpecError(
+                    f"edge {f'{edge.source} -> {edge.target}'!r}: no node named {end!r} (nodes: {listing})"
+                )
         source = nodes[edge.source]
         if edge.when is not None and edge.when not in source.emits():
             if not source.emits():
@@ -412,20 +466,23 @@ def _check_cycles_are_bounded(spec: GraphSpec, nodes: dict[str, NodeSpec]) -> No
         if not bounded(edge):
             graph[edge.source].append(edge.target)
     state: dict[str, int] = {}  # 1: on the DFS stack, 2: done
-    stack: list[str] = []
 
-    def visit(name: str) -> list[str] | None:
-        state[name] = 1
-        stack.append(name)
-        for nxt in graph[name]:
-            if state.get(nxt) == 1:
-                return stack[stack.index(nxt):] + [nxt]
-            if nxt not in state:
-                found = visit(nxt)
-                if found:
-                    return found
-        stack.pop()
-        state[name] = 2
+    def visit(root: str) -> list[str] | None:
+        # depth-first with an explicit stack: a long chain of nodes must not hit Python's recursion limit
+        state[root] = 1
+        stack, pending = [root], [iter(graph[root])]
+        while pending:
+            for nxt in pending[-1]:
+                if state.get(nxt) == 1:
+                    return stack[stack.index(nxt):] + [nxt]
+                if nxt not in state:
+                    state[nxt] = 1
+                    stack.append(nxt)
+                    pending.append(iter(graph[nxt]))
+                    break
+            else:
+                state[stack.pop()] = 2
+                pending.pop()
         return None
 
     for name in nodes:

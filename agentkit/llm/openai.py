@@ -34,14 +34,19 @@ _EXAMPLE_URL = "http://127.0.0.1:8000/v1"
 def check_base_url(url: str, flag: str = "--base-url") -> str:
     """``url`` if it is a server's API root (http or https, a host, a valid port), else a
     one-line BackendError at once, before anything waits on the network."""
-    parts = urlsplit(url.strip()) if isinstance(url, str) else None
+    shown = repr(url)[1:-1] if isinstance(url, str) else repr(url)  # a control character cannot break the line
+    try:
+        parts = urlsplit(url.strip()) if isinstance(url, str) else None
+    except ValueError as exc:  # e.g. "Invalid IPv6 URL": an unclosed or invalid [host]
+        raise BackendError(f"{flag} {shown}: not a server URL ({' '.join(str(exc).split())}); pass the server's API root "
+                           f"with its scheme and host, e.g. {flag} {_EXAMPLE_URL}") from None
     if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
-        raise BackendError(f"{flag} {url}: not a server URL; pass the server's API root with its scheme and host, "
+        raise BackendError(f"{flag} {shown}: not a server URL; pass the server's API root with its scheme and host, "
                            f"e.g. {flag} {_EXAMPLE_URL}")
     try:
         parts.port
     except ValueError:
-        raise BackendError(f"{flag} {url}: the port is not 0-65535; pass e.g. {flag} {_EXAMPLE_URL}") from None
+        raise BackendError(f"{flag} {shown}: the port is not 0-65535; pass e.g. {flag} {_EXAMPLE_URL}") from None
     return url
 
 

@@ -49,7 +49,9 @@ class ScriptedLLM:
 
     @staticmethod
     def decode(token_ids: Sequence[int]) -> str:
-        return bytes(t - _OFFSET for t in token_ids if t >= _OFFSET).decode("utf-8", "replace")
+        """Text of the byte tokens in ``token_ids``; any other id (pad/eos/bos, or one past
+        the 256 bytes) has no text, as a tokenizer skips special tokens."""
+        return bytes(t - _OFFSET for t in token_ids if _OFFSET <= t < _OFFSET + 256).decode("utf-8", "replace")
 
     def _next_reply(self, prompt_text: str, request: GenerationRequest) -> str:
         with self._lock:

@@ -8,9 +8,9 @@ Every HTTP request runs in its own thread and hands its prompts to the backend: 
 backend gathers concurrent HTTP requests into one batch.
 
 One client cannot stall the others (issue 13):
-- ``max_tokens`` above the server's ceiling (by default the model's context length) is a
-  400, a body above ``max_body_bytes`` a 413, and a client that stops sending for
-  ``read_timeout_s`` is dropped.
+- ``max_tokens`` above the server's ceiling (by default the model's context length) or
+  ``n`` above ``max_n`` is a 400, a body above ``max_body_bytes`` a 413, and a client that
+  stops sending for ``read_timeout_s`` is dropped.
 - While a request generates, its thread watches the client's socket. When the client goes
   away, or the request has run ``request_timeout_s`` (a 504), the request is cancelled. A
   backend with ``submit`` (the transformers backend) then drops its rows from the batch at
@@ -48,7 +48,7 @@ from agentkit.errors import BackendError
 from agentkit.llm._listen import address_family, check_listen_address, listen_error
 from agentkit.llm._streaming import StreamedText
 from agentkit.llm._wire import (
-    HTTPError, error_object, field, is_int, is_number, one_line, parse_body, parse_prompts, parse_stop,
+    HTTPError, error_object, field, is_int, is_number, one_line, parse_body, parse_prompts, parse_stop, shown,
 )
 from agentkit.llm.base import Completion, GenerationRequest, LLM
 
@@ -71,6 +71,9 @@ class ServerLimits:
     max_tokens: int | None = None
     """Largest ``max_tokens`` a request may ask for; None: the backend's ``context_length``
     (no ceiling for a backend without one)."""
+    max_n: int = 64
+    """Largest ``n`` (samples per prompt) a request may ask for; a larger one is answered
+    400 before the backend sees it."""
     max_body_bytes: int = 16 * 2**20
     """Largest request body; a larger one is answered 413."""
     request_timeout_s: float = 600.0
@@ -265,8 +268,9 @@ class CompletionServer(ThreadingHTTPServer):
         adapters = self.llm.list_adapters()
         if isinstance(model, str) and model in adapters:
             return model
-        served = ", ".join([self.model_name, *adapters])
-        raise HTTPError(404, f"The model `{model}` does not exist (served: {served}).")
+        served = ", ".join(shown(name) for name in [self.model_name, *adapters])
+        # vLLM's wording; the name escaped as repr does it, so that it cannot break the line
+        raise HTTPError(404, f"The model `{shown(model)}` does not exist (served: {served}).")
 
     def completions(self, body: dict, client: "_Handler | None" = None) -> dict | _EventStream:
         """The completion as a JSON object, or with ``"stream": true`` its events.
@@ -275,6 +279,9 @@ class CompletionServer(ThreadingHTTPServer):
         prompts = parse_prompts(body.get("prompt"))
         adapter = self._adapter_for(body.get("model"))
         n = field(body, "n", 1, lambda v: is_int(v) and v >= 1, "an integer >= 1")
+        if n > self.limits.max_n:
+            raise HTTPError(400, f"n={n}: must be at most {self.limits.max_n}, this server's limit on samples per prompt; "
+                                 "ask for fewer", param="n")
         max_tokens = field(body, "max_tokens", 16, lambda v: is_int(v) and v >= 0, "an integer >= 0")
         limit = self.max_tokens_limit
         if limit is not None and max_tokens > limit:
@@ -306,6 +313,7 @@ class CompletionServer(ThreadingHTTPServer):
             ]
         except ValueError as exc:
             raise HTTPError(400, one_line(exc)) from exc
+        self._check_prompts(prompts, max_tokens)
 
         if stream:
             return self._stream(requests, include_usage, client, deadline)
@@ -408,6 +416,33 @@ class CompletionServer(ThreadingHTTPServer):
 
         return _EventStream(events(), future, self._finish)
 
+    def _check_prompts(self, prompts: list[str | list[int]], max_tokens: int) -> None:
+        """A 400 for a prompt the model cannot take, before it reaches the backend (where
+        it would fail the batch it landed in): a token id outside the vocabulary, or a
+        prompt that, with ``max_tokens``, does not fit the model's context. The echo scoring
+        of a long prompt (max_tokens 0) is bounded by the same check."""
+        context = getattr(self.llm, "context_length", None)
+        vocab = getattr(self.llm, "vocab_size", None)
+        for i, prompt in enumerate(prompts):
+            name = "prompt" if len(prompts) == 1 else f"prompt[{i}]"
+            if context is not None:
+                length = len(self.llm.tokenize(prompt)) if isinstance(prompt, str) else len(prompt)
+                if length > context:
+                    raise HTTPError(400, f"{name}: {length} tokens, more than the model's context length of {context}; "
+                                         "send a shorter prompt", param="prompt")
+                if length + max_tokens > context:
+                    raise HTTPError(
+                        400, f"max_tokens={max_tokens}: with a prompt of {length} tokens that is {length + max_tokens} "
+                             f"tokens, more than the model's context length of {context}; ask for at most {context - length}",
+                        param="max_tokens",
+                    )
+            if isinstance(prompt, list):
+                bad = next((t for t in prompt if t < 0 or (vocab is not None and t >= vocab)), None)
+                if bad is not None:
+                    limit = (f"outside the model's vocabulary of {vocab} ids (0-{vocab - 1})" if vocab is not None
+                             else "negative: token ids are >= 0")
+                    raise HTTPError(400, f"{name}: token id {bad} is {limit}", param="prompt")
+
     def _prompt_ids(self, request: GenerationRequest) -> list[int]:
         return self.llm.tokenize(request.prompt) if isinstance(request.prompt, str) else list(request.prompt)
 
@@ -465,9 +500,20 @@ class CompletionServer(ThreadingHTTPServer):
 
     def detokenize(self, body: dict) -> dict:
         tokens = body.get("tokens")
-        if not isinstance(tokens, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in tokens):
+        if not isinstance(tokens, list) or not all(is_int(t) for t in tokens):
             raise HTTPError(400, "tokens: required (a list of token ids)", param="tokens")
-        return {"prompt": self.llm.decode(tokens)}
+        vocab = getattr(self.llm, "vocab_size", None)
+        bad = next((t for t in tokens if t < 0 or (vocab is not None and t >= vocab)), None)
+        if bad is not None:
+            limit = (f"outside the model's vocabulary of {vocab} ids (0-{vocab - 1})" if vocab is not None
+                     else "negative: token ids are >= 0")
+            raise HTTPError(400, f"tokens: token id {bad} is {limit}", param="tokens")
+        try:
+            text = self.llm.decode(tokens)
+        except (ValueError, TypeError, IndexError, OverflowError, KeyError) as exc:  # an id this tokenizer has no text for
+            raise HTTPError(400, f"tokens: the model cannot decode them ({one_line(f'{type(exc).__name__}: {exc}')})",
+                            param="tokens") from exc
+        return {"prompt": text}
 
     def load_lora_adapter(self, body: dict) -> str:
         name, path = body.get("lora_name"), body.get("lora_path")
@@ -480,18 +526,18 @@ class CompletionServer(ThreadingHTTPServer):
         try:
             self.llm.load_adapter(name, path)
         except Exception as exc:  # the backend's own reason (missing dir, wrong base model...)
-            raise HTTPError(400, f"cannot load LoRA adapter '{name}' from {path}: {one_line(exc)}") from exc
-        return f"Success: LoRA adapter '{name}' added successfully."
+            raise HTTPError(400, f"cannot load LoRA adapter '{shown(name)}' from {shown(path)}: {one_line(exc)}") from exc
+        return f"Success: LoRA adapter '{shown(name)}' added successfully."
 
     def unload_lora_adapter(self, body: dict) -> str:
         name = body.get("lora_name")
         if not isinstance(name, str) or not name:
             raise HTTPError(400, "lora_name: required (a string)", param="lora_name")
         if name not in self.llm.list_adapters():
-            loaded = ", ".join(self.llm.list_adapters()) or "none"
-            raise HTTPError(404, f"The lora adapter '{name}' cannot be found (loaded: {loaded}).", param="lora_name")
+            loaded = ", ".join(shown(a) for a in self.llm.list_adapters()) or "none"
+            raise HTTPError(404, f"The lora adapter '{shown(name)}' cannot be found (loaded: {loaded}).", param="lora_name")
         self.llm.unload_adapter(name)
-        return f"Success: LoRA adapter '{name}' removed successfully."
+        return f"Success: LoRA adapter '{shown(name)}' removed successfully."
 
 
 _GET_ROUTES = {"/v1/models": "models", "/health": "health"}
@@ -572,7 +618,7 @@ class _Handler(BaseHTTPRequestHandler):
             if path not in routes:
                 if path in _GET_ROUTES or path in _POST_ROUTES:
                     raise HTTPError(405, f"{method} {path}: method not allowed")
-                raise HTTPError(404, f"no route {method} {path} (routes: {', '.join([*_GET_ROUTES, *_POST_ROUTES])})")
+                raise HTTPError(404, f"no route {method} {shown(path)} (routes: {', '.join([*_GET_ROUTES, *_POST_ROUTES])})")
             body = parse_body(raw) if method == "POST" else {}
             endpoint = getattr(self.server, routes[path])
             result = endpoint(body, client=self) if routes[path] == "completions" else endpoint(body)
@@ -588,11 +634,11 @@ class _Handler(BaseHTTPRequestHandler):
         except Exception as exc:  # never a traceback in a response; one line in the log
             message = one_line(f"{type(exc).__name__}: {exc}")
             logger.error("%s %s failed: %s", method, path, message)
-            self._send(500, {"error": error_object(500, f"{method} {path} failed: {message}")})
+            self._send(500, {"error": error_object(500, f"{method} {shown(path)} failed: {message}")})
 
     def _send(self, status: int, result: dict | str) -> None:
         if isinstance(result, str):
-            payload, content_type = result.encode("utf-8"), "text/plain; charset=utf-8"
+            payload, content_type = result.encode("utf-8", "backslashreplace"), "text/plain; charset=utf-8"
         else:
             payload, content_type = json.dumps(result).encode("utf-8"), "application/json"
         try:

@@ -165,6 +165,7 @@ class TransformersLLM:
         self._open: list[tuple[_Job, list[list[_Row]]]] = []  # generate jobs being decoded
         self._seed_rng = random.Random(0)
         self._closed = False
+        self._closing = threading.Lock()  # over _closed and putting on the queue
         self.stats = {"batches": 0, "rows": 0, "generated_tokens": 0, "max_rows_in_batch": 0, "joined_rows": 0}
         self._worker = threading.Thread(target=self._work, name="agentkit-batcher", daemon=True)
         self._worker.start()
@@ -201,6 +202,11 @@ class TransformersLLM:
     def context_length(self) -> int | None:
         """Most positions (prompt and completion) the model was built for."""
         return getattr(self.model.config, "max_position_embeddings", None)
+
+    @property
+    def vocab_size(self) -> int:
+        """How many token ids the model embeds: every prompt id must be below this."""
+        return int(self.model.get_input_embeddings().weight.shape[0])
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[list[Completion]]:
         return self.submit(requests).result()
@@ -243,14 +249,23 @@ class TransformersLLM:
         """Stop the worker. Requests still queued or being decoded are cancelled (their
         callers get CancelledError) and leave the batch at its next decode step, so closing
         never waits for a long batch to run to the end (Ctrl-C during `agentkit run`)."""
-        if not self._closed:
+        with self._closing:  # no job is enqueued between the flag and the end marker
+            if self._closed:
+                return
             self._closed = True
             with self._queue.mutex:
                 queued = [job for job in self._queue.queue if job is not None]
-            for job in queued + [job for job in list(self._held) if job is not None] + [j for j, _ in list(self._open)]:
-                job.future.cancel()
             self._queue.put(None)
-            self._worker.join(timeout=30)
+        for job in queued + [job for job in list(self._held) if job is not None] + [j for j, _ in list(self._open)]:
+            job.future.cancel()
+        self._worker.join(timeout=30)
+        while True:  # anything the worker never took: its caller must not wait forever
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None:
+                job.future.cancel()
 
     def __enter__(self) -> "TransformersLLM":
         return self
@@ -264,10 +279,11 @@ class TransformersLLM:
         return self._enqueue(kind, payload, adapter).result()
 
     def _enqueue(self, kind: str, payload: Any, adapter: str | None = None, on_token: Any = None) -> Future:
-        if self._closed:
-            raise BackendError("this TransformersLLM is closed")
         job = _Job(kind, payload, Future(), adapter, on_token)
-        self._queue.put(job)
+        with self._closing:
+            if self._closed:
+                raise BackendError("this TransformersLLM is closed")
+            self._queue.put(job)
         return job.future
 
     def _next_job(self, timeout: float | None = None) -> _Job | None:
@@ -319,10 +335,16 @@ class TransformersLLM:
         if not gen_jobs:
             return
         try:
-            rows_per_job = [self._make_rows(j.payload, j.on_token) for j in gen_jobs]
-            self._open = list(zip(gen_jobs, rows_per_job))
+            self._open = []
+            for job in gen_jobs:
+                try:
+                    job_rows = self._make_rows(job.payload, job.on_token)
+                except Exception as e:  # a bad request fails alone, not its batch
+                    _answer(job.future, error=e)
+                    continue
+                self._open.append((job, job_rows))
             by_adapter: dict[str | None, list[_Row]] = {}
-            for rows in rows_per_job:
+            for _, rows in list(self._open):
                 for job_rows in rows:
                     for row in job_rows:
                         by_adapter.setdefault(row.request.adapter, []).append(row)
@@ -332,7 +354,9 @@ class TransformersLLM:
             self._resolve_finished()
         except Exception as e:
             log.exception("generation failed")
-            for job, _ in self._open:
+            # every job this batch took, and every one that joined it: none is left pending
+            # (an already answered one keeps its answer)
+            for job in gen_jobs + [j for j, _ in self._open]:
                 _answer(job.future, error=e)
         finally:
             self._open = []
@@ -399,8 +423,7 @@ class TransformersLLM:
         out = []
         for k, request in enumerate(requests):
             prompt_ids = self.tokenize(request.prompt) if isinstance(request.prompt, str) else list(request.prompt)
-            if not prompt_ids:
-                raise BackendError("empty prompt: pass at least one token")
+            self._check_prompt(prompt_ids, request.max_tokens)
             job_rows = []
             for i in range(request.n):
                 gen = None
@@ -412,6 +435,23 @@ class TransformersLLM:
                     job_rows[-1].on_token = lambda token, k=k, i=i: on_token(k, i, token)
             out.append(job_rows)
         return out
+
+    def _check_prompt(self, prompt_ids: list[int], max_tokens: int) -> None:
+        """A one-line BackendError for a prompt the model cannot take: empty, an id outside
+        the vocabulary (the embedding would raise IndexError for the whole batch), or longer,
+        with its max_tokens, than the model's context."""
+        if not prompt_ids:
+            raise BackendError("empty prompt: pass at least one token")
+        vocab = self.vocab_size
+        bad = next((t for t in prompt_ids if not 0 <= t < vocab), None)
+        if bad is not None:
+            raise BackendError(f"token id {bad} in the prompt is outside the vocabulary of {vocab} ids (0-{vocab - 1})")
+        context = self.context_length
+        if context is not None and len(prompt_ids) + max_tokens > context:
+            raise BackendError(
+                f"prompt of {len(prompt_ids)} tokens + max_tokens={max_tokens} is {len(prompt_ids) + max_tokens} tokens: "
+                f"more than the model's context length of {context}; send a shorter prompt or ask for fewer tokens"
+            )
 
     def _completion(self, row: _Row) -> Completion:
         return Completion(
@@ -513,13 +553,16 @@ class TransformersLLM:
                 self._drop_cancelled()
                 keep = []
                 now = time.perf_counter()
+                appended = 0
                 for i, r in enumerate(active):
-                    self._append(r, tokens_l[i], logprobs_l[i])
+                    if r.finish_reason is None:  # not cancelled by _drop_cancelled just now
+                        self._append(r, tokens_l[i], logprobs_l[i])
+                        appended += 1
                     if r.finish_reason is None:
                         keep.append(i)
                     else:
                         r.latency_s = now - r.started
-                self.stats["generated_tokens"] += len(active)
+                self.stats["generated_tokens"] += appended
                 self._resolve_finished()
                 if not keep:
                     break

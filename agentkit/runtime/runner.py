@@ -17,7 +17,7 @@ from agentkit.runtime.agents import Agent, SolveAgent
 from agentkit.runtime.recorder import Budget, Recorder
 from agentkit.tasks import Suite, Task
 
-__all__ = ["RunResult", "RunReport", "RunsInterrupted", "run_tasks", "resume_run"]
+__all__ = ["RunResult", "RunReport", "RunsInterrupted", "run_tasks", "resume_run", "resume_runs"]
 
 
 @dataclass
@@ -121,67 +121,99 @@ def run_tasks(
     statistics; every ``learning.reflect_every`` runs, ``llm`` reflects on them), so the
     tasks that start later read what the earlier ones taught it."""
     agent = agent or SolveAgent()
-    start = time.perf_counter()
     report = RunReport()
     learn = _learner(library, learning, llm, store, suite, report.memory) if library is not None else None
-    stop = threading.Event()  # set by Ctrl-C: no task starts after it, no run is closed as failed
-    in_flight: set[int] = set()  # runs started and not yet closed
-    lock = threading.Lock()
+    flight = _Flight(store)
 
-    def one(task: Task) -> RunResult | None:
+    def one(index: int) -> RunResult | None:
+        task = tasks[index]
         version, task_llm = policy.current() if policy is not None else (policy_version, llm)
         # an agent may record more on the run row (a graph agent: what resuming needs); the
         # task itself lets the background trainer rebuild pairs from the run
         extra = agent.run_meta(task, suite) if hasattr(agent, "run_meta") else {}
-        with lock:  # a run either starts before Ctrl-C, and is in flight, or never starts
-            if stop.is_set():
-                return None
-            run_id = store.start_run(
-                agent.name, suite=suite.name, task_id=task.id, split=task.split,
-                model=model_name or getattr(llm, "model_name", None), policy_version=version,
-                meta={"level": task.level, "task": task.model_dump(mode="json"), **extra},
-            )
-            in_flight.add(run_id)
+        run_id = flight.open_run(lambda: store.start_run(
+            agent.name, suite=suite.name, task_id=task.id, split=task.split,
+            model=model_name or getattr(llm, "model_name", None), policy_version=version,
+            meta={"level": task.level, "task": task.model_dump(mode="json"), **extra},
+        ))
+        if run_id is None:
+            return None
         recorder = Recorder(task_llm, store, run_id, budget=budget, policy_version=version)
-        result = _execute(lambda: agent(task, suite, recorder), suite, task, store, run_id, stop=stop)
-        with lock:
-            in_flight.discard(run_id)
+        result = _execute(lambda: agent(task, suite, recorder), suite, task, store, run_id, flight=flight, index=index)
         if learn and result is not None:
             learn(result, task)  # on this thread, before it takes its next task
         return result
 
+    return _run_all(one, len(tasks), concurrency, flight, report, on_result)
+
+
+class _Flight:
+    """The runs of one batch in flight, and the line Ctrl-C draws through them: a run
+    either closes before the interrupt (its result is reported) or is marked interrupted by
+    it, never both, since both sides hold the lock while they decide."""
+
+    def __init__(self, store: Any):
+        self.store = store
+        self.lock = threading.Lock()
+        self.interrupted = False
+        self.open: set[int] = set()
+        self.results: dict[int, RunResult] = {}  # by task index
+
+    def open_run(self, start: Callable[[], int]) -> int | None:
+        """Open a run with ``start`` and count it in flight, or None after Ctrl-C. Under the
+        lock, so Ctrl-C never misses a run that is being opened: it is either not started
+        or among the interrupted ones."""
+        with self.lock:
+            if self.interrupted:
+                return None
+            run_id = start()
+            self.open.add(run_id)
+            return run_id
+
+    def close(self, index: int, run_id: int, finish: Callable[[], RunResult]) -> RunResult | None:
+        """Close the run with ``finish`` unless Ctrl-C came first (then None)."""
+        with self.lock:
+            if self.interrupted:
+                return None
+            result = self.results[index] = finish()
+            self.open.discard(run_id)
+            return result
+
+    def interrupt(self) -> list[int]:
+        """Stop: the runs still in flight are marked interrupted; returns their ids."""
+        with self.lock:
+            self.interrupted = True
+            still = sorted(self.open)
+        return self.store.interrupt_runs(still, error=INTERRUPTED)
+
+
+def _run_all(one: Callable[[int], RunResult | None], n: int, concurrency: int, flight: _Flight, report: RunReport,
+             on_result: Callable[[RunResult], None] | None) -> RunReport:
+    """``one(i)`` for i < n on ``concurrency`` threads, results into ``report`` in index order.
+
+    Ctrl-C stops at once: nothing new starts, the runs in flight are marked interrupted
+    (their threads end when the backend closes under them) and RunsInterrupted carries
+    what finished. Any other error waits for the runs in flight to close, then raises."""
+    start = time.perf_counter()
     pool = ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="agentkit-run")
-    futures = {pool.submit(one, task): i for i, task in enumerate(tasks)}
-    by_index: dict[int, RunResult] = {}
+    futures = []
     try:
+        futures += [pool.submit(one, i) for i in range(n)]  # Ctrl-C may come while threads start
         for future in as_completed(futures):
             result = future.result()
-            if result is None:
-                continue
-            by_index[futures[future]] = result
-            if on_result:
+            if result is not None and on_result:
                 on_result(result)
     except KeyboardInterrupt:
-        # Stop at once: nothing new starts, the runs in flight are closed as interrupted
-        # now (their threads finish in the background when the backend closes), and the
-        # caller gets what finished.
-        with lock:
-            stop.set()
-            unfinished = sorted(in_flight)
+        interrupted = flight.interrupt()
         pool.shutdown(wait=False, cancel_futures=True)
-        for future, i in futures.items():  # finished while the interrupt arrived
-            if future.done() and not future.cancelled() and future.exception() is None and future.result():
-                by_index[i] = future.result()
-        unfinished = store.interrupt_runs(unfinished, error=INTERRUPTED)
-        report.results = [by_index[i] for i in sorted(by_index)]
+        report.results = [flight.results[i] for i in sorted(flight.results)]
         report.wall_s = time.perf_counter() - start
-        raise RunsInterrupted(report, unfinished) from None
+        raise RunsInterrupted(report, interrupted) from None
     except BaseException:
-        stop.set()
-        pool.shutdown(wait=False, cancel_futures=True)
+        pool.shutdown(wait=True, cancel_futures=True)
         raise
     pool.shutdown()
-    report.results = [by_index[i] for i in sorted(by_index)]
+    report.results = [flight.results[i] for i in sorted(flight.results)]
     report.wall_s = time.perf_counter() - start
     return report
 
@@ -221,15 +253,15 @@ def _learner(library: Any, learning: Any, llm: LLM, store: Any, suite: Suite,
     return learn
 
 
-def _execute(call: Callable[[], str], suite: Suite, task: Task, store: Any, run_id: int,
-             stop: threading.Event | None = None) -> RunResult | None:
+def _execute(call: Callable[[], str], suite: Suite, task: Task, store: Any, run_id: int, *,
+             flight: _Flight | None = None, index: int = 0) -> RunResult | None:
     """Run the agent, verify its text and close the run row, whatever happens inside.
-    None when ``stop`` was set before the agent finished: the interrupting thread has
-    closed the run row already, and a failure caused by the interruption (the backend
-    closing under the call) is not the run's."""
+    In a batch (``flight``): None when Ctrl-C came before the run closed; the interrupt
+    marked it, and a failure it caused (the backend closing under the call) is not the run's."""
     t0 = time.perf_counter()
     text, error, status = "", None, "failure"
     reward, step_acc = 0.0, None
+    fatal: AgentkitError | None = None
     try:
         text = call()
         reward = suite.verify(task, text)
@@ -238,23 +270,25 @@ def _execute(call: Callable[[], str], suite: Suite, task: Task, store: Any, run_
     except BudgetExceeded as e:
         status, error = "budget", str(e)
     except AgentkitError as e:
-        if stop is not None and stop.is_set():
-            return None
         # a configuration problem (bad adapter, dead server) stops the whole batch, but
         # the run row still says what happened
-        store.finish_run(run_id, status="error", reward=0.0, wall_s=time.perf_counter() - t0, error=str(e))
-        raise
+        status, error, fatal = "error", str(e), e
     except Exception as e:  # one task's crash is recorded, never the batch's end
         status, error = "error", f"{type(e).__name__}: {e}"
-    if stop is not None and stop.is_set():
-        return None
-    wall = time.perf_counter() - t0
-    store.finish_run(run_id, status=status, reward=reward, step_accuracy=step_acc, wall_s=wall, error=error)
-    run = store.get_run(run_id, steps=True)
-    return RunResult(
-        run_id, task.id, status, reward, step_acc, run.calls or 0, run.tokens or 0,
-        sum(s.completion_tokens or 0 for s in run.steps), wall, text, error,
-    )
+
+    def finish() -> RunResult:
+        wall = time.perf_counter() - t0
+        store.finish_run(run_id, status=status, reward=reward, step_accuracy=step_acc, wall_s=wall, error=error)
+        run = store.get_run(run_id, steps=True)
+        return RunResult(
+            run_id, task.id, status, reward, step_acc, run.calls or 0, run.tokens or 0,
+            sum(s.completion_tokens or 0 for s in run.steps), wall, text, error,
+        )
+
+    result = finish() if flight is None else flight.close(index, run_id, finish)
+    if fatal is not None and result is not None:
+        raise fatal
+    return result
 
 
 RESUMABLE = ("running", "interrupted", "error")
@@ -291,10 +325,47 @@ def resume_run(
         agent, suite, task = agent or restored, suite or restored_suite, task or restored_task
     if not hasattr(agent, "resume"):
         raise StoreError(f"the '{agent.name}' agent cannot resume runs; only graph agents (GraphAgent) can")
-    store.reopen_run(run_id)  # running again, owned by this process
+    return _resume(llm, store, run, agent, suite, task, budget)
+
+
+def _resume(llm: LLM, store: Any, run: Any, agent: Any, suite: Suite, task: Task, budget: Budget, *,
+            flight: _Flight | None = None, index: int = 0) -> RunResult | None:
+    def reopen() -> int:
+        store.reopen_run(run.id)  # running again, owned by this process
+        return run.id
+
+    if flight is None:
+        reopen()
+    elif flight.open_run(reopen) is None:
+        return None
     steps = run.steps or []
     model_calls = sum(1 for s in steps if s.prompt_ids is not None)
     tokens = sum((s.prompt_tokens or 0) + (s.completion_tokens or 0) for s in steps)
-    recorder = Recorder(llm, store, run_id, budget=budget, policy_version=run.policy_version,
+    recorder = Recorder(llm, store, run.id, budget=budget, policy_version=run.policy_version,
                         calls=model_calls, tokens=tokens)
-    return _execute(lambda: agent.resume(task, suite, recorder), suite, task, store, run_id)
+    return _execute(lambda: agent.resume(task, suite, recorder), suite, task, store, run.id, flight=flight, index=index)
+
+
+def resume_runs(
+    store: Any,
+    runs: Sequence[Any],
+    restored: Sequence[tuple[Any, Suite, Task]],
+    llm_for: Callable[[Any], LLM],
+    *,
+    budget: Budget = Budget(),
+    concurrency: int = 16,
+    on_result: Callable[[RunResult], None] | None = None,
+) -> RunReport:
+    """Finish many unfinished runs together, like ``run_tasks`` (Ctrl-C included):
+    ``restored[i]`` is run i's (agent, suite, task) from ``restore_agent``, and
+    ``llm_for(run)`` the backend to finish it on (pinned to the policy version it ran)."""
+    flight = _Flight(store)
+
+    def one(i: int) -> RunResult | None:
+        if flight.interrupted:
+            return None
+        agent, suite, task = restored[i]
+        run = store.get_run(runs[i].id, steps=True)
+        return _resume(llm_for(run), store, run, agent, suite, task, budget, flight=flight, index=i)
+
+    return _run_all(one, len(runs), concurrency, flight, RunReport(), on_result)

@@ -4,7 +4,8 @@ it from many threads and processes.
 Opening never writes to a file it did not create or recognise: a missing or 0-byte
 path is initialised, an agentkit store is migrated (and its runs left 'running' by a
 process that is gone are marked 'interrupted', see store/_owners.py), anything else is
-refused with StoreError before the first byte is written. The file is inspected through SQLite only,
+refused with StoreError before the first byte is written. An up-to-date store with no
+such run is only read: opening it waits for no writer. The file is inspected through SQLite only,
 never through a Python file handle: closing any other descriptor of a database file
 drops every POSIX lock the process holds on it, so another process's close would then
 checkpoint and delete the WAL this process still writes to, and its later commits
@@ -191,11 +192,18 @@ def in_write_transaction(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connect
     The transaction either commits whole or is rolled back, so re-running fn after a
     busy error cannot duplicate rows.
     """
+    return _in_transaction(conn, fn, path, timeout, "BEGIN IMMEDIATE")
+
+
+def _in_transaction(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T], path: str, timeout: float,
+                    begin: str) -> T:
+    """fn(conn) between ``begin`` and COMMIT, retried while the file is busy; a deferred
+    BEGIN reads one snapshot without taking the write lock."""
     deadline = None
     delay = 0.001
     while True:
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            conn.execute(begin)
             try:
                 result = fn(conn)
                 conn.execute("COMMIT")
@@ -247,12 +255,20 @@ def _connect(path: str, timeout: float, synchronous: str) -> tuple[sqlite3.Conne
         _enable_wal(conn, path, timeout)
         conn.execute(f"PRAGMA synchronous = {synchronous_level(synchronous).upper()}")
 
+        def needs_writing(c: sqlite3.Connection) -> bool:
+            _check_tables(c, path)  # again, in one snapshot: the file may have changed
+            return bool(migrations.pending_migrations(c) or _owners.dead_runs(c))
+
         def setup(c: sqlite3.Connection) -> list[int]:
-            _check_tables(c, path)  # again, inside the lock: the file may have changed
+            _check_tables(c, path)  # again, inside the lock
             migrations.migrate(c)
             return _owners.mark_dead_runs(c)
 
-        interrupted = in_write_transaction(conn, setup, path, timeout)
+        # Most opens find nothing to migrate and no dead process's run: they read, and
+        # leave the write lock to the writers.
+        interrupted = []
+        if _in_transaction(conn, needs_writing, path, timeout, "BEGIN"):
+            interrupted = in_write_transaction(conn, setup, path, timeout)
     except BaseException as exc:
         conn.close()
         if isinstance(exc, sqlite3.Error):
@@ -349,7 +365,7 @@ def _inode(path: str) -> tuple[int, int] | None:
 
 class _Registry:
     """The connections this process holds, by real path. Locks are taken registry first,
-    then a connection's; connections are closed outside the registry lock."""
+    then a connection's; connections are opened and closed outside the registry lock."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -359,20 +375,27 @@ class _Registry:
         # run inside a section that holds self.lock); the queue is drained under the lock.
         self.dropped: collections.deque[_Shared] = collections.deque()
 
-    def acquire_locked(self, path: str, timeout: float, synchronous: str) -> tuple[_Shared, list[_Shared]]:
-        """A reference to the connection for ``path`` (opening it if needed), and the
-        connections to close once the lock is released. Call with self.lock held."""
-        finished = self.drain_locked()
+    def share_locked(self, path: str) -> _Shared | None:
+        """A new reference to this process's connection to ``path``, or None when there is
+        none to share. Call with self.lock held."""
         if path == ":memory:":
-            return _Shared(_connect(path, timeout, synchronous), None, synchronous), finished
+            return None  # a private database each time
         key = os.path.realpath(path)
         shared = self.open.get(key)
         # A file deleted or replaced since it was opened is a new store: never share the old one.
         if shared is None or shared.inode is None or shared.inode != _inode(key):
-            shared = self.open[key] = _Shared(_connect(path, timeout, synchronous), key, synchronous)
-        else:
-            shared.refs += 1
-        return shared, finished
+            return None
+        shared.refs += 1
+        return shared
+
+    def add_locked(self, path: str, opened: tuple[sqlite3.Connection, list[int]], synchronous: str) -> _Shared:
+        """Share ``opened``, a connection made outside the lock, as the process's connection
+        to ``path``. Call with self.lock held, after share_locked found none."""
+        if path == ":memory:":
+            return _Shared(opened, None, synchronous)
+        key = os.path.realpath(path)
+        shared = self.open[key] = _Shared(opened, key, synchronous)
+        return shared
 
     def release_locked(self, shared: _Shared) -> list[_Shared]:
         """Drop one reference; returns the connections to close once the lock is released."""
@@ -433,15 +456,34 @@ class StoreConnection:
 
     def _attach(self) -> None:
         """Take a reference to this process's connection (at open, and after a fork)."""
-        with _registry.lock:
-            if self._pid == os.getpid():
-                return  # another thread of this process got here first
-            if self._pid != -1:
-                self._finalizer.detach()  # it would release the parent's connection
-            shared, finished = _registry.acquire_locked(self.path, self.timeout, self.synchronous)
-            self._shared, self._pid = shared, os.getpid()
-            self._finalizer = weakref.finalize(self, _registry.dropped.append, shared)
-        _close_all(finished)
+        finished: list[_Shared] = []
+        opened = None  # a connection this thread made, until shared or found redundant
+        try:
+            while True:
+                with _registry.lock:
+                    if self._pid == os.getpid():  # another thread of this process got here first
+                        if opened is not None:
+                            self._shared.interrupted += opened[1]  # report what this open marked
+                        return
+                    finished += _registry.drain_locked()
+                    shared = _registry.share_locked(self.path)
+                    if shared is not None and opened is not None:
+                        shared.interrupted += opened[1]  # another thread opened the file meanwhile
+                    elif opened is not None:
+                        shared, opened = _registry.add_locked(self.path, opened, self.synchronous), None
+                    if shared is not None:
+                        if self._pid != -1:
+                            self._finalizer.detach()  # it would release the parent's connection
+                        self._shared, self._pid = shared, os.getpid()
+                        self._finalizer = weakref.finalize(self, _registry.dropped.append, shared)
+                        break
+                # Outside the registry lock: opening may wait up to `timeout` s for another
+                # process's write lock, while this process's other threads open and close stores.
+                opened = _connect(self.path, self.timeout, self.synchronous)
+        finally:
+            if opened is not None:
+                opened[0].close()
+            _close_all(finished)
         if _LEVELS[self.synchronous] > _LEVELS[shared.synchronous]:
             with shared.lock:
                 shared.conn.execute(f"PRAGMA synchronous = {self.synchronous.upper()}")

@@ -12,7 +12,7 @@ import sqlite3
 from collections.abc import Callable
 from datetime import datetime, timezone
 
-__all__ = ["MARKER_KEY", "MARKER_VALUE", "MIGRATIONS", "migrate", "utcnow"]
+__all__ = ["MARKER_KEY", "MARKER_VALUE", "MIGRATIONS", "migrate", "pending_migrations", "utcnow"]
 
 MARKER_KEY = "kind"
 MARKER_VALUE = "agentkit-store"
@@ -309,6 +309,12 @@ def m0007_run_owner(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE runs ADD COLUMN owner_start TEXT")
 
 
+def m0008_running_runs(conn: sqlite3.Connection) -> None:
+    """The runs still 'running', indexed alone: every process's first open of the store
+    looks for those whose process is gone (store/_owners.py), and most runs are finished."""
+    conn.execute("CREATE INDEX idx_runs_running ON runs (id) WHERE status = 'running'")
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = [
     ("0001_initial", m0001_initial),
     ("0002_graph_place", m0002_graph_place),
@@ -317,7 +323,18 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = [
     ("0005_experience_library", m0005_experience_library),
     ("0006_trainer", m0006_trainer),
     ("0007_run_owner", m0007_run_owner),
+    ("0008_running_runs", m0008_running_runs),
 ]
+
+
+def pending_migrations(conn: sqlite3.Connection) -> list[str]:
+    """The names of the migrations the store lacks (all of them on a new file): a read, so
+    an up-to-date store opens without taking the write lock."""
+    tables = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'"
+    if conn.execute(tables).fetchone() is None:
+        return [name for name, _ in MIGRATIONS]
+    applied = {name for (name,) in conn.execute("SELECT name FROM schema_migrations")}
+    return [name for name, _ in MIGRATIONS if name not in applied]
 
 
 def migrate(conn: sqlite3.Connection) -> list[str]:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,8 @@ from pydantic import BaseModel
 
 from agentkit.errors import StoreError
 
-from ._owners import mark_dead_runs, this_process
+from ._closing import close_run
+from ._owners import mark_dead_runs, owner_alive, this_process
 from .db import StoreConnection, utcnow
 from .db import dumps as _dumps
 from .db import loads as _loads
@@ -36,6 +36,23 @@ __all__ = ["Run", "Step", "TrajectoryStore", "RUN_STATUSES"]
 RUN_STATUSES = ("success", "failure", "error", "budget", "interrupted")
 """How a run ended; while it runs its status is 'running'. 'interrupted': stopped before it
 finished (Ctrl-C, or its process died: see ``TrajectoryStore.repair``)."""
+
+
+def _refuse_live(run_id: int, pid: int | None, host: str | None, start: str | None) -> None:
+    """Raise unless the process recorded on 'running' run ``run_id`` is surely gone:
+    resuming a live run would run it twice."""
+    alive = owner_alive(pid, host, start)
+    if alive is False:
+        return
+    if alive:
+        raise StoreError(f"run {run_id} is still running in process {pid} on {host}; resuming it here would run it "
+                         f"twice: wait for it to finish, or stop that process (kill {pid}) and resume it then")
+    if pid is None:
+        raise StoreError(f"run {run_id} is 'running' and recorded no process, so it may be live elsewhere; if "
+                         "nothing else runs it, mark it with `agentkit traces repair --unowned` first, then resume it")
+    raise StoreError(f"run {run_id} is 'running' in process {pid} on {host}, which cannot be checked from here "
+                     "(another machine or container); if that process is gone, run `agentkit traces repair` "
+                     "where it ran first, then resume it")
 
 
 class Step(BaseModel):
@@ -209,15 +226,20 @@ class TrajectoryStore:
         ).lastrowid)
 
     def reopen_run(self, run_id: int) -> TrajectoryStore:
-        """Set an unfinished run (interrupted, error or running) back to 'running', owned by
-        this process, before resuming it: while it runs, nothing marks it interrupted."""
+        """Set an unfinished run (interrupted, error, or running in a process that is gone)
+        back to 'running', owned by this process, before resuming it: while it runs,
+        nothing marks it interrupted and no other process resumes it."""
 
         def txn(c: sqlite3.Connection) -> None:
-            row = c.execute("SELECT status FROM runs WHERE id = ?", (run_id,)).fetchone()
+            row = c.execute("SELECT status, owner_pid, owner_host, owner_start FROM runs WHERE id = ?",
+                            (run_id,)).fetchone()
             if row is None:
                 raise self._no_run(run_id)
-            if row[0] not in ("running", "interrupted", "error"):
-                raise StoreError(f"run {run_id} already finished ({row[0]}); only an interrupted, error or running run reopens")
+            status, *owner = row
+            if status not in ("running", "interrupted", "error"):
+                raise StoreError(f"run {run_id} already finished ({status}); only an interrupted, error or running run reopens")
+            if status == "running":
+                _refuse_live(run_id, *owner)
             c.execute(
                 "UPDATE runs SET status = 'running', finished_at = NULL, error = NULL, "
                 "owner_pid = ?, owner_host = ?, owner_start = ? WHERE id = ?",
@@ -228,18 +250,14 @@ class TrajectoryStore:
         return self
 
     def interrupt_runs(self, run_ids: Iterable[int], *, error: str) -> list[int]:
-        """Mark 'interrupted' those of ``run_ids`` still 'running', in one transaction, and
-        return them: a run that finished meanwhile keeps its outcome (Ctrl-C in run_tasks)."""
+        """Close as 'interrupted' those of ``run_ids`` still 'running', in one transaction,
+        with their totals as finish_run records them, and return them: a run that finished
+        meanwhile keeps its outcome (Ctrl-C in run_tasks)."""
         ids = list(run_ids)
 
         def txn(c: sqlite3.Connection) -> list[int]:
-            marked = []
-            for run_id in ids:
-                done = c.execute("UPDATE runs SET status = 'interrupted', reward = 0.0, error = ?, finished_at = ? "
-                                 "WHERE id = ? AND status = 'running'", (error, utcnow(), run_id))
-                if done.rowcount:
-                    marked.append(run_id)
-            return marked
+            return [run_id for run_id in ids
+                    if close_run(c, run_id, status="interrupted", reward=0.0, error=error, running_only=True)]
 
         return self.db.write(txn) if ids else []
 
@@ -275,23 +293,9 @@ class TrajectoryStore:
             raise ValueError(f"run status {status!r} is not one of {', '.join(RUN_STATUSES)}")
 
         def txn(c: sqlite3.Connection) -> None:
-            row = c.execute("SELECT started_at FROM runs WHERE id = ?", (run_id,)).fetchone()
-            if row is None:
+            if not close_run(c, run_id, status=status, reward=reward, step_accuracy=step_accuracy, wall_s=wall_s,
+                             error=error):
                 raise self._no_run(run_id)
-            tokens, calls = c.execute(
-                "SELECT COALESCE(SUM(COALESCE(prompt_tokens, 0) + COALESCE(completion_tokens, 0)), 0), COUNT(*) "
-                "FROM steps WHERE run_id = ?",
-                (run_id,),
-            ).fetchone()
-            finished_at = utcnow()
-            wall = wall_s
-            if wall is None:
-                wall = (datetime.fromisoformat(finished_at) - datetime.fromisoformat(row[0])).total_seconds()
-            c.execute(
-                "UPDATE runs SET status = ?, reward = ?, step_accuracy = ?, tokens = ?, calls = ?, cost = ?, "
-                "wall_s = ?, error = ?, finished_at = ? WHERE id = ?",
-                (status, reward, step_accuracy, tokens, calls, float(tokens), wall, error, finished_at, run_id),
-            )
 
         self.db.write(txn)
         return self

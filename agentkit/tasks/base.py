@@ -34,9 +34,13 @@ __all__ = [
     "apply_op",
     "split_of",
     "task_id",
+    "MAX_TASKS",
 ]
 
 SPLITS = ("train", "test")
+MAX_TASKS = 10_000
+"""Most tasks one ``tasks()`` call generates: a larger ``n`` is an error at once, not minutes
+of drawing candidates until the level runs out."""
 MAX_EXPRESSION_CHARS = 200
 _MAX_PARENS = 32
 _STALE_LIMIT = 5000
@@ -250,6 +254,8 @@ class Suite(ABC):
         level = self._check_level(level)
         if not isinstance(n, int) or n < 0:
             raise TaskError(f"n={n!r}: the number of tasks must be an integer >= 0")
+        if n > MAX_TASKS:
+            raise TaskError(f"n={n}: a suite generates at most {MAX_TASKS} tasks at a time; ask for fewer")
         rng = random.Random(f"{self.name}/{level}/{seed}")
         found: list[Task] = []
         seen: set[str] = set()
@@ -288,6 +294,8 @@ class Suite(ABC):
         itself), then the task's question; the model continues after "Solution:\\n"."""
         if not isinstance(shots, int) or shots < 0:
             raise TaskError(f"shots={shots!r}: the number of examples must be an integer >= 0")
+        if shots >= MAX_TASKS:
+            raise TaskError(f"shots={shots}: at most {MAX_TASKS - 1} examples fit in a prompt; ask for fewer")
         parts = [self.instructions.strip() + "\n\n"]
         for example in self._shots(task, shots):
             parts.append(f"Question: {example.question}\nSolution:\n{example.solution}\n\n")

@@ -16,6 +16,7 @@ import json
 import math
 import random
 import re
+from decimal import Decimal
 from pathlib import Path
 from typing import Literal
 
@@ -131,7 +132,9 @@ def load_jsonl(
         raise TaskError(f"unknown checker {checker!r}; choose one of: {', '.join(CHECKERS)}")
     path = Path(path)
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        # JSON Lines ends a line at "\n" only; str.splitlines would also cut at U+2028, \x85
+        # and the like, which JSON strings may hold unescaped
+        lines = path.read_text(encoding="utf-8-sig").split("\n")  # utf-8-sig: a leading BOM (Windows editors) is dropped
     except (OSError, UnicodeDecodeError) as e:
         reason = e.strerror if isinstance(e, OSError) and e.strerror else type(e).__name__
         raise TaskError(f"cannot read tasks file '{path}' ({reason}); pass a readable UTF-8 .jsonl file") from None
@@ -149,7 +152,7 @@ def load_jsonl(
         task_id = r["id"] or f"{name}-{_content_hash(r['question'], r['answer'])}"
         if task_id in first_line:
             raise TaskError(
-                f"{path} line {number}: duplicate id '{task_id}' (first on line {first_line[task_id]}); "
+                f"{path} line {number}: duplicate id {task_id!r} (first on line {first_line[task_id]}); "
                 "remove the line or give each line its own \"id\""
             )
         first_line[task_id] = number
@@ -169,12 +172,26 @@ def _default_split(question: str) -> str:
     return "train" if split_of(question) == "test" else "test"
 
 
+def _unpaired_surrogate(text: str) -> str | None:
+    """The first lone surrogate in ``text`` (JSON's "\\ud800" decodes to one), which no
+    tokenizer or hash can encode; None when there is none."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return text[e.start]
+    return None
+
+
 def _read_line(path: Path, number: int, line: str, checker: str) -> dict:
     where = f"{path} line {number}"
     try:
         obj = json.loads(line)
     except json.JSONDecodeError as e:
         raise TaskError(f"{where}: not valid JSON ({e.msg}); {_EXAMPLE}") from None
+    except ValueError:  # an integer past Python's 4300-digit conversion limit
+        raise TaskError(f"{where}: a number has too many digits to read; write it as a string") from None
+    except RecursionError:
+        raise TaskError(f"{where}: arrays or objects nested too deeply to read; {_EXAMPLE}") from None
     if not isinstance(obj, dict):
         raise TaskError(f"{where}: expected a JSON object, got {type(obj).__name__}; {_EXAMPLE}")
     for key in ("question", "answer"):
@@ -185,7 +202,14 @@ def _read_line(path: Path, number: int, line: str, checker: str) -> dict:
         raise TaskError(f'{where}: "question" must be a non-empty string, got {question!r}; {_EXAMPLE}')
     if isinstance(answer, bool) or not isinstance(answer, (str, int, float)):
         raise TaskError(f'{where}: "answer" must be a string or a number, got {answer!r}; {_EXAMPLE}')
+    if isinstance(answer, float) and math.isfinite(answer):
+        # 0.00001 as written, not Python's 1e-05, which no checker reads as a number
+        answer = format(Decimal(repr(answer)), "f")
     answer = str(answer).strip()
+    for key, text in (("question", question), ("answer", answer), ("id", obj.get("id"))):
+        if isinstance(text, str) and (bad := _unpaired_surrogate(text)) is not None:
+            raise TaskError(f'{where}: "{key}" holds {bad!r}, half of a surrogate pair and not a character; '
+                            "fix the \\u escape")
     split = obj.get("split")
     if split is not None and split not in SPLITS:
         raise TaskError(f'{where}: "split" is {split!r}; choose one of: {", ".join(SPLITS)}')
@@ -202,7 +226,7 @@ def _read_line(path: Path, number: int, line: str, checker: str) -> dict:
     if checker == "regex":
         try:
             re.compile(answer)
-        except re.error as e:
+        except (re.error, OverflowError, RecursionError) as e:  # "a{99999999999}", 2000 nested groups
             raise TaskError(
                 f"{where}: answer {answer!r} is not a valid regex ({e}); fix the pattern or use checker='exact'"
             ) from None
