@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+from agentkit.errors import AgentkitError
+
 from agentkit.store import TrajectoryStore
 from agentkit.store.policies import PolicyRegistry
 from agentkit.tasks import get_suite
@@ -231,30 +233,36 @@ def test_final_test_set_is_disjoint_from_the_gate_set_and_never_changes():
     assert all(t.split == "test" for t in final)
 
 
-def test_a_search_round_trains_on_what_the_trees_found(tmp_path, monkeypatch):
-    """explore=search, method=expert: one search per training task records a tree; the
-    verified solutions train an SFT stage and the sibling pairs a DPO stage on top; the
-    gate decides on its set and the final test set is measured apart, after promotion."""
+def search_lines(suite, greedy, tasks):
+    """Search lines for ``tasks``: every other sample under a prefix is the right next
+    line; any other request goes to ``greedy``."""
     from collections import defaultdict
 
-    monkeypatch.chdir(tmp_path)
-    tok = build_tiny_tokenizer()
-    suite = get_suite("arithmetic")
-    greedy = answers(suite, right_for={"v1"})
     counters = defaultdict(int)
+    by_question = {t.question: t for t in tasks}
 
     def reply(prompt, request):
         if "\n" not in request.stop:
             return greedy(prompt, request)
-        # a search line: every other sample under a prefix is the right next line
-        question = prompt.rsplit("Question: ", 1)[1].split("\n", 1)[0]
+        task = by_question[prompt.rsplit("Question: ", 1)[1].split("\n", 1)[0]]
         solution = prompt.split("Solution:\n")[-1]
-        task = next(t for t in suite.tasks("train", 4, level=1, seed=1000) if t.question == question)
         gold = [line + "\n" for line in task.solution.split("\n")]
         counters[prompt] += 1
         done = solution.count("\n")
         right = solution == "".join(gold[:done]) and counters[prompt] % 2 == 0
         return gold[done] if right else ("Answer: 3\n" if done else "Step 1: 1 + 1 = 3\n")
+
+    return reply
+
+
+def test_a_search_round_trains_on_what_the_trees_found(tmp_path, monkeypatch):
+    """explore=search, method=expert: one search per training task records a tree; the
+    verified solutions train an SFT stage and the sibling pairs a DPO stage on top; the
+    gate decides on its set and the final test set is measured apart, after promotion."""
+    monkeypatch.chdir(tmp_path)
+    tok = build_tiny_tokenizer()
+    suite = get_suite("arithmetic")
+    reply = search_lines(suite, answers(suite, right_for={"v1"}), suite.tasks("train", 4, level=1, seed=1000))
 
     llm = char_scripted(reply, tok)
     config = ImproveConfig(method="expert", explore="search", search="beam:1x4", rounds=1, levels=[1], train_tasks=4,
@@ -273,3 +281,20 @@ def test_a_search_round_trains_on_what_the_trees_found(tmp_path, monkeypatch):
     assert rounds[1].final_ci95[0] > 0.6
     assert rounds[1].p_adjusted == rounds[1].p_value  # one round: one gate
     assert rounds[1].cpu_s > rounds[0].cpu_s > 0
+
+
+def test_the_curriculum_moves_up_once_search_solves_enough_fresh_tasks(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    tok = build_tiny_tokenizer()
+    suite = get_suite("arithmetic")
+    tasks = suite.tasks("train", 4, level=1, seed=1000) + suite.tasks("train", 4, level=2, seed=2000)
+    llm = char_scripted(search_lines(suite, answers(suite, right_for={"v1"}), tasks), tok)
+    config = ImproveConfig(method="rft", explore="search", search="beam:1x4", rounds=2, levels=[1, 2], eval_level=1,
+                           advance_at=0.9, train_tasks=4, eval_tasks=8, final_tasks=0, epochs=1, batch_size=2,
+                           concurrency=4, output_dir=str(tmp_path / "improve"))
+    with TrajectoryStore(tmp_path / "runs.db") as store:
+        rounds = improve(llm, store, config, model=build_tiny_model(len(tok)))
+    # search solved all 4 fresh level-1 tasks (>= 90%): round 2 trains on level 2
+    assert rounds[1].new_data["solved"] == 4 and [r.level for r in rounds[1:]] == [1, 2]
+    with pytest.raises(AgentkitError, match="advance_at"):
+        ImproveConfig(advance_at=0.5)  # it reads search's success: explore=search only
