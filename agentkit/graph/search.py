@@ -245,14 +245,6 @@ class SearchTree:
         """Nodes on the path to the answer."""
         return {n.id for n in self.path(self.answer)} if self.answer is not None else set()
 
-    def solution_ids(self) -> list[int]:
-        """The chosen solution's completion ids, a verified rollout's continuation included
-        when Monte-Carlo search reached the answer through one."""
-        if self.answer is None:
-            return []
-        end = self.nodes[self.answer]
-        return self.ids(self.answer) + (end.rollout_ids or [] if not end.terminal else [])
-
 
 def search(llm: LLM, suite: Suite, task: Task, prompt: str | Sequence[int], strategy: Beam | MCTS, *,
            adapter: str | None = None, seed: int | None = 0) -> SearchTree:

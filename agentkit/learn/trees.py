@@ -42,8 +42,7 @@ def search_steps(run: Any) -> list[Any]:
 
 def solution_example(run: Any) -> SFTExample | None:
     """The verified solution search found in ``run``, as an SFT example: the prompt and the
-    chosen path's lines, as sampled (a verified Monte-Carlo rollout finishes it when the
-    path ended in one). None when the run did not succeed or recorded no tree."""
+    chosen path's lines, as sampled. None when the run did not succeed or recorded no tree."""
     if run.status != "success":
         return None
     path = [s for s in search_steps(run) if s.meta["search"]["chosen"]]
@@ -51,9 +50,6 @@ def solution_example(run: Any) -> SFTExample | None:
         return None
     path.sort(key=lambda s: s.meta["search"]["depth"])
     ids = [t for s in path for t in s.completion_ids]
-    last = path[-1].meta["search"]
-    if last["kind"] not in ("answer", "end") and last.get("rollout_ids"):
-        ids += last["rollout_ids"]
     return SFTExample(list(path[0].prompt_ids), ids, run.id)
 
 
