@@ -743,12 +743,13 @@ def policy_rollback(
 def improve(
     graph: Optional[str] = typer.Argument(None, help="Graph to improve: a prebuilt graph or a .py file defining `graph` (default: the single solve prompt). Every model call of the graph shares the trained policy."),
     suite: str = typer.Option("arithmetic", help="Built-in suite to train and gate on."),
-    rounds: int = typer.Option(3, help="Rounds of collect -> pairs -> train -> gate."),
-    method: str = typer.Option("step-dpo", help="step-dpo, dpo (whole-output), rft, grpo, rloo, gold-sft (SFT on gold solutions, the reference) or expert (with --explore search: SFT on the solutions search found, then DPO on its sibling steps)."),
-    explore: str = typer.Option("sample", help="How a round collects its data: sample (whole outputs, then the method's credit) or search (step-level search trees, with --method rft, step-dpo or expert)."),
-    search: Optional[str] = typer.Option(None, metavar="SPEC", show_default="beam:4x8", help="With --explore search: the strategy, beam:WxK (beam width W, K lines per node) or mcts:N / mcts:NxK (N simulations)."),
-    levels: str = typer.Option("1,2", help="Curriculum: training level per round, comma-separated (the last repeats)."),
-    train_tasks: int = typer.Option(64, help="New training tasks per round."),
+    rounds: int = typer.Option(2, help="Rounds of collect -> pairs -> train -> gate."),
+    method: str = typer.Option("rft", help="step-dpo, dpo (whole-output), rft, grpo, rloo, gold-sft (SFT on gold solutions, the reference) or expert (with --explore search: SFT on the solutions search found, then DPO on its sibling steps)."),
+    explore: Optional[str] = typer.Option(None, show_default="search for rft, step-dpo and expert on the solve prompt; else sample", help="How a round collects its data: sample (whole outputs, then the method's credit) or search (step-level search trees, with --method rft, step-dpo or expert)."),
+    search: Optional[str] = typer.Option(None, metavar="SPEC", show_default="mcts:8x8", help="With --explore search: the strategy, beam:WxK (beam width W, K lines per node) or mcts:N / mcts:NxK (N simulations)."),
+    levels: str = typer.Option("1", help="Curriculum: training level per round, comma-separated (the last repeats); the gate and final test sets are of the last level."),
+    advance_at: float = typer.Option(0.0, help="With --explore search and several --levels: stay on a level until search solves this share of a round's fresh training tasks (0: one level per round)."),
+    train_tasks: int = typer.Option(96, help="New training tasks per round."),
     eval_tasks: int = typer.Option(100, help="Gate tasks: held-out test tasks the gate compares policies on."),
     final_tasks: int = typer.Option(200, help="Final test tasks, apart from the gate tasks, that no decision reads: the active policy's success on them, with a 95% interval, after every round (0: off)."),
     samples: int = typer.Option(4, help="Samples per training task."),
@@ -766,6 +767,9 @@ def improve(
     from agentkit.learn.improve import EXPLORE, GRAPH_METHODS, METHODS, SEARCH_METHODS
 
     _require(method in METHODS, f"--method {method}: choose one of {', '.join(METHODS)}")
+    single = graph in (None, "single_solver", "solve")
+    if explore is None:  # the measured best: search where the method trains on trees
+        explore = "search" if method in SEARCH_METHODS and single else "sample"
     _require(explore in EXPLORE, f"--explore {explore}: choose one of {', '.join(EXPLORE)}")
     if explore == "search":
         _require(method in SEARCH_METHODS, f"--method {method} does not train on search trees; with --explore search "
@@ -776,7 +780,9 @@ def improve(
         _require(search is None, f"--search {search} is the strategy of --explore search; add --explore search "
                                  "or drop --search")
     _require(final_tasks >= 0, f"--final-tasks {final_tasks}: give 0 (off) or more tasks")
-    single = graph in (None, "single_solver", "solve")
+    _require(0.0 <= advance_at <= 1.0, f"--advance-at {advance_at}: give a share of tasks in [0, 1] (0: off)")
+    _require(advance_at == 0.0 or explore == "search", f"--advance-at {advance_at} reads search's success; "
+                                                       "add --explore search or drop --advance-at")
     _require(single or explore == "sample", f"--explore search searches the single solve prompt; graph '{graph}' "
                                             "declares search on its solver node (search=...), so drop --explore search")
     _require(single or method in GRAPH_METHODS,
@@ -815,7 +821,7 @@ def improve(
     config = ImproveConfig(suite=suite, method=method, graph=None if single else graph, rounds=rounds, levels=level_list, train_tasks=train_tasks,
                            eval_tasks=eval_tasks, samples_per_task=samples, rectifications=rectifications,
                            chosen_by=chosen_by, gate_metric=gate_metric, memory=memory, step_advantages=step_advantages,
-                           explore=explore, final_tasks=final_tasks, **({"search": search} if search else {}),
+                           explore=explore, final_tasks=final_tasks, advance_at=advance_at, **({"search": search} if search else {}),
                            output_dir=str(out / "rounds"))
     err, console = _stderr_console(), Console()
     _quiet_hub()

@@ -123,12 +123,17 @@ def test_run_json_reports_the_search_per_node(monkeypatch, tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--method", "expert"], "--method expert trains on search trees; add --explore search"),
+    (["--explore", "sample", "--method", "expert"], "--method expert trains on search trees; add --explore search"),
     (["--explore", "search", "--method", "grpo"],
      "--method grpo does not train on search trees; with --explore search choose one of rft, step-dpo, expert"),
     (["--explore", "dig"], "--explore dig: choose one of sample, search"),
     (["--explore", "search", "--search", "mcts:x"], "--search mcts:x: search 'mcts:x' is not understood"),
-    (["--search", "mcts:8"], "--search mcts:8 is the strategy of --explore search; add --explore search"),
+    (["--explore", "sample", "--search", "mcts:8"],
+     "--search mcts:8 is the strategy of --explore search; add --explore search"),
+    (["--method", "grpo", "--search", "mcts:8"],  # grpo trains on sampled groups: it explores by sampling
+     "--search mcts:8 is the strategy of --explore search; add --explore search"),
+    (["--advance-at", "0.5", "--method", "grpo"], "--advance-at 0.5 reads search's success"),
+    (["--advance-at", "2"], "--advance-at 2.0: give a share of tasks in [0, 1]"),
     (["--final-tasks", "-1"], "--final-tasks -1: give 0 (off) or more tasks"),
 ])
 def test_improve_rejects_bad_search_options_before_loading_a_model(args, message, monkeypatch, tmp_path):

@@ -96,7 +96,7 @@ class ImproveConfig:
     explore: str = "sample"
     """How a round collects: "sample" (whole outputs, then the method's credit) or "search"
     (step-level search trees; see SEARCH_METHODS)."""
-    search: str = "beam:4x8"
+    search: str = "mcts:8x8"
     """explore=search: the strategy (agentkit.graph.search.parse_search)."""
     samples_per_task: int = 4
     rectifications: int = 8
