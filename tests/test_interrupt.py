@@ -27,6 +27,8 @@ SUITE = get_suite("arithmetic")
 def _ctrl_c_when(condition, timeout: float = 60) -> threading.Thread:
     """Send SIGINT to the main thread (where Python raises KeyboardInterrupt) once ``condition()``."""
     main = threading.main_thread().ident
+    # Python's own handler, whatever an earlier test left installed: the SIGINT must raise
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler, signal.getsignal(signal.SIGINT)
 
     def watch():
         deadline = time.monotonic() + timeout
