@@ -170,11 +170,13 @@ class CompletionServer(ThreadingHTTPServer):
     def stop(self, grace_s: float = 2.0) -> int:
         """Stop accepting, cancel every request in flight (answered 503, or their streams
         end with an error event), wait up to ``grace_s`` for their handlers to answer, and
-        close the socket. Returns how many requests were cancelled."""
+        close the socket. Returns how many requests were cancelled: every request whose
+        handler had not finished answering, also one whose tokens were all generated but
+        still being streamed (its stream ends with the error event too)."""
         self._stopping.set()
-        self.shutdown()
         with self._lock:
-            running = [f for f in self._inflight if not f.done()]
+            running = list(self._inflight)  # before shutdown() waits a poll: a fast model may finish meanwhile
+        self.shutdown()
         for future in running:
             future.cancel()
         deadline = time.monotonic() + grace_s
