@@ -27,11 +27,11 @@ from agentkit.graph.search import MCTS, Beam, search
 from agentkit.tasks import get_suite
 
 
-def strategy(kind: str, k: int, value: str) -> Beam | MCTS:
+def strategy(kind: str, k: int, value: str, share_prefix: bool = True) -> Beam | MCTS:
     if kind == "beam":
         width = max(1, k // 8)
-        return Beam(width=width, expand=k // width, value=value)
-    return MCTS(simulations=k, expand=4, value=value)
+        return Beam(width=width, expand=k // width, value=value, share_prefix=share_prefix)
+    return MCTS(simulations=k, expand=4, value=value, share_prefix=share_prefix)
 
 
 def main() -> None:
@@ -44,6 +44,8 @@ def main() -> None:
     parser.add_argument("--value", choices=["checker", "mc"], default="checker")
     parser.add_argument("--adapter", default=None, help="a trained LoRA adapter directory (default: the base model)")
     parser.add_argument("--concurrency", type=int, default=8, help="tasks searched at once")
+    parser.add_argument("--no-share-prefix", dest="share_prefix", action="store_false",
+                        help="sample whole lines, not only their uncertain rest (see Beam.share_prefix)")
     parser.add_argument("--name", default=None)
     args = parser.parse_args()
 
@@ -73,9 +75,10 @@ def main() -> None:
                     wins = sum(any(suite.verify(t, c.text) >= 1.0 for c in cs) for t, cs in zip(tasks, out))
                     tokens = sum(len(c.token_ids) for cs in out for c in cs)
                 else:  # the tasks' searches on threads: the backend batches their calls together
+                    how = strategy(kind, k, args.value, args.share_prefix)
                     with ThreadPoolExecutor(max_workers=args.concurrency) as pool:
-                        trees = list(pool.map(lambda tp: search(llm, suite, tp[0], tp[1], strategy(kind, k, args.value),
-                                                                adapter=adapter, seed=0), zip(tasks, prompts)))
+                        trees = list(pool.map(lambda tp: search(llm, suite, tp[0], tp[1], how, adapter=adapter, seed=0),
+                                              zip(tasks, prompts)))
                     wins = sum(suite.verify(t, tree.text()) >= 1.0 for t, tree in zip(tasks, trees))
                     tokens = sum(tree.tokens for tree in trees)
                 label = str(strategy(kind, k, args.value)) if kind != "sample" else f"sample:{k}"
@@ -90,7 +93,8 @@ def main() -> None:
                f"{'trained' if args.adapter else 'base'} Gemma 3 270M, {args.suite} level {args.level}, "
                f"{len(tasks)} tasks")
     body = (f"Policy: {args.adapter or 'base model'}; {len(tasks)} test tasks of level {args.level} (seed 0); "
-            f"search lines scored by {args.value}.\n\n"
+            f"search lines scored by {args.value}"
+            f"{'' if args.share_prefix else ', whole lines sampled (--no-share-prefix)'}.\n\n"
             + markdown_table(["strategy", "k", "success", "tokens/task", "x greedy", "s"], rows)
             + f"\n\nsample:k counts a task solved when any of k samples verifies (best-of-k with a perfect "
               f"outcome verifier). Curve: `{png.name}`.")

@@ -36,12 +36,12 @@ class RareRightLLM(ScriptedLLM):
         self.counters: dict[str, int] = defaultdict(int)
         super().__init__(self._reply)
 
-    def _next_line(self, solution: str) -> str:
+    def _next_line(self, solution: str, greedy: bool = False) -> str:
         gold = gold_lines()
         done = solution.count("\n")
         on_track = solution == "".join(gold[:done])
-        self.counters[solution] += 1
-        right = on_track and self.counters[solution] % self.every == 0
+        self.counters[solution] += not greedy  # its greedy line is a wrong one, and no sample
+        right = on_track and not greedy and self.counters[solution] % self.every == 0
         if done >= len(gold) - 1:
             return gold[-1] if right else "Answer: 7\n"
         return gold[done] if right else f"Step {done + 1}: 12 - 10 = {6 + done}\n"
@@ -49,7 +49,7 @@ class RareRightLLM(ScriptedLLM):
     def _reply(self, prompt_text: str, request: GenerationRequest) -> str:
         solution = prompt_text.split("Solution:\n")[-1]
         if "\n" in request.stop:  # one line at a time (search)
-            return self._next_line(solution)
+            return self._next_line(solution, greedy=request.temperature == 0)
         out = solution
         while not out.split("\n")[-2].startswith("Answer") if out else True:
             out += self._next_line(out)
@@ -122,7 +122,8 @@ def test_mcts_values_match_a_hand_computed_tree():
         s1: [(s2, -1.0), (wrong2, -1.0)],          # C (right), D (wrong)
         s1 + s2: [(answer, -0.5), (wrong_answer, -0.5)],  # G (right), H (wrong)
     })
-    tree = search(llm, SUITE, TASK, PROMPT, MCTS(simulations=10, expand=2, c_puct=1.0, value="checker"))
+    strategy = MCTS(simulations=10, expand=2, c_puct=1.0, value="checker", share_prefix=False)
+    tree = search(llm, SUITE, TASK, PROMPT, strategy)
     by_text = {tree.text(n.id): n for n in tree.nodes[1:]}
     root, a, b = tree.nodes[0], by_text[s1], by_text[wrong1]
     c, d, g, h = by_text[s1 + s2], by_text[s1 + wrong2], by_text[s1 + s2 + answer], by_text[s1 + s2 + wrong_answer]
@@ -142,6 +143,74 @@ def test_mcts_values_match_a_hand_computed_tree():
     assert a.q == pytest.approx(2 / 3) and c.q == pytest.approx(0.75) and root.q == pytest.approx(0.5)
     assert tree.answer == g.id and tree.chosen == {a.id, c.id, g.id}
     assert tree.calls == 3
+
+
+class CertainCopyLLM(ScriptedLLM):
+    """A policy that copies the question with certainty and is unsure of the result: in
+    "Step 1: a op b = c" every character has probability 0.999 except the first digit of
+    c, which is right with probability 1/4 (every 4th sample); "Answer: c" is certain."""
+
+    CERTAIN, RIGHT, WRONG = math.log(0.999), math.log(0.25), math.log(0.75)
+
+    def __init__(self, task):
+        super().__init__(["unused"])
+        (a, op, b, c), = task.data["steps"]
+        self.head, self.right, self.answer = f"Step 1: {a} {op} {b} = ", f"{c}\n", f"Answer: {c}\n"
+        self.wrong = f"{int(str(c)[0]) % 9 + 1}{str(c)[1:]}\n"
+        self.requests: list[GenerationRequest] = []
+        self.samples = 0
+
+    def _line(self, text: str, first: float) -> Completion:
+        ids = self._encode(text)
+        return Completion(text.rstrip("\n"), ids, [first] + [self.CERTAIN] * (len(ids) - 1), "stop")
+
+    def generate(self, requests):
+        self.requests += requests
+        out = []
+        for r in requests:
+            solution = self.decode(r.prompt).split("Solution:\n")[-1]
+            if solution.startswith(self.head + self.right):  # the answer line
+                line = self._line(self.answer, self.CERTAIN)
+                out.append([line] * r.n)
+            elif r.temperature == 0:  # greedy: the whole line, the likelier (wrong) result
+                line = self._line(self.head + self.wrong, self.CERTAIN)
+                line.logprobs[len(self.head)] = self.WRONG
+                out.append([line])
+            else:  # sampled: after the certain head only the result, else the whole line
+                assert solution in ("", self.head)
+                row = []
+                for _ in range(r.n):
+                    self.samples += 1
+                    result, first = (self.right, self.RIGHT) if self.samples % 4 == 0 else (self.wrong, self.WRONG)
+                    line = self._line(self.head[len(solution):] + result, self.CERTAIN)
+                    line.logprobs[len(self.head) - len(solution)] = first
+                    row.append(line)
+                out.append(row)
+        return out
+
+
+def test_shared_prefix_samples_only_the_uncertain_rest_of_a_line():
+    task = SUITE.tasks("test", 1, level=1)[0]
+    prompt = SUITE.prompt(task)
+    llm = CertainCopyLLM(task)
+    tree = search(llm, SUITE, task, prompt, Beam(width=1, expand=8))
+    assert tree.verified and tree.text() == llm.head + llm.right + llm.answer
+    greedy, sampled, answer_greedy = llm.requests  # no sampling request for the certain answer line
+    assert greedy.temperature == 0 and greedy.n == 1
+    assert llm.decode(sampled.prompt).endswith("Solution:\n" + llm.head) and sampled.n == 8
+    assert sampled.max_tokens == Beam().line_tokens - len(llm.head)
+    step, = (tree.nodes[i] for i in tree.nodes[0].children if tree.nodes[i].value == 1.0)
+    assert llm.decode(step.token_ids) == llm.head + llm.right  # the head's ids, then the sampled ones
+    assert step.logprobs[len(llm.head)] == llm.RIGHT and len(step.logprobs) == len(step.token_ids)
+    assert sum(tree.nodes[i].count for i in tree.nodes[0].children) == 8
+    answer = tree.nodes[tree.answer]
+    assert answer.count == 8  # all 8 samples of a certain line are that line
+    # each line is decoded once greedily, and only the result is sampled 8 times
+    result_tokens = len(llm._encode(llm.right))
+    assert tree.tokens == len(llm._encode(llm.head + llm.wrong)) + 8 * result_tokens + len(llm._encode(llm.answer))
+
+    plain = search(CertainCopyLLM(task), SUITE, task, prompt, Beam(width=1, expand=8, share_prefix=False))
+    assert plain.tokens > 2 * tree.tokens
 
 
 def test_monte_carlo_values_score_lines_without_a_step_checker():

@@ -36,8 +36,8 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, NamedTuple, Sequence
 
 from agentkit.errors import AgentkitError
 from agentkit.llm.base import LLM, Completion, GenerationRequest
@@ -71,6 +71,12 @@ class _Strategy:
     """Lines before the output is cut off (and judged as it stands)."""
     max_tokens: int = 4096
     """Sampled tokens (lines and rollouts) the whole search may spend."""
+    share_prefix: bool = True
+    """Sample a node's candidate lines once up to their first uncertain token: a greedy
+    pass finds the tokens whose probability is at least ``top_p`` (where nucleus sampling
+    has one choice, so every sample would repeat them), and only the rest of the line is
+    sampled ``expand`` times from there. Same distribution, a fraction of the tokens: most
+    of a step line copies the question ("Step 1: 23 + 41 = ")."""
 
     def __post_init__(self) -> None:
         if self.expand < 1 or self.rollouts < 1 or self.max_depth < 1 or self.max_tokens < 1:
@@ -263,6 +269,19 @@ def search(llm: LLM, suite: Suite, task: Task, prompt: str | Sequence[int], stra
     return tree
 
 
+class _Head(NamedTuple):
+    """The certain start of a node's next line (``_Search._certain_heads``)."""
+
+    token_ids: list[int]
+    logprobs: list[float]
+    line: Completion | None = None
+    """The whole line when every token of it is certain: all the samples are this line."""
+
+    def join(self, tail: Completion) -> Completion:
+        """A sampled line: this head, then what was sampled after it."""
+        return replace(tail, token_ids=self.token_ids + tail.token_ids, logprobs=self.logprobs + tail.logprobs)
+
+
 class _Search:
     def __init__(self, llm: LLM, suite: Suite, task: Task, tree: SearchTree, adapter: str | None, seed: int | None):
         self.llm, self.suite, self.task, self.tree = llm, suite, task, tree
@@ -327,23 +346,45 @@ class _Search:
     # --- expansion and scoring ------------------------------------------------------
 
     def _expand(self, jobs: list[tuple[SearchNode, int]]) -> list[SearchNode]:
-        """Sample ``n`` candidate lines under each node (one generate call) and score the
-        new ones; returns the child each sample landed on (a line sampled again, also one
-        sampled in an earlier expansion of the node, lands on the same child)."""
+        """Sample ``n`` candidate lines under each node (one generate call, after the
+        greedy pass of ``share_prefix``) and score the new ones; returns the child each
+        sample landed on (a line sampled again, also one sampled in an earlier expansion of
+        the node, lands on the same child)."""
         s, tree = self.s, self.tree
+        heads = self._certain_heads([node for node, _ in jobs])
         requests = [GenerationRequest(
-            tree.prompt_ids + tree.ids(node.id), n=n, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
-            max_tokens=s.line_tokens, stop=("\n",), seed=self._seed("line", node.id, node.expansions),
-            adapter=self.adapter,
-        ) for node, n in jobs]
-        results = self._generate(requests)
+            tree.prompt_ids + tree.ids(node.id) + head.token_ids, n=n, temperature=s.temperature, top_p=s.top_p,
+            top_k=s.top_k, max_tokens=s.line_tokens - len(head.token_ids), stop=("\n",),
+            seed=self._seed("line", node.id, node.expansions), adapter=self.adapter,
+        ) for (node, n), head in zip(jobs, heads) if head.line is None]
+        results = iter(self._generate(requests) if requests else [])
         sampled: list[SearchNode] = []
-        for (parent, _), completions in zip(jobs, results):
+        for (parent, n), head in zip(jobs, heads):
             parent.expanded = True
             parent.expansions += 1
-            sampled += self._add_children(parent, completions)
+            lines = [head.line] * n if head.line is not None else [head.join(c) for c in next(results)]
+            sampled += self._add_children(parent, lines)
         self._score([n for n in _unique(sampled) if n.value is None])
         return sampled
+
+    def _certain_heads(self, nodes: list[SearchNode]) -> list[_Head]:
+        """Per node, the start of its next line that every sample would share: the greedy
+        tokens while each has probability >= top_p, exactly the positions where the nucleus
+        holds one token (a temperature <= 1 only sharpens it). Without ``share_prefix``, or
+        where sampling is not nucleus-truncated, the heads are empty."""
+        s, tree = self.s, self.tree
+        if not s.share_prefix or s.top_p >= 1.0 or not 0.0 < s.temperature <= 1.0:
+            return [_Head([], [])] * len(nodes)
+        greedy = self._generate([GenerationRequest(
+            tree.prompt_ids + tree.ids(node.id), n=1, temperature=0.0, max_tokens=s.line_tokens, stop=("\n",),
+            adapter=self.adapter) for node in nodes])
+        floor = math.log(s.top_p)
+        heads = []
+        for (line,) in greedy:
+            certain = next((i for i, lp in enumerate(line.logprobs) if lp < floor), None)
+            heads.append(_Head(line.token_ids, line.logprobs, line) if certain is None
+                         else _Head(line.token_ids[:certain], line.logprobs[:certain]))
+        return heads
 
     def _add_children(self, parent: SearchNode, completions: list[Completion]) -> list[SearchNode]:
         tree = self.tree
