@@ -232,6 +232,9 @@ def test_monte_carlo_values_score_lines_without_a_step_checker():
     first = {tree.text(i): tree.nodes[i] for i in tree.nodes[0].children}
     assert first[gold_lines()[0]].value == 1.0 and first["Step 9: 1 + 1 = 3\n"].value == 0.0
     assert first[gold_lines()[0]].rollout_ids is not None  # a verified rollout is kept
+    answer = tree.nodes[tree.answer]  # and is the solution: the search stopped there
+    assert answer.kind == "rollout" and answer.parent == first[gold_lines()[0]].id and answer.value == 1.0
+    assert tree.calls == 3  # the root's lines (a greedy pass, the samples), their rollouts
     answers_only = AnswersOnly()
     assert not answers_only.has_step_checker
     assert search(ScriptedLLM(reply), answers_only, TASK, PROMPT, Beam(width=1, expand=4)).value_mode == "mc"
@@ -272,11 +275,15 @@ def test_search_specs_parse_and_bad_ones_name_the_fix():
     assert parse_search("beam:4x8") == Beam(width=4, expand=8)
     assert parse_search("mcts:32") == MCTS(simulations=32)
     assert parse_search("mcts:32x4") == MCTS(simulations=32, expand=4)
+    assert parse_search("mcts:32x4:mc") == MCTS(simulations=32, expand=4, value="mc")
+    assert str(parse_search("beam:2x4:checker")) == "beam:2x4:checker" and str(parse_search("mcts:8")) == "mcts:8"
     assert as_strategy(strategy_dict(MCTS(simulations=5, value="mc"))) == MCTS(simulations=5, value="mc")
     with pytest.raises(AgentkitError, match=r"beam:WxK"):
         parse_search("beam:4")
     with pytest.raises(AgentkitError, match="value"):
         Beam(value="oracle")
+    with pytest.raises(AgentkitError, match="choose one of auto, checker, mc"):
+        parse_search("mcts:8:oracle")
     with pytest.raises(AgentkitError, match="no step checker"):
         search(ScriptedLLM(["x"]), AnswersOnly(), TASK, "p", Beam(value="checker"))
 

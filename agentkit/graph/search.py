@@ -23,8 +23,9 @@ A candidate line is scored by
   verified; V is the share that verify (ReST-MCTS*, AlphaMath: no step labels needed).
 
 An answer line (or the end of the output) is terminal, and scores the outcome verifier's
-reward. Search stops at the first verified answer, when the tree is out of nodes, or when
-the sampled tokens reach ``max_tokens``.
+reward. A verified Monte-Carlo rollout is a solution already: it joins the tree as one
+terminal node (kind "rollout") under the line it valued. Search stops at the first verified
+answer, when the tree is out of nodes, or when the sampled tokens reach ``max_tokens``.
 
 ``record_tree`` writes every node as a step of the run: its parent step, value, visit
 count and prior go in ``meta["search"]``, so pairs, credit and the trace tools read the
@@ -98,7 +99,7 @@ class Beam(_Strategy):
             raise AgentkitError(f"beam width {self.width}: must be at least 1")
 
     def __str__(self) -> str:
-        return f"beam:{self.width}x{self.expand}"
+        return f"beam:{self.width}x{self.expand}{_value_suffix(self)}"
 
 
 @dataclass(frozen=True)
@@ -121,22 +122,30 @@ class MCTS(_Strategy):
             raise AgentkitError(f"MCTS simulations {self.simulations}: must be at least 1")
 
     def __str__(self) -> str:
-        return f"mcts:{self.simulations}"
+        return f"mcts:{self.simulations}{_value_suffix(self)}"
 
 
-_SPEC = re.compile(r"^(?:beam:(\d+)x(\d+)|mcts:(\d+)(?:x(\d+))?)$")
+_SPEC = re.compile(r"^(?:beam:(\d+)x(\d+)|mcts:(\d+)(?:x(\d+))?)(?::(\w+))?$")
 
 
 def parse_search(spec: str, **options: Any) -> Beam | MCTS:
     """``beam:WxK`` (width W, K lines per frontier node) or ``mcts:N`` / ``mcts:NxK``
-    (N simulations, K lines per expansion); ``options`` set the other fields."""
+    (N simulations, K lines per expansion), optionally ending in ``:checker`` or ``:mc``
+    (how lines are valued, see ``value``); ``options`` set the other fields."""
     m = _SPEC.match(spec.strip().lower()) if isinstance(spec, str) else None
     if m is None:
-        raise AgentkitError(f"search {spec!r} is not understood; write beam:WxK (e.g. beam:4x8) or mcts:N (e.g. mcts:32)")
-    width, expand, sims, sims_expand = m.groups()
+        raise AgentkitError(f"search {spec!r} is not understood; write beam:WxK (e.g. beam:4x8) or mcts:N (e.g. mcts:32),"
+                            " optionally ending in :checker or :mc")
+    width, expand, sims, sims_expand, value = m.groups()
+    if value is not None:
+        options = {"value": value, **options}
     if width is not None:
         return Beam(width=int(width), expand=int(expand), **options)
     return MCTS(simulations=int(sims), **({"expand": int(sims_expand)} if sims_expand else {}), **options)
+
+
+def _value_suffix(strategy: _Strategy) -> str:
+    return "" if strategy.value == "auto" else f":{strategy.value}"
 
 
 def as_strategy(spec: Any) -> Beam | MCTS | None:
@@ -172,7 +181,8 @@ class SearchNode:
     """The line as its tokens spell it (after the parent's text)."""
     kind: str
     """root, step ("Step k:" line), answer ("Answer:" line), end (the output stopped or
-    was cut off), or other (any other line)."""
+    was cut off), other (any other line), or rollout (a verified Monte-Carlo rollout: the
+    rest of a solution, several lines)."""
     count: int = 1
     """Times this line was sampled among its siblings (duplicates are merged)."""
     expansions: int = 0
@@ -194,7 +204,7 @@ class SearchNode:
 
     @property
     def terminal(self) -> bool:
-        return self.kind in ("answer", "end")
+        return self.kind in ("answer", "end", "rollout")
 
     @property
     def q(self) -> float:
@@ -296,7 +306,7 @@ class _Search:
         while frontier and not self._spent():
             share = max(1, (s.width * s.expand) // len(frontier))
             children = _unique(self._expand([(node, share) for node in frontier]))
-            if any(c.terminal and c.value >= 1.0 for c in children):
+            if self._solved():
                 break
             open_ = [c for c in children if not c.terminal and c.depth < s.max_depth and self._alive(c)]
             frontier = sorted(open_, key=self._rank, reverse=True)[: s.width]
@@ -326,9 +336,13 @@ class _Search:
             for n in path:
                 n.visits += 1
                 n.value_sum += value
-            if any(n.terminal and n.value >= 1.0 for n in tree.nodes):
+            if self._solved():
                 break
         self._choose_answer()
+
+    def _solved(self) -> bool:
+        """A verified answer is in the tree (a line, or a Monte-Carlo rollout)."""
+        return any(n.terminal and (n.value or 0.0) >= 1.0 for n in self.tree.nodes)
 
     def _alive(self, node: SearchNode) -> bool:
         """Whether the node may still lead to a verified answer: under the step checker a
@@ -442,6 +456,18 @@ class _Search:
             node.rollout_tokens = sum(len(r.token_ids) for r in rollouts)
             if wins:
                 node.rollout_ids = list(wins[0].token_ids)
+                self._graft(node, wins[0])
+
+    def _graft(self, node: SearchNode, rollout: Completion) -> None:
+        """A verified rollout from ``node`` joins the tree as its terminal child: a solution
+        found, which ends the search (its tokens were counted as the rollout's)."""
+        tree = self.tree
+        if any(tree.nodes[i].kind == "rollout" for i in node.children):
+            return
+        child = SearchNode(len(tree.nodes), node.id, node.depth + 1, list(rollout.token_ids), list(rollout.logprobs),
+                           rollout.text, "rollout", value=1.0, visits=1, value_sum=1.0)  # ids as sampled, text cut at the stop
+        tree.nodes.append(child)
+        node.children.append(child.id)
 
     def _generate(self, requests: list[GenerationRequest]) -> list[list[Completion]]:
         results = self.llm.generate(requests)

@@ -6,8 +6,8 @@ tree come two kinds of data:
 
 - the solution: the verified root-to-answer path, an SFT example (expert iteration,
   ReST-EM: imitate what search found);
-- sibling pairs: at every expanded node, a child with a high value is chosen over a
-  sibling with a low one, under the same prefix (MCTS-DPO, TP-LLaMA). Both sides are the
+- sibling pairs: at every expanded node, a child line with a high value is chosen over a
+  sibling line with a low one, under the same prefix (MCTS-DPO, TP-LLaMA). Both sides are the
   lines exactly as sampled, and the prompt is the node's prompt + prefix, as ids.
 
     runs = [store.get_run(i, steps=True) for i in run_ids]
@@ -69,7 +69,10 @@ def tree_pairs(runs: Iterable[Any], *, suite: str | None = None, policy_version:
 
 def _node_pairs(run: Any, siblings: Sequence[Any], suite: str | None, policy_version: str | None,
                 config: TreePairConfig, decode: Callable[[list[int]], str] | None) -> list[Pair]:
-    info = [s.meta["search"] for s in siblings]
+    lines = [s for s in siblings if s.meta["search"]["kind"] != "rollout"]  # pairs compare lines, not whole rests
+    if not lines:
+        return []
+    siblings, info = lines, [s.meta["search"] for s in lines]
     good = [(s, m) for s, m in zip(siblings, info) if m["value"] is not None and m["value"] >= config.high]
     bad = [(s, m) for s, m in zip(siblings, info) if m["value"] is not None and m["value"] <= config.low]
     candidates = [(c, cm, r, rm) for c, cm in good for r, rm in bad if c.completion_ids != r.completion_ids]
