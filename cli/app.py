@@ -622,6 +622,7 @@ def serve(
     import signal
 
     from agentkit.llm import load_backend
+    # the server module brings Starlette and uvicorn: loaded here only, so `agentkit --help` stays fast
     from agentkit.llm.server import ServerLimits, check_listen_address, make_server
     from agentkit.llm.server import serve as serve_until_signal
 
