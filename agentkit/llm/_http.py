@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from agentkit.llm._wire import HTTPError, error_object, one_line, parse_body, shown
 
@@ -78,7 +79,7 @@ class _Uvicorn(uvicorn.Server):
         yield
 
 
-def uvicorn_server(app: Starlette, read_timeout_s: float) -> uvicorn.Server:
+def uvicorn_server(app: ASGIApp, read_timeout_s: float) -> uvicorn.Server:
     config = uvicorn.Config(
         app, loop="asyncio", http="h11", ws="none", lifespan="off", proxy_headers=False, server_header=False,
         log_config=None, access_log=False, timeout_keep_alive=max(1, round(read_timeout_s)),
@@ -170,7 +171,7 @@ def _endpoint(server: CompletionServer, name: str) -> Callable[[Request], Awaita
     return answer
 
 
-def build_app(server: CompletionServer) -> Starlette:
+def build_app(server: CompletionServer) -> ASGIApp:
     """The routes of ``ROUTES`` over ``server``; any other path or method is a JSON 404 / 405."""
     paths = ", ".join(path for _, path in ROUTES)
 
@@ -181,4 +182,11 @@ def build_app(server: CompletionServer) -> Starlette:
         return _error(404, f"no route {request.method} {path} (routes: {paths})")
 
     routes = [Route(path, _endpoint(server, name), methods=[method]) for (method, path), name in ROUTES.items()]
-    return Starlette(routes=routes, exception_handlers={404: no_route, 405: no_route})
+    app = Starlette(routes=routes, exception_handlers={404: no_route, 405: no_route})
+
+    async def without_trailing_slash(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":  # "/v1/completions/" is "/v1/completions", answered, not redirected
+            scope = {**scope, "path": scope["path"].rstrip("/") or "/"}
+        await app(scope, receive, send)
+
+    return without_trailing_slash
