@@ -160,3 +160,23 @@ def _request(prompt, max_tokens: int):
     from agentkit.llm.base import GenerationRequest
 
     return GenerationRequest(prompt=prompt, max_tokens=max_tokens, temperature=0)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_the_embedded_gemma_streams_the_same_text_through_the_openai_client():
+    from agentkit.llm import load_backend
+
+    llm = load_backend("transformers", "gemma-3-270m", dtype="fp32")
+    server = start(llm)
+    try:
+        client = openai.OpenAI(base_url=server.url, api_key="unused", max_retries=0, timeout=300)
+        ask = {"model": server.model_name, "prompt": "Question: 12 + 7 =\nAnswer:", "max_tokens": 24, "temperature": 0}
+        plain = client.completions.create(**ask).choices[0].text
+        streamed = "".join(c.choices[0].text for c in client.completions.create(**ask, stream=True))
+        assert plain.strip() and streamed == plain  # SentencePiece's leading spaces survive token-by-token decoding
+        with pytest.raises(openai.BadRequestError, match="has no chat template"):  # the base model ships none
+            client.chat.completions.create(model=server.model_name, messages=MESSAGES)
+    finally:
+        server.stop(grace_s=1)
+        llm.close()

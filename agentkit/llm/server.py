@@ -332,8 +332,8 @@ class CompletionServer:
         max_tokens = request.max_completion_tokens if request.max_completion_tokens is not None else request.max_tokens
         if max_tokens is None:  # as many as the context and the server's ceiling leave
             context = getattr(self.llm, "context_length", None)
-            room = [m for m in (self.max_tokens_limit, context and max(context - len(prompt_ids), 0)) if m is not None]
-            max_tokens = min(room) if room else 256
+            room = [m for m in (self.max_tokens_limit, None if context is None else context - len(prompt_ids)) if m is not None]
+            max_tokens = max(min(room), 0) if room else 256
         requests = self._requests(request, [prompt_ids], max_tokens, param="messages")
         if request.stream:
             return self._stream(requests, request.stream_options.include_usage, deadline, chat=True)
@@ -595,7 +595,11 @@ def serve(server: CompletionServer) -> int:
     stop_requested = threading.Event()
     # the stop runs on its own thread while the event loop, on this one, answers the
     # cancelled requests; a signal handler only sets an event (it may interrupt any code)
-    stopper = threading.Thread(target=lambda: (stop_requested.wait(), server.stop()), name="agentkit-stop", daemon=True)
+    def stop_when_asked() -> None:
+        stop_requested.wait()
+        server.stop()
+
+    stopper = threading.Thread(target=stop_when_asked, name="agentkit-stop", daemon=True)
     stopper.start()
 
     def on_signal(signum: int, frame: Any) -> None:
