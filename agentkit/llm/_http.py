@@ -89,7 +89,7 @@ def uvicorn_server(app: ASGIApp, read_timeout_s: float) -> uvicorn.Server:
 
 
 def _json(status: int, payload: dict, close: bool = False) -> Response:
-    # json.dumps, not JSONResponse: the same bytes as vLLM and the old server wrote (", " and ": ")
+    # json.dumps, not JSONResponse (compact, ensure_ascii off): the bytes the server has always written
     return Response(json.dumps(payload), status, media_type="application/json",
                     headers={"Connection": "close"} if close else None)
 
@@ -108,7 +108,8 @@ async def _chunks(request: Request, timeout_s: float) -> AsyncIterator[bytes]:
         except StopAsyncIteration:
             return
         except TimeoutError:
-            raise HTTPError(408, f"the client sent nothing for {timeout_s:g} s; send the whole body at once") from None
+            raise HTTPError(408, f"the client sent nothing for {timeout_s:g} s in the middle of its request body; "
+                                 "send the body without pauses") from None
         yield chunk
 
 
@@ -141,7 +142,7 @@ async def _events(events: AsyncIterator[dict | str]) -> AsyncIterator[bytes]:
 
 def _endpoint(server: CompletionServer, name: str) -> Callable[[Request], Awaitable[Response]]:
     async def answer(request: Request) -> Response:
-        where = f"{request.method} {request.url.path}"
+        where = f"{request.method} {shown(request.url.path)}"
         try:
             body = parse_body(await _read_body(request, server.limits)) if request.method == "POST" else {}
             client = Client()
@@ -161,7 +162,7 @@ def _endpoint(server: CompletionServer, name: str) -> Callable[[Request], Awaita
         except Exception as exc:  # never a traceback in a response; one line in the log
             message = one_line(f"{type(exc).__name__}: {exc}")
             logger.error("%s failed: %s", where, message)
-            return _error(500, f"{request.method} {shown(request.url.path)} failed: {message}")
+            return _error(500, f"{where} failed: {message}")
         if isinstance(result, str):
             return Response(result.encode("utf-8", "backslashreplace"), media_type="text/plain; charset=utf-8")
         if isinstance(result, dict):
