@@ -602,7 +602,7 @@ def suites() -> None:
 def serve(
     model: str = typer.Option("gemma-3-270m", help="gemma-3-270m, a local save_pretrained directory, or a Hugging Face id in the HF cache."),
     port: int = typer.Option(8000, help="TCP port (0 picks a free one)."),
-    host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
+    host: str = typer.Option("127.0.0.1", help="Interface to listen on: 127.0.0.1 is this machine only; 0.0.0.0 every interface."),
     dtype: str = typer.Option("auto", help="auto, bf16, fp16 or fp32."),
     backend: str = typer.Option("transformers", help="transformers (in process, CPU or GPU) or vllm (a GPU)."),
     max_batch: int = typer.Option(64, help="Most requests decoded together in one batch (transformers)."),
@@ -612,7 +612,7 @@ def serve(
     max_body_mb: float = typer.Option(16.0, help="Largest request body in MB; above it, a 413."),
     request_timeout: float = typer.Option(600.0, help="Seconds one completion may run before it is cancelled with a 504."),
 ) -> None:
-    """Serve a model in process over an OpenAI-compatible completions API, streaming too, until Ctrl-C or SIGTERM."""
+    """Serve a model in process over an OpenAI-compatible API (completions and chat, streaming too), until Ctrl-C or SIGTERM."""
     _require(backend in ("transformers", "vllm"), f"--backend {backend}: serve runs transformers or vllm; "
              "to relay another server, point clients at it directly")
     _require(max_batch >= 1, f"--max-batch {max_batch}: must be at least 1")
@@ -622,6 +622,7 @@ def serve(
     import signal
 
     from agentkit.llm import load_backend
+    # the server module brings Starlette and uvicorn: loaded here only, so `agentkit --help` stays fast
     from agentkit.llm.server import ServerLimits, check_listen_address, make_server
     from agentkit.llm.server import serve as serve_until_signal
 

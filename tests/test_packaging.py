@@ -38,8 +38,10 @@ def test_wheel_maps_the_top_level_folders_into_agentkit(tmp_path):
 
 
 def test_importing_agentkit_does_not_import_torch():
+    # nor the web stack: Starlette and uvicorn load with `agentkit serve` only
     code = "import sys, agentkit, agentkit.cli.app, agentkit.memory, agentkit.tasks, agentkit.runtime, agentkit.llm; " \
-           "print(sorted(m for m in ('torch', 'transformers', 'langgraph', 'peft') if m in sys.modules))"
+           "print(sorted(m for m in ('torch', 'transformers', 'langgraph', 'peft', 'starlette', 'uvicorn') " \
+           "if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout.strip()
     assert out == "[]"
 

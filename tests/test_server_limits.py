@@ -160,6 +160,31 @@ def test_a_body_over_the_limit_is_413_and_the_connection_stays_usable(scripted_s
     assert post(scripted_server.port, {"prompt": "Hi", "max_tokens": 6})[0] == 200
 
 
+def raw_answer(port: int, data: bytes) -> str:
+    """What the server sends back for ``data`` on a raw socket, up to its closing the connection."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(data)
+        out = b""
+        while chunk := sock.recv(65536):
+            out += chunk
+    return out.decode()
+
+
+def test_a_chunked_body_over_the_limit_is_413_and_a_body_that_stalls_is_408():
+    server = start(ScriptedLLM(["Answer: 4"]), max_body_bytes=1000, read_timeout_s=0.5)
+    try:
+        answer = raw_answer(server.port, b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                                         b"400\r\n" + b"x" * 1024 + b"\r\n")
+        assert answer.startswith("HTTP/1.1 413") and "over this server's limit" in answer
+        start_s = time.monotonic()
+        answer = raw_answer(server.port, b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+        assert answer.startswith("HTTP/1.1 408") and "the client sent nothing for 0.5 s" in answer
+        assert time.monotonic() - start_s < 3
+        assert post(server.port, {"prompt": "Hi"}, path="/v1/completions/")[0] == 200  # a trailing slash, as before
+    finally:
+        server.stop(grace_s=1)
+
+
 # --- streaming ---------------------------------------------------------------------------------
 
 

@@ -1,16 +1,21 @@
-"""The OpenAI completions wire format as the server reads and writes it: request fields
-checked one by one (a 400 names the field), and error objects."""
+"""The OpenAI wire format as the server reads and writes it: request bodies as pydantic
+models (a bad field is a 400 whose one-line message names it), and error objects."""
 
 from __future__ import annotations
 
 import json
-from typing import Any
+import types
+from typing import Any, Literal, Union, get_args, get_origin
 
-__all__ = ["ERROR_TYPES", "HTTPError", "error_object", "one_line", "shown", "field", "is_int", "is_number",
-           "check_unicode", "parse_body", "parse_prompts", "parse_stop"]
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+__all__ = ["ERROR_TYPES", "HTTPError", "error_object", "one_line", "shown", "parse_body", "validate",
+           "Sampling", "CompletionRequest", "ChatRequest", "TokenizeRequest", "DetokenizeRequest", "LoadLoraRequest",
+           "UnloadLoraRequest"]
 
 ERROR_TYPES = {
-    400: "BadRequestError", 404: "NotFoundError", 405: "MethodNotAllowedError", 411: "LengthRequiredError",
+    400: "BadRequestError", 404: "NotFoundError", 405: "MethodNotAllowedError", 408: "RequestTimeoutError",
     413: "RequestTooLargeError", 500: "InternalServerError", 503: "ServiceUnavailableError", 504: "TimeoutError",
 }
 
@@ -41,42 +46,155 @@ def shown(text: object) -> str:
     return repr(value)[1:-1]
 
 
-# --- request parsing ---------------------------------------------------------------------
+# --- request bodies ----------------------------------------------------------------------
+# Each field's description is what the 400 says it must be: "n=0: must be an integer >= 1".
 
 
-def is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+class _Body(BaseModel):
+    # strict: 1 is not true and "3" is not 3; unknown fields (user, presence_penalty...) are ignored
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_absent(cls, data: Any) -> Any:
+        return {k: v for k, v in data.items() if v is not None} if isinstance(data, dict) else data
 
 
-def is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+class StreamOptions(_Body):
+    include_usage: bool = Field(False, description="true or false")
 
 
-def field(body: dict, name: str, default: Any, check, expected: str) -> Any:
-    """``body[name]`` (``default`` when absent or null), or a 400 naming the field."""
-    value = body.get(name)
-    if value is None:
-        return default
-    if not check(value):
-        raise HTTPError(400, f"{name}={json.dumps(value)}: must be {expected}", param=name)
-    return value
+class Sampling(_Body):
+    """What /v1/completions and /v1/chat/completions share."""
+
+    model: str | None = Field(None, description="a model name from /v1/models")
+    n: int = Field(1, ge=1, description="an integer >= 1")
+    temperature: float = Field(1.0, ge=0, allow_inf_nan=False, description="a number >= 0")
+    top_p: float = Field(1.0, gt=0, le=1, description="a number in (0, 1]")
+    top_k: int = Field(0, ge=-1, description="an integer >= 1, or -1 / 0 for no cut")
+    seed: int | None = Field(None, description="an integer")
+    stop: str | list[str] = Field((), description="a string or a list of strings")
+    stream: bool = Field(False, description="true or false")
+    stream_options: StreamOptions = Field(default_factory=StreamOptions, description='an object, e.g. {"include_usage": true}')
+
+    @property
+    def stops(self) -> tuple[str, ...]:
+        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
 
 
-def parse_prompts(prompt: Any) -> list[str | list[int]]:
-    """A string, a list of token ids, or a list of either (one prompt each)."""
+class CompletionRequest(Sampling):
+    prompt: Any = Field(description="a string, a list of token ids, or a list of those")
+    """Normalised by the validator to a list of prompts, each text or token ids."""
+    max_tokens: int = Field(16, ge=0, description="an integer >= 0")
+    logprobs: int | None = Field(None, ge=0, description="an integer >= 0")
+    echo: bool = Field(False, description="true or false")
+    return_tokens_as_token_ids: bool = Field(False, description="true or false")
 
-    def is_ids(p: Any) -> bool:  # the ids' range is the model's to check (CompletionServer)
-        return isinstance(p, list) and bool(p) and all(is_int(t) for t in p)
+    @field_validator("prompt")
+    @classmethod
+    def _prompts(cls, prompt: Any) -> list[str | list[int]]:
+        def is_ids(p: Any) -> bool:  # the ids' range is the model's to check (the server)
+            return isinstance(p, list) and bool(p) and all(isinstance(t, int) and not isinstance(t, bool) for t in p)
 
-    if isinstance(prompt, str):
-        return [prompt]
-    if is_ids(prompt):
-        return [list(prompt)]
-    if isinstance(prompt, list) and prompt and all(isinstance(p, str) or is_ids(p) for p in prompt):
-        return [p if isinstance(p, str) else list(p) for p in prompt]
-    if prompt is None:
-        raise HTTPError(400, "prompt: required (a string or a list of token ids)", param="prompt")
-    raise HTTPError(400, "prompt: must be a string, a list of token ids, or a list of those", param="prompt")
+        if isinstance(prompt, str):
+            return [prompt]
+        if is_ids(prompt):
+            return [list(prompt)]
+        if isinstance(prompt, list) and prompt and all(isinstance(p, str) or is_ids(p) for p in prompt):
+            return [p if isinstance(p, str) else list(p) for p in prompt]
+        raise PydanticCustomError("agentkit", "must be a string, a list of token ids, or a list of those")
+
+
+class TextPart(_Body):
+    type: Literal["text"] = Field(description='"text"')
+    text: str = Field(description="a string")
+
+
+class ChatMessage(_Body):
+    role: str = Field(description="a string: system, user or assistant")
+    content: str | list[TextPart] = Field(description='a string, or a list of {"type": "text", "text": ...} parts')
+
+    @property
+    def text(self) -> str:
+        return self.content if isinstance(self.content, str) else "".join(part.text for part in self.content)
+
+
+class ChatRequest(Sampling):
+    messages: list[ChatMessage] = Field(min_length=1, description='a list of {"role": ..., "content": ...} messages')
+    max_tokens: int | None = Field(None, ge=0, description="an integer >= 0")
+    """None: as many as the model's context (and the server's ceiling) leave."""
+    max_completion_tokens: int | None = Field(None, ge=0, description="an integer >= 0")
+    """OpenAI's newer name for max_tokens; it wins when both are given."""
+    logprobs: bool = Field(False, description="true or false")
+
+
+class TokenizeRequest(_Body):
+    prompt: str = Field(description="a string")
+    add_special_tokens: bool = Field(True, description="true or false")
+
+
+class DetokenizeRequest(_Body):
+    tokens: list[int] = Field(description="a list of token ids")
+
+
+class LoadLoraRequest(_Body):
+    lora_name: str = Field(min_length=1, description="a string")
+    lora_path: str = Field(min_length=1, description="a string")
+
+
+class UnloadLoraRequest(_Body):
+    lora_name: str = Field(min_length=1, description="a string")
+
+
+def _submodel(annotation: Any) -> type[BaseModel] | None:
+    """The model a field holds, directly, in a list, or in a union (``content: str | list[TextPart]``)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if get_origin(annotation) in (list, Union, types.UnionType):
+        return next((m for m in map(_submodel, get_args(annotation)) if m is not None), None)
+    return None
+
+
+def _error(model: type[BaseModel], body: dict, error: dict) -> HTTPError:
+    """The first validation error as a 400 naming the field: ``messages[1].role``, its value
+    when it is a scalar, and what the field must be. A union's branch names in the error's
+    location ("str", "list[str]") and list indexes that lead nowhere are left out."""
+    name, param, value, description = "", None, body, ""
+    fields, pending, at = model.model_fields, "", body  # at: the value under the named path
+    for part in error["loc"]:
+        if isinstance(part, int) and isinstance(value, list) and part < len(value):
+            pending += f"[{part}]"
+            value = value[part]
+        elif isinstance(part, str) and fields is not None and part in fields and isinstance(value, dict):
+            name += pending + ("." if name else "") + part
+            param, pending = param or part, ""
+            value = at = value.get(part)
+            field = fields[part]
+            description = field.description or ""
+            sub = _submodel(field.annotation)
+            fields = sub.model_fields if sub else None
+        else:
+            break
+    if error["type"] == "missing":
+        message = f"{name}: required ({description})"
+    elif error["type"] == "agentkit":
+        message = f"{name}: {error['msg']}"
+    elif error["type"] in ("string_too_short", "too_short"):
+        message = f"{name}: must not be empty"
+    elif isinstance(at, (dict, list)):
+        message = f"{name}: must be {description}"
+    else:
+        text = json.dumps(at)
+        message = f"{name}={text if len(text) <= 60 else text[:57] + '...'}: must be {description}"
+    return HTTPError(400, message if name else f"request body: {one_line(error['msg'])}", param=param)
+
+
+def validate(model: type[BaseModel], body: dict) -> Any:
+    """``body`` as ``model``, or a 400 naming the first bad field."""
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        raise _error(model, body, exc.errors()[0]) from None
 
 
 def parse_body(raw: bytes) -> dict:
@@ -123,13 +241,3 @@ def check_unicode(body: dict) -> None:
             stack.extend((param, f"{name}[{i}]", v) for i, v in enumerate(value))
         elif isinstance(value, dict):
             stack.extend((param, f"{name}.{k}", v) for k, v in value.items())
-
-
-def parse_stop(value: Any) -> tuple[str, ...]:
-    if value is None:
-        return ()
-    if isinstance(value, str):
-        return (value,)
-    if isinstance(value, list) and all(isinstance(s, str) for s in value):
-        return tuple(value)
-    raise HTTPError(400, f"stop={json.dumps(value)}: must be a string or a list of strings", param="stop")

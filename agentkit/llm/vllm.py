@@ -212,8 +212,13 @@ class VLLMBackend:
         """Most positions (prompt and completion) one request may take: vLLM's max_model_len."""
         return getattr(getattr(self._engine.llm_engine, "model_config", None), "max_model_len", None)
 
+    @property
+    def tokenizer(self) -> Any:
+        """The Hugging Face tokenizer vLLM uses (the server renders chat templates with it)."""
+        return self._engine.get_tokenizer()
+
     def tokenize(self, text: str) -> list[int]:
-        return list(self._engine.get_tokenizer().encode(text))
+        return list(self.tokenizer.encode(text))
 
     def decode(self, token_ids: Sequence[int]) -> str:
         # as vLLM detokenizes completions (SamplingParams.skip_special_tokens) and as the

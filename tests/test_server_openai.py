@@ -1,0 +1,182 @@
+"""`agentkit serve` through the official `openai` client over loopback: completions and
+chat, plain and streamed, 16 concurrent streams batched together, and 400s that name the
+bad field. The backend is the tiny random Gemma (conftest) with a Gemma-style chat template."""
+
+from __future__ import annotations
+
+import threading
+
+import openai
+import pytest
+
+from agentkit.llm.scripted import ScriptedLLM
+from agentkit.llm.server import make_server
+from conftest import build_tiny_model, build_tiny_tokenizer
+
+pytestmark = pytest.mark.timeout(120)
+
+TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<start_of_turn>{{ m['role'] }}\n{{ m['content'] }}<end_of_turn>\n"
+    "{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+)
+MESSAGES = [{"role": "user", "content": "What is 6*7?"}]
+
+
+def start(llm):
+    server = make_server(llm, port=0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+@pytest.fixture(scope="module")
+def server():
+    from agentkit.llm.transformers import TransformersLLM
+
+    tokenizer = build_tiny_tokenizer()
+    tokenizer.chat_template = TEMPLATE
+    llm = TransformersLLM.from_model(build_tiny_model(len(tokenizer)), tokenizer, name="tiny", dtype="fp32")
+    server = start(llm)
+    yield server
+    server.stop(grace_s=1)
+    llm.close()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=server.url, api_key="unused", max_retries=0, timeout=60)
+
+
+def chat_prompt_ids(server) -> list[int]:
+    tokenizer = server.llm.tokenizer
+    text = tokenizer.apply_chat_template(MESSAGES, tokenize=False, add_generation_prompt=True)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def test_completion(client, server):
+    got = client.completions.create(model="tiny", prompt="Hello", max_tokens=12, temperature=0)
+    [want] = server.llm.generate([_request("Hello", 12)])[0]
+    assert got.choices[0].text == want.text and got.choices[0].finish_reason == want.finish_reason
+    assert got.model == "tiny" and got.usage.completion_tokens == len(want.token_ids)
+
+
+def test_completion_streamed(client):
+    plain = client.completions.create(model="tiny", prompt="Hello", max_tokens=20, temperature=0).choices[0]
+    chunks = list(client.completions.create(model="tiny", prompt="Hello", max_tokens=20, temperature=0, stream=True,
+                                            stream_options={"include_usage": True}))
+    *texts, usage = chunks
+    assert "".join(c.choices[0].text for c in texts) == plain.text
+    assert sum(1 for c in texts if c.choices[0].text) > 5  # token by token
+    assert [c.choices[0].finish_reason for c in texts][-1] == plain.finish_reason
+    assert usage.choices == [] and usage.usage.completion_tokens == 20
+
+
+def test_chat_renders_the_chat_template(client, server):
+    got = client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=12, temperature=0)
+    [want] = server.llm.generate([_request(chat_prompt_ids(server), 12)])[0]
+    [choice] = got.choices
+    assert choice.message.role == "assistant" and choice.message.content == want.text
+    assert got.object == "chat.completion" and got.usage.prompt_tokens == len(chat_prompt_ids(server))
+
+
+def test_chat_streamed(client):
+    plain = client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=20, temperature=0).choices[0]
+    chunks = list(client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=20, temperature=0,
+                                                 stream=True))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == plain.message.content
+    assert chunks[-1].choices[0].finish_reason == plain.finish_reason
+    assert all(c.object == "chat.completion.chunk" for c in chunks)
+
+
+def test_sixteen_concurrent_streams_are_batched(client, server):
+    prompts = [f"Question {i}:" for i in range(16)]
+    want = client.completions.create(model="tiny", prompt=prompts[0], max_tokens=16, temperature=0).choices[0].text
+    before = server.llm.stats["max_rows_in_batch"]
+    server.llm.stats["max_rows_in_batch"] = 0
+    got: dict[int, str] = {}
+
+    def stream(i: int) -> None:
+        if i % 2:  # half of them chat
+            chunks = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": prompts[i]}],
+                                                    max_tokens=16, temperature=0, stream=True)
+            got[i] = "".join(c.choices[0].delta.content or "" for c in chunks)
+        else:
+            chunks = client.completions.create(model="tiny", prompt=prompts[i], max_tokens=16, temperature=0, stream=True)
+            got[i] = "".join(c.choices[0].text for c in chunks)
+
+    threads = [threading.Thread(target=stream, args=(i,)) for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert sorted(got) == list(range(16))
+    assert got[0] == want  # batching changes nothing of what a stream says
+    assert server.llm.stats["max_rows_in_batch"] > 1, "the streams were decoded one at a time"
+    server.llm.stats["max_rows_in_batch"] = max(before, server.llm.stats["max_rows_in_batch"])
+
+
+@pytest.mark.parametrize("call, param, message", [
+    (lambda c: c.completions.create(model="tiny", prompt="Hi", n=0), "n", "n=0: must be an integer >= 1"),
+    (lambda c: c.completions.create(model="tiny", prompt="Hi", temperature="hot"), "temperature",
+     'temperature="hot": must be a number >= 0'),
+    (lambda c: c.completions.create(model="tiny", prompt=[[]]), "prompt",
+     "prompt: must be a string, a list of token ids, or a list of those"),
+    (lambda c: c.chat.completions.create(model="tiny", messages=[{"role": "user"}]), "messages",
+     'messages[0].content: required (a string, or a list of {"type": "text", "text": ...} parts)'),
+    (lambda c: c.chat.completions.create(model="tiny", messages=[]), "messages", "messages: must not be empty"),
+    (lambda c: c.chat.completions.create(model="tiny", messages=MESSAGES, stream=True, stream_options={"include_usage": 1}),
+     "stream_options", "stream_options.include_usage=1: must be true or false"),
+    (lambda c: c.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=5000), "max_tokens",
+     "max_tokens=5000: must be at most 1024, this server's limit (the model's context length); ask for fewer tokens"),
+])
+def test_a_bad_request_is_a_400_naming_the_field(client, call, param, message):
+    with pytest.raises(openai.BadRequestError) as info:
+        call(client)
+    error = info.value.body
+    assert (error["message"], error["param"], error["type"]) == (message, param, "BadRequestError")
+
+
+def test_an_unknown_model_is_a_404(client):
+    with pytest.raises(openai.NotFoundError, match="The model `gpt-4` does not exist"):
+        client.chat.completions.create(model="gpt-4", messages=MESSAGES)
+
+
+def test_a_model_without_a_chat_template_is_a_400_naming_the_fix():
+    server = start(ScriptedLLM(["Answer: 4"]))
+    try:
+        client = openai.OpenAI(base_url=server.url, api_key="unused", max_retries=0)
+        with pytest.raises(openai.BadRequestError, match="has no chat template .* /v1/completions"):
+            client.chat.completions.create(model="scripted", messages=MESSAGES)
+        assert client.completions.create(model="scripted", prompt="Q").choices[0].text == "Answer: 4"
+    finally:
+        server.stop(grace_s=1)
+
+
+def test_the_server_binds_loopback_by_default(server):
+    assert server.url.startswith("http://127.0.0.1:")
+
+
+def _request(prompt, max_tokens: int):
+    from agentkit.llm.base import GenerationRequest
+
+    return GenerationRequest(prompt=prompt, max_tokens=max_tokens, temperature=0)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_the_embedded_gemma_streams_the_same_text_through_the_openai_client():
+    from agentkit.llm import load_backend
+
+    llm = load_backend("transformers", "gemma-3-270m", dtype="fp32")
+    server = start(llm)
+    try:
+        client = openai.OpenAI(base_url=server.url, api_key="unused", max_retries=0, timeout=300)
+        ask = {"model": server.model_name, "prompt": "Question: 12 + 7 =\nAnswer:", "max_tokens": 24, "temperature": 0}
+        plain = client.completions.create(**ask).choices[0].text
+        streamed = "".join(c.choices[0].text for c in client.completions.create(**ask, stream=True))
+        assert plain.strip() and streamed == plain  # SentencePiece's leading spaces survive token-by-token decoding
+        with pytest.raises(openai.BadRequestError, match="has no chat template"):  # the base model ships none
+            client.chat.completions.create(model=server.model_name, messages=MESSAGES)
+    finally:
+        server.stop(grace_s=1)
+        llm.close()
