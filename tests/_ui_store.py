@@ -13,7 +13,8 @@ SCRIPT = "<script>alert(1)</script>"
 
 def fill_store(path: Path, work: Path) -> dict[str, int | str]:
     """Fill the store at ``path`` (``work``: a directory for adapters); returns the ids the
-    tests open: a failed run, the script run, the improve run, the gated policy, the pair."""
+    tests open: a failed run, the script run, the improve run, the gated policy, the pair,
+    and a run that searched (its tree recorded)."""
     from agentkit.learn.improve import ImproveConfig, improve
     from agentkit.llm.scripted import ScriptedLLM
     from agentkit.runtime import run_tasks
@@ -48,6 +49,7 @@ def fill_store(path: Path, work: Path) -> dict[str, int | str]:
                                output_dir=str(work / "improve"))
         improve(char_scripted(reply, tok), store, config, model=build_tiny_model(len(tok)))
         improve_id = ImproveLog(store).list()[0].id
+        searched = next(r.id for r in store.list_runs(None) if (r.meta or {}).get("agent", {}).get("search"))
 
         # a Step-DPO pair from the failed run: its wrong step 2 against the right one
         step = store.get_run(failed).steps[0]
@@ -63,4 +65,5 @@ def fill_store(path: Path, work: Path) -> dict[str, int | str]:
         [pair_id] = PairStore(store).add_pairs([pair])
     gc.collect()  # store objects improve dropped unclosed: their connection closes (and checkpoints) now
     TrajectoryStore(path).close()
-    return {"failed": failed, "script": script.run_id, "improve": improve_id, "policy": "v1", "pair": pair_id}
+    return {"failed": failed, "script": script.run_id, "improve": improve_id, "policy": "v1", "pair": pair_id,
+            "searched": searched}

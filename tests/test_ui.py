@@ -231,6 +231,13 @@ def test_click_through_runs_run_improve_policy_and_pair(server, page, filled):
     expect(page.locator("svg.diagram")).to_be_visible()
     _shot(page, "run")
 
+    # a run that searched: its tree, the chosen path marked
+    page.goto(f"{server}/runs/{ids['searched']}")
+    expect(page.locator("svg.tree")).to_be_visible()
+    assert page.locator("svg.tree .tree-node.marked").count() >= 2
+    _shot(page, "run-search-tree")
+    page.goto(server + "/")
+
     # an improve run and its curve
     page.click("nav >> text=Improve")
     _shot(page, "improve-list")

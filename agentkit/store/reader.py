@@ -127,12 +127,16 @@ class StoreReader:
         return {key: sorted(values) for key, values in found.items()}
 
     def run(self, run_id: int) -> Run:
-        """One run with its steps, in the order they were recorded."""
+        """One run with its steps, in the order they were recorded (without prompt_ids)."""
         rows = self._rows("SELECT * FROM runs WHERE id = ?", (run_id,))
         if not rows:
             raise StoreError(f"no run with id {run_id} in store {self.path}")
         run = _to_run(rows[0])
-        run.steps = [_to_step(row) for row in self._rows("SELECT * FROM steps WHERE run_id = ? ORDER BY id", (run_id,))]
+        # every column but prompt_ids: pages show the prompt's text and count, and decoding
+        # thousands of id lists would be most of a long run's page time
+        columns = [r[1] for r in self.conn.execute("PRAGMA table_info(steps)") if r[1] != "prompt_ids"]
+        sql = f"SELECT {', '.join(columns)}, NULL AS prompt_ids FROM steps WHERE run_id = ? ORDER BY id"
+        run.steps = [_to_step(row) for row in self._rows(sql, (run_id,))]
         return run
 
     # -- improve --------------------------------------------------------------------------

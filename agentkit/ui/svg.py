@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from markupsafe import Markup, escape
 
-__all__ = ["Series", "line_chart", "path_diagram", "TreeNode", "tree_diagram", "value_colour", "logprob_colour"]
+__all__ = ["Series", "line_chart", "path_diagram", "TreeNode", "tree_diagram", "value_colour"]
 
 
 def value_colour(value: float | None) -> str:
@@ -19,12 +19,6 @@ def value_colour(value: float | None) -> str:
     v = min(1.0, max(0.0, float(value)))
     hue = 120 * v  # 0 red, 60 amber, 120 green
     return f"hsl({hue:.0f}, 62%, 52%)"
-
-
-def logprob_colour(logprob: float) -> str:
-    """Token log-probability as a background: white when sure (p near 1), deep red when unlikely."""
-    p = 2.718281828 ** max(logprob, -30.0)
-    return f"hsla(4, 85%, 55%, {min(0.9, (1 - p) * 0.9):.2f})"
 
 
 # --- line chart with intervals -----------------------------------------------------------------

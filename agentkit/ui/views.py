@@ -5,6 +5,7 @@ marked difference of a pair. Plain functions of records, so they are tested with
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from agentkit.store.policies import Policy
 from agentkit.store.runs import Run, Step
 from agentkit.tasks.steps import step_char_spans
 
-from .svg import Series, TreeNode, line_chart, logprob_colour, path_diagram, tree_diagram, value_colour
+from .svg import Series, TreeNode, line_chart, path_diagram, tree_diagram, value_colour
 
 __all__ = ["CallView", "RunView", "run_view", "heat_map", "improve_chart", "lineage", "marked_diff", "utility"]
 
@@ -51,17 +52,16 @@ class RunView:
 
 
 def heat_map(step: Step) -> Markup:
-    """One cell per completion token, coloured by its log-probability (the hover says which
-    token and how sure). Built as one string: a 1,000-call run has tens of thousands of cells."""
+    """One cell per completion token, coloured by how unlikely it was (10 shades, classes
+    h0..h9 in style.css); the hover says which token and its log-probability. Built as one
+    short string per cell: a 1,000-call run has tens of thousands of them."""
     logprobs = step.logprobs or []
     ids = step.completion_ids or []
     cells = []
     for k, lp in enumerate(logprobs):
-        token = ids[k] if k < len(ids) else "?"
-        p = 2.718281828 ** max(lp, -30.0)
-        cells.append(f'<i style="background:{logprob_colour(lp)}" title="token {k + 1} (id {token}): '
-                     f'logprob {lp:.3f}, p={p:.3f}"></i>')
-    return Markup(f'<div class="heat" aria-label="per-token log-probability">{"".join(cells)}</div>') if cells else Markup("")
+        shade = min(9, int((1 - math.exp(max(lp, -30.0))) * 10))
+        cells.append(f'<i class="h{shade}" title="#{k + 1} id {ids[k] if k < len(ids) else "?"}: {lp:.2f}"></i>')
+    return Markup(f'<div class="heat">{"".join(cells)}</div>') if cells else Markup("")
 
 
 def _checks(step: Step) -> list[tuple[str, bool | None, float | None]]:
