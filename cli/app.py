@@ -851,6 +851,13 @@ from agentkit.cli.trainer_cmd import trainer_app  # noqa: E402 - it builds on th
 app.add_typer(trainer_app, name="trainer")
 
 
+# --- agentkit ui (cli/ui_cmd.py) ------------------------------------------------------------
+
+from agentkit.cli.ui_cmd import ui  # noqa: E402 - it builds on the helpers above
+
+app.command("ui")(ui)
+
+
 def main() -> None:
     """Console-script entry point."""
     app(prog_name="agentkit")

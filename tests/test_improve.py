@@ -7,7 +7,7 @@ import pytest
 
 from agentkit.errors import AgentkitError
 
-from agentkit.store import TrajectoryStore
+from agentkit.store import ImproveLog, TrajectoryStore
 from agentkit.store.policies import PolicyRegistry
 from agentkit.tasks import get_suite
 from agentkit.learn.improve import ImproveConfig, checker_values, improve, plot_curve
@@ -55,6 +55,12 @@ def test_rft_round_trains_gates_and_promotes(tmp_path, monkeypatch):
     assert rounds[1].examples > 0 and rounds[1].p_value < 0.05
     png = plot_curve(rounds, tmp_path / "curve.png")
     assert png.read_bytes()[:4] == b"\x89PNG"
+    with TrajectoryStore(tmp_path / "runs.db") as store:  # the run and its rounds, for `agentkit ui`
+        [run] = ImproveLog(store).list()
+        recorded = ImproveLog(store).get(run.id)
+    assert (run.suite, run.method, run.status, run.config["rounds"]) == ("arithmetic", "rft", "finished", 1)
+    assert [r["round"] for r in recorded.rounds] == [0, 1]
+    assert recorded.rounds[1]["p_value"] == rounds[1].p_value and recorded.rounds[1]["candidate"] == "v1"
 
 
 def test_a_regression_is_not_promoted(tmp_path, monkeypatch):

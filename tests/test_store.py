@@ -97,8 +97,8 @@ def test_fresh_store_has_exactly_the_schema(tmp_path):
     library = ["library_fts", "library_fts_config", "library_fts_data", "library_fts_docsize", "library_fts_idx",
                "library_item_versions", "library_items", "library_nodes", "library_runs", "library_versions"]
     assert sorted(db.table_names()) == sorted([
-        "agentkit_meta", "policies", "policy_events", "runs", "schema_migrations", "sqlite_sequence", "step_pairs",
-        "steps", "trainer_cycles", "trainer_state", *library,
+        "agentkit_meta", "improve_rounds", "improve_runs", "policies", "policy_events", "runs", "schema_migrations",
+        "sqlite_sequence", "step_pairs", "steps", "trainer_cycles", "trainer_state", *library,
     ])
     assert list(db["agentkit_meta"].columns_dict) == ["key", "value"]
     assert list(db["schema_migrations"].columns_dict) == ["name", "applied_at"]

@@ -38,7 +38,7 @@ from agentkit.runtime import Budget, GraphAgent, SolveAgent, run_tasks
 from agentkit.runtime.experience import update_from_runs
 from agentkit.runtime.policy import adapter_name, load_policy
 from agentkit.graph.search import as_strategy
-from agentkit.store import PairStore, PolicyRegistry
+from agentkit.store import ImproveLog, PairStore, PolicyRegistry
 from agentkit.store.protocols import RunStore
 from agentkit.tasks import Suite, Task, get_suite, split_steps
 from agentkit.train.configs import DPOConfig, PGConfig, SFTConfig, TrainConfig
@@ -215,7 +215,27 @@ def improve(
 ) -> list[RoundResult]:
     """Run ``config.rounds`` rounds; returns one RoundResult per round plus a round 0 that
     measures the starting policy. ``llm`` samples and evaluates (it must load adapters);
-    training loads its own copy of ``model``."""
+    training loads its own copy of ``model``. The run and each round, as it ends, are
+    recorded in the store (store.improve.ImproveLog), where `agentkit ui` reads them."""
+    log = ImproveLog(store)
+    improve_id = log.start(suite=config.suite, graph=config.graph, method=config.method, config=asdict(config))
+
+    def record(row: RoundResult) -> None:
+        log.add_round(improve_id, row.round, asdict(row))
+        if on_round:
+            on_round(row)
+
+    try:
+        rounds = _improve(llm, store, config, model=model, on_round=record, on_status=on_status)
+    except BaseException:
+        log.finish(improve_id, "failed")
+        raise
+    log.finish(improve_id)
+    return rounds
+
+
+def _improve(llm: LLM, store: RunStore, config: ImproveConfig, *, model: Any,
+             on_round: Callable[[RoundResult], None], on_status: Callable[[str], None] | None) -> list[RoundResult]:
     status = on_status or (lambda message: log.info(message))
     suite = get_suite(config.suite)
     registry = PolicyRegistry(store.path)

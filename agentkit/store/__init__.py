@@ -5,6 +5,7 @@ policy registry, the trainer's bookkeeping and the experience library's tables.
 process, writes in retried transactions and encodes JSON columns; each store is a thin
 class over it. Callers type what they take with the protocols in ``protocols``."""
 
+from .improve import ImproveLog, ImproveRun
 from .pairs import Pair, PairStore
 from .policies import Policy, PolicyRegistry
 from .protocols import PairSink, PolicyBook, RunStore
@@ -12,4 +13,5 @@ from .runs import Run, Step, TrajectoryStore
 from .trainer import TrainerStore
 
 __all__ = ["Run", "Step", "TrajectoryStore", "Pair", "PairStore", "Policy", "PolicyRegistry", "TrainerStore",
+           "ImproveLog", "ImproveRun",
            "RunStore", "PairSink", "PolicyBook"]

@@ -315,6 +315,38 @@ def m0008_running_runs(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX idx_runs_running ON runs (id) WHERE status = 'running'")
 
 
+def m0009_improve(conn: sqlite3.Connection) -> None:
+    """``agentkit improve`` runs and their rounds (store/improve.py): one row per run with
+    its config, one per round with the round's numbers as JSON (RoundResult: gate p-values,
+    final-test success and interval, examples, tokens, CPU), so the UI draws the curve."""
+    conn.execute(
+        """
+        CREATE TABLE improve_runs (
+            id INTEGER PRIMARY KEY,
+            suite TEXT,
+            graph TEXT,
+            method TEXT,
+            status TEXT NOT NULL,
+            config TEXT,
+            started_at TEXT NOT NULL,
+            finished_at TEXT
+        )
+        """
+    )
+    conn.execute(
+        """
+        CREATE TABLE improve_rounds (
+            id INTEGER PRIMARY KEY,
+            improve_id INTEGER NOT NULL REFERENCES improve_runs(id),
+            round INTEGER NOT NULL,
+            result TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            UNIQUE (improve_id, round)
+        )
+        """
+    )
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = [
     ("0001_initial", m0001_initial),
     ("0002_graph_place", m0002_graph_place),
@@ -324,6 +356,7 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = [
     ("0006_trainer", m0006_trainer),
     ("0007_run_owner", m0007_run_owner),
     ("0008_running_runs", m0008_running_runs),
+    ("0009_improve", m0009_improve),
 ]
 
 

@@ -1,0 +1,69 @@
+"""A store for the UI tests, filled the way agentkit fills one: scripted runs recorded by
+run_tasks (half right, half wrong), a run whose completion is a <script> tag, one improve
+round that searches, trains a tiny LoRA candidate and gates it, and a Step-DPO pair from
+a failed run."""
+
+from __future__ import annotations
+
+import gc
+from pathlib import Path
+
+SCRIPT = "<script>alert(1)</script>"
+
+
+def fill_store(path: Path, work: Path) -> dict[str, int | str]:
+    """Fill the store at ``path`` (``work``: a directory for adapters); returns the ids the
+    tests open: a failed run, the script run, the improve run, the gated policy, the pair,
+    and a run that searched (its tree recorded)."""
+    from agentkit.learn.improve import ImproveConfig, improve
+    from agentkit.llm.scripted import ScriptedLLM
+    from agentkit.runtime import run_tasks
+    from agentkit.store import ImproveLog, Pair, PairStore, TrajectoryStore
+    from agentkit.tasks import get_suite
+
+    from conftest import build_tiny_model, build_tiny_tokenizer, char_scripted
+    from test_improve import answers, search_lines
+
+    suite = get_suite("arithmetic")
+    tasks = suite.tasks("test", 6, level=2, seed=11)
+    by_question = {t.question: (i, t) for i, t in enumerate(tasks)}
+
+    def half_right(prompt, request):
+        i, task = by_question[prompt.rsplit("Question: ", 1)[1].split("\n", 1)[0]]
+        if i % 2 == 0:
+            return task.solution + "\n"
+        first, second = task.solution.split("\n")[:2]
+        wrong = int(second.rsplit("=", 1)[1]) + 1  # step 2 off by one, and so the answer
+        return f"{first}\n{second.rsplit('=', 1)[0]}= {wrong}\nAnswer: {wrong}\n"
+
+    tok = build_tiny_tokenizer()
+    with TrajectoryStore(path) as store:
+        report = run_tasks(ScriptedLLM(half_right), suite, tasks, store, concurrency=3)
+        failed = next(r.run_id for r in report.results if r.status == "failure")
+        [script] = run_tasks(ScriptedLLM([SCRIPT]), suite, suite.tasks("test", 1, level=1, seed=5), store).results
+
+        # one improve round: search on 4 training tasks, train a tiny candidate, gate it
+        reply = search_lines(suite, answers(suite, right_for={"v1"}), suite.tasks("train", 4, level=1, seed=1000))
+        config = ImproveConfig(method="expert", explore="search", search="beam:1x4", rounds=1, levels=[1],
+                               train_tasks=4, eval_tasks=8, final_tasks=8, epochs=1, batch_size=2, concurrency=4,
+                               output_dir=str(work / "improve"))
+        improve(char_scripted(reply, tok), store, config, model=build_tiny_model(len(tok)))
+        improve_id = ImproveLog(store).list()[0].id
+        searched = next(r.id for r in store.list_runs(None) if (r.meta or {}).get("agent", {}).get("search"))
+
+        # a Step-DPO pair from the failed run: its wrong step 2 against the right one
+        step = store.get_run(failed).steps[0]
+        store.set_step_values(step.id, [1.0, 0.0])
+        i, task = next(v for v in by_question.values() if v[1].id == store.get_run(failed).task_id)
+        head = step.completion_text.split("Step 2:")[0] + "Step 2:"
+        right = task.solution.split("\n")[1].split(":", 1)[1]
+        wrong = step.completion_text.split("\n")[1].split(":", 1)[1]
+        pair = Pair(kind="step", prompt_text=step.prompt_text + head, prompt_ids=[1, 2, 3], chosen_text=right,
+                    chosen_ids=[4, 5], rejected_text=wrong, rejected_ids=[6, 7], suite="arithmetic",
+                    task_id=task.id, run_id=failed, step_id=step.id, step_index=1, method="checker",
+                    policy_version="base")
+        [pair_id] = PairStore(store).add_pairs([pair])
+    gc.collect()  # store objects improve dropped unclosed: their connection closes (and checkpoints) now
+    TrajectoryStore(path).close()
+    return {"failed": failed, "script": script.run_id, "improve": improve_id, "policy": "v1", "pair": pair_id,
+            "searched": searched}
