@@ -217,20 +217,20 @@ def improve(
     measures the starting policy. ``llm`` samples and evaluates (it must load adapters);
     training loads its own copy of ``model``. The run and each round, as it ends, are
     recorded in the store (store.improve.ImproveLog), where `agentkit ui` reads them."""
-    log = ImproveLog(store)
-    improve_id = log.start(suite=config.suite, graph=config.graph, method=config.method, config=asdict(config))
+    journal = ImproveLog(store)
+    improve_id = journal.start(suite=config.suite, graph=config.graph, method=config.method, config=asdict(config))
 
     def record(row: RoundResult) -> None:
-        log.add_round(improve_id, row.round, asdict(row))
+        journal.add_round(improve_id, row.round, asdict(row))
         if on_round:
             on_round(row)
 
     try:
         rounds = _improve(llm, store, config, model=model, on_round=record, on_status=on_status)
     except BaseException:
-        log.finish(improve_id, "failed")
+        journal.finish(improve_id, "failed")
         raise
-    log.finish(improve_id)
+    journal.finish(improve_id)
     return rounds
 
 
