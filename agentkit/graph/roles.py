@@ -16,7 +16,6 @@ import math
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
@@ -33,39 +32,16 @@ from agentkit.graph.parsers import (
     parse_solution,
 )
 from agentkit.graph import memory as _memory
+from agentkit.graph.context import RunContext
 from agentkit.graph.search import record_tree, search
 from agentkit.graph.spec import NodeSpec
 from agentkit.graph.templates import render, role_prompts
 from agentkit.graph.tools import ToolError, get_tool
 from agentkit.llm.base import GenerationRequest, mean_logprob
 
-__all__ = ["RunContext", "ROLE_RUNNERS", "run_node"]
+__all__ = ["ROLE_RUNNERS", "run_node"]
 
 FAN_OUT_TEMPERATURE = 0.8
-
-
-@dataclass
-class RunContext:
-    """What a run gives its nodes besides the state: never checkpointed.
-
-    ``recorder`` is the runtime's Recorder (reserve/generate/record and ``llm``)."""
-
-    recorder: Any
-    question: str
-    suite: Any = None
-    task: Any = None
-    shots: int = 3
-    temperature: float = 0.0
-    max_tokens: int | None = None
-    """A cap on every node's max_tokens (tests and smoke runs)."""
-    adapter: str | None = None
-    seed: int | None = None
-    library: Any = None
-    """The experience library nodes declared with memory= read (None: they read nothing)."""
-
-    @property
-    def llm(self) -> Any:
-        return self.recorder.llm
 
 
 # --- shared ---------------------------------------------------------------------------------

@@ -8,8 +8,8 @@ class over it. Callers type what they take with the protocols in ``protocols``."
 from .pairs import Pair, PairStore
 from .policies import Policy, PolicyRegistry
 from .protocols import PairSink, PolicyBook, RunStore
-from .runs import Run, Step, TrajectoryStore
+from .runs import Run, Step, StepRecord, TrajectoryStore
 from .trainer import TrainerStore
 
-__all__ = ["Run", "Step", "TrajectoryStore", "Pair", "PairStore", "Policy", "PolicyRegistry", "TrainerStore",
+__all__ = ["Run", "Step", "StepRecord", "TrajectoryStore", "Pair", "PairStore", "Policy", "PolicyRegistry", "TrainerStore",
            "RunStore", "PairSink", "PolicyBook"]
