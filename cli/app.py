@@ -176,7 +176,7 @@ def run(
     _quiet_hub()
     from agentkit.store import PolicyRegistry
     from agentkit.runtime import ActivePolicy
-    from agentkit.runtime.experience import LearningConfig
+    from agentkit.memory.learning import LearningConfig
 
     with TrajectoryStore(store_path) as traces, PolicyRegistry(store_path) as registry:
         if policy != "active":

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from agentkit.llm.base import LLM, Completion, GenerationRequest
-from agentkit.tasks import Suite, Task
+from agentkit.tasks import Suite, Task, family_of
 
 __all__ = ["RunContext", "NodeRecorder", "NodeLibrary"]
 
@@ -33,12 +33,14 @@ class NodeRecorder(Protocol):
 
 
 class NodeLibrary(Protocol):
-    """The experience library as nodes read it (agentkit.memory.ExperienceLibrary)."""
+    """The experience library as nodes read it (agentkit.memory.ExperienceLibrary): text
+    items shown in a marked section of a prompt, and numbers as a router's prior."""
 
-    def retrieve(self, query: str, *, family: str, kinds: Sequence[str] = ..., role: str | None = ...,
-                 k: int = ...) -> list[Any]: ...
+    def show(self, prompt: str, question: str, *, family: str, kinds: Sequence[str], k: int,
+             role: str | None = "solver") -> tuple[str, list[int]]: ...
 
-    def routes(self, family: str, node: str) -> dict[str, Any]: ...
+    def route_prior(self, family: str, node: str, labels: Sequence[str],
+                    weight: float) -> tuple[dict[str, float], list[int]]: ...
 
 
 @dataclass
@@ -61,3 +63,8 @@ class RunContext:
     @property
     def llm(self) -> LLM:
         return self.recorder.llm
+
+    @property
+    def family(self) -> str:
+        """The task's library family: "<suite>/<level>" ("default" without a suite)."""
+        return family_of(self.suite.name if self.suite else None, self.task.level if self.task else None)

@@ -23,6 +23,7 @@ from typing import Any, Sequence
 
 from agentkit.llm.base import LLM, GenerationRequest
 from agentkit.store.pairs import Pair, PairStore
+from agentkit.store.runs import StepRecord
 from agentkit.tasks import Suite, Task
 from agentkit.learn.credit import (
     CREDIT_METHODS,
@@ -175,13 +176,11 @@ def sample_solutions(
                 model=getattr(llm, "model_name", None), policy_version=policy_version,
                 meta={"level": task.level, "sampled_for": "step_dpo"},
             )
-            store.add_step(
-                run_id, node="solve", role="solver", prompt_text=request.prompt, prompt_ids=c.prompt_ids,
-                completion_text=c.text, completion_ids=c.token_ids, logprobs=c.logprobs,
-                finish_reason=c.finish_reason, latency_s=c.latency_s, adapter=c.adapter,
-                policy_version=policy_version, memory_ids=memory_ids or None,
+            store.add_steps([StepRecord.of_completion(
+                run_id, "solve", c, role="solver", prompt_text=request.prompt, policy_version=policy_version,
+                memory_ids=memory_ids or None,
                 parsed={"answer": suite.parse_answer(c.text), "steps": suite.check_steps(task, c.text)},
-            )
+            )])
             reward = suite.verify(task, c.text)
             store.finish_run(
                 run_id, status="success" if reward >= 1.0 else "failure", reward=reward,

@@ -68,12 +68,9 @@ class Recorder:
         its tokens, text, logprobs, finish reason, latency and adapter fill the step;
         without, ``fields`` do (a router's scored label, or a step with no tokens at all).
         ``fields``: the rest of StepRecord's (role, parsed, memory_ids, ...)."""
-        if completion is not None:
-            fields.update(prompt_ids=completion.prompt_ids, completion_ids=completion.token_ids,
-                          completion_text=completion.text, logprobs=completion.logprobs,
-                          finish_reason=completion.finish_reason, latency_s=completion.latency_s,
-                          adapter=completion.adapter)
-        step = StepRecord(self.run_id, node, policy_version=self.policy_version, **fields)
+        fields["policy_version"] = self.policy_version
+        step = (StepRecord(self.run_id, node, **fields) if completion is None
+                else StepRecord.of_completion(self.run_id, node, completion, **fields))
         (step_id,) = self.store.add_steps([step])
         with self._lock:
             self.tokens += len(step.prompt_ids or ()) + len(step.completion_ids or ())

@@ -84,6 +84,15 @@ class StepRecord:
     revision: int | None = None
     route: str | None = None
 
+    @classmethod
+    def of_completion(cls, run_id: int, node: str, completion: Any, **fields: Any) -> StepRecord:
+        """A step holding an llm Completion's tokens, text, logprobs, finish reason, latency
+        and adapter, as sampled (read by name: the store imports nothing above it)."""
+        return cls(run_id, node, prompt_ids=completion.prompt_ids, completion_ids=completion.token_ids,
+                   completion_text=completion.text, logprobs=completion.logprobs,
+                   finish_reason=completion.finish_reason, latency_s=completion.latency_s,
+                   adapter=completion.adapter, **fields)
+
     def row(self) -> tuple:
         """The values of an INSERT of _STEP_COLUMNS; token counts are the id lists' lengths."""
         return (
