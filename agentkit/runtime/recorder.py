@@ -69,7 +69,7 @@ class Recorder:
         without, ``fields`` do (a router's scored label, or a step with no tokens at all).
         ``fields``: the rest of StepRecord's (role, parsed, memory_ids, ...)."""
         fields["policy_version"] = self.policy_version
-        step = (StepRecord(self.run_id, node, **fields) if completion is None
+        step = (StepRecord(run_id=self.run_id, node=node, **fields) if completion is None
                 else StepRecord.of_completion(self.run_id, node, completion, **fields))
         (step_id,) = self.store.add_steps([step])
         with self._lock:
@@ -79,7 +79,7 @@ class Recorder:
     def record_steps(self, steps: Sequence[Mapping[str, Any]]) -> list[int]:
         """Write many steps of this run (StepRecord fields, without run and policy) in one
         transaction; their tokens and calls are the caller's to ``account``."""
-        return self.store.add_steps([StepRecord(self.run_id, policy_version=self.policy_version, **s) for s in steps])
+        return self.store.add_steps([StepRecord(run_id=self.run_id, policy_version=self.policy_version, **s) for s in steps])
 
     def call(
         self,

@@ -18,11 +18,10 @@ from __future__ import annotations
 import os
 import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from agentkit.errors import StoreError
 
@@ -56,39 +55,42 @@ def _refuse_live(run_id: int, pid: int | None, host: str | None, start: str | No
                      "where it ran first, then resume it")
 
 
-@dataclass(frozen=True)
-class StepRecord:
+class StepRecord(BaseModel):
     """One step as a caller writes it: a Step without what the store fills in (id, token
-    counts, created_at, step values). The one list of a step's fields that add_step,
+    counts, created_at, step values). The one list of a step's fields, which add_step,
     add_steps and the runtime's Recorder all take."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")  # a misspelt field is an error, never dropped
 
     run_id: int
     node: str
     role: str | None = None
     attempt: int = 0
     parent_step_id: int | None = None
-    """The step this one continues (a revision's draft, a search node's parent)."""
+    """The step this one continues (a retry's attempt before it, a search node's parent)."""
     prompt_text: str | None = None
-    prompt_ids: Sequence[int] | None = None
+    prompt_ids: list[int] | None = None
     completion_text: str | None = None
-    completion_ids: Sequence[int] | None = None
-    logprobs: Sequence[float] | None = None
+    completion_ids: list[int] | None = None
+    logprobs: list[float] | None = None
     finish_reason: str | None = None
     parsed: Any = None
     latency_s: float | None = None
     adapter: str | None = None
     policy_version: str | None = None
-    memory_ids: Sequence[int | str] | None = None
+    memory_ids: list[int | str] | None = None
     """The experience-library items the prompt showed."""
-    meta: Mapping[str, Any] | None = None
+    meta: dict[str, Any] | None = None
     revision: int | None = None
+    """In a graph run: how many critic revisions the run had made when this node ran."""
     route: str | None = None
+    """In a graph run: the label a router or critic step chose."""
 
     @classmethod
     def of_completion(cls, run_id: int, node: str, completion: Any, **fields: Any) -> StepRecord:
         """A step holding an llm Completion's tokens, text, logprobs, finish reason, latency
         and adapter, as sampled (read by name: the store imports nothing above it)."""
-        return cls(run_id, node, prompt_ids=completion.prompt_ids, completion_ids=completion.token_ids,
+        return cls(run_id=run_id, node=node, prompt_ids=completion.prompt_ids, completion_ids=completion.token_ids,
                    completion_text=completion.text, logprobs=completion.logprobs,
                    finish_reason=completion.finish_reason, latency_s=completion.latency_s,
                    adapter=completion.adapter, **fields)
@@ -107,35 +109,16 @@ class StepRecord:
         )
 
 
-class Step(BaseModel):
-    """One model call inside a run, with its exact tokens."""
+class Step(StepRecord):
+    """One model call inside a run, with its exact tokens: a StepRecord as stored."""
+
+    model_config = ConfigDict(frozen=False, extra="ignore")
 
     id: int
-    run_id: int
-    node: str
-    role: str | None = None
-    attempt: int = 0
-    parent_step_id: int | None = None
-    prompt_text: str | None = None
-    prompt_ids: list[int] | None = None
-    completion_text: str | None = None
-    completion_ids: list[int] | None = None
-    logprobs: list[float] | None = None
-    finish_reason: str | None = None
-    parsed: Any = None
-    latency_s: float | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
-    adapter: str | None = None
-    policy_version: str | None = None
-    memory_ids: list[int | str] | None = None
     step_values: list[float] | None = None
-    meta: dict[str, Any] | None = None
     created_at: str
-    revision: int | None = None
-    """In a graph run: how many critic revisions the run had made when this node ran."""
-    route: str | None = None
-    """In a graph run: the label a router or critic step chose."""
 
 
 class Run(BaseModel):
@@ -386,12 +369,12 @@ class TrajectoryStore:
 
     def add_step(self, run_id: int, *, node: str, **fields: Any) -> int:
         """Record one model call, committed before returning; returns the step id.
-        ``fields``: the rest of StepRecord's (a misspelt one is a TypeError).
+        ``fields``: the rest of StepRecord's (a misspelt one is an error).
 
         prompt_tokens/completion_tokens are the lengths of the id lists. In a graph run,
         ``revision`` and ``route`` give the step's place (see Step).
         """
-        return self._insert_steps([StepRecord(run_id, node, **fields).row()])[0]
+        return self._insert_steps([StepRecord(run_id=run_id, node=node, **fields).row()])[0]
 
     def add_steps(self, steps: Iterable[StepRecord | Mapping[str, Any]]) -> list[int]:
         """Record many steps in one transaction (all or none); returns their ids in order.

@@ -18,16 +18,8 @@ import torch
 from agentkit.errors import AgentkitError
 from agentkit.train.configs import DPOConfig, PGConfig, TrainConfig
 from agentkit.train.examples import PreferenceExample, RLGroup, SFTExample, _get, token_step_index
-from agentkit.train.losses import (
-    dpo_nll_loss,
-    grpo_advantages,
-    policy_gradient_loss,
-    rloo_advantages,
-    sequence_logps,
-    sft_loss,
-    step_advantages,
-    token_logps,
-)
+from agentkit.train.losses import (dpo_nll_loss, grpo_advantages, policy_gradient_loss, rloo_advantages,
+                                   sequence_logps, sft_loss, step_advantages, token_logps)
 
 __all__ = ["Method", "Preference", "SFT", "PolicyGradient", "method_for"]
 
