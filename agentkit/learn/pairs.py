@@ -32,6 +32,7 @@ from agentkit.learn.credit import (
     TokenText,
     derive_seed,
     locate_errors,
+    output_step,
     step_char_spans,
 )
 
@@ -387,11 +388,6 @@ def build_step_pairs(
     return stats
 
 
-def _final_call(steps: Sequence[Any]) -> Any | None:
-    solvers = [s for s in steps if s.role == "solver" and s.completion_ids]
-    return solvers[-1] if solvers else next((s for s in reversed(steps) if s.completion_ids), None)
-
-
 def build_outcome_pairs(
     llm: LLM,
     store: Any,
@@ -411,7 +407,7 @@ def build_outcome_pairs(
     groups: dict[tuple, dict[str, list]] = defaultdict(lambda: {"success": [], "failure": []})
     for run_id in run_ids:
         run = store.get_run(run_id, steps=True)
-        step = _final_call(run.steps)
+        step = output_step(run.steps, with_steps=False)
         if step is None or run.status not in ("success", "failure"):
             continue
         groups[(run.task_id, tuple(step.prompt_ids or []))][run.status].append((run, step))
