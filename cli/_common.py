@@ -6,6 +6,7 @@ modules import it; it imports none of them."""
 from __future__ import annotations
 
 import os
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, NoReturn, Optional
 
@@ -128,6 +129,15 @@ def _search_strategy(flag: str, spec: Optional[str]) -> Any:
         return parse_search(spec)
     except AgentkitError as exc:
         raise AgentkitError(f"{flag} {spec}: {exc}") from None
+
+
+def _load_backend(backend: str, model: Optional[str], *, spinner: bool, **options: Any) -> Any:
+    """The model backend, with a spinner on stderr while it loads when ``spinner``: the one
+    place the commands load a model (torch and transformers load here, never at --help)."""
+    from agentkit.llm import load_backend
+
+    with _stderr_console().status(_loading(backend, model)) if spinner else nullcontext():
+        return load_backend(backend, model, **options)
 
 
 def _loading(backend: str, model: Optional[str]) -> str:

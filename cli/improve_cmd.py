@@ -8,7 +8,15 @@ from typing import Optional
 
 import typer
 
-from agentkit.cli._common import _quiet_hub, _require, _search_strategy, _stderr_console, _store_option, _store_path
+from agentkit.cli._common import (
+    _load_backend,
+    _quiet_hub,
+    _require,
+    _search_strategy,
+    _stderr_console,
+    _store_option,
+    _store_path,
+)
 
 __all__ = ["improve"]
 
@@ -87,7 +95,6 @@ def improve(
     from rich.console import Console
 
     from agentkit.cli.render import improve_table
-    from agentkit.llm import load_backend
     from agentkit.store import TrajectoryStore
     from agentkit.learn.improve import ImproveConfig, improve as run_improve, plot_curve
 
@@ -99,7 +106,7 @@ def improve(
     err, console = _stderr_console(), Console()
     _quiet_hub()
     with TrajectoryStore(_store_path(store)) as traces:
-        llm = load_backend("transformers", model, dtype=dtype)
+        llm = _load_backend("transformers", model, spinner=False, dtype=dtype)
         try:
             results = run_improve(llm, traces, config, model=model,
                                   on_status=lambda message: err.print(message, highlight=False, markup=False),

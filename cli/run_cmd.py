@@ -6,14 +6,14 @@ from __future__ import annotations
 import json
 import os
 import sys
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
 import typer
 
 from agentkit.cli._common import (
-    _loading,
+    _load_backend,
     _open_traces,
     _quiet_hub,
     _require,
@@ -113,7 +113,6 @@ def run(
                                    "(0.8); drop --temperature")
     strategy = _search_strategy("--search", search)
 
-    from agentkit.llm import load_backend
     from agentkit.store import TrajectoryStore
     from agentkit.runtime import Budget, SolveAgent, run_tasks
     from agentkit.runtime.runner import RunsInterrupted
@@ -161,8 +160,7 @@ def run(
         if policy != "active":
             registry.get(policy)  # an unknown version fails now, naming the known ones
         agent, library = _reading_library(agent, traces)
-        with err.status(_loading(backend, model)) if interactive else nullcontext():
-            llm = load_backend(backend, model, base_url=base_url, dtype=dtype)
+        llm = _load_backend(backend, model, spinner=interactive, base_url=base_url, dtype=dtype)
         follow = ActivePolicy(llm, registry, version=None if policy == "active" else policy, on_change=lambda old, new, e: (
             err.print(f"policy {old} -> {new}: the next runs use {new}" if e is None
                       else f"policy {new} is active but did not load ({e}); runs stay on {old}", markup=False)))
@@ -246,7 +244,6 @@ def _resume_runs(spec: str, *, store: Optional[Path], model: Optional[str], back
     its row and finish them together, on one backend loaded once, each on the policy version
     it started with."""
     from agentkit.errors import AgentkitError, StoreError
-    from agentkit.llm import load_backend
     from agentkit.store import PolicyRegistry
     from agentkit.runtime import ActivePolicy, Budget, checkpoint_path, restore_agent
     from agentkit.runtime.runner import RESUMABLE, RunsInterrupted, resume_runs
@@ -286,8 +283,7 @@ def _resume_runs(spec: str, *, store: Optional[Path], model: Optional[str], back
         base_url = base_url or recorded_url
         dtype = recorded_dtype if dtype == "auto" and recorded_dtype else dtype
         model = model or recorded_model
-        with err.status(_loading(backend, model)) if err.is_terminal and not json_output else nullcontext():
-            llm = load_backend(backend, model, base_url=base_url, dtype=dtype)
+        llm = _load_backend(backend, model, spinner=err.is_terminal and not json_output, base_url=base_url, dtype=dtype)
         registry = PolicyRegistry(store_path)
         pinned: dict[Any, Any] = {}
 

@@ -3,12 +3,11 @@ typer is imported at module level (see app.py)."""
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from typing import Optional
 
 import typer
 
-from agentkit.cli._common import _loading, _quiet_hub, _require, _stderr_console
+from agentkit.cli._common import _load_backend, _quiet_hub, _require, _stderr_console
 
 __all__ = ["serve"]
 
@@ -35,16 +34,13 @@ def serve(
     _require(request_timeout > 0, f"--request-timeout {request_timeout:g}: must be above 0 seconds")
     import signal
 
-    from agentkit.llm import load_backend
     from agentkit.llm.server import ServerLimits, check_listen_address, make_server
     from agentkit.llm.server import serve as serve_until_signal
 
     check_listen_address(host, port)  # a bad --host or --port fails now, not after the model load
-    err = _stderr_console()
     _quiet_hub()
-    with err.status(_loading(backend, model)) if err.is_terminal else nullcontext():
-        extra = {"max_batch": max_batch} if backend == "transformers" else {}
-        llm = load_backend(backend, model, dtype=dtype, **extra)
+    extra = {"max_batch": max_batch} if backend == "transformers" else {}
+    llm = _load_backend(backend, model, spinner=_stderr_console().is_terminal, dtype=dtype, **extra)
     try:
         context = getattr(llm, "context_length", None)
         _require(max_tokens_limit is None or context is None or max_tokens_limit <= context,
