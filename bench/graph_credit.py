@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 from _common import markdown_table, write_result
 from agentkit.graph import Graph, load_graph
@@ -30,20 +31,8 @@ HEADERS = ["run", "calls in run", "answering call", "node values", "graph values
 
 
 def graph_named(name: str) -> Graph:
-    if name != "plan_solve_review":
-        return load_graph(name)
-    return (
-        Graph("plan_solve_review")
-        .add_node("plan", role="planner")
-        .add_node("solve", role="solver")
-        .add_node("review", role="critic", max_revisions=1)
-        .add_node("check", role="verifier")
-        .add_edge("plan", "solve")
-        .add_edge("solve", "review")
-        .add_edge("review", "solve", when="revise")
-        .add_edge("review", "check", when="accept")
-        .set_entry("plan")
-    )
+    """A prebuilt graph, or plan_solve_review (bench/plan_solve_review.py)."""
+    return load_graph(Path(__file__).with_name("plan_solve_review.py") if name == "plan_solve_review" else name)
 
 
 def fmt(values):

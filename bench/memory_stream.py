@@ -22,7 +22,7 @@ from agentkit.llm.transformers import TransformersLLM
 from agentkit.memory import ExperienceLibrary
 from agentkit.store import TrajectoryStore
 from agentkit.runtime import SolveAgent, run_tasks
-from agentkit.runtime.experience import LearningConfig, update_from_runs
+from agentkit.memory.learning import LearningConfig, update_from_runs
 from agentkit.tasks import get_suite
 from agentkit.learn.gate import wilson_interval
 

@@ -147,8 +147,7 @@ def main() -> None:
             ref_list = [{"chosen": 0.0, "rejected": 0.0}] * len(data)
 
             def step():
-                with trainer._autocast():
-                    loss, parts = trainer._loss(data, ref_list)
+                loss, parts = trainer.loss(data, ref_list)
                 loss.backward()
                 opt.step()
                 opt.zero_grad()

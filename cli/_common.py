@@ -1,9 +1,12 @@
 """What every command group shares: the error-handling group class, the --store option's
-help and default, and turning a bad option value into a one-line error. The command
+help and default, opening an existing store, turning a bad option value into a one-line
+error, and the spinner and consoles of the commands that load a model. The command
 modules import it; it imports none of them."""
 
 from __future__ import annotations
 
+import os
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, NoReturn, Optional
 
@@ -65,6 +68,11 @@ STORE_HELP = "SQLite store of runs and steps."
 STORE_DEFAULT = "$AGENTKIT_HOME/runs.db"
 
 
+def _store_option() -> Any:
+    """The --store option every command that reads or writes a store takes."""
+    return typer.Option(None, "--store", envvar="AGENTKIT_STORE", show_default=STORE_DEFAULT, help=STORE_HELP)
+
+
 def _store_path(store: Optional[Path]) -> Path:
     from agentkit.llm.models import agentkit_home
 
@@ -79,3 +87,66 @@ def _require(ok: bool, message: str) -> None:
         from agentkit.errors import AgentkitError
 
         raise AgentkitError(message)
+
+
+def _existing_store(store: Optional[Path], hint: str = "record runs with `agentkit run` first") -> Path:
+    """The store file ``store`` names; commands that read a store never create one."""
+    from agentkit.errors import StoreError
+
+    path = _store_path(store)
+    if not path.exists():
+        raise StoreError(f"no store at {path}; {hint}, or pass --store PATH")
+    return path
+
+
+def _open_traces(store: Optional[Path]) -> Any:
+    """The runs and steps of the existing store at ``store``."""
+    from agentkit.store import TrajectoryStore
+
+    return TrajectoryStore(_existing_store(store))
+
+
+def _quiet_hub() -> None:
+    """Our spinner and progress bar replace the hub's and transformers' tqdm bars (read from
+    the environment when huggingface_hub is first imported, which is after this)."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+
+def _stderr_console() -> Any:
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def _search_strategy(flag: str, spec: Optional[str]) -> Any:
+    """The strategy a --search value names (None: no search), or a one-line error naming the flag."""
+    if spec is None:
+        return None
+    from agentkit.errors import AgentkitError
+    from agentkit.graph.search import parse_search
+
+    try:
+        return parse_search(spec)
+    except AgentkitError as exc:
+        raise AgentkitError(f"{flag} {spec}: {exc}") from None
+
+
+def _load_backend(backend: str, model: Optional[str], *, spinner: bool, **options: Any) -> Any:
+    """The model backend, with a spinner on stderr while it loads when ``spinner``: the one
+    place the commands load a model (torch and transformers load here, never at --help)."""
+    from agentkit.llm import load_backend
+
+    with _stderr_console().status(_loading(backend, model)) if spinner else nullcontext():
+        return load_backend(backend, model, **options)
+
+
+def _loading(backend: str, model: Optional[str]) -> str:
+    """What the spinner says while the backend loads (the first use of the embedded model converts it)."""
+    from agentkit.llm.models import DEFAULT_MODEL, cached_models
+
+    if backend == "openai":
+        return f"connecting to {model or 'the server'}"
+    model = model or DEFAULT_MODEL
+    if model == DEFAULT_MODEL and all(m.name != model for m in cached_models()):
+        return f"converting {model} on first use (about a minute)"
+    return f"loading {model} ({backend})"

@@ -9,7 +9,7 @@ from typing import Any, Optional
 
 import typer
 
-from agentkit.cli._common import STORE_DEFAULT, STORE_HELP, _require, _store_path
+from agentkit.cli._common import _existing_store, _require, _store_option
 
 __all__ = ["memory_app"]
 
@@ -25,19 +25,12 @@ KIND_HELP = "Only items of this kind: exemplar, insight or route."
 FAMILY_HELP = "Only items of this task family, e.g. arithmetic/2 (see `agentkit memory stats`)."
 
 
-def _store_option() -> Any:
-    return typer.Option(None, "--store", envvar="AGENTKIT_STORE", show_default=STORE_DEFAULT, help=STORE_HELP)
-
 
 def _open(store: Optional[Path], retriever: str = "bm25") -> Any:
     """The library of the store at ``store``; memory commands never create a store."""
-    from agentkit.errors import StoreError
     from agentkit.memory.library import Bm25Retriever, EmbeddingRetriever, ExperienceLibrary
 
-    path = _store_path(store)
-    if not path.exists():
-        raise StoreError(f"no store at {path}; record runs with `agentkit run` first, or pass --store PATH")
-    return ExperienceLibrary(path, retriever=EmbeddingRetriever() if retriever == "embeddings" else Bm25Retriever())
+    return ExperienceLibrary(_existing_store(store), retriever=EmbeddingRetriever() if retriever == "embeddings" else Bm25Retriever())
 
 
 def _check_kind(kind: Optional[str]) -> None:

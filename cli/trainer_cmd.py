@@ -18,7 +18,7 @@ from typing import Any, Optional
 
 import typer
 
-from agentkit.cli._common import STORE_DEFAULT, STORE_HELP, _Group, _require, _store_path
+from agentkit.cli._common import _Group, _require, _store_option, _store_path
 
 __all__ = ["trainer_app"]
 
@@ -30,9 +30,6 @@ trainer_app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-
-def _store_option() -> Any:
-    return typer.Option(None, envvar="AGENTKIT_STORE", show_default=STORE_DEFAULT, help=STORE_HELP)
 
 
 def _files(store: Optional[Path], *, must_exist: bool) -> tuple[Path, Any]:

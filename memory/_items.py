@@ -182,7 +182,7 @@ class NewItem(BaseModel):
 
 @dataclass
 class RunOutcome:
-    """What one verified run teaches the library (built by agentkit.runtime.experience)."""
+    """What one verified run teaches the library (built by agentkit.memory.learning)."""
 
     run_id: int
     family: str

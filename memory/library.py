@@ -42,6 +42,7 @@ from ._items import (KINDS, STATUSES, LibraryConfig, LibraryItem, LibraryVersion
 from agentkit.store import TrajectoryStore
 from agentkit.store.db import utcnow
 
+from . import prompting
 from .retrieval import Bm25Retriever, EmbeddingRetriever, Retriever
 
 __all__ = [
@@ -277,6 +278,18 @@ class ExperienceLibrary:
     def routes(self, family: str, node: str) -> dict[str, LibraryItem]:
         """label -> route statistics of a router node in a family."""
         return {item.label: item for item in self.items(family=family, kind="route", node=node) if item.label}
+
+    def show(self, prompt: str, question: str, *, family: str, kinds: Sequence[str], k: int,
+             role: str | None = "solver") -> tuple[str, list[int]]:
+        """``prompt`` with up to k items retrieved for ``question`` in a marked section just
+        before it, and the ids shown (what a node declared with memory= reads; prompting.py)."""
+        return prompting.show(self, prompt, question, family=family, kinds=kinds, k=k, role=role)
+
+    def route_prior(self, family: str, node: str, labels: Sequence[str],
+                    weight: float) -> tuple[dict[str, float], list[int]]:
+        """A router's prior per declared label from its routes' success rates, and the ids
+        of the route items read (prompting.route_prior)."""
+        return prompting.route_prior(self, family, node, labels, weight)
 
     def base_rate(self, family: str, node: str) -> float:
         rows = self._select("SELECT runs, successes FROM library_nodes WHERE family = ? AND node = ?", (family, node))

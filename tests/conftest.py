@@ -46,6 +46,23 @@ def build_tiny_model(vocab_size: int, seed: int = 0):
     return model
 
 
+@pytest.fixture
+def store(tmp_path):
+    """A fresh trajectory store (runs and steps) in the test's temporary directory."""
+    from agentkit.store import TrajectoryStore
+
+    with TrajectoryStore(tmp_path / "runs.db") as s:
+        yield s
+
+
+@pytest.fixture
+def task():
+    """One level-2 arithmetic training task: two operations, so a solution has two steps."""
+    from agentkit.tasks import get_suite
+
+    return get_suite("arithmetic").tasks("train", 1, level=2)[0]
+
+
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
     return build_tiny_tokenizer()

@@ -30,17 +30,6 @@ from agentkit.learn.pairs import StepDPOConfig, build_outcome_pairs, build_step_
 SUITE = get_suite("arithmetic")
 
 
-@pytest.fixture
-def store(tmp_path):
-    with TrajectoryStore(tmp_path / "runs.db") as s:
-        yield s
-
-
-@pytest.fixture
-def task():
-    return SUITE.tasks("train", 1, level=2)[0]
-
-
 def lines(task):
     """The gold step lines, a wrong step 2, and the answers."""
     (a, op, b, c), (c2, op2, d, e) = task.data["steps"]

@@ -4,9 +4,9 @@ verified (agentkit.learn.rollouts)."""
 
 from __future__ import annotations
 
-import pytest
+from pathlib import Path
 
-from agentkit.graph import Graph
+from agentkit.graph import Graph, load_graph
 from agentkit.llm.scripted import ScriptedLLM
 from agentkit.store import TrajectoryStore
 from agentkit.runtime import GraphAgent, run_tasks
@@ -19,29 +19,7 @@ PLAN = "1. Do the first operation.\n2. Do the second operation.\n\n"
 ACCEPT = "Score: 9/10\nCritique: none\nVerdict: accept\n\n"
 REVISE = "Score: 2/10\nCritique: step 2 is wrong\nVerdict: revise\n\n"
 
-GRAPH = (
-    Graph("plan_solve_review")
-    .add_node("plan", role="planner")
-    .add_node("solve", role="solver")
-    .add_node("review", role="critic", max_revisions=1)
-    .add_node("check", role="verifier")
-    .add_edge("plan", "solve")
-    .add_edge("solve", "review")
-    .add_edge("review", "solve", when="revise")
-    .add_edge("review", "check", when="accept")
-    .set_entry("plan")
-)
-
-
-@pytest.fixture
-def store(tmp_path):
-    with TrajectoryStore(tmp_path / "runs.db") as s:
-        yield s
-
-
-@pytest.fixture
-def task():
-    return SUITE.tasks("train", 1, level=2)[0]
+GRAPH = load_graph(Path(__file__).resolve().parents[1] / "bench" / "plan_solve_review.py")
 
 
 def lines(task):

@@ -14,7 +14,6 @@ from agentkit.graph.compile import initial_state
 from agentkit.graph.roles import run_selector
 from agentkit.graph.spec import node_spec
 from agentkit.llm.scripted import ScriptedLLM
-from agentkit.store import TrajectoryStore
 from agentkit.runtime import Budget, GraphAgent, Recorder, SolveAgent, checkpoint_path, resume_run, run_tasks
 from agentkit.tasks import get_suite
 
@@ -22,12 +21,6 @@ PLAN = "1. Do the first operation.\n2. Do the second operation.\n\n"
 ACCEPT = "Score: 9/10\nCritique: none\nVerdict: accept\n\n"
 REVISE = "Score: 3/10\nCritique: step 2 is wrong\nVerdict: revise\n\n"
 WRONG = "Step 1: 1 + 1 = 3\nAnswer: 3\n"
-
-
-@pytest.fixture
-def store(tmp_path):
-    with TrajectoryStore(tmp_path / "runs.db") as s:
-        yield s
 
 
 @pytest.fixture

@@ -12,15 +12,8 @@ from agentkit.graph import Graph, RunContext, load_graph
 from agentkit.graph.roles import run_router
 from agentkit.graph.spec import node_spec
 from agentkit.llm.scripted import ScriptedLLM
-from agentkit.store import TrajectoryStore
 from agentkit.runtime import Budget, GraphAgent, Recorder, run_tasks
 from agentkit.tasks import get_suite
-
-
-@pytest.fixture
-def store(tmp_path):
-    with TrajectoryStore(tmp_path / "runs.db") as s:
-        yield s
 
 
 def test_concurrent_graph_runs_are_batched_by_one_backend(tiny_llm, store):

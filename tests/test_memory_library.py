@@ -12,14 +12,14 @@ import pytest
 
 from agentkit.errors import GraphSpecError, StoreError
 from agentkit.graph import Graph
-from agentkit.graph.memory import memory_section
+from agentkit.memory.prompting import memory_section
 from agentkit.llm.scripted import ScriptedLLM
 from agentkit.memory import ExperienceLibrary
 from agentkit.store import TrajectoryStore
 from agentkit.memory.library import (Bm25Retriever, LibraryConfig, NewItem, RunOutcome, family_of, read_export,
                                      utility)
 from agentkit.runtime import GraphAgent, SolveAgent, run_tasks
-from agentkit.runtime.experience import InsightParseError, LearningConfig, parse_insight, reflect, update_from_runs
+from agentkit.memory.learning import InsightParseError, LearningConfig, parse_insight, reflect, update_from_runs
 from agentkit.tasks import get_suite
 
 FAMILY = "arithmetic/1"

@@ -8,15 +8,8 @@ import pytest
 from agentkit.errors import BackendError
 from agentkit.llm.base import GenerationRequest
 from agentkit.llm.scripted import ScriptedLLM
-from agentkit.store import TrajectoryStore
 from agentkit.runtime import Budget, SolveAgent, run_tasks
 from agentkit.tasks import get_suite
-
-
-@pytest.fixture
-def store(tmp_path):
-    with TrajectoryStore(tmp_path / "runs.db") as s:
-        yield s
 
 
 def gold_for_first(tasks):

@@ -148,7 +148,7 @@ def test_policy_gradient_trains_on_informative_groups_only(method, tiny_model_fa
 
 
 def test_step_progress_gives_hand_computed_per_token_advantages():
-    from agentkit.train.trainer import _with_step_progress
+    from agentkit.train.methods import _with_step_progress
 
     group = RLGroup([1], [[5, 6, 7, 8, 9], [5, 6, 7]], [1.0, 0.0], step_values=[[0.5, 1.0, 1.0], [0.5, 0.0]],
                     step_spans=[[(0, 2), (2, 4)], [(1, 3)]])

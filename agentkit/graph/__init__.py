@@ -14,7 +14,7 @@ Importing this package does not import LangGraph; ``compile`` does.
 
 from agentkit.graph.graph import Graph, to_mermaid
 from agentkit.graph.registry import list_graphs, load_graph, prebuilt_names
-from agentkit.graph.roles import RunContext
+from agentkit.graph.context import RunContext
 from agentkit.graph.search import MCTS, Beam
 from agentkit.graph.spec import ROLES, EdgeSpec, GraphSpec, NodeSpec, validate_spec
 from agentkit.graph.tools import Tool, ToolError, get_tool, register_tool

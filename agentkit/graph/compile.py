@@ -15,7 +15,8 @@ LangGraph is imported here, inside ``compile_graph``, never when agentkit is imp
 import operator
 from typing import Annotated, Any, Optional, TypedDict
 
-from agentkit.graph.roles import RunContext, run_node
+from agentkit.graph.context import RunContext
+from agentkit.graph.roles import run_node
 from agentkit.graph.spec import GraphSpec, NodeSpec, validate_spec
 
 __all__ = ["GraphState", "compile_graph", "initial_state", "RECURSION_LIMIT"]

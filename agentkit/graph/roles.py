@@ -16,7 +16,6 @@ import math
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
@@ -32,40 +31,16 @@ from agentkit.graph.parsers import (
     parse_review,
     parse_solution,
 )
-from agentkit.graph import memory as _memory
+from agentkit.graph.context import RunContext
 from agentkit.graph.search import record_tree, search
 from agentkit.graph.spec import NodeSpec
 from agentkit.graph.templates import render, role_prompts
 from agentkit.graph.tools import ToolError, get_tool
 from agentkit.llm.base import GenerationRequest, mean_logprob
 
-__all__ = ["RunContext", "ROLE_RUNNERS", "run_node"]
+__all__ = ["ROLE_RUNNERS", "run_node"]
 
 FAN_OUT_TEMPERATURE = 0.8
-
-
-@dataclass
-class RunContext:
-    """What a run gives its nodes besides the state: never checkpointed.
-
-    ``recorder`` is the runtime's Recorder (reserve/generate/record and ``llm``)."""
-
-    recorder: Any
-    question: str
-    suite: Any = None
-    task: Any = None
-    shots: int = 3
-    temperature: float = 0.0
-    max_tokens: int | None = None
-    """A cap on every node's max_tokens (tests and smoke runs)."""
-    adapter: str | None = None
-    seed: int | None = None
-    library: Any = None
-    """The experience library nodes declared with memory= read (None: they read nothing)."""
-
-    @property
-    def llm(self) -> Any:
-        return self.recorder.llm
 
 
 # --- shared ---------------------------------------------------------------------------------
@@ -93,13 +68,13 @@ def _draft(state: dict) -> dict:
     return state.get("draft") or {}
 
 
-def _read_memory(node: NodeSpec, ctx: RunContext, query: str) -> tuple[str, list[int]]:
-    """The node's library section and the ids it shows ("" and [] without memory)."""
+def _show_memory(node: NodeSpec, ctx: RunContext, prompt: str) -> tuple[str, list[int]]:
+    """``prompt`` with the node's library section before the question, and the ids it
+    shows (unchanged and [] without memory)."""
     if node.memory is None or ctx.library is None:
-        return "", []
-    items = _memory.retrieve(ctx.library, query, family=_memory.family_for(ctx.suite, ctx.task),
-                             kinds=node.memory.kinds_for(node.role), k=node.memory.k, role=node.role)
-    return _memory.memory_section(items), [item.id for item in items]
+        return prompt, []
+    return ctx.library.show(prompt, ctx.question, family=ctx.family, kinds=node.memory.kinds_for(node.role),
+                            k=node.memory.k, role=node.role)
 
 
 def generate_with_retry(
@@ -169,8 +144,7 @@ def generate_with_retry(
 def run_planner(node: NodeSpec, state: dict, ctx: RunContext) -> dict:
     prompts = role_prompts("planner")
     prompt = render(node.prompt or prompts["template"], f"node '{node.name}' prompt", question=ctx.question)
-    section, memory_ids = _read_memory(node, ctx, ctx.question)
-    prompt = _memory.insert_section(prompt, ctx.question, section)
+    prompt, memory_ids = _show_memory(node, ctx, prompt)
     output, _, step_id, steps = generate_with_retry(
         node, ctx, state, prompt, parse_plan, prompts=prompts, stop=tuple(prompts["stop"]),
         max_tokens=_max_tokens(node, ctx, prompts["max_tokens"]), temperature=node.temperature or 0.0,
@@ -180,10 +154,10 @@ def run_planner(node: NodeSpec, state: dict, ctx: RunContext) -> dict:
             "visits": {node.name: _visits(node, state)}}
 
 
-def solver_prompt(node: NodeSpec, state: dict, ctx: RunContext, section: str = "") -> tuple[str, tuple[str, ...]]:
-    """The solver's prompt and stop strings: the suite's few-shot prompt when there is a
-    suite (plan and critique sections go between the question and the "Solution:" cue).
-    A memory ``section`` goes just before the question."""
+def solver_prompt(node: NodeSpec, state: dict, ctx: RunContext) -> tuple[str, tuple[str, ...], list[int]]:
+    """The solver's prompt, stop strings and the library items it shows: the suite's
+    few-shot prompt when there is a suite (plan and critique sections go between the
+    question and the "Solution:" cue). A memory section goes just before the question."""
     prompts = role_prompts("solver")
     where = f"node '{node.name}' prompt"
     cue = prompts["cue"]
@@ -195,7 +169,7 @@ def solver_prompt(node: NodeSpec, state: dict, ctx: RunContext, section: str = "
     else:
         context = render(prompts["context"], where, question=ctx.question)
         stop = tuple(prompts["stop"])
-    context = _memory.insert_section(context, ctx.question, section)
+    context, memory_ids = _show_memory(node, ctx, context)
     plan = state.get("plan")
     critique = state.get("critique")
     values = {
@@ -204,13 +178,12 @@ def solver_prompt(node: NodeSpec, state: dict, ctx: RunContext, section: str = "
         "revise_section": render(prompts["revise_section"], where, previous=critique["previous"].strip(),
                                  critique=critique["text"] or "(none given)") if critique else "",
     }
-    return render(node.prompt or prompts["template"], where, **values), stop
+    return render(node.prompt or prompts["template"], where, **values), stop, memory_ids
 
 
 def run_solver(node: NodeSpec, state: dict, ctx: RunContext) -> dict:
     prompts = role_prompts("solver")
-    section, memory_ids = _read_memory(node, ctx, ctx.question)
-    prompt, stop = solver_prompt(node, state, ctx, section)
+    prompt, stop, memory_ids = solver_prompt(node, state, ctx)
     visit = _visits(node, state)
     if node.search is not None:
         return _search_solver(node, state, ctx, prompt, visit)
@@ -271,8 +244,7 @@ def run_critic(node: NodeSpec, state: dict, ctx: RunContext) -> dict:
     solution = (draft.get("text") or "").strip() or "(no solution)"
     prompt = render(node.prompt or prompts["template"], f"node '{node.name}' prompt", question=ctx.question,
                     solution=solution)
-    section, memory_ids = _read_memory(node, ctx, ctx.question)
-    prompt = _memory.insert_section(prompt, ctx.question, section)
+    prompt, memory_ids = _show_memory(node, ctx, prompt)
     used = (state.get("revisions") or {}).get(node.name, 0)
     budget_left = node.max_revisions is None or used < node.max_revisions
 
@@ -345,10 +317,9 @@ def run_router(node: NodeSpec, state: dict, ctx: RunContext) -> dict:
     )
     prompt = render(node.prompt or prompts["template"], where, question=ctx.question, options=options)
     prior, memory_ids = {}, []
-    if node.memory is not None:
+    if node.memory is not None and ctx.library is not None:
         # numbers only: a success-rate prior per declared label, never text in the prompt
-        prior, memory_ids = _memory.route_prior(ctx.library, _memory.family_for(ctx.suite, ctx.task), node.name,
-                                                labels, node.memory.weight)
+        prior, memory_ids = ctx.library.route_prior(ctx.family, node.name, labels, node.memory.weight)
 
     def parsed(choice: Any) -> dict:
         return {**choice.model_dump(), **({"prior": prior} if prior else {})}

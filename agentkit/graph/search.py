@@ -41,6 +41,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, NamedTuple, Sequence
 
 from agentkit.errors import AgentkitError
+from agentkit.graph.context import NodeRecorder
 from agentkit.llm.base import LLM, Completion, GenerationRequest
 from agentkit.tasks import Suite, Task
 from agentkit.tasks.base import parse_answer
@@ -515,7 +516,7 @@ def _kind(line: str, completion: Completion) -> str:
     return "other"
 
 
-def record_tree(recorder: Any, tree: SearchTree, *, node: str = "solve", role: str = "solver") -> dict[int, int]:
+def record_tree(recorder: NodeRecorder, tree: SearchTree, *, node: str = "solve", role: str = "solver") -> dict[int, int]:
     """Write every node of ``tree`` as a step of ``recorder``'s run, parents first (one
     transaction per depth), and count its tokens and calls on the recorder. Each step's
     prompt is the search prompt + the node's prefix and its completion the node's line, as
@@ -526,23 +527,22 @@ def record_tree(recorder: Any, tree: SearchTree, *, node: str = "solve", role: s
     for n in tree.nodes[1:]:
         by_depth.setdefault(n.depth, []).append(n)
     step_ids: dict[int, int] = {}
-    store = recorder.store
     for depth in sorted(by_depth):
         rows = []
         for n in by_depth[depth]:
             parent = tree.nodes[n.parent]
             rows.append(dict(
-                run_id=recorder.run_id, node=node, role=role, parent_step_id=parent.step_id,
+                node=node, role=role, parent_step_id=parent.step_id,
                 prompt_ids=tree.prompt_ids + tree.ids(parent.id), completion_text=n.text,
                 completion_ids=n.token_ids, logprobs=n.logprobs, finish_reason="stop" if n.kind != "end" else "length",
-                adapter=tree.adapter, policy_version=recorder.policy_version, meta={"search": {
+                adapter=tree.adapter, meta={"search": {
                     "strategy": str(tree.strategy), "value_mode": tree.value_mode, "node": n.id, "parent": n.parent,
                     "depth": n.depth, "kind": n.kind, "value": n.value, "visits": n.visits, "q": n.q,
                     "prior": n.prior, "count": n.count, "chosen": n.id in chosen,
                     "rollout_ids": n.rollout_ids, "rollout_tokens": n.rollout_tokens,
                 }},
             ))
-        for n, step_id in zip(by_depth[depth], store.add_steps(rows)):
+        for n, step_id in zip(by_depth[depth], recorder.record_steps(rows)):
             n.step_id = step_id
             step_ids[n.id] = step_id
     recorder.account(calls=tree.calls, tokens=tree.tokens + tree.prefill)

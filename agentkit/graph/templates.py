@@ -1,6 +1,6 @@
-"""Role prompts are data: ``prompts/<role>.yaml`` (package data), rendered with
-``string.Template.substitute``, so a placeholder without a value is an error, never an
-empty string in a prompt."""
+"""Role prompts are data: ``prompts/<role>.yaml`` (package data of agentkit.graph, or of
+agentkit.memory for the library's own), rendered with ``string.Template.substitute``, so a
+placeholder without a value is an error, never an empty string in a prompt."""
 
 from __future__ import annotations
 
@@ -15,12 +15,12 @@ __all__ = ["role_prompts", "render"]
 
 
 @functools.cache
-def role_prompts(role: str) -> dict[str, Any]:
-    """The parsed prompts/<role>.yaml; loaded once per process."""
+def role_prompts(role: str, package: str = "agentkit.graph") -> dict[str, Any]:
+    """The parsed prompts/<role>.yaml of ``package``; loaded once per process."""
     import yaml
 
     try:
-        text = resources.files("agentkit.graph").joinpath("prompts", f"{role}.yaml").read_text(encoding="utf-8")
+        text = resources.files(package).joinpath("prompts", f"{role}.yaml").read_text(encoding="utf-8")
     except FileNotFoundError:
         raise GraphSpecError(f"no prompt file prompts/{role}.yaml for role '{role}'; reinstall agentkit") from None
     data = yaml.safe_load(text)

@@ -121,13 +121,16 @@ def _has_steps(step: Any) -> bool:
     return bool(step.completion_ids) and bool(step_char_spans(step.completion_text or ""))
 
 
-def output_step(steps: Sequence[Any]) -> Any | None:
-    """The model call whose output carries the run's answer: the last solver call with
-    "Step k:" lines, else the last call with any. None if no call wrote steps."""
-    solvers = [s for s in steps if s.role == "solver" and _has_steps(s)]
+def output_step(steps: Sequence[Any], *, with_steps: bool = True) -> Any | None:
+    """The model call whose output carries the run's answer: the last solver call, else the
+    last other call but a critic's. ``with_steps`` (credit: a step to blame) counts only
+    calls whose output has "Step k:" lines; without, any call with output tokens (a whole
+    output to pair). None if no call counts."""
+    wrote = _has_steps if with_steps else (lambda s: bool(s.completion_ids))
+    solvers = [s for s in steps if s.role == "solver" and wrote(s)]
     if solvers:
         return solvers[-1]
-    return next((s for s in reversed(steps) if s.role != "critic" and _has_steps(s)), None)
+    return next((s for s in reversed(steps) if s.role != "critic" and wrote(s)), None)
 
 
 def locate_errors(

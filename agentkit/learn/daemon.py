@@ -42,8 +42,8 @@ from agentkit.runtime import SolveAgent
 from agentkit.runtime.policy import adapter_name, load_policy
 from agentkit.store import PairStore, PolicyRegistry, TrajectoryStore
 from agentkit.store.trainer import TrainerFiles, TrainerLock, TrainerStore
-from agentkit.tasks import Task, get_suite
-from agentkit.train.configs import DPOConfig
+from agentkit.tasks import Suite, Task, get_suite
+from agentkit.train.configs import DPOConfig, field_of
 from agentkit.train.examples import PreferenceExample
 
 __all__ = ["TrainerConfig", "CycleResult", "TrainerDaemon", "run_daemon"]
@@ -67,49 +67,68 @@ class TrainerConfig:
     eval_level: int | None = field(default=None, metadata={"help": "Level of the held-out tasks (None: suite default)."})
     eval_seed: int = field(default=0, metadata={"help": "Seed of the held-out tasks."})
     shots: int = field(default=3, metadata={"help": "Worked examples in the gate's prompts."})
-    max_tokens: int = field(default=160, metadata={"help": "Longest gate answer or rectification, in tokens."})
-    rectifications: int = field(default=16, metadata={"help": "Continuations sampled from each error prefix."})
-    credit: str = field(default="auto", metadata={"help": "First wrong step by: auto, checker, mc or critic."})
-    chosen_by: str = field(default="outcome", metadata={
-        "help": "A rectified step is chosen when the answer verifies (outcome) or the step checker accepts it (step)."})
-    lr: float = field(default=1e-4, metadata={"help": "AdamW learning rate of the LoRA weights."})
-    epochs: float = field(default=2.0, metadata={"help": "Passes over the training pairs."})
-    batch_size: int = field(default=8, metadata={"help": "Pairs per optimizer step."})
-    beta: float = field(default=0.4, metadata={"help": "DPO temperature."})
-    nll_weight: float = field(default=1.0, metadata={"help": "Weight of the NLL term on the chosen step."})
-    lora_r: int = field(default=16, metadata={"help": "LoRA rank of a first adapter (a continued one keeps its own)."})
+    # how pairs are built and trained: StepDPOConfig's and DPOConfig's knobs (pair_config, train_config)
+    max_tokens: int = field_of(StepDPOConfig, "max_tokens", help="Longest gate answer or rectification, in tokens.")
+    rectifications: int = field_of(StepDPOConfig, "rectifications")
+    credit: str = field_of(StepDPOConfig, "credit")
+    chosen_by: str = field_of(StepDPOConfig, "chosen_by")
+    lr: float = field_of(DPOConfig, "lr")
+    epochs: float = field_of(DPOConfig, "epochs", default=2.0)
+    batch_size: int = field_of(DPOConfig, "batch_size")
+    beta: float = field_of(DPOConfig, "beta")
+    nll_weight: float = field_of(DPOConfig, "nll_weight")
+    lora_r: int = field_of(DPOConfig, "lora_r")
     alpha: float = field(default=0.05, metadata={"help": "Gate significance level (one-sided paired test)."})
     gate_metric: str = field(default="success", metadata={"help": "What must improve significantly: success or step-accuracy."})
     concurrency: int = field(default=16, metadata={"help": "Gate tasks in flight at once."})
     poll_s: float = field(default=10.0, metadata={"help": "Seconds between looks at the store when idle."})
     batch_runs: int = field(default=64, metadata={"help": "Most runs examined per cycle."})
     stale_s: float = field(default=3600.0, metadata={"help": "A run still 'running' this long is passed over."})
-    checkpoint_every: int = field(default=10, metadata={"help": "Training checkpoint every this many steps."})
+    checkpoint_every: int = field_of(DPOConfig, "checkpoint_every", default=10)
     max_errors: int = field(default=5, metadata={"help": "Give up after this many failed cycles in a row."})
     seed: int = field(default=0, metadata={"help": "Seed of rectification sampling and training."})
     serve_url: str | None = field(default=None, metadata={"help": "Also load each promoted adapter into this server."})
     output_dir: str | None = field(default=None, metadata={"help": "Candidates go here (None: runs.trainer/ beside the store)."})
 
     def __post_init__(self) -> None:
-        suite = get_suite(self.suite)  # an unknown suite fails here, naming the choices
-        checks = [
+        _check([
             (self.min_pairs >= 1, f"min_pairs {self.min_pairs}: must be at least 1"),
             (self.max_pairs >= self.min_pairs, f"max_pairs {self.max_pairs}: must be at least min_pairs ({self.min_pairs})"),
             (self.eval_tasks >= 1, f"eval_tasks {self.eval_tasks}: must be at least 1"),
-            (self.eval_level is None or self.eval_level in suite.levels,
-             f"eval_level {self.eval_level}: {self.suite} has levels {', '.join(map(str, suite.levels))}"),
             (self.credit in CREDIT_METHODS, f"credit {self.credit!r}: choose one of {', '.join(CREDIT_METHODS)}"),
             (self.chosen_by in CHOSEN_BY, f"chosen_by {self.chosen_by!r}: choose one of {', '.join(CHOSEN_BY)}"),
             (self.gate_metric in GATE_METRICS, f"gate_metric {self.gate_metric!r}: choose one of {', '.join(GATE_METRICS)}"),
-            (self.chosen_by != "step" or suite.has_step_checker,
-             f"chosen_by 'step' needs a step checker and suite '{self.suite}' has none; use 'outcome'"),
             (self.poll_s > 0, f"poll_s {self.poll_s}: must be > 0"),
             (self.batch_runs >= 1 and self.max_errors >= 1, "batch_runs and max_errors must be at least 1"),
             (self.rectifications >= 1 and self.concurrency >= 1, "rectifications and concurrency must be at least 1"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise AgentkitError(f"trainer config: {message}")
+        ])
+
+    def check_suite(self, suite: Suite) -> None:
+        """What depends on the suite, checked by the daemon that loads it (building a config
+        loads nothing)."""
+        _check([
+            (self.eval_level is None or self.eval_level in suite.levels,
+             f"eval_level {self.eval_level}: {self.suite} has levels {', '.join(map(str, suite.levels))}"),
+            (self.chosen_by != "step" or suite.has_step_checker,
+             f"chosen_by 'step' needs a step checker and suite '{self.suite}' has none; use 'outcome'"),
+        ])
+
+    def pair_config(self) -> StepDPOConfig:
+        """How a cycle samples rectifications and builds Step-DPO pairs."""
+        return StepDPOConfig(rectifications=self.rectifications, max_tokens=self.max_tokens, credit=self.credit,
+                             chosen_by=self.chosen_by, seed=self.seed)
+
+    def train_config(self, output_dir: str) -> DPOConfig:
+        """How a cycle trains its candidate (DPO + NLL on the pairs) into ``output_dir``."""
+        return DPOConfig(output_dir=output_dir, lr=self.lr, epochs=self.epochs, batch_size=self.batch_size,
+                         beta=self.beta, nll_weight=self.nll_weight, lora_r=self.lora_r, seed=self.seed,
+                         checkpoint_every=self.checkpoint_every, dtype=self.dtype)
+
+
+def _check(checks: list[tuple[bool, str]]) -> None:
+    for ok, message in checks:
+        if not ok:
+            raise AgentkitError(f"trainer config: {message}")
 
 
 @dataclass
@@ -165,12 +184,13 @@ class TrainerDaemon:
     def __init__(self, store: str | os.PathLike[str], config: TrainerConfig | None = None, *,
                  llm: LLM | None = None, model: Any = None):
         self.config = config or TrainerConfig()
+        self.suite = get_suite(self.config.suite)  # an unknown suite fails here, naming the choices
+        self.config.check_suite(self.suite)
         self.files = TrainerFiles.beside(store)
         self.traces = TrajectoryStore(store)
         self.book = TrainerStore(self.traces.path)
         self.registry = PolicyRegistry(self.traces.path)
         self.pairs = PairStore(self.traces)
-        self.suite = get_suite(self.config.suite)
         level = self.config.eval_level or self.suite.default_level
         self.held_out = self.suite.tasks("test", self.config.eval_tasks, level=level, seed=self.config.eval_seed)
         self._held_out_ids = {t.id for t in self.held_out}
@@ -357,10 +377,8 @@ class TrainerDaemon:
         todo = [i for i in todo if i not in built]
         if todo:
             adapter = self._load(active)
-            config = StepDPOConfig(rectifications=self.config.rectifications, max_tokens=self.config.max_tokens,
-                                   credit=self.config.credit, chosen_by=self.config.chosen_by, seed=self.config.seed)
-            stats = build_step_pairs(self.llm, self.suite, list(tasks.values()), self.traces, config, active,
-                                     run_ids=todo, adapter=adapter, pair_store=self.pairs)
+            stats = build_step_pairs(self.llm, self.suite, list(tasks.values()), self.traces, self.config.pair_config(),
+                                     active, run_ids=todo, adapter=adapter, pair_store=self.pairs)
             result.pairs = stats.pairs
             result.skipped.update({"no_error_found": stats.no_error_found})
         upto = ready[-1]["id"]
@@ -399,10 +417,7 @@ class TrainerDaemon:
         self.status(state="training")
         log.info("training a candidate on %d pairs, continuing '%s' -> %s", len(examples), parent, inflight["dir"])
         t0 = time.perf_counter()
-        train_config = DPOConfig(output_dir=inflight["dir"], lr=c.lr, epochs=c.epochs, batch_size=c.batch_size,
-                                 beta=c.beta, nll_weight=c.nll_weight, lora_r=c.lora_r, seed=c.seed,
-                                 checkpoint_every=c.checkpoint_every, dtype=c.dtype)
-        trained = train_candidate(self.registry, train_config, self.model, parent, examples, resume=True,
+        trained = train_candidate(self.registry, c.train_config(inflight["dir"]), self.model, parent, examples, resume=True,
                                   on_log=self._safe_point)
         result.train_s = time.perf_counter() - t0
         if trained.adapter_path is None:

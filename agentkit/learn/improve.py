@@ -33,9 +33,9 @@ from agentkit.learn.values import step_token_spans
 from agentkit.llm._malloc import release_memory
 from agentkit.llm.base import LLM
 from agentkit.llm.views import PolicyLLM
+from agentkit.memory.learning import update_from_runs
 from agentkit.memory.library import ExperienceLibrary
 from agentkit.runtime import Budget, GraphAgent, SolveAgent, run_tasks
-from agentkit.runtime.experience import update_from_runs
 from agentkit.runtime.policy import adapter_name, load_policy
 from agentkit.graph.search import as_strategy
 from agentkit.store import ImproveLog, PairStore, PolicyRegistry

@@ -23,6 +23,7 @@ from typing import Any, Sequence
 
 from agentkit.llm.base import LLM, GenerationRequest
 from agentkit.store.pairs import Pair, PairStore
+from agentkit.store.runs import StepRecord
 from agentkit.tasks import Suite, Task
 from agentkit.learn.credit import (
     CREDIT_METHODS,
@@ -31,6 +32,7 @@ from agentkit.learn.credit import (
     TokenText,
     derive_seed,
     locate_errors,
+    output_step,
     step_char_spans,
 )
 
@@ -175,13 +177,11 @@ def sample_solutions(
                 model=getattr(llm, "model_name", None), policy_version=policy_version,
                 meta={"level": task.level, "sampled_for": "step_dpo"},
             )
-            store.add_step(
-                run_id, node="solve", role="solver", prompt_text=request.prompt, prompt_ids=c.prompt_ids,
-                completion_text=c.text, completion_ids=c.token_ids, logprobs=c.logprobs,
-                finish_reason=c.finish_reason, latency_s=c.latency_s, adapter=c.adapter,
-                policy_version=policy_version, memory_ids=memory_ids or None,
+            store.add_steps([StepRecord.of_completion(
+                run_id, "solve", c, role="solver", prompt_text=request.prompt, policy_version=policy_version,
+                memory_ids=memory_ids or None,
                 parsed={"answer": suite.parse_answer(c.text), "steps": suite.check_steps(task, c.text)},
-            )
+            )])
             reward = suite.verify(task, c.text)
             store.finish_run(
                 run_id, status="success" if reward >= 1.0 else "failure", reward=reward,
@@ -388,11 +388,6 @@ def build_step_pairs(
     return stats
 
 
-def _final_call(steps: Sequence[Any]) -> Any | None:
-    solvers = [s for s in steps if s.role == "solver" and s.completion_ids]
-    return solvers[-1] if solvers else next((s for s in reversed(steps) if s.completion_ids), None)
-
-
 def build_outcome_pairs(
     llm: LLM,
     store: Any,
@@ -412,7 +407,7 @@ def build_outcome_pairs(
     groups: dict[tuple, dict[str, list]] = defaultdict(lambda: {"success": [], "failure": []})
     for run_id in run_ids:
         run = store.get_run(run_id, steps=True)
-        step = _final_call(run.steps)
+        step = output_step(run.steps, with_steps=False)
         if step is None or run.status not in ("success", "failure"):
             continue
         groups[(run.task_id, tuple(step.prompt_ids or []))][run.status].append((run, step))

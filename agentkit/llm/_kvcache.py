@@ -20,7 +20,7 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
-__all__ = ["appending_cache", "reserve", "is_appending", "join", "cache_argument"]
+__all__ = ["appending_cache", "reserve", "is_appending", "join", "cache_argument", "common_prefix"]
 
 
 def cache_argument(model: Any) -> str:
@@ -30,6 +30,15 @@ def cache_argument(model: Any) -> str:
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     parameters = inspect.signature(type(base).forward).parameters
     return "cache" if "cache" in parameters else "past_key_values"
+
+def common_prefix(seqs: list[list[int]], limit: int) -> int:
+    """How many leading tokens (at most ``limit``) all of ``seqs`` share: the part whose
+    keys and values can be computed once and shared by every row."""
+    n, first = 0, seqs[0]
+    while n < limit and all(len(s) > n and s[n] == first[n] for s in seqs):
+        n += 1
+    return n
+
 
 _HEADROOM = 64
 """Tokens of spare room when a buffer grows without a reservation (grows by >= 1/4 too)."""

@@ -55,14 +55,6 @@ def _left_pad(mask: torch.Tensor, width: int) -> torch.Tensor:
     return torch.cat([mask.new_zeros((mask.shape[0], width - mask.shape[1])), mask], dim=1)
 
 
-def _common_prefix(seqs: list[list[int]], limit: int) -> int:
-    n = 0
-    first = seqs[0]
-    while n < limit and all(len(s) > n and s[n] == first[n] for s in seqs):
-        n += 1
-    return n
-
-
 @dataclass
 class _Row:
     prompt_ids: list[int]
@@ -639,7 +631,7 @@ class TransformersLLM:
 
         from transformers import DynamicCache
 
-        from agentkit.llm._kvcache import appending_cache, reserve
+        from agentkit.llm._kvcache import appending_cache, common_prefix, reserve
 
         batch = len(prompts)
         shortest = min(len(p) for p in prompts)
@@ -655,7 +647,7 @@ class TransformersLLM:
                     best = ids
         if not best:
             candidates = prompts + ([self._last_prompt] if self._last_prompt else [])
-            common = _common_prefix(candidates, limit=shortest - 1)
+            common = common_prefix(candidates, limit=shortest - 1)
             if common >= self.min_prefix and (batch > 1 or self._last_prompt):
                 best = tuple(prompts[0][:common])
                 with torch.inference_mode():

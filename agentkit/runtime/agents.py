@@ -7,10 +7,11 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from agentkit.graph.context import NodeLibrary
+from agentkit.graph.search import as_strategy, record_tree, search, strategy_dict
 from agentkit.llm.base import GenerationRequest
 from agentkit.runtime.recorder import Recorder
-from agentkit.graph.search import as_strategy, record_tree, search, strategy_dict
-from agentkit.tasks import Suite, Task
+from agentkit.tasks import Suite, Task, family_of
 
 __all__ = ["Agent", "SolveAgent"]
 
@@ -36,7 +37,7 @@ class SolveAgent:
     adapter: str | None = None
     seed: int | None = None
     """With temperature > 0: the same seed and task give the same sample."""
-    library: Any = field(default=None, compare=False)
+    library: NodeLibrary | None = field(default=None, compare=False)
     """An ExperienceLibrary: up to ``memory`` exemplars and insights retrieved for each task
     are shown, in a marked section, as extra worked examples before the question."""
     memory: int = 4
@@ -66,12 +67,8 @@ class SolveAgent:
         """The solver prompt for ``task`` and the ids of the library items shown in it."""
         prompt, memory_ids = suite.prompt(task, shots=self.shots), []
         if self.library is not None and self.memory > 0:
-            from agentkit.graph import memory as _memory
-
-            items = _memory.retrieve(self.library, task.question, family=_memory.family_for(suite, task),
-                                     kinds=("exemplar", "insight"), k=self.memory)
-            prompt = _memory.insert_section(prompt, task.question, _memory.memory_section(items))
-            memory_ids = [item.id for item in items]
+            prompt, memory_ids = self.library.show(prompt, task.question, family=family_of(suite.name, task.level),
+                                                   kinds=("exemplar", "insight"), k=self.memory)
         return prompt, memory_ids
 
     def __call__(self, task: Task, suite: Suite, recorder: Recorder) -> str:

@@ -148,7 +148,7 @@ class GraphAgent:
 
     def _invoke(self, task: Task, suite: Suite, recorder: Any, *, resume: bool) -> str:
         from agentkit.graph.compile import RECURSION_LIMIT, initial_state
-        from agentkit.graph.roles import RunContext
+        from agentkit.graph.context import RunContext
 
         app = self.app
         thread = f"run-{recorder.run_id}"

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Any, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from agentkit.errors import BudgetExceeded
 from agentkit.llm.base import LLM, Completion, GenerationRequest
+from agentkit.store.protocols import RunStore
+from agentkit.store.runs import StepRecord
 
 __all__ = ["Budget", "Recorder"]
 
@@ -32,7 +35,7 @@ class Recorder:
     ``calls`` and ``tokens`` start at zero, or at what an interrupted run already spent
     when it resumes."""
 
-    def __init__(self, llm: LLM, store: Any, run_id: int, *, budget: Budget = Budget(),
+    def __init__(self, llm: LLM, store: RunStore, run_id: int, *, budget: Budget = Budget(),
                  policy_version: str | None = None, calls: int = 0, tokens: int = 0):
         self.llm, self.store, self.run_id = llm, store, run_id
         self.budget, self.policy_version = budget, policy_version
@@ -60,46 +63,23 @@ class Recorder:
         self.reserve(request.n)
         return self.llm.generate([request])[0]
 
-    def record(
-        self,
-        *,
-        node: str,
-        role: str,
-        completion: Completion | None = None,
-        prompt_text: str | None = None,
-        prompt_ids: Sequence[int] | None = None,
-        completion_text: str | None = None,
-        completion_ids: Sequence[int] | None = None,
-        logprobs: Sequence[float] | None = None,
-        finish_reason: str | None = None,
-        latency_s: float | None = None,
-        attempt: int = 0,
-        parent_step_id: int | None = None,
-        parsed: Any = None,
-        revision: int | None = None,
-        route: str | None = None,
-        meta: dict | None = None,
-        memory_ids: Sequence[int] | None = None,
-    ) -> int:
-        """Write one step and return its id. With ``completion``, its tokens, text,
-        logprobs, finish reason, latency and adapter fill the step; without, the keyword
-        arguments do (a router's scored label, or a step with no tokens at all).
-        ``memory_ids``: the experience-library items the prompt showed."""
-        adapter = None
-        if completion is not None:
-            prompt_ids, completion_ids = completion.prompt_ids, completion.token_ids
-            completion_text, logprobs = completion.text, completion.logprobs
-            finish_reason, latency_s, adapter = completion.finish_reason, completion.latency_s, completion.adapter
-        step_id = self.store.add_step(
-            self.run_id, node=node, role=role, attempt=attempt, parent_step_id=parent_step_id,
-            prompt_text=prompt_text, prompt_ids=prompt_ids, completion_text=completion_text,
-            completion_ids=completion_ids, logprobs=logprobs, finish_reason=finish_reason, parsed=parsed,
-            latency_s=latency_s, adapter=adapter, policy_version=self.policy_version, meta=meta,
-            revision=revision, route=route, memory_ids=memory_ids,
-        )
+    def record(self, *, node: str, completion: Completion | None = None, **fields: Any) -> int:
+        """Write one step of this run (a StepRecord) and return its id. With ``completion``,
+        its tokens, text, logprobs, finish reason, latency and adapter fill the step;
+        without, ``fields`` do (a router's scored label, or a step with no tokens at all).
+        ``fields``: the rest of StepRecord's (role, parsed, memory_ids, ...)."""
+        fields["policy_version"] = self.policy_version
+        step = (StepRecord(run_id=self.run_id, node=node, **fields) if completion is None
+                else StepRecord.of_completion(self.run_id, node, completion, **fields))
+        (step_id,) = self.store.add_steps([step])
         with self._lock:
-            self.tokens += len(prompt_ids or ()) + len(completion_ids or ())
+            self.tokens += len(step.prompt_ids or ()) + len(step.completion_ids or ())
         return step_id
+
+    def record_steps(self, steps: Sequence[Mapping[str, Any]]) -> list[int]:
+        """Write many steps of this run (StepRecord fields, without run and policy) in one
+        transaction; their tokens and calls are the caller's to ``account``."""
+        return self.store.add_steps([StepRecord(run_id=self.run_id, policy_version=self.policy_version, **s) for s in steps])
 
     def call(
         self,

@@ -225,7 +225,7 @@ def _learner(library: Any, learning: Any, llm: LLM, store: Any, suite: Suite,
     Each run is accounted alone, at once. Reflection compares failed with successful runs,
     so it reads the window of runs since the previous reflection, every
     ``reflect_every`` runs."""
-    from agentkit.runtime.experience import LearningConfig, reflect, update_from_runs
+    from agentkit.memory.learning import LearningConfig, reflect, update_from_runs
 
     config = learning or LearningConfig()
     totals.update(added=0, retired=0, insights=0, version=None)

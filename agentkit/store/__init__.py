@@ -9,9 +9,9 @@ from .improve import ImproveLog, ImproveRun
 from .pairs import Pair, PairStore
 from .policies import Policy, PolicyRegistry
 from .protocols import PairSink, PolicyBook, RunStore
-from .runs import Run, Step, TrajectoryStore
+from .runs import Run, Step, StepRecord, TrajectoryStore
 from .trainer import TrainerStore
 
-__all__ = ["Run", "Step", "TrajectoryStore", "Pair", "PairStore", "Policy", "PolicyRegistry", "TrainerStore",
-           "ImproveLog", "ImproveRun",
+__all__ = ["Run", "Step", "StepRecord", "TrajectoryStore", "Pair", "PairStore", "Policy", "PolicyRegistry",
+           "TrainerStore", "ImproveLog", "ImproveRun",
            "RunStore", "PairSink", "PolicyBook"]

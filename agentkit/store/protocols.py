@@ -11,7 +11,7 @@ if TYPE_CHECKING:
     from .db import StoreConnection
     from .pairs import Pair
     from .policies import Policy
-    from .runs import Run, Step
+    from .runs import Run, Step, StepRecord
 
 __all__ = ["RunStore", "PairSink", "PolicyBook"]
 
@@ -28,7 +28,7 @@ class RunStore(Protocol):
 
     def add_step(self, run_id: int, *, node: str, **fields: Any) -> int: ...
 
-    def add_steps(self, steps: Iterable[Mapping[str, Any]]) -> list[int]: ...
+    def add_steps(self, steps: Iterable[StepRecord | Mapping[str, Any]]) -> list[int]: ...
 
     def finish_run(self, run_id: int, *, status: str, reward: float | None = None,
                    step_accuracy: float | None = None, wall_s: float | None = None,

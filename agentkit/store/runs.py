@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from agentkit.errors import StoreError
 
@@ -31,7 +31,7 @@ from .db import StoreConnection, utcnow
 from .db import dumps as _dumps
 from .db import loads as _loads
 
-__all__ = ["Run", "Step", "TrajectoryStore", "RUN_STATUSES"]
+__all__ = ["Run", "Step", "StepRecord", "TrajectoryStore", "RUN_STATUSES"]
 
 RUN_STATUSES = ("success", "failure", "error", "budget", "interrupted")
 """How a run ended; while it runs its status is 'running'. 'interrupted': stopped before it
@@ -55,15 +55,19 @@ def _refuse_live(run_id: int, pid: int | None, host: str | None, start: str | No
                      "where it ran first, then resume it")
 
 
-class Step(BaseModel):
-    """One model call inside a run, with its exact tokens."""
+class StepRecord(BaseModel):
+    """One step as a caller writes it: a Step without what the store fills in (id, token
+    counts, created_at, step values). The one list of a step's fields, which add_step,
+    add_steps and the runtime's Recorder all take."""
 
-    id: int
+    model_config = ConfigDict(frozen=True, extra="forbid")  # a misspelt field is an error, never dropped
+
     run_id: int
     node: str
     role: str | None = None
     attempt: int = 0
     parent_step_id: int | None = None
+    """The step this one continues (a retry's attempt before it, a search node's parent)."""
     prompt_text: str | None = None
     prompt_ids: list[int] | None = None
     completion_text: str | None = None
@@ -72,18 +76,49 @@ class Step(BaseModel):
     finish_reason: str | None = None
     parsed: Any = None
     latency_s: float | None = None
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
     adapter: str | None = None
     policy_version: str | None = None
     memory_ids: list[int | str] | None = None
-    step_values: list[float] | None = None
+    """The experience-library items the prompt showed."""
     meta: dict[str, Any] | None = None
-    created_at: str
     revision: int | None = None
     """In a graph run: how many critic revisions the run had made when this node ran."""
     route: str | None = None
     """In a graph run: the label a router or critic step chose."""
+
+    @classmethod
+    def of_completion(cls, run_id: int, node: str, completion: Any, **fields: Any) -> StepRecord:
+        """A step holding an llm Completion's tokens, text, logprobs, finish reason, latency
+        and adapter, as sampled (read by name: the store imports nothing above it)."""
+        return cls(run_id=run_id, node=node, prompt_ids=completion.prompt_ids, completion_ids=completion.token_ids,
+                   completion_text=completion.text, logprobs=completion.logprobs,
+                   finish_reason=completion.finish_reason, latency_s=completion.latency_s,
+                   adapter=completion.adapter, **fields)
+
+    def row(self) -> tuple:
+        """The values of an INSERT of _STEP_COLUMNS; token counts are the id lists' lengths."""
+        return (
+            self.run_id, self.node, self.role, self.attempt, self.parent_step_id,
+            self.prompt_text, _dumps(self.prompt_ids),
+            self.completion_text, _dumps(self.completion_ids), _dumps(self.logprobs),
+            self.finish_reason, _dumps(self.parsed), self.latency_s,
+            None if self.prompt_ids is None else len(self.prompt_ids),
+            None if self.completion_ids is None else len(self.completion_ids),
+            self.adapter, self.policy_version, _dumps(self.memory_ids), _dumps(self.meta),
+            utcnow(), self.revision, self.route,
+        )
+
+
+class Step(StepRecord):
+    """One model call inside a run, with its exact tokens: a StepRecord as stored."""
+
+    model_config = ConfigDict(frozen=False, extra="ignore")
+
+    id: int
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    step_values: list[float] | None = None
+    created_at: str
 
 
 class Run(BaseModel):
@@ -126,40 +161,6 @@ _INSERT_STEP = (
     f"INSERT INTO steps ({', '.join(_STEP_COLUMNS)}) "
     f"VALUES ({', '.join('?' * len(_STEP_COLUMNS))})"
 )
-
-
-def _step_row(
-    run_id: int,
-    *,
-    node: str,
-    role: str | None = None,
-    attempt: int = 0,
-    parent_step_id: int | None = None,
-    prompt_text: str | None = None,
-    prompt_ids: Sequence[int] | None = None,
-    completion_text: str | None = None,
-    completion_ids: Sequence[int] | None = None,
-    logprobs: Sequence[float] | None = None,
-    finish_reason: str | None = None,
-    parsed: Any = None,
-    latency_s: float | None = None,
-    adapter: str | None = None,
-    policy_version: str | None = None,
-    memory_ids: Sequence[int | str] | None = None,
-    meta: Mapping[str, Any] | None = None,
-    revision: int | None = None,
-    route: str | None = None,
-) -> tuple:
-    return (
-        run_id, node, role, attempt, parent_step_id,
-        prompt_text, _dumps(prompt_ids),
-        completion_text, _dumps(completion_ids), _dumps(logprobs),
-        finish_reason, _dumps(parsed), latency_s,
-        None if prompt_ids is None else len(prompt_ids),
-        None if completion_ids is None else len(completion_ids),
-        adapter, policy_version, _dumps(memory_ids), _dumps(meta),
-        utcnow(), revision, route,
-    )
 
 
 def _to_step(row: dict[str, Any]) -> Step:
@@ -366,50 +367,22 @@ class TrajectoryStore:
 
     # -- steps ------------------------------------------------------------------
 
-    def add_step(
-        self,
-        run_id: int,
-        *,
-        node: str,
-        role: str | None = None,
-        attempt: int = 0,
-        parent_step_id: int | None = None,
-        prompt_text: str | None = None,
-        prompt_ids: Sequence[int] | None = None,
-        completion_text: str | None = None,
-        completion_ids: Sequence[int] | None = None,
-        logprobs: Sequence[float] | None = None,
-        finish_reason: str | None = None,
-        parsed: Any = None,
-        latency_s: float | None = None,
-        adapter: str | None = None,
-        policy_version: str | None = None,
-        memory_ids: Sequence[int | str] | None = None,
-        meta: Mapping[str, Any] | None = None,
-        revision: int | None = None,
-        route: str | None = None,
-    ) -> int:
+    def add_step(self, run_id: int, *, node: str, **fields: Any) -> int:
         """Record one model call, committed before returning; returns the step id.
+        ``fields``: the rest of StepRecord's (a misspelt one is an error).
 
         prompt_tokens/completion_tokens are the lengths of the id lists. In a graph run,
         ``revision`` and ``route`` give the step's place (see Step).
         """
-        row = _step_row(
-            run_id, node=node, role=role, attempt=attempt, parent_step_id=parent_step_id,
-            prompt_text=prompt_text, prompt_ids=prompt_ids, completion_text=completion_text,
-            completion_ids=completion_ids, logprobs=logprobs, finish_reason=finish_reason,
-            parsed=parsed, latency_s=latency_s, adapter=adapter, policy_version=policy_version,
-            memory_ids=memory_ids, meta=meta, revision=revision, route=route,
-        )
-        return self._insert_steps([row])[0]
+        return self._insert_steps([StepRecord(run_id=run_id, node=node, **fields).row()])[0]
 
-    def add_steps(self, steps: Iterable[Mapping[str, Any]]) -> list[int]:
+    def add_steps(self, steps: Iterable[StepRecord | Mapping[str, Any]]) -> list[int]:
         """Record many steps in one transaction (all or none); returns their ids in order.
 
-        Each mapping holds add_step's arguments, run_id included. Durable per batch:
-        cheaper than add_step per call when a runtime buffers a few steps.
+        Each is a StepRecord, or a mapping of its fields. Durable per batch: cheaper than
+        add_step per call when a runtime buffers a few steps.
         """
-        rows = [_step_row(**step) for step in steps]
+        rows = [(s if isinstance(s, StepRecord) else StepRecord(**s)).row() for s in steps]
         return self._insert_steps(rows) if rows else []
 
     def _insert_steps(self, rows: list[tuple]) -> list[int]:

@@ -9,7 +9,7 @@ from typing import Any
 
 from agentkit.errors import AgentkitError
 
-__all__ = ["TrainConfig", "DPOConfig", "SFTConfig", "PGConfig", "config_from_dict", "METHODS", "ALL_LINEAR"]
+__all__ = ["TrainConfig", "DPOConfig", "SFTConfig", "PGConfig", "config_from_dict", "field_of", "METHODS", "ALL_LINEAR"]
 
 METHODS = ("dpo", "sft", "grpo", "rloo")
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -19,6 +19,15 @@ def _f(default: Any, help: str) -> Any:
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata={"help": help})
     return field(default=default, metadata={"help": help})
+
+
+def field_of(config: type, name: str, **change: Any) -> Any:
+    """A field declared as ``config``'s field ``name`` is (its default and help): a config
+    that passes knobs on to another one takes them from it instead of declaring them again.
+    ``default=`` or ``help=`` change one, where the caller's use differs."""
+    (f,) = [f for f in dataclasses.fields(config) if f.name == name]
+    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    return _f(change.get("default", default), change.get("help", f.metadata.get("help", "")))
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""The LoRA trainer: DPO (step-level or whole-output pairs), SFT, GRPO and RLOO.
+"""The LoRA trainer: the loop every method shares (the methods are in methods.py: DPO on
+step-level or whole-output pairs, SFT, GRPO and RLOO).
 
 One loop for every method, read top to bottom in ``Trainer.train``:
 
@@ -40,25 +41,9 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 
 from agentkit.errors import AgentkitError
-from agentkit.train.examples import PreferenceExample, RLGroup, SFTExample, TrainResult, _get, token_step_index
-from agentkit.train.configs import (
-    METHODS,
-    DPOConfig,
-    PGConfig,
-    SFTConfig,
-    TrainConfig,
-    config_from_dict,
-)
-from agentkit.train.losses import (
-    dpo_nll_loss,
-    grpo_advantages,
-    policy_gradient_loss,
-    rloo_advantages,
-    sequence_logps,
-    sft_loss,
-    step_advantages,
-    token_logps,
-)
+from agentkit.train.configs import METHODS, DPOConfig, PGConfig, SFTConfig, TrainConfig, config_from_dict
+from agentkit.train.examples import PreferenceExample, RLGroup, SFTExample, TrainResult
+from agentkit.train.methods import SFT, Loss, Method, Preference, method_for
 
 __all__ = [
     "TrainConfig",
@@ -89,7 +74,9 @@ class Trainer:
     ``model``: a name or path for ``resolve_model`` ("gemma-3-270m"), or an already built
     transformers model (the trainer takes it over: LoRA layers are injected into it).
     ``parent_adapter``: a PEFT directory to continue training (its LoRA shape wins over the
-    config's). ``on_log``: called with every log record."""
+    config's). ``on_log``: called with every log record; ``on_reference``: with the seconds of
+    the one-off reference pass (so a benchmark can time the steps apart from it). What the
+    method adds to the loop (examples, reference, loss) is ``self.method`` (train/methods.py)."""
 
     def __init__(
         self,
@@ -99,6 +86,7 @@ class Trainer:
         parent_adapter: str | os.PathLike[str] | None = None,
         device: str | None = None,
         on_log: Callable[[dict[str, Any]], None] | None = None,
+        on_reference: Callable[[float], None] | None = None,
     ):
         from agentkit.llm._malloc import tune_allocator
         from agentkit.llm.device import choose_dtype
@@ -107,11 +95,13 @@ class Trainer:
         tune_allocator()
 
         self.config = config
+        self.method = method_for(config)
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         requested = os.environ.get("AGENTKIT_DTYPE", config.dtype) if config.dtype == "auto" else config.dtype
         self.dtype = choose_dtype(self.device, requested, workload="train")
         self.parent_adapter = None if parent_adapter is None else str(parent_adapter)
         self.on_log = on_log
+        self.on_reference = on_reference
         self.model_name = model if isinstance(model, (str, os.PathLike)) else type(model).__name__
         torch.manual_seed(config.seed)  # the LoRA initialisation
         self.model = self._wrap(self._load(model))
@@ -217,11 +207,13 @@ class Trainer:
         gradient through the prompt's keys and values is dropped."""
         from transformers import DynamicCache
 
+        from agentkit.llm._kvcache import common_prefix
+
         distinct: dict[tuple[int, ...], int] = {}
         row_prompt = [distinct.setdefault(tuple(p), len(distinct)) for p in prompts]
         prefixes = [list(p[:-1]) for p in distinct]  # (the last prompt token runs with the step)
         # Few-shot prompts share most of their tokens: that part runs once, as one row.
-        shared = _common_prefix(prefixes, limit=min(len(p) for p in prefixes) - 1) if len(prefixes) > 1 else 0
+        shared = common_prefix(prefixes, limit=min(len(p) for p in prefixes) - 1) if len(prefixes) > 1 else 0
         shared = shared if shared >= 16 else 0
         lp = max(len(p) for p in prefixes) - shared
         pids = torch.full((len(prefixes), lp), self._pad, dtype=torch.long)
@@ -257,67 +249,10 @@ class Trainer:
 
     # ---- data -------------------------------------------------------------------------------
 
-    def _prepare(self, data: Iterable[Any]) -> tuple[list[Any], dict[str, Any]]:
-        """The examples the loop trains on, and what was set aside (reported, never silent)."""
-        method = self.config.method
-        items = list(data)
-        stats: dict[str, Any] = {"examples_given": len(items)}
-        if method == "dpo":
-            examples = [x if isinstance(x, PreferenceExample) else PreferenceExample.from_record(x) for x in items]
-            bad = [i for i, x in enumerate(examples) if not x.prompt_ids or not x.chosen_ids or not x.rejected_ids]
-        elif method == "sft":
-            examples = [x if isinstance(x, SFTExample) else SFTExample(list(_get(x, "prompt_ids")), list(_get(x, "completion_ids")))
-                        for x in items]
-            bad = [i for i, x in enumerate(examples) if not x.prompt_ids or not x.completion_ids]
-        else:
-            examples = list(items)
-            bad = [i for i, g in enumerate(examples)
-                   if not isinstance(g, RLGroup) or not g.prompt_ids or any(not c for c in g.completions)]
-        if bad:
-            raise AgentkitError(f"{method}: example {bad[0]} has an empty prompt or completion (or is not a "
-                                f"{'RLGroup' if method in ('grpo', 'rloo') else 'pair/completion'}); drop it")
-        if method in ("grpo", "rloo"):
-            examples, stats = self._advantages(examples, stats)
-        stats["examples"] = len(examples)
-        return examples, stats
-
-    def _advantages(self, groups: list[RLGroup], stats: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
-        cfg = self.config
-        advantage_fn = grpo_advantages if cfg.method == "grpo" else rloo_advantages
-        kept, equal, progress_kept = [], [], 0
-        for i, g in enumerate(groups):
-            if len(g.completions) != len(g.rewards) or len(g.completions) < 2:
-                raise AgentkitError(f"group {i}: {len(g.completions)} completions and {len(g.rewards)} rewards; "
-                                    "pass one reward per completion and at least 2 completions")
-            if cfg.group_size and len(g.completions) != cfg.group_size:
-                raise AgentkitError(f"group {i} has {len(g.completions)} completions, group_size is {cfg.group_size}")
-            advantages, degenerate = advantage_fn(torch.tensor(g.rewards, dtype=torch.float32))  # (G,)
-            rows = _with_step_progress(g, advantages, cfg.step_weight) if cfg.step_weight else None
-            if bool(degenerate):
-                equal.append(g.id if g.id is not None else i)
-            if rows is not None and any(bool(r.any()) for r in rows):
-                kept.append((g, rows))
-                progress_kept += bool(degenerate)
-            elif not bool(degenerate):
-                kept.append((g, advantages))
-        stats.update(groups=len(groups), equal_reward_groups=len(equal), equal_reward_group_ids=equal,
-                     equal_reward_groups_trained_on_steps=progress_kept)
-        if len(equal) > progress_kept:
-            log.warning("%d of %d groups have all-equal rewards (%s) and no step progress; they train nothing",
-                        len(equal) - progress_kept, len(groups), cfg.method)
-        return kept, stats
-
     def _fingerprint(self, examples: list[Any]) -> str:
         digest = hashlib.sha256()
         for x in examples:
-            if isinstance(x, tuple):  # (RLGroup, advantages)
-                x = x[0]
-                steps = [x.step_values] if x.step_values is not None else []
-                digest.update(json.dumps([x.prompt_ids, x.completions, x.rewards, *steps]).encode())
-            elif isinstance(x, PreferenceExample):
-                digest.update(json.dumps([x.prompt_ids, x.chosen_ids, x.rejected_ids]).encode())
-            else:
-                digest.update(json.dumps([x.prompt_ids, x.completion_ids]).encode())
+            digest.update(json.dumps(self.method.identity(x)).encode())
         return digest.hexdigest()
 
     def _order(self, n: int, needed: int) -> torch.Tensor:
@@ -332,86 +267,24 @@ class Trainer:
     # ---- reference ------------------------------------------------------------------------
 
     @torch.no_grad()
-    def _reference(self, examples: list[Any]) -> list[dict[str, torch.Tensor]]:
-        """Log-probabilities under the policy at the start of training, once per example.
-
-        DPO: summed logps of chosen and rejected (the reference of the loss). GRPO/RLOO:
-        per-token logps of each completion (the KL reference and, without recorded sampling
-        logprobs, the old policy of the ratio). SFT needs none."""
-        method, cfg = self.config.method, self.config
-        if method == "sft":
-            return [{} for _ in examples]
+    def reference(self, examples: list[Any]) -> list[dict[str, Any]]:
+        """The method's reference log-probabilities under the policy at the start of
+        training (the incumbent), once per example, in batches, dropout off."""
         was_training = self.model.training
         self.model.eval()
-        cache: list[dict[str, torch.Tensor]] = []
+        cache: list[dict[str, Any]] = []
         try:
-            for start in range(0, len(examples), cfg.batch_size):
-                batch = examples[start: start + cfg.batch_size]
+            for start in range(0, len(examples), self.config.batch_size):
                 with self._autocast():
-                    if method == "dpo":
-                        logits, labels, mask = self._forward(*_dpo_rows(batch))
-                        logps = sequence_logps(logits, labels, mask).float().view(-1, 2).cpu()  # (B, 2)
-                        cache.extend({"chosen": row[0], "rejected": row[1]} for row in logps)
-                    else:
-                        prompts, completions, _ = _pg_rows(batch)
-                        logits, labels, mask = self._forward(prompts, completions)
-                        per_token = token_logps(logits, labels).cpu()  # (N, Tc)
-                        k = 0
-                        for g, _ in batch:
-                            rows = [per_token[k + j, : len(c)] for j, c in enumerate(g.completions)]
-                            cache.append({"ref": rows})
-                            k += len(g.completions)
-                del logits
+                    cache.extend(self.method.reference(self._forward, examples[start: start + self.config.batch_size]))
         finally:
             self.model.train(was_training)
         return cache
 
-    # ---- losses -----------------------------------------------------------------------------
-
-    def _loss(self, batch: list[Any], refs: list[dict[str, Any]]) -> tuple[torch.Tensor, dict[str, float]]:
-        cfg = self.config
-        if cfg.method == "dpo":
-            prompts, completions = _dpo_rows(batch)
-            logits, labels, mask = self._forward(prompts, completions)
-            logps = sequence_logps(logits, labels, mask).view(-1, 2)  # (B, 2): chosen, rejected
-            ref = torch.tensor([[r["chosen"], r["rejected"]] for r in refs], device=logps.device)  # (B, 2)
-            lengths = mask.view(-1, 2, mask.shape[1])[:, 0].sum(-1)  # (B,) chosen tokens
-            losses, chosen_r, rejected_r, nll = dpo_nll_loss(
-                logps[:, 0], logps[:, 1], ref[:, 0], ref[:, 1], lengths, cfg.beta,
-                alpha=cfg.nll_weight, label_smoothing=cfg.label_smoothing,
-            )
-            margin = chosen_r - rejected_r  # (B,)
-            return losses.mean(), {
-                "nll": nll.mean().item(), "reward_margin": margin.mean().item(),
-                "reward_accuracy": (margin > 0).float().mean().item(),
-                "chosen_reward": chosen_r.mean().item(), "rejected_reward": rejected_r.mean().item(),
-                "tokens": int(mask.sum()),
-            }
-        if cfg.method == "sft":
-            logits, labels, mask = self._forward([x.prompt_ids for x in batch], [x.completion_ids for x in batch])
-            loss = sft_loss(logits, labels, mask)
-            return loss, {"nll": loss.item(), "tokens": int(mask.sum())}
-        prompts, completions, advantages = _pg_rows(batch)
-        logits, labels, mask = self._forward(prompts, completions)
-        logps = token_logps(logits, labels)  # (N, Tc)
-        tc = logps.shape[1]
-        ref_rows = [t for r in refs for t in r["ref"]] if refs and "ref" in refs[0] else None
-        old_rows = []
-        for (g, _), r in zip(batch, refs):
-            if g.logprobs is not None:
-                old_rows.extend(torch.tensor(lp, dtype=torch.float32) for lp in g.logprobs)
-            else:
-                old_rows.extend(r["ref"])
-        old = _pad_rows(old_rows, tc).to(logps.device)  # (N, Tc)
-        if isinstance(advantages, list):
-            advantages = _pad_rows(advantages, tc)  # (N, Tc) per token
-        ref = _pad_rows(ref_rows, tc).to(logps.device) if ref_rows is not None else None
-        loss, stats = policy_gradient_loss(
-            logps, old, advantages.to(logps.device), mask, clip_eps=cfg.clip_eps, ref_logps=ref, kl_coef=cfg.kl_coef,
-        )
-        rewards = [x for g, _ in batch for x in g.rewards]
-        return loss, {**{k: v.item() for k, v in stats.items()}, "reward": sum(rewards) / len(rewards),
-                      "abs_advantage": advantages.abs().mean().item(), "tokens": int(mask.sum())}
+    def loss(self, batch: list[Any], refs: list[dict[str, Any]]) -> Loss:
+        """The method's loss on one micro-batch of prepared examples, and its log record."""
+        with self._autocast():
+            return self.method.loss(self._forward, batch, refs)
 
     # ---- the loop -------------------------------------------------------------------------------
 
@@ -420,7 +293,8 @@ class Trainer:
         fields) and save the adapter. With ``resume``, continue from the newest checkpoint in
         output_dir when there is one (same config and data required)."""
         cfg = self.config
-        examples, stats = self._prepare(data)
+        examples, stats = self.method.prepare(list(data))
+        stats["examples"] = len(examples)
         if not examples:
             log.warning("%s: nothing to train (%s); no adapter written", cfg.method, stats)
             return TrainResult(cfg.method, None, 0, None, {**stats, "trained": False}, [], cfg.to_dict())
@@ -442,7 +316,10 @@ class Trainer:
         else:
             self._clear_checkpoints()
             order = self._order(len(examples), total * per_step)
-            refs = self._reference(examples)
+            t0 = time.perf_counter()
+            refs = self.reference(examples)
+            if self.on_reference:
+                self.on_reference(time.perf_counter() - t0)
         self._write_log(history)
 
         self.model.train()
@@ -454,8 +331,7 @@ class Trainer:
             for micro in range(cfg.grad_accum):
                 at = (step * cfg.grad_accum + micro) * cfg.batch_size
                 idx = order[at: at + cfg.batch_size].tolist()
-                with self._autocast():
-                    loss, parts = self._loss([examples[i] for i in idx], [refs[i] for i in idx])
+                loss, parts = self.loss([examples[i] for i in idx], [refs[i] for i in idx])
                 (loss / cfg.grad_accum).backward()
                 loss_sum += loss.item() / cfg.grad_accum
                 for k, v in parts.items():
@@ -505,7 +381,7 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, data: Iterable[Any], batch_size: int | None = None) -> dict[str, float]:
-        """The current policy on held-out examples (dropout off).
+        """The current policy on held-out examples (dropout off), whatever the trained method.
 
         Pairs: mean log-prob margin logp(chosen) - logp(rejected), the share of pairs with a
         positive margin, chosen NLL per token. Completions: NLL per token."""
@@ -516,32 +392,19 @@ class Trainer:
         bs = batch_size or self.config.batch_size
         was_training = self.model.training
         self.model.eval()
-        margins, chosen_nll, chosen_tokens, nll, tokens = [], 0.0, 0, 0.0, 0
+        sums: dict[type[Method], dict[str, Any]] = {}
         try:
             for start in range(0, len(items), bs):
                 batch = items[start: start + bs]
+                piece = Preference if all(_has(x, "chosen_ids") for x in batch) else SFT
                 with self._autocast():
-                    if all(_has(x, "chosen_ids") for x in batch):
-                        pairs = [x if isinstance(x, PreferenceExample) else PreferenceExample.from_record(x) for x in batch]
-                        logits, labels, mask = self._forward(*_dpo_rows(pairs))
-                        logps = sequence_logps(logits, labels, mask).float().view(-1, 2)  # (B, 2)
-                        margins.extend((logps[:, 0] - logps[:, 1]).tolist())
-                        chosen_nll -= logps[:, 0].sum().item()
-                        chosen_tokens += int(mask.view(-1, 2, mask.shape[1])[:, 0].sum())
-                    else:
-                        logits, labels, mask = self._forward([list(_get(x, "prompt_ids")) for x in batch],
-                                                             [list(_get(x, "completion_ids")) for x in batch])
-                        nll -= sequence_logps(logits, labels, mask).sum().item()
-                        tokens += int(mask.sum())
+                    part = piece.evaluate(self._forward, batch)
+                total = sums.setdefault(piece, {})
+                for k, v in part.items():
+                    total[k] = total[k] + v if k in total else v
         finally:
             self.model.train(was_training)
-        out: dict[str, float] = {}
-        if margins:
-            out.update(pairs=len(margins), margin=sum(margins) / len(margins),
-                       accuracy=sum(m > 0 for m in margins) / len(margins), chosen_nll=chosen_nll / max(chosen_tokens, 1))
-        if tokens:
-            out.update(nll=nll / tokens, tokens=tokens)
-        return out
+        return {k: v for piece, total in sums.items() for k, v in piece.summary(total).items()}
 
     # ---- saving ----------------------------------------------------------------------------
 
@@ -644,65 +507,8 @@ class Trainer:
 # --- helpers ---------------------------------------------------------------------------------
 
 
-def _common_prefix(seqs: list[list[int]], limit: int) -> int:
-    n, first = 0, seqs[0]
-    while n < limit and all(s[n] == first[n] for s in seqs):
-        n += 1
-    return n
-
-
 def _has(record: Any, name: str) -> bool:
     return name in record if isinstance(record, dict) else hasattr(record, name)
-
-
-def _dpo_rows(batch: Sequence[PreferenceExample]) -> tuple[list[list[int]], list[list[int]]]:
-    """Rows chosen_1, rejected_1, chosen_2, ...: each pair's two rows share its prompt."""
-    prompts = [x.prompt_ids for x in batch for _ in range(2)]
-    completions = [c for x in batch for c in (x.chosen_ids, x.rejected_ids)]
-    return prompts, completions
-
-
-def _with_step_progress(group: RLGroup, outcome: torch.Tensor, weight: float) -> list[torch.Tensor] | None:
-    """Per-token advantages of each completion: the group's outcome advantage plus
-    ``weight`` times its step's progress (PAV, Setlur et al. 2024):
-
-        A[i, t] = A_outcome[i] + w · (V_i[j + 1] - V_i[j])   for t in step j of completion i
-        A[i, t] = A_outcome[i]                                 outside every step
-
-    None when the group carries no step values."""
-    if group.step_values is None or group.step_spans is None:
-        return None
-    rows = []
-    for i, completion in enumerate(group.completions):
-        values = torch.tensor(group.step_values[i], dtype=torch.float32)  # (S + 1,)
-        spans = group.step_spans[i][: max(0, len(values) - 1)]
-        index = torch.tensor(token_step_index(spans, len(completion)), dtype=torch.long)  # (T,)
-        progress = step_advantages(values[:-1], values[1:], index) if spans else torch.zeros(len(completion))  # (T,)
-        rows.append(outcome[i] + weight * progress)
-    return rows
-
-
-def _pg_rows(batch: Sequence[tuple[RLGroup, Any]]) -> tuple[list[list[int]], list[list[int]], Any]:
-    """Prompts and completions row by row, and their advantages: (N,) per sequence, or a
-    list of N per-token rows when any group carries step progress."""
-    prompts = [g.prompt_ids for g, _ in batch for _ in g.completions]
-    completions = [c for g, _ in batch for c in g.completions]
-    if all(isinstance(a, torch.Tensor) for _, a in batch):
-        return prompts, completions, torch.cat([a.reshape(-1) for _, a in batch])  # (N,)
-    rows = []
-    for g, a in batch:
-        if isinstance(a, torch.Tensor):  # outcome only: the same advantage on every token
-            rows.extend(a[i].expand(len(c)) for i, c in enumerate(g.completions))
-        else:
-            rows.extend(a)
-    return prompts, completions, rows
-
-
-def _pad_rows(rows: list[torch.Tensor], width: int) -> torch.Tensor:
-    out = torch.zeros((len(rows), width), dtype=torch.float32)
-    for i, r in enumerate(rows):
-        out[i, : len(r)] = r[:width]
-    return out
 
 
 def _schedule(cfg: TrainConfig, total: int) -> Callable[[int], float]:

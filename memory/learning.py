@@ -23,9 +23,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from agentkit.llm.base import GenerationRequest
-from agentkit.memory.library import ExperienceLibrary, NewItem, RunOutcome, UpdateResult, family_of, search_text
+from agentkit.graph.templates import render, role_prompts
+from agentkit.llm.base import LLM, GenerationRequest
+from agentkit.store.protocols import RunStore
+from agentkit.store.runs import StepRecord
 from agentkit.tasks import Suite, Task
+
+from .library import ExperienceLibrary, NewItem, RunOutcome, UpdateResult, family_of, search_text
 
 __all__ = ["LearningConfig", "ReflectReport", "update_from_runs", "reflect", "outcomes_from_runs", "parse_insight",
            "InsightParseError", "REFLECT_GRAPH"]
@@ -98,7 +102,7 @@ def _verified(step: Any) -> bool:
     return bool(parsed.get("plan"))
 
 
-def outcomes_from_runs(store: Any, run_ids: Sequence[int], suite: Suite | None,
+def outcomes_from_runs(store: RunStore, run_ids: Sequence[int], suite: Suite | None,
                        tasks: Sequence[Task] | None = None) -> list[RunOutcome]:
     """One RunOutcome per finished run (runs still running are left for a later update)."""
     by_id = {t.id: t for t in tasks or ()}
@@ -134,7 +138,7 @@ def outcomes_from_runs(store: Any, run_ids: Sequence[int], suite: Suite | None,
     return outcomes
 
 
-def update_from_runs(library: ExperienceLibrary, store: Any, run_ids: Sequence[int], suite: Suite | None = None,
+def update_from_runs(library: ExperienceLibrary, store: RunStore, run_ids: Sequence[int], suite: Suite | None = None,
                      *, tasks: Sequence[Task] | None = None, llm: Any = None,
                      config: LearningConfig | None = None) -> UpdateResult:
     """Account finished runs in one library version (see the module doc); with ``llm``,
@@ -219,30 +223,26 @@ def _final_output(run: Any) -> str:
     return (texts[-1] if texts else "").strip()
 
 
-def _recorded_call(llm: Any, store: Any, *, family: str, task_id: str | None, prompt: str, config: LearningConfig,
-                   node: str, source_runs: list[int], parse: Any) -> tuple[Any, int]:
+def _recorded_call(llm: LLM, store: RunStore, *, family: str, task_id: str | None, prompt: str,
+                   config: LearningConfig, node: str, source_runs: list[int], parse: Any) -> tuple[Any, int]:
     """One reflection model call, recorded as a run of the memory.reflect graph:
     (parsed output or None, run id)."""
-    from agentkit.runtime.recorder import Budget, Recorder
-
     prompts = _reflect_prompts()
     run_id = store.start_run(REFLECT_GRAPH, task_id=task_id, model=getattr(llm, "model_name", None),
                              meta={"family": family, "source_runs": source_runs, "node": node})
-    recorder = Recorder(llm, store, run_id, budget=Budget(max_calls=1, max_tokens=None))
     output = None
     try:
         request = GenerationRequest(prompt, temperature=config.temperature,
                                     max_tokens=config.max_tokens or prompts["max_tokens"], stop=tuple(prompts["stop"]))
-
-        def read(text: str) -> Any:
-            nonlocal output
-            try:
-                output = parse(text)
-                return output
-            except InsightParseError as exc:
-                return {"error": str(exc)}
-
-        recorder.call(request, node=node, role="reflector", parse=read)
+        ((completion,),) = llm.generate([request])
+        try:
+            output = parsed = parse(completion.text)
+        except InsightParseError as exc:
+            parsed = {"error": str(exc)}
+        except Exception as exc:  # a parser bug or hostile text is data, not a crash (as in Recorder.call)
+            parsed = {"error": f"{type(exc).__name__}: {exc}"}
+        store.add_steps([StepRecord.of_completion(run_id, node, completion, role="reflector", prompt_text=prompt,
+                                                  parsed=parsed)])
         store.finish_run(run_id, status="success" if output is not None else "failure",
                          reward=1.0 if output is not None else 0.0)
     except BaseException as exc:
@@ -252,17 +252,13 @@ def _recorded_call(llm: Any, store: Any, *, family: str, task_id: str | None, pr
 
 
 def _reflect_prompts() -> dict:
-    from agentkit.graph.templates import role_prompts
-
-    return role_prompts("reflect")
+    return role_prompts("reflect", "agentkit.memory")
 
 
-def reflect(library: ExperienceLibrary, llm: Any, store: Any, run_ids: Sequence[int], suite: Suite | None = None,
+def reflect(library: ExperienceLibrary, llm: LLM, store: RunStore, run_ids: Sequence[int], suite: Suite | None = None,
             *, tasks: Sequence[Task] | None = None, config: LearningConfig | None = None) -> ReflectReport:
     """Distil insights from the given runs, narrow the conditions of insights that were
     shown without helping, and merge near-duplicates (each change its own version)."""
-    from agentkit.graph.templates import render
-
     config = config or LearningConfig()
     prompts = _reflect_prompts()
     by_id = {t.id: t for t in tasks or ()}

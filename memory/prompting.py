@@ -1,4 +1,6 @@
-"""How a node reads the experience library (agentkit.memory.library).
+"""How a prompt shows the experience library: what ``ExperienceLibrary.show`` and
+``route_prior`` do for a graph node (which reaches them through its run context,
+agentkit.graph.context.NodeLibrary) or for the plain solve agent.
 
 A node declared with ``memory=`` retrieves k items for its task and shows them in a marked
 section of its prompt (prompts/memory.yaml), placed just before the task's question so that
@@ -17,32 +19,28 @@ from collections.abc import Sequence
 from typing import Any
 
 from agentkit.graph.templates import render, role_prompts
-from agentkit.tasks import family_of
 
-__all__ = ["family_for", "retrieve", "memory_section", "insert_section", "route_prior", "as_data"]
+__all__ = ["show", "memory_section", "insert_section", "route_prior", "as_data"]
 
 MAX_ITEM_CHARS = 1200
 _FORMAT_LINE = re.compile(r"^\s*(question|solution)\s*:", re.IGNORECASE)
 
 
-def family_for(suite: Any, task: Any) -> str:
-    """The library family of a task: "<suite>/<level>" ("default" without a suite)."""
-    return family_of(getattr(suite, "name", None), getattr(task, "level", None))
-
-
-def retrieve(library: Any, query: str, *, family: str, kinds: Sequence[str], k: int,
-             role: str | None = "solver") -> list[Any]:
-    """Up to k text items (exemplars, insights) for the query; [] without a library."""
+def show(library: Any, prompt: str, question: str, *, family: str, kinds: Sequence[str], k: int,
+         role: str | None = "solver") -> tuple[str, list[int]]:
+    """``prompt`` with up to k text items (exemplars, insights) retrieved for ``question``
+    shown in the section before it, and the ids of the items shown."""
     kinds = [kind for kind in kinds if kind != "route"]
-    if library is None or not kinds or k <= 0:
-        return []
-    return library.retrieve(query, family=family, kinds=kinds, role=role, k=k)
+    if not kinds or k <= 0:
+        return prompt, []
+    items = library.retrieve(question, family=family, kinds=kinds, role=role, k=k)
+    return insert_section(prompt, question, memory_section(items)), [item.id for item in items]
 
 
 def as_data(text: str | None, *, one_line: bool = False) -> str:
     """Library text made safe to show: without the section's markers or lines that would
     start a new question or solution; capped; one line if asked."""
-    prompts = role_prompts("memory")
+    prompts = role_prompts("memory", "agentkit.memory")
     text = (text or "")[:MAX_ITEM_CHARS]
     for marker in (prompts["header"], prompts["footer"]):
         text = re.sub(re.escape(marker.strip()), " ", text, flags=re.IGNORECASE)
@@ -57,7 +55,7 @@ def memory_section(items: Sequence[Any]) -> str:
     the suites' format, insights as one-line notes."""
     if not items:
         return ""
-    prompts = role_prompts("memory")
+    prompts = role_prompts("memory", "agentkit.memory")
     where = "memory section"
     parts = []
     for item in items:
@@ -87,8 +85,6 @@ def route_prior(library: Any, family: str, node: str, labels: Sequence[str], wei
     """label -> weight * log(smoothed success rate of runs that took it), and the ids of the
     route items read. Labels the library has no numbers for get log(1/2); library labels the
     router does not declare are ignored."""
-    if library is None:
-        return {}, []
     stats = library.routes(family, node)
     prior, ids = {}, []
     for label in labels:

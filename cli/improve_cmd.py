@@ -1,0 +1,119 @@
+"""``agentkit improve``: rounds of collect, credit, train, gate and promote
+(agentkit.learn.improve). Only typer is imported at module level (see app.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from agentkit.cli._common import (
+    _load_backend,
+    _quiet_hub,
+    _require,
+    _search_strategy,
+    _stderr_console,
+    _store_option,
+    _store_path,
+)
+
+__all__ = ["improve"]
+
+
+def improve(
+    graph: Optional[str] = typer.Argument(None, help="Graph to improve: a prebuilt graph or a .py file defining `graph` (default: the single solve prompt). Every model call of the graph shares the trained policy."),
+    suite: str = typer.Option("arithmetic", help="Built-in suite to train and gate on."),
+    rounds: int = typer.Option(2, help="Rounds of collect -> pairs -> train -> gate."),
+    method: str = typer.Option("rft", help="step-dpo, dpo (whole-output), rft, grpo, rloo, gold-sft (SFT on gold solutions, the reference) or expert (with --explore search: SFT on the solutions search found, then DPO on its sibling steps)."),
+    explore: Optional[str] = typer.Option(None, show_default="search for rft, step-dpo and expert on the solve prompt; else sample", help="How a round collects its data: sample (whole outputs, then the method's credit) or search (step-level search trees, with --method rft, step-dpo or expert)."),
+    search: Optional[str] = typer.Option(None, metavar="SPEC", show_default="mcts:8x8", help="With --explore search: the strategy, beam:WxK (beam width W, K lines per node) or mcts:N / mcts:NxK (N simulations)."),
+    levels: str = typer.Option("1", help="Curriculum: training level per round, comma-separated (the last repeats); the gate and final test sets are of the last level."),
+    advance_at: float = typer.Option(0.0, help="With --explore search and several --levels: stay on a level until search solves this share of a round's fresh training tasks (0: one level per round)."),
+    train_tasks: int = typer.Option(96, help="New training tasks per round."),
+    eval_tasks: int = typer.Option(100, help="Gate tasks: held-out test tasks the gate compares policies on."),
+    final_tasks: int = typer.Option(200, help="Final test tasks, apart from the gate tasks, that no decision reads: the active policy's success on them, with a 95% interval, after every round (0: off)."),
+    samples: int = typer.Option(4, help="Samples per training task."),
+    rectifications: int = typer.Option(8, help="step-dpo: continuations sampled from each first wrong step."),
+    chosen_by: str = typer.Option("outcome", help="step-dpo: a rectified step counts when the answer verifies (outcome) or when the step checker accepts it (step)."),
+    step_advantages: str = typer.Option("none", help="grpo/rloo: outcome advantages only (none), or each step's tokens also get its progress under the suite's step checker (checker)."),
+    gate_metric: str = typer.Option("success", help="What the gate needs a significant gain in: success or step-accuracy."),
+    memory: int = typer.Option(0, help="Experience-library items shown per prompt; every sampled run updates the library (0: off)."),
+    model: str = typer.Option("gemma-3-270m", help="Base model: gemma-3-270m, a local directory, or a cached Hugging Face id."),
+    dtype: str = typer.Option("auto", help="auto, bf16 or fp32 (sampling and training)."),
+    out: Path = typer.Option(Path("agentkit-improve"), help="Directory for adapters, checkpoints and the learning curve."),
+    store: Optional[Path] = _store_option(),
+) -> None:
+    """Make the policy better at a suite: rounds of collect, credit, train a LoRA candidate, gate, promote."""
+    from agentkit.learn.improve import EXPLORE, GRAPH_METHODS, METHODS, SEARCH_METHODS
+
+    _require(method in METHODS, f"--method {method}: choose one of {', '.join(METHODS)}")
+    single = graph in (None, "single_solver", "solve")
+    if explore is None:  # the measured best: search where the method trains on trees
+        explore = "search" if method in SEARCH_METHODS and single else "sample"
+    _require(explore in EXPLORE, f"--explore {explore}: choose one of {', '.join(EXPLORE)}")
+    if explore == "search":
+        _require(method in SEARCH_METHODS, f"--method {method} does not train on search trees; with --explore search "
+                                           f"choose one of {', '.join(SEARCH_METHODS)}")
+        _search_strategy("--search", search)
+    else:
+        _require(method != "expert", "--method expert trains on search trees; add --explore search")
+        _require(search is None, f"--search {search} is the strategy of --explore search; add --explore search "
+                                 "or drop --search")
+    _require(final_tasks >= 0, f"--final-tasks {final_tasks}: give 0 (off) or more tasks")
+    _require(0.0 <= advance_at <= 1.0, f"--advance-at {advance_at}: give a share of tasks in [0, 1] (0: off)")
+    _require(advance_at == 0.0 or explore == "search", f"--advance-at {advance_at} reads search's success; "
+                                                       "add --explore search or drop --advance-at")
+    _require(single or explore == "sample", f"--explore search searches the single solve prompt; graph '{graph}' "
+                                            "declares search on its solver node (search=...), so drop --explore search")
+    _require(single or method in GRAPH_METHODS,
+             f"--method {method} trains the single solver only; improve graph '{graph}' with "
+             f"--method {' or '.join(GRAPH_METHODS)}")
+    _require(single or memory == 0,
+             f"--memory {memory} sets the default solve prompt; graph '{graph}' declares memory on its nodes, drop --memory")
+    if not single:
+        from agentkit.graph import load_graph
+
+        load_graph(graph)  # an unknown graph or a broken file fails here, before the model loads
+    _require(chosen_by in ("outcome", "step"), f"--chosen-by {chosen_by}: choose outcome or step")
+    _require(step_advantages in ("none", "checker"), f"--step-advantages {step_advantages}: choose none or checker")
+    _require(step_advantages == "none" or method in ("grpo", "rloo"),
+             f"--step-advantages {step_advantages} is for --method grpo or rloo, not {method}; drop it")
+    _require(gate_metric in ("success", "step-accuracy"), f"--gate-metric {gate_metric}: choose success or step-accuracy")
+    _require(memory >= 0, f"--memory {memory}: give a number of library items, 0 or more")
+    try:
+        level_list = [int(x) for x in levels.split(",") if x.strip()]
+    except ValueError:
+        level_list = []
+    _require(bool(level_list), f"--levels {levels!r}: give difficulty levels as integers, e.g. --levels 1,2")
+    from agentkit.tasks import get_suite
+
+    task_suite = get_suite(suite)
+    bad = [lvl for lvl in level_list if lvl not in task_suite.levels]
+    _require(not bad, f"--levels {levels}: {suite} has levels {', '.join(map(str, task_suite.levels))}")
+
+    from rich.console import Console
+
+    from agentkit.cli.render import improve_table
+    from agentkit.store import TrajectoryStore
+    from agentkit.learn.improve import ImproveConfig, improve as run_improve, plot_curve
+
+    config = ImproveConfig(suite=suite, method=method, graph=None if single else graph, rounds=rounds, levels=level_list, train_tasks=train_tasks,
+                           eval_tasks=eval_tasks, samples_per_task=samples, rectifications=rectifications,
+                           chosen_by=chosen_by, gate_metric=gate_metric, memory=memory, step_advantages=step_advantages,
+                           explore=explore, final_tasks=final_tasks, advance_at=advance_at, **({"search": search} if search else {}),
+                           output_dir=str(out / "rounds"))
+    err, console = _stderr_console(), Console()
+    _quiet_hub()
+    with TrajectoryStore(_store_path(store)) as traces:
+        llm = _load_backend("transformers", model, spinner=False, dtype=dtype)
+        try:
+            results = run_improve(llm, traces, config, model=model,
+                                  on_status=lambda message: err.print(message, highlight=False, markup=False),
+                                  on_round=lambda r: console.print(improve_table([r])))
+        finally:
+            llm.close()
+    console.print(improve_table(results))
+    png = plot_curve(results, out / "learning_curve.png", title=f"agentkit improve ({method}) on {suite}")
+    typer.echo(f"learning curve: {png}")
+
