@@ -5,6 +5,7 @@ is installed (a GPU machine)."""
 from __future__ import annotations
 
 import threading
+import warnings
 
 import pytest
 
@@ -211,7 +212,9 @@ def _save_random_adapter(model, path):
     from peft import LoraConfig, get_peft_model
 
     torch.manual_seed(1)
-    peft_model = get_peft_model(
-        model, LoraConfig(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False)
-    )
+    with warnings.catch_warnings():  # PEFT reads transformers' deprecated is_gradient_checkpointing
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        peft_model = get_peft_model(
+            model, LoraConfig(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False)
+        )
     peft_model.save_pretrained(str(path))

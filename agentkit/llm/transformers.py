@@ -15,6 +15,7 @@ import queue
 import random
 import threading
 import time
+import warnings
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -492,11 +493,15 @@ class TransformersLLM:
         if name in self._adapters:
             self.model.delete_adapter(name)
             del self._adapters[name]
-        if not self._peft:
-            self.model = PeftModel.from_pretrained(self.model, path, adapter_name=name, is_trainable=False)
-            self._peft = True
-        else:
-            self.model.load_adapter(path, adapter_name=name, is_trainable=False)
+        with warnings.catch_warnings():
+            # PEFT reads transformers' deprecated `is_gradient_checkpointing` alias while it
+            # wraps the model; the FutureWarning is theirs to fix and says nothing to a user
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            if not self._peft:
+                self.model = PeftModel.from_pretrained(self.model, path, adapter_name=name, is_trainable=False)
+                self._peft = True
+            else:
+                self.model.load_adapter(path, adapter_name=name, is_trainable=False)
         self.model.to(device=self.device, dtype=self.dtype).eval()
         _keep_fast_cpu_weights(self.model)
         if self._pack:
