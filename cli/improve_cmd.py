@@ -24,10 +24,10 @@ __all__ = ["improve"]
 def improve(
     graph: Optional[str] = typer.Argument(None, help="Graph to improve: a prebuilt graph or a .py file defining `graph` (default: the single solve prompt). Every model call of the graph shares the trained policy."),
     suite: str = typer.Option("arithmetic", help="Built-in suite to train and gate on."),
-    rounds: int = typer.Option(2, help="Rounds of collect -> pairs -> train -> gate."),
+    rounds: int = typer.Option(3, help="Rounds of collect -> pairs -> train -> gate."),
     method: str = typer.Option("rft", help="step-dpo, dpo (whole-output), rft, grpo, rloo, gold-sft (SFT on gold solutions, the reference) or expert (with --explore search: SFT on the solutions search found, then DPO on its sibling steps)."),
     explore: Optional[str] = typer.Option(None, show_default="search for rft, step-dpo and expert on the solve prompt; else sample", help="How a round collects its data: sample (whole outputs, then the method's credit) or search (step-level search trees, with --method rft, step-dpo or expert)."),
-    search: Optional[str] = typer.Option(None, metavar="SPEC", show_default="mcts:8x8", help="With --explore search: the strategy, beam:WxK (beam width W, K lines per node) or mcts:N / mcts:NxK (N simulations)."),
+    search: Optional[str] = typer.Option(None, metavar="SPEC", show_default="mcts:8x8", help="With --explore search: the strategy, beam:WxK (beam width W, K lines per node) or mcts:N / mcts:NxK (N simulations); end it in :mc to value lines by Monte-Carlo rollouts instead of the step checker."),
     levels: str = typer.Option("1", help="Curriculum: training level per round, comma-separated (the last repeats); the gate and final test sets are of the last level."),
     advance_at: float = typer.Option(0.0, help="With --explore search and several --levels: stay on a level until search solves this share of a round's fresh training tasks (0: one level per round)."),
     train_tasks: int = typer.Option(96, help="New training tasks per round."),
