@@ -16,9 +16,12 @@ answer for the process. Nothing reads /proc/cpuinfo.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import time
+import warnings
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -132,3 +135,13 @@ def decode_speedup(rows: int = 8, out_features: int = 16384, in_features: int = 
             return _best_seconds(timer(torch.float32), rounds) / _best_seconds(timer(torch.bfloat16), rounds)
     except RuntimeError:
         return 0.0
+
+
+@contextlib.contextmanager
+def quiet_peft() -> Iterator[None]:
+    """Around PEFT wrapping or loading an adapter: PEFT reads transformers' deprecated
+    `is_gradient_checkpointing` alias, a FutureWarning that is theirs to fix and says
+    nothing to a user."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield

@@ -15,7 +15,6 @@ import queue
 import random
 import threading
 import time
-import warnings
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -25,7 +24,7 @@ import torch
 from agentkit.errors import BackendError
 from agentkit.llm._malloc import tune_allocator
 from agentkit.llm._packed import can_pack, pack_linear_layers
-from agentkit.llm.device import choose_dtype
+from agentkit.llm.device import choose_dtype, quiet_peft
 from agentkit.llm._sampling import RowParams, exact_logprobs, select_tokens
 from agentkit.llm.base import Completion, GenerationRequest
 
@@ -493,10 +492,7 @@ class TransformersLLM:
         if name in self._adapters:
             self.model.delete_adapter(name)
             del self._adapters[name]
-        with warnings.catch_warnings():
-            # PEFT reads transformers' deprecated `is_gradient_checkpointing` alias while it
-            # wraps the model; the FutureWarning is theirs to fix and says nothing to a user
-            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        with quiet_peft():
             if not self._peft:
                 self.model = PeftModel.from_pretrained(self.model, path, adapter_name=name, is_trainable=False)
                 self._peft = True

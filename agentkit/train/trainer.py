@@ -33,7 +33,6 @@ import math
 import os
 import random
 import time
-import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -131,11 +130,10 @@ class Trainer:
     def _wrap(self, base: Any) -> Any:
         from peft import LoraConfig, PeftModel, get_peft_model
 
+        from agentkit.llm.device import quiet_peft
+
         cfg = self.config
-        with warnings.catch_warnings():
-            # PEFT reads transformers' deprecated `is_gradient_checkpointing` alias while it
-            # wraps the model; the FutureWarning is theirs to fix and says nothing to a user
-            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        with quiet_peft():
             if self.parent_adapter:
                 model = PeftModel.from_pretrained(base, self.parent_adapter, is_trainable=True)
             else:
