@@ -77,6 +77,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=defaults.lr)
     parser.add_argument("--chosen-by", choices=["outcome", "step"], default=defaults.chosen_by)
     parser.add_argument("--gate-metric", choices=["success", "step-accuracy"], default=defaults.gate_metric)
+    parser.add_argument("--from-base", action="store_true", help="train every candidate from the base model")
     parser.add_argument("--name", default=None, help="result file name (default improve-<explore>-<method>)")
     args = parser.parse_args()
 
@@ -89,7 +90,8 @@ def main() -> None:
             explore=args.explore, search=args.search, method=args.method, rounds=args.rounds, levels=args.levels,
             eval_level=args.eval_level, train_tasks=args.train_tasks, eval_tasks=args.eval_tasks,
             final_tasks=args.final_tasks, samples_per_task=args.samples, epochs=args.epochs, lr=args.lr,
-            chosen_by=args.chosen_by, gate_metric=args.gate_metric, seed=seed, output_dir=str(work / "rounds"),
+            chosen_by=args.chosen_by, gate_metric=args.gate_metric, from_base=args.from_base, seed=seed,
+            output_dir=str(work / "rounds"),
         )
         print(f"== seed {seed} of {args.seeds}", flush=True)
         with TransformersLLM("gemma-3-270m") as llm, TrajectoryStore(work / "runs.db") as store:
@@ -99,14 +101,19 @@ def main() -> None:
             )
         runs.append(rounds)
         tables.append(f"### Seed {seed}\n\n" + markdown_table(HEADERS, [row(r) for r in rounds]))
+        report(args, config, runs, tables, start)  # after every seed: a stopped run keeps what it measured
 
+
+def report(args: argparse.Namespace, config: ImproveConfig, runs: list[list[RoundResult]], tables: list[str],
+           start: float) -> None:
     name = args.name or f"improve-{args.explore}-{args.method}"
     png = plot_curve(runs, RESULTS / f"{name}.png",
                      title=f"improve --explore {args.explore} --method {args.method}: Gemma 3 270M, CPU")
     cfg = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("output_dir", "seed")}
+    done = f"seeds 1..{len(runs)}" + ("" if len(runs) == args.seeds else f" of {args.seeds} (run stopped early)")
     body = (
-        f"Config (seeds 1..{args.seeds}): `{cfg}`\n\n"
-        f"Wall time {(time.perf_counter() - start) / 60:.1f} min for all seeds. `cpu min` is the user + system "
+        f"Config ({done}): `{cfg}`\n\n"
+        f"Wall time {(time.perf_counter() - start) / 60:.1f} min for these seeds. `cpu min` is the user + system "
         "CPU time of the improve run up to the end of the round (both cores count), training and all measuring "
         "included.\n\n"
         "Three disjoint task sets: fresh training tasks every round (from the seed), a fixed gate set "

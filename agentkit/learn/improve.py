@@ -116,6 +116,9 @@ class ImproveConfig:
     max_tokens: int = 96
     replay: bool = True
     """Train each candidate on every pair collected so far (a replay buffer), not only this round's."""
+    from_base: bool = False
+    """Train each candidate as a fresh adapter on the base model (ReST-EM), not by continuing
+    the active policy's adapter; with ``replay`` it learns every round's data at once."""
     lr: float = 1e-4
     epochs: float = 2.0
     batch_size: int = 8
@@ -379,7 +382,9 @@ class _Staged:
 
 
 def _train(registry: PolicyRegistry, config: ImproveConfig, out: Path, model: str, incumbent: str, examples: Any) -> Any:
-    """Train the round's candidate: one trainer run, or two stages for method=expert."""
+    """Train the round's candidate: one trainer run, or two stages for method=expert. It
+    starts from the active policy's adapter, or from the base model with ``from_base``."""
+    incumbent = "base" if config.from_base else incumbent
     if not isinstance(examples, _Staged):
         return train_candidate(registry, _train_config(config, out), model, incumbent, examples)
     result = None
