@@ -307,3 +307,40 @@ def test_the_curriculum_moves_up_once_search_solves_enough_fresh_tasks(tmp_path,
     assert rounds[1].new_data["solved"] == 4 and [r.level for r in rounds[1:]] == [1, 2]
     with pytest.raises(AgentkitError, match="advance_at"):
         ImproveConfig(advance_at=0.5)  # it reads search's success: explore=search only
+
+
+def test_search_rounds_train_grpo_on_sibling_groups_and_from_base_starts_fresh(tmp_path, monkeypatch):
+    """Plumbing: method=grpo on search trees trains on one group per expanded node whose
+    lines differ in value (this round's trees only); from_base trains every candidate from
+    the base model, so round 2's candidate does not continue the promoted v1."""
+    import importlib
+
+    improve_module = importlib.import_module("agentkit.learn.improve")
+
+    monkeypatch.chdir(tmp_path)
+    tok = build_tiny_tokenizer()
+    suite = get_suite("arithmetic")
+    tasks = [t for r in (1, 2) for t in suite.tasks("train", 4, level=1, seed=1000 * r)]
+    parents = []
+    real = improve_module.train_candidate
+    monkeypatch.setattr(improve_module, "train_candidate",
+                        lambda registry, cfg, model, parent, *a, **k: parents.append(parent) or real(registry, cfg, model, parent, *a, **k))
+
+    def run(method, **options):
+        llm = char_scripted(search_lines(suite, answers(suite, right_for={"v1", "v2"}), tasks), tok)
+        config = ImproveConfig(method=method, explore="search", search="beam:1x4", rounds=2, levels=[1],
+                               train_tasks=4, eval_tasks=8, final_tasks=0, epochs=1, batch_size=2, concurrency=4,
+                               output_dir=str(tmp_path / method), **options)
+        with TrajectoryStore(tmp_path / f"{method}.db") as store:
+            return improve(llm, store, config, model=build_tiny_model(len(tok)))
+
+    rounds = run("grpo")
+    # each task's tree: 2 expanded nodes, each with a right and a wrong line
+    assert rounds[1].new_data["groups"] == rounds[1].examples == 8
+    assert rounds[1].promoted and parents == ["base", "v1"]  # grpo continues the policy that sampled
+    parents.clear()
+    rounds = run("rft", from_base=True)
+    assert rounds[1].promoted and parents == ["base", "base"]
+    assert rounds[2].examples == 8  # the replay buffer: both rounds' solutions
+    with pytest.raises(AgentkitError, match="drop from_base"):
+        ImproveConfig(method="rloo", explore="search", from_base=True)

@@ -7,6 +7,7 @@ import math
 from collections import defaultdict
 
 import pytest
+import torch
 
 from agentkit.errors import AgentkitError
 from agentkit.llm.base import Completion, GenerationRequest
@@ -313,3 +314,30 @@ def test_tree_pairs_have_the_prefix_of_their_node_and_the_right_sides():
     assert tree_pairs([run], config=TreePairConfig(high=1.5)) == []
     example = solution_example(run)
     assert example.prompt_ids == llm.tokenize(PROMPT) and llm.decode(example.completion_ids) == "".join(gold)
+
+
+def test_tree_groups_weigh_each_line_by_its_samples_against_its_siblings():
+    from agentkit.learn.trees import tree_groups
+    from agentkit.train.losses import grpo_advantages
+
+    llm = RareRightLLM()
+    with TrajectoryStore(":memory:") as store:
+        report = run_tasks(llm, SUITE, [TASK], store, agent=SolveAgent(search="beam:2x8"))
+        run = store.get_run(report.results[0].run_id, steps=True)
+    groups = tree_groups([run])
+    gold = gold_lines()
+    # one group per depth on the gold path: 1 right line in 8 samples, 7 wrong, under the right prefix
+    assert [llm.decode(g.prompt_ids).split("Solution:\n")[-1] for g in groups] == ["", gold[0], gold[0] + gold[1]]
+    prompt = llm.tokenize(PROMPT)
+    for g, line in zip(groups, gold):
+        texts = [llm.decode(c) for c in g.completions]
+        assert sorted(g.rewards) == [0.0] * (len(g.rewards) - texts.count(line)) + [1.0] * texts.count(line)
+        assert all((r == 1.0) == (t == line) for r, t in zip(g.rewards, texts))
+        assert g.prompt_ids[: len(prompt)] == prompt and g.logprobs is None
+        counts = {s.completion_text: s.meta["search"]["count"] for s in run.steps
+                  if s.prompt_ids == g.prompt_ids}
+        assert len(g.completions) == sum(counts.values())  # each line as often as it was sampled
+        advantages, _ = grpo_advantages(torch.tensor(g.rewards))
+        assert all((a > 0) == (r == 1.0) for a, r in zip(advantages.tolist(), g.rewards))
+    # off the gold path every line is wrong: equal values teach nothing, so no group
+    assert len(groups) == 3

@@ -27,7 +27,7 @@ from agentkit.graph import load_graph
 from agentkit.learn.credit import output_step
 from agentkit.learn.cycle import gate_candidate, register_trained, train_candidate
 from agentkit.learn.gate import GATE_METRICS, wilson_interval
-from agentkit.learn.trees import search_steps, solution_example, tree_pairs
+from agentkit.learn.trees import search_steps, solution_example, tree_groups, tree_pairs
 from agentkit.learn.pairs import CHOSEN_BY, StepDPOConfig, build_outcome_pairs, build_step_pairs, sample_solutions
 from agentkit.learn.values import step_token_spans
 from agentkit.llm._malloc import release_memory
@@ -56,7 +56,7 @@ run's answer, whatever prompt the graph gave it. The others compare outputs of o
 (dpo, grpo, rloo) or need the solver's prompt without a run (gold-sft)."""
 STEP_ADVANTAGES = ("none", "checker")
 EXPLORE = ("sample", "search")
-SEARCH_METHODS = ("rft", "step-dpo", "expert")
+SEARCH_METHODS = ("rft", "step-dpo", "expert", "grpo", "rloo")
 """What trains on search trees: ``rft`` imitates the verified solutions search found
 (expert iteration, ReST-EM), ``step-dpo`` takes the sibling pairs of every expanded node
 (DPO + NLL), ``expert`` does both in one candidate (SFT on the solutions, then DPO + NLL
@@ -158,6 +158,9 @@ class ImproveConfig:
                 raise AgentkitError(f"method '{self.method}' does not train on search trees; with explore=search "
                                     f"choose one of {', '.join(SEARCH_METHODS)}")
             as_strategy(self.search)  # a bad spec fails here, before anything loads
+            if self.from_base and self.method in ("grpo", "rloo"):
+                raise AgentkitError(f"method '{self.method}' continues the policy that sampled its groups; drop from_base "
+                                    "(--from-base), which trains a fresh adapter on every round's data")
         elif self.method == "expert":
             raise AgentkitError("method 'expert' trains on search trees; add explore='search' (--explore search)")
         if self.advance_at and self.explore != "search":
@@ -401,8 +404,8 @@ def _train(registry: PolicyRegistry, config: ImproveConfig, out: Path, model: st
 def _collect_search(llm: LLM, suite: Suite, tasks: list[Task], store: RunStore, config: ImproveConfig, version: str,
                     adapter: str | None, replay: list[SFTExample], round_: int = 1) -> tuple[Any, dict[str, Any], int]:
     """This round's data from search trees: one search per training task with the active
-    policy, recorded in the store; verified solutions (rft), sibling pairs (step-dpo), or
-    both (expert)."""
+    policy, recorded in the store; verified solutions (rft), sibling pairs (step-dpo), both
+    (expert), or sibling groups with per-step advantages (grpo, rloo)."""
     searcher = SolveAgent(shots=config.shots, max_tokens=config.max_tokens, search=config.search,
                           seed=config.seed * 1000 + round_)
     report = run_tasks(PolicyLLM(llm, adapter), suite, tasks, store, agent=searcher, concurrency=config.concurrency,
@@ -425,6 +428,9 @@ def _collect_search(llm: LLM, suite: Suite, tasks: list[Task], store: RunStore, 
         return solved, counts, sampled
     if config.method == "step-dpo":
         return pairs, counts, sampled
+    if config.method in ("grpo", "rloo"):  # on-policy: this round's trees only
+        groups = tree_groups(runs)
+        return groups, {**counts, "groups": len(groups)}, sampled
     return _Staged(solved, pairs), counts, sampled
 
 

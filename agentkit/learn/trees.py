@@ -8,11 +8,15 @@ tree come two kinds of data:
   ReST-EM: imitate what search found);
 - sibling pairs: at every expanded node, a child line with a high value is chosen over a
   sibling line with a low one, under the same prefix (MCTS-DPO, TP-LLaMA). Both sides are the
-  lines exactly as sampled, and the prompt is the node's prompt + prefix, as ids.
+  lines exactly as sampled, and the prompt is the node's prompt + prefix, as ids;
+- sibling groups: the lines sampled at an expanded node, each as often as it was sampled,
+  rewarded with its value: a GRPO/RLOO group whose advantages are per step, each line
+  against its siblings under the same prefix (tree advantages, as in TreeRL).
 
     runs = [store.get_run(i, steps=True) for i in run_ids]
     sft = [x for run in runs if (x := solution_example(run)) is not None]
     pairs = tree_pairs(runs, suite="arithmetic", policy_version="v1")
+    groups = tree_groups(runs)
 """
 
 from __future__ import annotations
@@ -21,9 +25,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
 from agentkit.store.pairs import Pair
-from agentkit.train.examples import SFTExample
+from agentkit.train.examples import RLGroup, SFTExample
 
-__all__ = ["TreePairConfig", "search_steps", "solution_example", "tree_pairs"]
+__all__ = ["TreePairConfig", "search_steps", "solution_example", "tree_groups", "tree_pairs"]
 
 
 @dataclass(frozen=True)
@@ -57,22 +61,45 @@ def tree_pairs(runs: Iterable[Any], *, suite: str | None = None, policy_version:
                config: TreePairConfig = TreePairConfig(), decode: Callable[[list[int]], str] | None = None) -> list[Pair]:
     """Step pairs from the sibling lines of every expanded node of every run's tree.
     ``decode`` (a backend's) spells each pair's prompt for export; the ids are what trains."""
-    pairs: list[Pair] = []
+    return [pair for run in runs for siblings in _sibling_lines(run)
+            for pair in _node_pairs(run, siblings, suite, policy_version, config, decode)]
+
+
+def tree_groups(runs: Iterable[Any]) -> list[RLGroup]:
+    """One RLGroup per expanded node whose sibling lines differ in value: each line as often
+    as the search sampled it (so the group mean is the node's Monte-Carlo value) with its
+    value as reward. The group's prompt is the node's prompt + prefix, so a line's advantage
+    is its step's advantage over its siblings. Sampling logprobs are not kept: the policy at
+    the start of training, which sampled the tree, is the ratio's old policy."""
+    groups = []
     for run in runs:
-        children: dict[int | None, list[Any]] = {}
-        for s in search_steps(run):
+        for siblings in _sibling_lines(run):
+            scored = [s for s in siblings if s.meta["search"]["value"] is not None]
+            if len({s.meta["search"]["value"] for s in scored}) < 2:
+                continue  # equal values: every advantage is 0
+            counts = [max(1, s.meta["search"]["count"]) for s in scored]
+            groups.append(RLGroup(
+                list(scored[0].prompt_ids),
+                [list(s.completion_ids) for s, k in zip(scored, counts) for _ in range(k)],
+                [float(s.meta["search"]["value"]) for s, k in zip(scored, counts) for _ in range(k)],
+                id=f"{run.id}:{scored[0].parent_step_id}",
+            ))
+    return groups
+
+
+def _sibling_lines(run: Any) -> list[list[Any]]:
+    """The lines sampled at each expanded node of the run's tree (verified rollouts, which
+    are whole rests rather than lines, left out)."""
+    children: dict[int | None, list[Any]] = {}
+    for s in search_steps(run):
+        if s.meta["search"]["kind"] != "rollout":
             children.setdefault(s.parent_step_id, []).append(s)
-        for parent, siblings in children.items():
-            pairs += _node_pairs(run, siblings, suite, policy_version, config, decode)
-    return pairs
+    return list(children.values())
 
 
 def _node_pairs(run: Any, siblings: Sequence[Any], suite: str | None, policy_version: str | None,
                 config: TreePairConfig, decode: Callable[[list[int]], str] | None) -> list[Pair]:
-    lines = [s for s in siblings if s.meta["search"]["kind"] != "rollout"]  # pairs compare lines, not whole rests
-    if not lines:
-        return []
-    siblings, info = lines, [s.meta["search"] for s in lines]
+    info = [s.meta["search"] for s in siblings]
     good = [(s, m) for s, m in zip(siblings, info) if m["value"] is not None and m["value"] >= config.high]
     bad = [(s, m) for s, m in zip(siblings, info) if m["value"] is not None and m["value"] <= config.low]
     candidates = [(c, cm, r, rm) for c, cm in good for r, rm in bad if c.completion_ids != r.completion_ids]
