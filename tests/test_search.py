@@ -341,3 +341,25 @@ def test_tree_groups_weigh_each_line_by_its_samples_against_its_siblings():
         assert all((a > 0) == (r == 1.0) for a, r in zip(advantages.tolist(), g.rewards))
     # off the gold path every line is wrong: equal values teach nothing, so no group
     assert len(groups) == 3
+
+
+def test_mcts_with_rollout_values_widens_where_every_rollout_failed():
+    """Valued by Monte-Carlo rollouts (no step checker), a line whose rollouts all failed is
+    closed like a refuted one: MCTS samples more first lines beside it rather than answer
+    lines under a wrong step. The right first line comes once in 16 samples."""
+    gold = "".join(gold_lines())
+    drawn: dict[str, int] = defaultdict(int)
+
+    def reply(prompt_text: str, request: GenerationRequest) -> str:
+        solution = prompt_text.split("Solution:\n")[-1]
+        on_track = gold.startswith(solution)
+        if "\n" in request.stop:
+            drawn[solution] += 1
+            right = on_track and drawn[solution] % 16 == 0
+            return gold_lines()[solution.count("\n")] if right else "Step 9: 1 + 1 = 3\n"
+        return gold[len(solution):] + "\nQuestion:" if on_track else "Answer: 0\n"  # a rollout
+
+    tree = search(ScriptedLLM(reply), AnswersOnly(), TASK, PROMPT, MCTS(simulations=40, expand=8, rollouts=2))
+    assert tree.value_mode == "mc" and tree.verified and tree.text() == gold
+    assert tree.nodes[0].expansions == 2 and sum(tree.nodes[i].count for i in tree.nodes[0].children) == 16
+    assert not any(n.expanded for n in tree.nodes[1:])  # nothing sampled under a line valued 0

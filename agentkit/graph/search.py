@@ -351,8 +351,10 @@ class _Search:
         return self.tree.value_mode != "checker" or node.value is None or node.value > 0.0
 
     def _open(self, node: SearchNode) -> bool:
-        """Worth visiting again: alive, and not an answer that failed."""
-        return self._alive(node) and not (node.terminal and (node.value or 0.0) < 1.0)
+        """Worth descending into: not an answer that failed, and not a line valued 0. Under
+        the checker such a line is dead; valued by rollouts, every one of them failed, so
+        MCTS samples new lines beside it (widening its parent) before lines under it."""
+        return (node.value is None or node.value > 0.0) and not (node.terminal and (node.value or 0.0) < 1.0)
 
     def _select(self, node: SearchNode, children: list[SearchNode]) -> SearchNode:
         sqrt_n = math.sqrt(max(node.visits, 1))
