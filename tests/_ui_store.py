@@ -1,7 +1,9 @@
 """A store for the UI tests, filled the way agentkit fills one: scripted runs recorded by
-run_tasks (half right, half wrong), a run whose completion is a <script> tag, one improve
-round that searches, trains a tiny LoRA candidate and gates it, and a Step-DPO pair from
-a failed run."""
+run_tasks (half right, half wrong) in the tiny model's tokens (its directory is the runs'
+model, so the UI can decode them), a run whose completion is a <script> tag, two graph runs
+(a router that leaves a node unvisited, a critic that sends the solver back twice), one
+improve round that searches, trains a tiny LoRA candidate and gates it, and a Step-DPO pair
+from a failed run."""
 
 from __future__ import annotations
 
@@ -14,14 +16,17 @@ SCRIPT = "<script>alert(1)</script>"
 def fill_store(path: Path, work: Path) -> dict[str, int | str]:
     """Fill the store at ``path`` (``work``: a directory for adapters); returns the ids the
     tests open: a failed run, the script run, the improve run, the gated policy, the pair,
-    and a run that searched (its tree recorded)."""
+    a run that searched (its tree recorded), and the two graph runs."""
     from agentkit.learn.improve import ImproveConfig, improve
-    from agentkit.llm.scripted import ScriptedLLM
     from agentkit.runtime import run_tasks
     from agentkit.store import ImproveLog, Pair, PairStore, TrajectoryStore
     from agentkit.tasks import get_suite
 
+    from agentkit.graph import load_graph
+    from agentkit.runtime import GraphAgent
+
     from conftest import build_tiny_model, build_tiny_tokenizer, char_scripted
+    from test_graph_run import REVISE, Prefers, scripted
     from test_improve import answers, search_lines
 
     suite = get_suite("arithmetic")
@@ -37,10 +42,19 @@ def fill_store(path: Path, work: Path) -> dict[str, int | str]:
         return f"{first}\n{second.rsplit('=', 1)[0]}= {wrong}\nAnswer: {wrong}\n"
 
     tok = build_tiny_tokenizer()
+    model_dir = work / "tiny-model"
+    build_tiny_model(len(tok)).save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
     with TrajectoryStore(path) as store:
-        report = run_tasks(ScriptedLLM(half_right), suite, tasks, store, concurrency=3)
+        report = run_tasks(char_scripted(half_right, tok), suite, tasks, store, concurrency=3, model_name=str(model_dir))
         failed = next(r.run_id for r in report.results if r.status == "failure")
-        [script] = run_tasks(ScriptedLLM([SCRIPT]), suite, suite.tasks("test", 1, level=1, seed=5), store).results
+        [script] = run_tasks(char_scripted([SCRIPT], tok), suite, suite.tasks("test", 1, level=1, seed=5), store,
+                             model_name=str(model_dir)).results
+        graph_tasks = suite.tasks("test", 1, level=2, seed=7)
+        [routed] = run_tasks(scripted(graph_tasks, cls=Prefers, label="reasoning"), suite, graph_tasks, store,
+                             agent=GraphAgent(load_graph("router_tool"))).results
+        [revised] = run_tasks(scripted(graph_tasks, review=REVISE), suite, graph_tasks, store,
+                              agent=GraphAgent(load_graph("solve_critic"))).results
 
         # one improve round: search on 4 training tasks, train a tiny candidate, gate it
         reply = search_lines(suite, answers(suite, right_for={"v1"}), suite.tasks("train", 4, level=1, seed=1000))
@@ -66,4 +80,4 @@ def fill_store(path: Path, work: Path) -> dict[str, int | str]:
     gc.collect()  # store objects improve dropped unclosed: their connection closes (and checkpoints) now
     TrajectoryStore(path).close()
     return {"failed": failed, "script": script.run_id, "improve": improve_id, "policy": "v1", "pair": pair_id,
-            "searched": searched}
+            "searched": searched, "routed": routed.run_id, "revised": revised.run_id}

@@ -111,6 +111,49 @@ def test_the_run_page_has_the_path_checks_heat_map_and_search_tree(filled, clien
     assert tree.tree_size > 1 and "tree-node marked" in tree.tree  # the chosen path
 
 
+def _cells(heat) -> list[str]:
+    import html
+    import re
+
+    return [html.unescape(t).replace("↵\n", "\n") for t in re.findall(r'<span class="h\d" title="[^"]*">(.*?)</span>', heat, re.S)]
+
+
+def test_the_heat_map_shows_each_tokens_text_when_the_runs_tokenizer_is_here(filled):
+    from agentkit.store.reader import StoreReader
+    from agentkit.ui.views import run_view, token_decoder
+
+    reader = StoreReader(filled[0])
+    run = reader.run(filled[1]["failed"])
+    decode = token_decoder(run.model)
+    assert decode is not None  # the tiny model's directory, saved beside the store
+    [call] = run_view(run, decode).calls
+    assert 'class="heat tokens"' in call.heat
+    assert "".join(_cells(call.heat)) == call.step.completion_text  # one character a token
+    [script] = run_view(reader.run(filled[1]["script"]), decode).calls
+    assert _cells(script.heat)[:2] == ["<", "s"] and "<script" not in script.heat
+    # a model whose tokenizer is not on this machine: cells without text, nothing loaded
+    assert token_decoder("scripted") is None and token_decoder("no/such-model") is None
+    [plain] = run_view(run, token_decoder("scripted")).calls
+    assert _cells(plain.heat) == [] and plain.heat.count("<i ") == len(run.steps[0].logprobs)
+
+
+def test_the_diagram_draws_the_whole_graph_with_the_path_taken(filled):
+    from agentkit.store.reader import StoreReader
+    from agentkit.ui.views import run_view
+
+    reader = StoreReader(filled[0])
+    routed = run_view(reader.run(filled[1]["routed"]))
+    assert [(n["node"], n["role"], n["visits"]) for n in routed.nodes] == [
+        ("route", "router", 1), ("calculate", "tool", 0), ("solve", "solver", 1), ("check", "verifier", 1)]
+    assert routed.diagram.count('class="node unvisited"') == 1 and ">calculate</text>" in routed.diagram
+    assert routed.diagram.count('class="edge taken"') == 2  # route -> solve -> check
+    assert routed.diagram.count('class="edge"') == 2  # route -> calculate -> check, not taken
+    assert ">reasoning ×1<" in routed.diagram and ">calculator<" in routed.diagram
+    revised = run_view(reader.run(filled[1]["revised"]))
+    assert [(n["node"], n["visits"]) for n in revised.nodes] == [("solve", 3), ("review", 3), ("check", 1)]
+    assert ">×3<" in revised.diagram and ">revise ×2<" in revised.diagram and ">accept ×1<" in revised.diagram
+
+
 def test_marked_diff_marks_only_the_words_that_differ():
     from agentkit.ui.views import marked_diff
 
@@ -227,9 +270,21 @@ def test_click_through_runs_run_improve_policy_and_pair(server, page, filled):
     expect(page.locator("h1")).to_contain_text(f"Run {ids['failed']}")
     expect(page.locator("ul.checks .chk.ok").first).to_be_visible()
     expect(page.locator("ul.checks .chk.bad").first).to_be_visible()
-    assert page.locator(".heat i").count() > 5
+    heat = page.locator(".heat.tokens").first
+    completion = page.locator("pre.completion").first.inner_text()
+    assert heat.locator("span").count() == len(completion) > 5  # a cell per token, with its text
+    assert heat.inner_text() == completion.replace("\n", "↵\n")
     expect(page.locator("svg.diagram")).to_be_visible()
     _shot(page, "run")
+
+    # a graph run: the whole graph drawn, the node it did not visit faint
+    page.goto(f"{server}/runs/{ids['routed']}")
+    unvisited = page.locator("svg.diagram .node.unvisited")
+    expect(unvisited).to_have_count(1)
+    expect(unvisited).to_contain_text("calculate0 visits")
+    expect(page.locator("svg.diagram .edge.taken")).to_have_count(2)
+    expect(page.locator("svg.diagram .node:not(.unvisited)")).to_have_count(3)
+    _shot(page, "run-graph")
 
     # a run that searched: its tree, the chosen path marked
     page.goto(f"{server}/runs/{ids['searched']}")

