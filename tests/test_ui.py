@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from _ui_store import SCRIPT, fill_store
+from _ui_store import INSIGHT, SCRIPT, fill_store
 
 
 @pytest.fixture(scope="module")
@@ -318,9 +318,42 @@ def test_click_through_runs_run_improve_policy_and_pair(server, page, filled):
     expect(page.locator("mark.del")).to_have_count(1)
     _shot(page, "pair")
 
-    page.click("nav >> text=Memory")
+    assert page.errors == []
+
+
+@pytest.mark.browser
+@browser_only
+def test_the_memory_and_trainer_pages_show_the_library_and_the_daemon(server, page):
+    from playwright.sync_api import expect
+
+    page.goto(server + "/memory")
+    rows = page.locator("section:has(h2:text('Items')) tbody tr")
+    expect(rows).to_have_count(2)
+    cells = [[c.strip() for c in rows.nth(i).locator("td").all_inner_texts()] for i in range(2)]
+    # id, kind, family / node, text, shown, succeeded, expected, utility, status: most shown first
+    assert cells[0][:3] == ["1", "insight", "arithmetic/2"] and cells[0][4:] == ["2", "1", "1.0", "+0.00", "active"]
+    assert cells[1][:3] == ["2", "exemplar", "arithmetic/2"] and cells[1][4:] == ["1", "1", "0.5", "+0.50", "active"]
+    assert cells[0][3] == INSIGHT  # the model's text as text, its tags shown
+    assert page.locator("section:has(h2:text('Items')) b").count() == 0
+    nodes = page.locator("section:has(h2:text('Nodes')) tbody td").all_inner_texts()
+    assert nodes == ["arithmetic/2", "solve", "2", "1", "50.0%"]
+    versions = page.locator("section:has(h2:text('Versions')) tbody tr")
+    expect(versions).to_have_count(2)
+    assert [versions.nth(i).locator("td").nth(1).inner_text() for i in range(2)] == ["update from runs", "seed the library"]
     _shot(page, "memory")
-    page.click("nav >> text=Trainer")
+
+    page.goto(server + "/trainer")
+    expect(page.locator("h1 + p")).to_contain_text("not running")  # pid 4242 is recorded, but no pid file
+    state = page.locator("section:has(h2:text('arithmetic'))").first
+    expect(state.locator("h2 .badge")).to_have_text("idle")
+    summary = state.locator(".summary").inner_text()
+    for seen in ("RUNS EXAMINED UP TO\n12", "PAIRS TRAINED UP TO\n7", "ACTIVE POLICY\nv1", "CYCLES\n1"):  # labels in capitals
+        assert seen in summary, seen
+    expect(state.locator("details[open]")).to_contain_text('"decision": "reject"')
+    cycle = page.locator("section:has(h2:text('Cycles')) tbody tr")
+    expect(cycle).to_have_count(1)
+    assert [c.strip() for c in cycle.locator("td").all_inner_texts()][:12] == [
+        "1", "arithmetic", "v1", "12", "5", "7", "v2", "reject", "0.31", "1.5 s", "42.0 s", "7.2 s"]
     _shot(page, "trainer")
     assert page.errors == []
 
