@@ -91,7 +91,7 @@ def graph_diagram(nodes: Sequence[tuple[str, int]], edges: Sequence[tuple[str, s
     """Nodes (name, visits) left to right; edges (source, target, label, times this run took
     it). Forward edges arc above, edges back to an earlier node arc below. What the run
     took is drawn strong, the rest of the graph faint; ``failed`` nodes are outlined red."""
-    bw, bh, gap = 132, 46, 56
+    bw, bh, gap = 132, 46, 84  # the gap holds an edge label such as "calculator ×12"
     index = {name: i for i, (name, _) in enumerate(nodes)}
     pairs = [(index[a], index[b]) for a, b, _, _ in edges]
     above = max([24 + 10 * (j - i) for i, j in pairs if j > i + 1] + [40 for i, j in pairs if i == j] + [0])

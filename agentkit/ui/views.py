@@ -130,7 +130,7 @@ def run_view(run: Run, decode: Decoder | None = None) -> RunView:
     edges += [(a, b, None, count) for (a, b), count in taken.items()]  # taken, though not declared
     nodes: dict[str, dict[str, Any]] = {
         name: {"node": name, "visits": visits.count(name), "calls": 0, "retries": 0, "prompt_tokens": 0,
-               "completion_tokens": 0, "latency_s": 0.0, "role": roles.get(name)} for name in order}
+               "completion_tokens": 0, "latency_s": None, "role": roles.get(name)} for name in order}
     calls, failed = [], set()
     ok_count = bad_count = 0
     for s in steps:
@@ -140,7 +140,8 @@ def run_view(run: Run, decode: Decoder | None = None) -> RunView:
         row["retries"] += int(s.attempt > 0)
         row["prompt_tokens"] += s.prompt_tokens or 0
         row["completion_tokens"] += s.completion_tokens or 0
-        row["latency_s"] += s.latency_s or 0.0
+        if s.latency_s:  # search calls record none: their node shows "–", not "0 ms"
+            row["latency_s"] = (row["latency_s"] or 0.0) + s.latency_s
         checks = _checks(s)
         ok_count += sum(ok is True for _, ok, _ in checks)
         bad_count += sum(ok is False for _, ok, _ in checks)
@@ -210,7 +211,7 @@ def improve_chart(rounds: Sequence[dict[str, Any]]) -> Markup:
             cand.append((x, r["candidate_success"], None, None))
     series = [Series("gate set, active", "#059669", gate), Series("gate set, candidate", "#d97706", cand, dashed=True),
               Series("final test (95% CI)", "#2563eb", final)]  # drawn last: on top
-    return line_chart([s for s in series if s.points])
+    return line_chart([s for s in series if s.points], width=1000, height=300)
 
 
 # --- policies ----------------------------------------------------------------------------------
