@@ -513,7 +513,8 @@ def fuzz_report():
         "line `error: ...` on stderr and nothing on stdout; help (--help, a bare group) counts as a success.\n"
         "- server request bodies: POSTs to the real server (scripted backend, 256 KiB body limit) on loopback: random "
         "completion fields and types, huge values, streams, non-JSON, oversized bodies, /tokenize, /detokenize and "
-        "the missing /v1/chat/completions. An error is a 4xx JSON error whose one-line message names its param. "
+        "chat messages to /v1/chat/completions (the scripted backend has no chat template, so a chat is the 400 that "
+        "says so). An error is a 4xx JSON error whose one-line message names its param. "
         "The scripted backend refuses a request for more than 4096 samples (n x prompts), standing in for a server "
         "that would generate them all: such a request is counted as a crash.\n"
     )

@@ -88,6 +88,25 @@ def test_chat_streamed(client):
     assert all(c.object == "chat.completion.chunk" for c in chunks)
 
 
+def test_chat_logprobs_carry_each_token_and_its_top_alternatives(client, server):
+    got = client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=12, temperature=0,
+                                         logprobs=True, top_logprobs=3)
+    [choice] = got.choices
+    content = choice.logprobs.content
+    [want] = server.llm.generate([_request(chat_prompt_ids(server), 12)])[0]
+    assert [t.token for t in content] == [server.llm.decode([i]) for i in want.token_ids]
+    assert "".join(t.token for t in content) == choice.message.content
+    assert [t.logprob for t in content] == pytest.approx(want.logprobs, abs=1e-4)
+    for t in content:
+        assert bytes(t.bytes).decode() == t.token
+        top = [(a.token, a.logprob) for a in t.top_logprobs]
+        assert len(top) == 3 and [lp for _, lp in top] == sorted((lp for _, lp in top), reverse=True)
+        assert top[0] == (t.token, pytest.approx(t.logprob, abs=1e-4))  # greedy: the most likely token
+    plain = client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=4, logprobs=True)
+    assert all(t.top_logprobs == [] for t in plain.choices[0].logprobs.content)
+    assert client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=4).choices[0].logprobs is None
+
+
 def test_sixteen_concurrent_streams_are_batched(client, server):
     prompts = [f"Question {i}:" for i in range(16)]
     want = client.completions.create(model="tiny", prompt=prompts[0], max_tokens=16, temperature=0).choices[0].text
@@ -126,6 +145,12 @@ def test_sixteen_concurrent_streams_are_batched(client, server):
     (lambda c: c.chat.completions.create(model="tiny", messages=[]), "messages", "messages: must not be empty"),
     (lambda c: c.chat.completions.create(model="tiny", messages=MESSAGES, stream=True, stream_options={"include_usage": 1}),
      "stream_options", "stream_options.include_usage=1: must be true or false"),
+    (lambda c: c.chat.completions.create(model="tiny", messages=MESSAGES, top_logprobs=2), "top_logprobs",
+     "top_logprobs=2: needs logprobs=true"),
+    (lambda c: c.chat.completions.create(model="tiny", messages=MESSAGES, logprobs=True, top_logprobs=21),
+     "top_logprobs", "top_logprobs=21: must be an integer from 0 to 20"),
+    (lambda c: c.chat.completions.create(model="tiny", messages=MESSAGES, logprobs=True, stream=True), "stream",
+     "stream=true with logprobs: not supported here; drop one of them"),
     (lambda c: c.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=5000), "max_tokens",
      "max_tokens=5000: must be at most 1024, this server's limit (the model's context length); ask for fewer tokens"),
 ])
@@ -175,8 +200,17 @@ def test_the_embedded_gemma_streams_the_same_text_through_the_openai_client():
         plain = client.completions.create(**ask).choices[0].text
         streamed = "".join(c.choices[0].text for c in client.completions.create(**ask, stream=True))
         assert plain.strip() and streamed == plain  # SentencePiece's leading spaces survive token-by-token decoding
-        with pytest.raises(openai.BadRequestError, match="has no chat template"):  # the base model ships none
-            client.chat.completions.create(model=server.model_name, messages=MESSAGES)
+
+        # chat: the messages under Gemma 3's template, which the converted tokenizer carries
+        chat = {"model": server.model_name, "messages": MESSAGES, "max_tokens": 16, "temperature": 0}
+        answer = client.chat.completions.create(**chat)
+        rendered = "<bos><start_of_turn>user\nWhat is 6*7?<end_of_turn>\n<start_of_turn>model\n"
+        assert answer.usage.prompt_tokens == len(llm.tokenizer(rendered, add_special_tokens=False)["input_ids"])
+        [choice] = answer.choices
+        assert choice.message.role == "assistant" and choice.message.content.strip()
+        chunks = list(client.chat.completions.create(**chat, stream=True))
+        assert "".join(c.choices[0].delta.content or "" for c in chunks) == choice.message.content
+        assert chunks[-1].choices[0].finish_reason == choice.finish_reason
     finally:
         server.stop(grace_s=1)
         llm.close()

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from _ui_store import SCRIPT, fill_store
+from _ui_store import INSIGHT, SCRIPT, fill_store
 
 
 @pytest.fixture(scope="module")
@@ -109,6 +109,49 @@ def test_the_run_page_has_the_path_checks_heat_map_and_search_tree(filled, clien
     trees = [run_view(StoreReader(filled[0]).run(r.id)) for r in searched]
     tree = next(v for v in trees if v.tree is not None)
     assert tree.tree_size > 1 and "tree-node marked" in tree.tree  # the chosen path
+
+
+def _cells(heat) -> list[str]:
+    import html
+    import re
+
+    return [html.unescape(t).replace("↵\n", "\n") for t in re.findall(r'<span class="h\d" title="[^"]*">(.*?)</span>', heat, re.S)]
+
+
+def test_the_heat_map_shows_each_tokens_text_when_the_runs_tokenizer_is_here(filled):
+    from agentkit.store.reader import StoreReader
+    from agentkit.ui.views import run_view, token_decoder
+
+    reader = StoreReader(filled[0])
+    run = reader.run(filled[1]["failed"])
+    decode = token_decoder(run.model)
+    assert decode is not None  # the tiny model's directory, saved beside the store
+    [call] = run_view(run, decode).calls
+    assert 'class="heat tokens"' in call.heat
+    assert "".join(_cells(call.heat)) == call.step.completion_text  # one character a token
+    [script] = run_view(reader.run(filled[1]["script"]), decode).calls
+    assert _cells(script.heat)[:2] == ["<", "s"] and "<script" not in script.heat
+    # a model whose tokenizer is not on this machine: cells without text, nothing loaded
+    assert token_decoder("scripted") is None and token_decoder("no/such-model") is None
+    [plain] = run_view(run, token_decoder("scripted")).calls
+    assert _cells(plain.heat) == [] and plain.heat.count("<i ") == len(run.steps[0].logprobs)
+
+
+def test_the_diagram_draws_the_whole_graph_with_the_path_taken(filled):
+    from agentkit.store.reader import StoreReader
+    from agentkit.ui.views import run_view
+
+    reader = StoreReader(filled[0])
+    routed = run_view(reader.run(filled[1]["routed"]))
+    assert [(n["node"], n["role"], n["visits"]) for n in routed.nodes] == [
+        ("route", "router", 1), ("calculate", "tool", 0), ("solve", "solver", 1), ("check", "verifier", 1)]
+    assert routed.diagram.count('class="node unvisited"') == 1 and ">calculate</text>" in routed.diagram
+    assert routed.diagram.count('class="edge taken"') == 2  # route -> solve -> check
+    assert routed.diagram.count('class="edge"') == 2  # route -> calculate -> check, not taken
+    assert ">reasoning ×1<" in routed.diagram and ">calculator<" in routed.diagram
+    revised = run_view(reader.run(filled[1]["revised"]))
+    assert [(n["node"], n["visits"]) for n in revised.nodes] == [("solve", 3), ("review", 3), ("check", 1)]
+    assert ">×3<" in revised.diagram and ">revise ×2<" in revised.diagram and ">accept ×1<" in revised.diagram
 
 
 def test_marked_diff_marks_only_the_words_that_differ():
@@ -227,9 +270,21 @@ def test_click_through_runs_run_improve_policy_and_pair(server, page, filled):
     expect(page.locator("h1")).to_contain_text(f"Run {ids['failed']}")
     expect(page.locator("ul.checks .chk.ok").first).to_be_visible()
     expect(page.locator("ul.checks .chk.bad").first).to_be_visible()
-    assert page.locator(".heat i").count() > 5
+    heat = page.locator(".heat.tokens").first
+    completion = page.locator("pre.completion").first.inner_text()
+    assert heat.locator("span").count() == len(completion) > 5  # a cell per token, with its text
+    assert heat.inner_text() == completion.replace("\n", "↵\n")
     expect(page.locator("svg.diagram")).to_be_visible()
     _shot(page, "run")
+
+    # a graph run: the whole graph drawn, the node it did not visit faint
+    page.goto(f"{server}/runs/{ids['routed']}")
+    unvisited = page.locator("svg.diagram .node.unvisited")
+    expect(unvisited).to_have_count(1)
+    expect(unvisited).to_contain_text("calculate0 visits")
+    expect(page.locator("svg.diagram .edge.taken")).to_have_count(2)
+    expect(page.locator("svg.diagram .node:not(.unvisited)")).to_have_count(3)
+    _shot(page, "run-graph")
 
     # a run that searched: its tree, the chosen path marked
     page.goto(f"{server}/runs/{ids['searched']}")
@@ -263,9 +318,42 @@ def test_click_through_runs_run_improve_policy_and_pair(server, page, filled):
     expect(page.locator("mark.del")).to_have_count(1)
     _shot(page, "pair")
 
-    page.click("nav >> text=Memory")
+    assert page.errors == []
+
+
+@pytest.mark.browser
+@browser_only
+def test_the_memory_and_trainer_pages_show_the_library_and_the_daemon(server, page):
+    from playwright.sync_api import expect
+
+    page.goto(server + "/memory")
+    rows = page.locator("section:has(h2:text('Items')) tbody tr")
+    expect(rows).to_have_count(2)
+    cells = [[c.strip() for c in rows.nth(i).locator("td").all_inner_texts()] for i in range(2)]
+    # id, kind, family / node, text, shown, succeeded, expected, utility, status: most shown first
+    assert cells[0][:3] == ["1", "insight", "arithmetic/2"] and cells[0][4:] == ["2", "1", "1.0", "+0.00", "active"]
+    assert cells[1][:3] == ["2", "exemplar", "arithmetic/2"] and cells[1][4:] == ["1", "1", "0.5", "+0.50", "active"]
+    assert cells[0][3] == INSIGHT  # the model's text as text, its tags shown
+    assert page.locator("section:has(h2:text('Items')) b").count() == 0
+    nodes = page.locator("section:has(h2:text('Nodes')) tbody td").all_inner_texts()
+    assert nodes == ["arithmetic/2", "solve", "2", "1", "50.0%"]
+    versions = page.locator("section:has(h2:text('Versions')) tbody tr")
+    expect(versions).to_have_count(2)
+    assert [versions.nth(i).locator("td").nth(1).inner_text() for i in range(2)] == ["update from runs", "seed the library"]
     _shot(page, "memory")
-    page.click("nav >> text=Trainer")
+
+    page.goto(server + "/trainer")
+    expect(page.locator("h1 + p")).to_contain_text("not running")  # pid 4242 is recorded, but no pid file
+    state = page.locator("section:has(h2:text('arithmetic'))").first
+    expect(state.locator("h2 .badge")).to_have_text("idle")
+    summary = state.locator(".summary").inner_text()
+    for seen in ("RUNS EXAMINED UP TO\n12", "PAIRS TRAINED UP TO\n7", "ACTIVE POLICY\nv1", "CYCLES\n1"):  # labels in capitals
+        assert seen in summary, seen
+    expect(state.locator("details[open]")).to_contain_text('"decision": "reject"')
+    cycle = page.locator("section:has(h2:text('Cycles')) tbody tr")
+    expect(cycle).to_have_count(1)
+    assert [c.strip() for c in cycle.locator("td").all_inner_texts()][:12] == [
+        "1", "arithmetic", "v1", "12", "5", "7", "v2", "reject", "0.31", "1.5 s", "42.0 s", "7.2 s"]
     _shot(page, "trainer")
     assert page.errors == []
 

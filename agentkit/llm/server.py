@@ -325,9 +325,13 @@ class CompletionServer:
         generated as a completion of those token ids."""
         deadline = time.monotonic() + self.limits.request_timeout_s
         request = validate(ChatRequest, body)
-        if request.logprobs:
-            raise HTTPError(400, "logprobs=true: not supported on /v1/chat/completions here; "
-                                 "use /v1/completions with logprobs", param="logprobs")
+        if request.top_logprobs and not request.logprobs:
+            raise HTTPError(400, f"top_logprobs={request.top_logprobs}: needs logprobs=true", param="top_logprobs")
+        if request.stream and request.logprobs:
+            raise HTTPError(400, "stream=true with logprobs: not supported here; drop one of them", param="stream")
+        if request.top_logprobs and not callable(getattr(self.llm, "top_logprobs", None)):
+            raise HTTPError(400, f"top_logprobs={request.top_logprobs}: this backend reports no alternative tokens; "
+                                 "ask with logprobs=true alone", param="top_logprobs")
         prompt_ids = self._chat_prompt(request)
         max_tokens = request.max_completion_tokens if request.max_completion_tokens is not None else request.max_tokens
         if max_tokens is None:  # as many as the context and the server's ceiling leave
@@ -338,7 +342,8 @@ class CompletionServer:
         if request.stream:
             return self._stream(requests, request.stream_options.include_usage, deadline, chat=True)
         [outs] = self._generate(requests, client, deadline)
-        choices = [{"index": j, "message": {"role": "assistant", "content": c.text}, "logprobs": None,
+        choices = [{"index": j, "message": {"role": "assistant", "content": c.text},
+                    "logprobs": self._chat_logprobs(c, request.top_logprobs or 0) if request.logprobs else None,
                     "finish_reason": c.finish_reason, "stop_reason": None} for j, c in enumerate(outs)]
         return {
             "id": f"chatcmpl-{uuid.uuid4().hex}",
@@ -364,6 +369,20 @@ class CompletionServer:
             raise HTTPError(400, f"messages: the model's chat template refused them ({one_line(exc)})",
                             param="messages") from exc
         return list(tokenizer(text, add_special_tokens=False)["input_ids"])  # the template wrote the BOS
+
+    def _chat_logprobs(self, completion: Completion, top: int) -> dict:
+        """OpenAI's chat ``logprobs``: each completion token's text, log-probability and
+        UTF-8 bytes, with the ``top`` most likely tokens at its position."""
+        def entry(token_id: int, logprob: float) -> dict:
+            text = self._decode([token_id]) or ""
+            return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
+
+        ids = list(completion.token_ids)
+        alternatives = (self.llm.top_logprobs(completion.prompt_ids, ids, top, adapter=completion.adapter)
+                        if top else [[] for _ in ids])
+        content = [{**entry(t, lp), "top_logprobs": [entry(a, alp) for a, alp in alts]}
+                   for t, lp, alts in zip(ids, completion.logprobs, alternatives)]
+        return {"content": content, "refusal": None}
 
     def _stream(self, requests: list[GenerationRequest], include_usage: bool, deadline: float,
                 chat: bool) -> AsyncIterator[dict | str]:

@@ -71,7 +71,7 @@ class _Row:
 
 @dataclass
 class _Job:
-    kind: str  # "generate" | "score"
+    kind: str  # "generate" | "score" | "top" | "load_adapter" | "unload_adapter"
     payload: Any
     future: Future
     adapter: str | None = None
@@ -223,6 +223,14 @@ class TransformersLLM:
         if not completion_ids:
             return []
         return self._submit("score", (list(prompt_ids), list(completion_ids)), adapter)
+
+    def top_logprobs(self, prompt_ids: Sequence[int], completion_ids: Sequence[int], k: int,
+                     adapter: str | None = None) -> list[list[tuple[int, float]]]:
+        """At each position of ``completion_ids``, the ``k`` most likely tokens given what
+        precedes it, as (id, logprob), most likely first (OpenAI's ``top_logprobs``)."""
+        if not completion_ids or k <= 0:
+            return [[] for _ in completion_ids]
+        return self._submit("top", (list(prompt_ids), list(completion_ids), k), adapter)
 
     def load_adapter(self, name: str, path: str) -> None:
         if not os.path.isfile(os.path.join(path, "adapter_config.json")):
@@ -457,11 +465,14 @@ class TransformersLLM:
         )
 
     def _run_other(self, job: _Job) -> Any:
-        if job.kind == "score":
-            prompt_ids, completion_ids = job.payload
+        if job.kind in ("score", "top"):
+            prompt_ids, completion_ids = job.payload[:2]
             with self._adapter_context(job.adapter), torch.inference_mode():
                 ids = torch.tensor([prompt_ids + completion_ids], device=self.device)
                 logits = self.model(input_ids=ids, logits_to_keep=len(completion_ids) + 1).logits[0, :-1].float()
+                if job.kind == "top":  # (T, k) each
+                    values, top = torch.log_softmax(logits, -1).topk(job.payload[2], -1)
+                    return [list(zip(i.tolist(), v.tolist())) for i, v in zip(top, values)]
                 target = torch.tensor(completion_ids, device=self.device)
                 if self._refine:
                     hidden = self._head_input[0, :-1]  # (T, D)

@@ -116,7 +116,8 @@ class _Pages:
 
     def run(self, request: Request) -> Response:
         run = self.reader.run(request.path_params["run_id"])
-        return self.render(request, "run.html", view=views.run_view(run), section="runs")
+        return self.render(request, "run.html", view=views.run_view(run, views.token_decoder(run.model)),
+                           section="runs")
 
     def improve_list(self, request: Request) -> Response:
         return self.render(request, "improve_list.html", runs=self.reader.improve_runs(), section="improve")

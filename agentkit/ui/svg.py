@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from markupsafe import Markup, escape
 
-__all__ = ["Series", "line_chart", "path_diagram", "TreeNode", "tree_diagram", "value_colour"]
+__all__ = ["Series", "line_chart", "graph_diagram", "TreeNode", "tree_diagram", "value_colour"]
 
 
 def value_colour(value: float | None) -> str:
@@ -83,32 +83,33 @@ def line_chart(series: Sequence[Series], *, x_label: str = "round", y_label: str
     return Markup("".join(out))
 
 
-# --- a run's path through its graph ----------------------------------------------------------
+# --- a run's graph, with the path it took ---------------------------------------------------
 
 
-def path_diagram(nodes: Sequence[tuple[str, int]], edges: dict[tuple[str, str], int], *,
-                 failed: set[str] = frozenset()) -> Markup:
-    """Nodes (name, visits) left to right in the order first visited; ``edges`` the
-    transitions this run took with their counts. Forward edges arc above, edges back to an
-    earlier node arc below; ``failed`` nodes are outlined red."""
-    bw, bh, gap = 132, 46, 56
+def graph_diagram(nodes: Sequence[tuple[str, int]], edges: Sequence[tuple[str, str, str | None, int]], *,
+                  failed: set[str] = frozenset()) -> Markup:
+    """Nodes (name, visits) left to right; edges (source, target, label, times this run took
+    it). Forward edges arc above, edges back to an earlier node arc below. What the run
+    took is drawn strong, the rest of the graph faint; ``failed`` nodes are outlined red."""
+    bw, bh, gap = 132, 46, 84  # the gap holds an edge label such as "calculator ×12"
     index = {name: i for i, (name, _) in enumerate(nodes)}
-    above = max([24 + 10 * (index[b] - index[a]) for a, b in edges if index[b] > index[a] + 1]
-                + [40 for a, b in edges if a == b] + [0])
-    below = max([24 + 10 * (index[a] - index[b]) for a, b in edges if index[b] < index[a]] + [0])
+    pairs = [(index[a], index[b]) for a, b, _, _ in edges]
+    above = max([24 + 10 * (j - i) for i, j in pairs if j > i + 1] + [40 for i, j in pairs if i == j] + [0])
+    below = max([24 + 10 * (i - j) for i, j in pairs if j < i] + [0])
     top = 14 + (above + 14 if above else 0)
     width = max(1, len(nodes)) * (bw + gap) - gap + 40
     height = top + bh + 14 + (below + 14 if below else 0)
     out = [f'<svg class="diagram" viewBox="0 0 {width} {height}" width="{width}" height="{height}" role="img" '
-           'aria-label="the path this run took">',
-           '<defs><marker id="arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" markerHeight="7" '
-           'orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" class="arrowhead"/></marker></defs>']
+           'aria-label="the graph and the path this run took">',
+           "<defs>" + "".join(
+               f'<marker id="{name}" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" markerHeight="7" '
+               f'orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" class="{name}"/></marker>'
+               for name in ("arrow", "arrow-faint")) + "</defs>"]
 
     def cx(i: int) -> float:
         return 20 + i * (bw + gap) + bw / 2
 
-    for (a, b), count in edges.items():
-        i, j = index[a], index[b]
+    for (i, j), (_, _, label, count) in zip(pairs, edges):
         if j == i + 1:
             d = f"M{cx(i) + bw / 2:.0f},{top + bh / 2} L{cx(j) - bw / 2 - 2:.0f},{top + bh / 2}"
             lx, ly = (cx(i) + cx(j)) / 2, top + bh / 2 - 6
@@ -117,18 +118,20 @@ def path_diagram(nodes: Sequence[tuple[str, int]], edges: dict[tuple[str, str], 
                  f"{cx(i) + 16:.0f},{top - 2}")
             lx, ly = cx(i), top - 34
         else:
-            above = j > i
-            y0 = top if above else top + bh
-            lift = -1 if above else 1
+            up = j > i
+            y0 = top if up else top + bh
+            lift = -1 if up else 1
             h = 26 + 12 * abs(j - i)
             d = (f"M{cx(i):.0f},{y0} C{cx(i):.0f},{y0 + lift * h} {cx(j):.0f},{y0 + lift * h} "
                  f"{cx(j):.0f},{y0 + lift * 2}")
-            lx, ly = (cx(i) + cx(j)) / 2, y0 + lift * (h * 0.75) + (4 if not above else 0)
-        out.append(f'<path d="{d}" class="edge" marker-end="url(#arrow)"/>'
-                   f'<text x="{lx:.0f}" y="{ly:.0f}" class="edge-label" text-anchor="middle">×{count}</text>')
+            lx, ly = (cx(i) + cx(j)) / 2, y0 + lift * (h * 0.75) + (4 if not up else 0)
+        text = " ".join(t for t in (label, f"×{count}" if count else "") if t)
+        kind, arrow = ("edge taken", "arrow") if count else ("edge", "arrow-faint")
+        out.append(f'<path d="{d}" class="{kind}" marker-end="url(#{arrow})"/>'
+                   f'<text x="{lx:.0f}" y="{ly:.0f}" class="edge-label" text-anchor="middle">{escape(text)}</text>')
     for i, (name, visits) in enumerate(nodes):
         x = cx(i) - bw / 2
-        cls = "node failed" if name in failed else "node"
+        cls = "node failed" if name in failed else "node" if visits else "node unvisited"
         out.append(f'<g class="{cls}"><rect x="{x:.0f}" y="{top}" width="{bw}" height="{bh}" rx="8"/>'
                    f'<text x="{cx(i):.0f}" y="{top + 20}" text-anchor="middle" class="node-name">{escape(name)}</text>'
                    f'<text x="{cx(i):.0f}" y="{top + 36}" text-anchor="middle" class="node-visits">'

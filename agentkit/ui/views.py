@@ -1,13 +1,14 @@
-"""What the pages show, computed from store records: a run's path, per-node accounting,
+"""What the pages show, computed from store records: a run's graph and path, per-node accounting,
 step checks, heat maps and search tree; an improve run's curves; a policy lineage; the
 marked difference of a pair. Plain functions of records, so they are tested without a server."""
 
 from __future__ import annotations
 
 import difflib
+import functools
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,9 +18,9 @@ from agentkit.store.policies import Policy
 from agentkit.store.runs import Run, Step
 from agentkit.tasks.steps import step_char_spans
 
-from .svg import Series, TreeNode, line_chart, path_diagram, tree_diagram, value_colour
+from .svg import Series, TreeNode, graph_diagram, line_chart, tree_diagram, value_colour
 
-__all__ = ["CallView", "RunView", "run_view", "heat_map", "improve_chart", "lineage", "marked_diff", "utility"]
+__all__ = ["CallView", "RunView", "run_view", "token_decoder", "heat_map", "improve_chart", "lineage", "marked_diff", "utility"]
 
 
 # --- one run -----------------------------------------------------------------------------------
@@ -51,17 +52,52 @@ class RunView:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def heat_map(step: Step) -> Markup:
+Decoder = Callable[[list[int]], list[str]]
+
+
+@functools.lru_cache(maxsize=8)
+def token_decoder(model: str | None) -> Decoder | None:
+    """Each token id's text under ``model``'s tokenizer, when its tokenizer.json is on this
+    machine (the agentkit model cache or a local directory; loaded once, never downloaded
+    nor converted: the store keeps ids, not per-token text). None otherwise."""
+    from agentkit.llm.models import local_model
+
+    path = local_model(model) if model else None
+    if path is None or not (path / "tokenizer.json").is_file():
+        return None
+    try:
+        from tokenizers import Tokenizer
+
+        tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
+    except Exception:  # not a tokenizer this library reads: the heat map shows ids
+        return None
+    return lambda ids: tokenizer.decode_batch([[i] for i in ids], skip_special_tokens=False)
+
+
+def heat_map(step: Step, decode: Decoder | None = None) -> Markup:
     """One cell per completion token, coloured by how unlikely it was (10 shades, classes
-    h0..h9 in style.css); the hover says which token and its log-probability. Built as one
-    short string per cell: a 1,000-call run has tens of thousands of them."""
+    h0..h9 in style.css), holding the token's text when ``decode`` gives it; the hover says
+    which token and its log-probability. Built as one short string per cell: a 1,000-call
+    run has tens of thousands of them."""
     logprobs = step.logprobs or []
     ids = step.completion_ids or []
+    texts: list[str] = []
+    if decode is not None and len(ids) == len(logprobs):
+        try:
+            texts = decode(ids)
+        except Exception:  # an id the tokenizer has no text for (another model's run)
+            texts = []
     cells = []
     for k, lp in enumerate(logprobs):
         shade = min(9, int((1 - math.exp(max(lp, -30.0))) * 10))
-        cells.append(f'<i class="h{shade}" title="#{k + 1} id {ids[k] if k < len(ids) else "?"}: {lp:.2f}"></i>')
-    return Markup(f'<div class="heat">{"".join(cells)}</div>') if cells else Markup("")
+        title = f'#{k + 1} id {ids[k] if k < len(ids) else "?"}: {lp:.2f}'
+        if texts:
+            text = escape(texts[k]).replace("\n", "↵\n") or "∅"
+            cells.append(f'<span class="h{shade}" title="{title}">{text}</span>')
+        else:
+            cells.append(f'<i class="h{shade}" title="{title}"></i>')
+    kind = "heat tokens" if texts else "heat"
+    return Markup(f'<div class="{kind}">{"".join(cells)}</div>') if cells else Markup("")
 
 
 def _checks(step: Step) -> list[tuple[str, bool | None, float | None]]:
@@ -76,7 +112,8 @@ def _checks(step: Step) -> list[tuple[str, bool | None, float | None]]:
     return lines
 
 
-def run_view(run: Run) -> RunView:
+def run_view(run: Run, decode: Decoder | None = None) -> RunView:
+    """The run page's content; ``decode`` gives the heat maps their token text."""
     steps = run.steps or []
     # A visit is a stretch of consecutive steps of one node (retries and a search tree's
     # many calls included); the path is the sequence of visits.
@@ -84,13 +121,16 @@ def run_view(run: Run) -> RunView:
     for s in steps:
         if not visits or visits[-1] != s.node:
             visits.append(s.node)
-    order = list(dict.fromkeys(visits))
-    edges: dict[tuple[str, str], int] = {}
+    roles, declared = _declared_graph(run)
+    order = list(dict.fromkeys([*roles, *visits]))  # the graph's nodes as declared, then any other visited
+    taken: dict[tuple[str, str], int] = {}
     for a, b in zip(visits, visits[1:]):
-        edges[(a, b)] = edges.get((a, b), 0) + 1
+        taken[(a, b)] = taken.get((a, b), 0) + 1
+    edges = [(a, b, when, taken.pop((a, b), 0)) for a, b, when in declared if a in roles and b in roles]
+    edges += [(a, b, None, count) for (a, b), count in taken.items()]  # taken, though not declared
     nodes: dict[str, dict[str, Any]] = {
         name: {"node": name, "visits": visits.count(name), "calls": 0, "retries": 0, "prompt_tokens": 0,
-               "completion_tokens": 0, "latency_s": 0.0, "role": None} for name in order}
+               "completion_tokens": 0, "latency_s": None, "role": roles.get(name)} for name in order}
     calls, failed = [], set()
     ok_count = bad_count = 0
     for s in steps:
@@ -100,7 +140,8 @@ def run_view(run: Run) -> RunView:
         row["retries"] += int(s.attempt > 0)
         row["prompt_tokens"] += s.prompt_tokens or 0
         row["completion_tokens"] += s.completion_tokens or 0
-        row["latency_s"] += s.latency_s or 0.0
+        if s.latency_s:  # search calls record none: their node shows "–", not "0 ms"
+            row["latency_s"] = (row["latency_s"] or 0.0) + s.latency_s
         checks = _checks(s)
         ok_count += sum(ok is True for _, ok, _ in checks)
         bad_count += sum(ok is False for _, ok, _ in checks)
@@ -108,11 +149,11 @@ def run_view(run: Run) -> RunView:
             failed.add(s.node)
         search = (s.meta or {}).get("search") if isinstance(s.meta, dict) else None
         lps = s.logprobs or []
-        calls.append(CallView(s, checks, heat_map(s), search, sum(lps) / len(lps) if lps else None))
+        calls.append(CallView(s, checks, heat_map(s, decode), search, sum(lps) / len(lps) if lps else None))
     tree_steps = [c for c in calls if c.search is not None]
     return RunView(
         run=run,
-        diagram=path_diagram([(n, nodes[n]["visits"]) for n in order], edges, failed=failed),
+        diagram=graph_diagram([(n, nodes[n]["visits"]) for n in order], edges, failed=failed),
         nodes=list(nodes.values()),
         calls=calls,
         tree=search_tree(tree_steps) if tree_steps else None,
@@ -120,6 +161,19 @@ def run_view(run: Run) -> RunView:
         checks_ok=ok_count,
         checks_bad=bad_count,
     )
+
+
+def _declared_graph(run: Run) -> tuple[dict[str, str], list[tuple[str, str, str | None]]]:
+    """The nodes (name -> role) and edges (source, target, label) of the graph a graph
+    agent's run recorded (``meta.graph.spec``); none for other runs."""
+    graph = run.meta.get("graph") if isinstance(run.meta, dict) else None
+    spec = graph.get("spec") if isinstance(graph, dict) else None
+    if not isinstance(spec, dict):
+        return {}, []
+    roles = {n["name"]: n.get("role") for n in spec.get("nodes") or [] if isinstance(n, dict) and "name" in n}
+    edges = [(e["source"], e["target"], e.get("when")) for e in spec.get("edges") or []
+             if isinstance(e, dict) and "source" in e and "target" in e]
+    return roles, edges
 
 
 def search_tree(calls: Sequence[CallView]) -> Markup:
@@ -157,7 +211,7 @@ def improve_chart(rounds: Sequence[dict[str, Any]]) -> Markup:
             cand.append((x, r["candidate_success"], None, None))
     series = [Series("gate set, active", "#059669", gate), Series("gate set, candidate", "#d97706", cand, dashed=True),
               Series("final test (95% CI)", "#2563eb", final)]  # drawn last: on top
-    return line_chart([s for s in series if s.points])
+    return line_chart([s for s in series if s.points], width=1000, height=300)
 
 
 # --- policies ----------------------------------------------------------------------------------
