@@ -41,7 +41,7 @@ from agentkit.graph.search import as_strategy
 from agentkit.store import ImproveLog, PairStore, PolicyRegistry
 from agentkit.store.protocols import RunStore
 from agentkit.tasks import Suite, Task, get_suite, split_steps
-from agentkit.train.configs import DPOConfig, PGConfig, SFTConfig, TrainConfig
+from agentkit.train.configs import DPOConfig, PGConfig, SFTConfig, TrainConfig, field_of
 from agentkit.train.examples import PreferenceExample, RLGroup, SFTExample
 
 __all__ = ["ImproveConfig", "RoundResult", "improve", "METHODS", "GRAPH_METHODS", "STEP_ADVANTAGES", "EXPLORE",
@@ -68,7 +68,14 @@ FINAL_SEED = 7919
 
 @dataclass
 class ImproveConfig:
-    """One `agentkit improve` run. Saved with every policy version it produces."""
+    """One `agentkit improve` run. Saved with every policy version it produces and in the
+    improve journal.
+
+    How a round samples and trains are the knobs of StepDPOConfig and of the trainer
+    configs, with their defaults and help (``field_of``), except where rounds that run back
+    to back on a CPU want less: 4 samples per task (not 8), 8 rectifications per first wrong
+    step (not 16), answers of at most 96 tokens (not 160) and 2 epochs per candidate (not 1).
+    Policy-gradient candidates (grpo, rloo) train at a fifth of ``lr``."""
 
     suite: str = "arithmetic"
     method: str = "step-dpo"
@@ -98,11 +105,6 @@ class ImproveConfig:
     (step-level search trees; see SEARCH_METHODS)."""
     search: str = "mcts:8x8"
     """explore=search: the strategy (agentkit.graph.search.parse_search)."""
-    samples_per_task: int = 4
-    rectifications: int = 8
-    chosen_by: str = "outcome"
-    """step-dpo: "outcome" (a rectification must reach a verified answer, the paper) or "step"
-    (the step checker accepting the rectified step suffices; one line per rectification)."""
     gate_metric: str = "success"
     """What the gate needs a significant gain in: "success" or "step-accuracy" (see gate.py)."""
     step_advantages: str = "none"
@@ -112,20 +114,26 @@ class ImproveConfig:
     """Experience library items shown per prompt (0: off). On: every sampled run updates the
     library in the store (verified exemplars, utilities), and sampling, the held-out
     measurement and the gate all read it, so a policy is judged with the memory it trained with."""
-    shots: int = 3
-    max_tokens: int = 96
     replay: bool = True
     """Train each candidate on every pair collected so far (a replay buffer), not only this round's."""
     from_base: bool = False
     """Train each candidate as a fresh adapter on the base model (ReST-EM), not by continuing
     the active policy's adapter; with ``replay`` it learns every round's data at once."""
-    lr: float = 1e-4
-    epochs: float = 2.0
-    batch_size: int = 8
-    beta: float = 0.4
-    nll_weight: float = 1.0
-    lora_r: int = 16
+    # how a round samples (StepDPOConfig's knobs; shots and max_tokens set every prompt of the run)
+    samples_per_task: int = field_of(StepDPOConfig, "samples_per_task", default=4)
+    rectifications: int = field_of(StepDPOConfig, "rectifications", default=8)
+    chosen_by: str = field_of(StepDPOConfig, "chosen_by")
+    shots: int = field_of(StepDPOConfig, "shots")
+    max_tokens: int = field_of(StepDPOConfig, "max_tokens", default=96)
+    # how a candidate trains (the trainer configs' knobs)
+    lr: float = field_of(TrainConfig, "lr")
+    epochs: float = field_of(TrainConfig, "epochs", default=2.0)
+    batch_size: int = field_of(TrainConfig, "batch_size")
+    beta: float = field_of(DPOConfig, "beta")
+    nll_weight: float = field_of(DPOConfig, "nll_weight")
+    lora_r: int = field_of(TrainConfig, "lora_r")
     alpha: float = 0.05
+    """The gate's significance level, spent over the rounds."""
     concurrency: int = 32
     seed: int = 0
     """Seeds the training tasks of every round, sampling, search and the LoRA initialisation.
@@ -178,6 +186,24 @@ class ImproveConfig:
             if self.memory:
                 raise AgentkitError(f"memory={self.memory} sets the solve prompt; graph '{self.graph}' declares "
                                     "memory on its nodes, drop it")
+
+    def pair_config(self, round_: int) -> StepDPOConfig:
+        """How round ``round_`` samples and rectifies."""
+        return StepDPOConfig(samples_per_task=self.samples_per_task, rectifications=self.rectifications,
+                             shots=self.shots, max_tokens=self.max_tokens, seed=self.seed + round_,
+                             chosen_by=self.chosen_by)
+
+    def train_config(self, output_dir: Path, method: str | None = None) -> TrainConfig:
+        """How a candidate of ``method`` (default: the config's) trains into ``output_dir``."""
+        method = method or self.method
+        common = dict(output_dir=str(output_dir), lr=self.lr, epochs=self.epochs, batch_size=self.batch_size,
+                      lora_r=self.lora_r, seed=self.seed)
+        if method in ("step-dpo", "dpo"):
+            return DPOConfig(beta=self.beta, nll_weight=self.nll_weight, **common)
+        if method in ("rft", "gold-sft"):
+            return SFTConfig(**common)
+        return PGConfig(method=method, step_weight=1.0 if self.step_advantages == "checker" else 0.0,
+                        **{**common, "lr": self.lr / 5})
 
 
 @dataclass
@@ -389,14 +415,14 @@ def _train(registry: PolicyRegistry, config: ImproveConfig, out: Path, model: st
     starts from the active policy's adapter, or from the base model with ``from_base``."""
     incumbent = "base" if config.from_base else incumbent
     if not isinstance(examples, _Staged):
-        return train_candidate(registry, _train_config(config, out), model, incumbent, examples)
+        return train_candidate(registry, config.train_config(out), model, incumbent, examples)
     result = None
     if examples.solutions:
-        result = train_candidate(registry, _train_config(config, out / "sft", method="rft"), model, incumbent,
+        result = train_candidate(registry, config.train_config(out / "sft", method="rft"), model, incumbent,
                                  examples.solutions)
     if examples.pairs:
         parent = result.adapter_path if result is not None else None
-        result = train_candidate(registry, _train_config(config, out / "dpo", method="step-dpo"), model, incumbent,
+        result = train_candidate(registry, config.train_config(out / "dpo", method="step-dpo"), model, incumbent,
                                  examples.pairs, parent_adapter=parent)
     return result
 
@@ -434,18 +460,11 @@ def _collect_search(llm: LLM, suite: Suite, tasks: list[Task], store: RunStore, 
     return _Staged(solved, pairs), counts, sampled
 
 
-def _pair_config(config: ImproveConfig, round_: int) -> StepDPOConfig:
-    """How a round samples and rectifies: the improve knobs StepDPOConfig shares."""
-    return StepDPOConfig(samples_per_task=config.samples_per_task, rectifications=config.rectifications,
-                         shots=config.shots, max_tokens=config.max_tokens, seed=config.seed + round_,
-                         chosen_by=config.chosen_by)
-
-
 def _collect(llm: LLM, suite: Suite, tasks: list[Task], store: RunStore, config: ImproveConfig, version: str,
              adapter: str | None, round_: int, agent: Any = None) -> tuple[list[Any], dict[str, Any], int]:
     """This round's training data for the method, plus counts and the sampled token total.
     ``agent`` builds the sampling prompts; with a library, the sampled runs then update it."""
-    pair_config = _pair_config(config, round_)
+    pair_config = config.pair_config(round_)
     pairs = PairStore(store)
     library = getattr(agent, "library", None)
 
@@ -524,7 +543,7 @@ def _collect_graph(llm: LLM, suite: Suite, tasks: list[Task], store: RunStore, c
         data = [SFTExample(step.prompt_ids, step.completion_ids, step.run_id) for step in steps if step is not None]
         return data, base, sampled
     pairs = PairStore(store)
-    stats = build_step_pairs(llm, suite, tasks, store, _pair_config(config, round_), version, run_ids=run_ids, adapter=adapter,
+    stats = build_step_pairs(llm, suite, tasks, store, config.pair_config(round_), version, run_ids=run_ids, adapter=adapter,
                              pair_store=pairs)
     kept = pairs.pairs(kind="step", suite=suite.name)
     if not config.replay:
@@ -570,19 +589,6 @@ def _continuation_ids(llm: LLM, text: str) -> list[int]:
 
 def _tokens(store: RunStore, run_ids: list[int]) -> int:
     return sum(sum(s.completion_tokens or 0 for s in store.steps(i)) for i in run_ids)
-
-
-def _train_config(config: ImproveConfig, output_dir: Path, method: str | None = None) -> TrainConfig:
-    """The method's trainer config, from the knobs ImproveConfig carries."""
-    method = method or config.method
-    common = dict(output_dir=str(output_dir), lr=config.lr, epochs=config.epochs, batch_size=config.batch_size,
-                  lora_r=config.lora_r, seed=config.seed)
-    if method in ("step-dpo", "dpo"):
-        return DPOConfig(beta=config.beta, nll_weight=config.nll_weight, **common)
-    if method in ("rft", "gold-sft"):
-        return SFTConfig(**common)
-    return PGConfig(method=method, step_weight=1.0 if config.step_advantages == "checker" else 0.0,
-                    **{**common, "lr": config.lr / 5})
 
 
 def plot_curve(rounds: list[RoundResult] | list[list[RoundResult]], path: str | Path,
