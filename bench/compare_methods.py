@@ -77,7 +77,7 @@ def main() -> None:
             for name in llm.list_adapters():
                 llm.unload_adapter(name)
             config = ImproveConfig(
-                method=method, rounds=1, levels=[args.level], eval_level=args.eval_level,
+                method=method, explore="sample", rounds=1, levels=[args.level], eval_level=args.eval_level,
                 train_tasks=args.train_tasks, eval_tasks=args.eval_tasks, samples_per_task=args.samples,
                 rectifications=args.rectifications, chosen_by=args.chosen_by, epochs=args.epochs,
                 step_advantages=args.step_advantages if method in ("grpo", "rloo") else "none",

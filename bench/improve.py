@@ -63,7 +63,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     defaults = ImproveConfig()
     parser.add_argument("--seeds", type=int, default=3, help="independent runs, seeds 1..N")
-    parser.add_argument("--explore", choices=EXPLORE, default=defaults.explore)
+    parser.add_argument("--explore", choices=EXPLORE, default=None, help="default: search where the method trains "
+                        "on search trees, else sample (ImproveConfig)")
     parser.add_argument("--search", default=defaults.search)
     parser.add_argument("--method", choices=METHODS, default=defaults.method)
     parser.add_argument("--rounds", type=int, default=defaults.rounds)
@@ -106,9 +107,9 @@ def main() -> None:
 
 def report(args: argparse.Namespace, config: ImproveConfig, runs: list[list[RoundResult]], tables: list[str],
            start: float) -> None:
-    name = args.name or f"improve-{args.explore}-{args.method}"
+    name = args.name or f"improve-{config.explore}-{config.method}"
     png = plot_curve(runs, RESULTS / f"{name}.png",
-                     title=f"improve --explore {args.explore} --method {args.method}: Gemma 3 270M, CPU")
+                     title=f"improve --explore {config.explore} --method {config.method}: Gemma 3 270M, CPU")
     cfg = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("output_dir", "seed")}
     done = f"seeds 1..{len(runs)}" + ("" if len(runs) == args.seeds else f" of {args.seeds} (run stopped early)")
     body = (
@@ -126,7 +127,7 @@ def report(args: argparse.Namespace, config: ImproveConfig, runs: list[list[Roun
         + f"\n\nCurve: `{png.name}`."
     )
     print(body)
-    print("wrote", write_result(name, f"agentkit improve --explore {args.explore} --method {args.method}", body),
+    print("wrote", write_result(name, f"agentkit improve --explore {config.explore} --method {config.method}", body),
           "and", png)
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, NoReturn, Optional
 
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
 from agentkit.cli._errors import (
     NoArgsIsHelpError,
@@ -22,7 +22,7 @@ from agentkit.cli._errors import (
     usage_line,
 )
 
-__all__ = ["STORE_HELP", "STORE_DEFAULT"]
+__all__ = ["STORE_HELP", "STORE_DEFAULT", "ConfigCommand", "Shown"]
 
 
 def _fail(line: str) -> NoReturn:
@@ -62,6 +62,34 @@ class _Group(TyperGroup):
         except KeyboardInterrupt:
             typer.echo("error: interrupted", err=True)
             raise typer.Exit(130) from None
+
+
+class Shown(str):
+    """The default of an option left None, so that the library decides: shown in the help only."""
+
+
+class ConfigCommand(TyperCommand):
+    """A command whose options take their defaults from a library config, read when the
+    command parses its arguments or shows its help, not when `agentkit --help` builds the app
+    (so the library loads only for this command). A subclass's ``defaults()`` maps parameter
+    names to defaults, or to a ``Shown`` text for an option that stays None."""
+
+    @staticmethod
+    def defaults() -> dict[str, Any]:
+        return {}
+
+    def read_defaults(self) -> None:
+        defaults = self.defaults()
+        for param in self.params:
+            value = defaults.get(param.name)
+            if isinstance(value, Shown):
+                param.show_default = str(value)
+            elif value is not None:
+                param.default = value
+
+    def make_context(self, info_name: Optional[str], args: list[str], parent: Any = None, **extra: Any) -> Any:
+        self.read_defaults()
+        return super().make_context(info_name, args, parent, **extra)
 
 
 STORE_HELP = "SQLite store of runs and steps."

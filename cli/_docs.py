@@ -117,6 +117,8 @@ def _section(path: str, command: Any) -> list[str]:
     if hasattr(command, "commands"):
         lines += [f"Subcommands: {', '.join(f'`agentkit {path} {name}`' for name in command.commands)}.", ""]
         return lines
+    if hasattr(command, "read_defaults"):  # a ConfigCommand: its defaults are a config's
+        command.read_defaults()
     arguments = [p for p in command.params if p.param_type_name == "argument"]
     options = [p for p in command.params if p.param_type_name == "option"]
     usage = " ".join([f"agentkit {path}", "[OPTIONS]" if options else "",

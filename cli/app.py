@@ -14,7 +14,7 @@ import typer
 from agentkit.cli._common import _Group
 from agentkit.cli.catalog_cmd import models, suites
 from agentkit.cli.graphs_cmd import graphs_app
-from agentkit.cli.improve_cmd import improve
+from agentkit.cli.improve_cmd import ImproveCommand, improve
 from agentkit.cli.memory_cmd import memory_app
 from agentkit.cli.policy_cmd import policy_app
 from agentkit.cli.run_cmd import run
@@ -37,8 +37,9 @@ app = typer.Typer(
 )
 
 # The order here is the order of `agentkit --help` and docs/cli.md.
-for command in (run, models, suites, serve, improve):
+for command in (run, models, suites, serve):
     app.command()(command)
+app.command(cls=ImproveCommand)(improve)  # its defaults are ImproveConfig's
 app.add_typer(traces_app, name="traces")
 app.add_typer(graphs_app, name="graphs")
 app.add_typer(policy_app, name="policy")

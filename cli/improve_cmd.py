@@ -1,14 +1,17 @@
 """``agentkit improve``: rounds of collect, credit, train, gate and promote
-(agentkit.learn.improve). Only typer is imported at module level (see app.py)."""
+(agentkit.learn.improve). Only typer is imported at module level (see app.py); the options'
+defaults are ImproveConfig's, read when the command runs or shows its help (ImproveCommand)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
 from agentkit.cli._common import (
+    ConfigCommand,
+    Shown,
     _load_backend,
     _quiet_hub,
     _require,
@@ -18,39 +21,53 @@ from agentkit.cli._common import (
     _store_path,
 )
 
-__all__ = ["improve"]
+__all__ = ["improve", "ImproveCommand"]
+
+
+class ImproveCommand(ConfigCommand):
+    @staticmethod
+    def defaults() -> dict[str, Any]:
+        """ImproveConfig's defaults, so that changing one there changes the command."""
+        from agentkit.learn.improve import SEARCH_BY_DEFAULT, ImproveConfig
+
+        config = ImproveConfig()
+        same = ("suite", "rounds", "method", "advance_at", "train_tasks", "eval_tasks", "final_tasks", "rectifications",
+                "chosen_by", "step_advantages", "gate_metric", "memory")
+        trees = ", ".join(SEARCH_BY_DEFAULT[:-1]) + " and " + SEARCH_BY_DEFAULT[-1]
+        return {**{name: getattr(config, name) for name in same}, "levels": ",".join(map(str, config.levels)),
+                "samples": config.samples_per_task, "out": Path(config.output_dir),
+                "explore": Shown(f"search for {trees} on the solve prompt; else sample"), "search": Shown(config.search)}
 
 
 def improve(
     graph: Optional[str] = typer.Argument(None, help="Graph to improve: a prebuilt graph or a .py file defining `graph` (default: the single solve prompt). Every model call of the graph shares the trained policy."),
-    suite: str = typer.Option("arithmetic", help="Built-in suite to train and gate on."),
-    rounds: int = typer.Option(3, help="Rounds of collect -> pairs -> train -> gate."),
-    method: str = typer.Option("rft", help="step-dpo, dpo (whole-output), rft, grpo, rloo, gold-sft (SFT on gold solutions, the reference) or expert (with --explore search: SFT on the solutions search found, then DPO on its sibling steps)."),
-    explore: Optional[str] = typer.Option(None, show_default="search for rft, step-dpo and expert on the solve prompt; else sample", help="How a round collects its data: sample (whole outputs, then the method's credit) or search (step-level search trees, with --method rft, step-dpo or expert)."),
-    search: Optional[str] = typer.Option(None, metavar="SPEC", show_default="mcts:8x8", help="With --explore search: the strategy, beam:WxK (beam width W, K lines per node) or mcts:N / mcts:NxK (N simulations); end it in :mc to value lines by Monte-Carlo rollouts instead of the step checker."),
-    levels: str = typer.Option("1", help="Curriculum: training level per round, comma-separated (the last repeats); the gate and final test sets are of the last level."),
-    advance_at: float = typer.Option(0.0, help="With --explore search and several --levels: stay on a level until search solves this share of a round's fresh training tasks (0: one level per round)."),
-    train_tasks: int = typer.Option(96, help="New training tasks per round."),
-    eval_tasks: int = typer.Option(100, help="Gate tasks: held-out test tasks the gate compares policies on."),
-    final_tasks: int = typer.Option(200, help="Final test tasks, apart from the gate tasks, that no decision reads: the active policy's success on them, with a 95% interval, after every round (0: off)."),
-    samples: int = typer.Option(4, help="Samples per training task."),
-    rectifications: int = typer.Option(8, help="step-dpo: continuations sampled from each first wrong step."),
-    chosen_by: str = typer.Option("outcome", help="step-dpo: a rectified step counts when the answer verifies (outcome) or when the step checker accepts it (step)."),
-    step_advantages: str = typer.Option("none", help="grpo/rloo: outcome advantages only (none), or each step's tokens also get its progress under the suite's step checker (checker)."),
-    gate_metric: str = typer.Option("success", help="What the gate needs a significant gain in: success or step-accuracy."),
-    memory: int = typer.Option(0, help="Experience-library items shown per prompt; every sampled run updates the library (0: off)."),
+    suite: str = typer.Option(None, help="Built-in suite to train and gate on."),
+    rounds: int = typer.Option(None, help="Rounds of collect -> pairs -> train -> gate."),
+    method: str = typer.Option(None, help="step-dpo, dpo (whole-output), rft, grpo, rloo, gold-sft (SFT on gold solutions, the reference) or expert (with --explore search: SFT on the solutions search found, then DPO on its sibling steps)."),
+    explore: Optional[str] = typer.Option(None, help="How a round collects its data: sample (whole outputs, then the method's credit) or search (step-level search trees, with --method rft, step-dpo or expert)."),
+    search: Optional[str] = typer.Option(None, metavar="SPEC", help="With --explore search: the strategy, beam:WxK (beam width W, K lines per node) or mcts:N / mcts:NxK (N simulations); end it in :mc to value lines by Monte-Carlo rollouts instead of the step checker."),
+    levels: str = typer.Option(None, help="Curriculum: training level per round, comma-separated (the last repeats); the gate and final test sets are of the last level."),
+    advance_at: float = typer.Option(None, help="With --explore search and several --levels: stay on a level until search solves this share of a round's fresh training tasks (0: one level per round)."),
+    train_tasks: int = typer.Option(None, help="New training tasks per round."),
+    eval_tasks: int = typer.Option(None, help="Gate tasks: held-out test tasks the gate compares policies on."),
+    final_tasks: int = typer.Option(None, help="Final test tasks, apart from the gate tasks, that no decision reads: the active policy's success on them, with a 95% interval, after every round (0: off)."),
+    samples: int = typer.Option(None, help="Samples per training task."),
+    rectifications: int = typer.Option(None, help="step-dpo: continuations sampled from each first wrong step."),
+    chosen_by: str = typer.Option(None, help="step-dpo: a rectified step counts when the answer verifies (outcome) or when the step checker accepts it (step)."),
+    step_advantages: str = typer.Option(None, help="grpo/rloo: outcome advantages only (none), or each step's tokens also get its progress under the suite's step checker (checker)."),
+    gate_metric: str = typer.Option(None, help="What the gate needs a significant gain in: success or step-accuracy."),
+    memory: int = typer.Option(None, help="Experience-library items shown per prompt; every sampled run updates the library (0: off)."),
     model: str = typer.Option("gemma-3-270m", help="Base model: gemma-3-270m, a local directory, or a cached Hugging Face id."),
     dtype: str = typer.Option("auto", help="auto, bf16 or fp32 (sampling and training)."),
-    out: Path = typer.Option(Path("agentkit-improve"), help="Directory for adapters, checkpoints and the learning curve."),
+    out: Path = typer.Option(None, help="Directory for adapters, checkpoints and the learning curve."),
     store: Optional[Path] = _store_option(),
 ) -> None:
     """Make the policy better at a suite: rounds of collect, credit, train a LoRA candidate, gate, promote."""
-    from agentkit.learn.improve import EXPLORE, GRAPH_METHODS, METHODS, SEARCH_METHODS
+    from agentkit.learn.improve import EXPLORE, GRAPH_METHODS, METHODS, SEARCH_METHODS, default_explore
 
     _require(method in METHODS, f"--method {method}: choose one of {', '.join(METHODS)}")
     single = graph in (None, "single_solver", "solve")
-    if explore is None:  # the measured best: search where the method trains on trees
-        explore = "search" if method in SEARCH_METHODS and single else "sample"
+    explore = explore or default_explore(method, graph)
     _require(explore in EXPLORE, f"--explore {explore}: choose one of {', '.join(EXPLORE)}")
     if explore == "search":
         _require(method in SEARCH_METHODS, f"--method {method} does not train on search trees; with --explore search "

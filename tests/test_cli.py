@@ -496,3 +496,25 @@ def test_serve_prints_the_url_and_stops_on_ctrl_c(monkeypatch):
 def test_improve_rejects_bad_options_before_loading_a_model(args, message, tmp_path):
     result = invoke("improve", *args, "--store", str(tmp_path / "runs.db"))
     assert result.exit_code == 1 and result.stderr.startswith("error: ") and message in result.stderr
+
+
+def test_improve_defaults_are_improve_configs(monkeypatch, tmp_path):
+    """The command states no default of its own: changing one in ImproveConfig changes it."""
+    import importlib
+    from dataclasses import asdict
+
+    from agentkit.errors import AgentkitError
+    from agentkit.learn.improve import ImproveConfig
+
+    configs = []
+
+    def capture(llm, store, config, **kwargs):
+        configs.append(config)
+        raise AgentkitError("captured")
+
+    monkeypatch.setattr(agentkit.llm, "load_backend", lambda *a, **k: ScriptedLLM(["Answer: 1"]))
+    module = importlib.import_module("agentkit.learn.improve")  # the attribute agentkit.learn.improve is the function
+    monkeypatch.setattr(module, "improve", capture)
+    result = invoke("improve", "--store", str(tmp_path / "runs.db"), "--out", str(tmp_path / "out"))
+    assert result.stderr == "error: captured\n"
+    assert asdict(configs[0]) == asdict(ImproveConfig(output_dir=str(tmp_path / "out" / "rounds")))

@@ -42,8 +42,8 @@ def test_rft_round_trains_gates_and_promotes(tmp_path, monkeypatch):
     suite = get_suite("arithmetic")
     # candidates (adapters named v1, v2...) answer right; the base answers wrong
     llm = char_scripted(answers(suite, right_for={"v1", "v2"}), tok)
-    config = ImproveConfig(method="rft", rounds=1, levels=[1], train_tasks=4, eval_tasks=8, samples_per_task=2,
-                           epochs=1, batch_size=2, concurrency=4, output_dir=str(tmp_path / "improve"))
+    config = ImproveConfig(method="rft", explore="sample", rounds=1, levels=[1], train_tasks=4, eval_tasks=8,
+                           samples_per_task=2, epochs=1, batch_size=2, concurrency=4, output_dir=str(tmp_path / "improve"))
     rows = []
     with TrajectoryStore(tmp_path / "runs.db") as store:
         rounds = improve(llm, store, config, model=build_tiny_model(len(tok)), on_round=rows.append)
@@ -68,8 +68,8 @@ def test_a_regression_is_not_promoted(tmp_path, monkeypatch):
     tok = build_tiny_tokenizer()
     suite = get_suite("arithmetic")
     llm = char_scripted(answers(suite, right_for={None}), tok)  # the base is right, candidates wrong
-    config = ImproveConfig(method="rft", rounds=1, levels=[1], train_tasks=4, eval_tasks=8, samples_per_task=2,
-                           epochs=1, batch_size=2, concurrency=4, output_dir=str(tmp_path / "improve"))
+    config = ImproveConfig(method="rft", explore="sample", rounds=1, levels=[1], train_tasks=4, eval_tasks=8,
+                           samples_per_task=2, epochs=1, batch_size=2, concurrency=4, output_dir=str(tmp_path / "improve"))
     with TrajectoryStore(tmp_path / "runs.db") as store:
         rounds = improve(llm, store, config, model=build_tiny_model(len(tok)))
         assert PolicyRegistry(store.path).active().version == "base"
@@ -101,6 +101,13 @@ def test_gold_sft_trains_on_the_suite_solutions_without_sampling(tmp_path, monke
             assert example.completion_ids == llm._encode(task.solution + "\n\nQuestion:")
         rounds = improve(llm, store, config, model=build_tiny_model(len(tok)))
     assert rounds[1].examples == 4 and rounds[1].sampled_tokens == 0 and rounds[1].promoted
+
+
+def test_explore_defaults_to_search_where_the_method_trains_on_search_trees():
+    assert (ImproveConfig().method, ImproveConfig().explore) == ("rft", "search")
+    assert ImproveConfig(method="step-dpo").explore == "search"
+    assert ImproveConfig(method="grpo").explore == "sample"
+    assert ImproveConfig(method="rft", graph="plan_solve_check").explore == "sample"  # search is the graph's
 
 
 def test_improve_config_refuses_unknown_choices():
@@ -161,8 +168,9 @@ def test_improve_with_memory_updates_the_library_and_reads_it(tmp_path, monkeypa
     tok = build_tiny_tokenizer()
     suite = get_suite("arithmetic")
     llm = char_scripted(answers(suite, right_for={"v1"}), tok)
-    config = ImproveConfig(method="rft", rounds=1, levels=[1], train_tasks=4, eval_tasks=8, samples_per_task=2,
-                           epochs=1, batch_size=2, concurrency=4, memory=2, output_dir=str(tmp_path / "improve"))
+    config = ImproveConfig(method="rft", explore="sample", rounds=1, levels=[1], train_tasks=4, eval_tasks=8,
+                           samples_per_task=2, epochs=1, batch_size=2, concurrency=4, memory=2,
+                           output_dir=str(tmp_path / "improve"))
     with TrajectoryStore(tmp_path / "runs.db") as store:
         rounds = improve(llm, store, config, model=build_tiny_model(len(tok)))
         library = ExperienceLibrary(store)
@@ -306,7 +314,7 @@ def test_the_curriculum_moves_up_once_search_solves_enough_fresh_tasks(tmp_path,
     # search solved all 4 fresh level-1 tasks (>= 90%): round 2 trains on level 2
     assert rounds[1].new_data["solved"] == 4 and [r.level for r in rounds[1:]] == [1, 2]
     with pytest.raises(AgentkitError, match="advance_at"):
-        ImproveConfig(advance_at=0.5)  # it reads search's success: explore=search only
+        ImproveConfig(explore="sample", advance_at=0.5)  # it reads search's success: explore=search only
 
 
 def test_search_rounds_train_grpo_on_sibling_groups_and_from_base_starts_fresh(tmp_path, monkeypatch):

@@ -45,7 +45,7 @@ from agentkit.train.configs import DPOConfig, PGConfig, SFTConfig, TrainConfig, 
 from agentkit.train.examples import PreferenceExample, RLGroup, SFTExample
 
 __all__ = ["ImproveConfig", "RoundResult", "improve", "METHODS", "GRAPH_METHODS", "STEP_ADVANTAGES", "EXPLORE",
-           "SEARCH_METHODS", "checker_values", "final_tasks", "plot_curve"]
+           "SEARCH_METHODS", "SEARCH_BY_DEFAULT", "default_explore", "checker_values", "final_tasks", "plot_curve"]
 
 log = logging.getLogger("agentkit.improve")
 
@@ -61,15 +61,26 @@ SEARCH_METHODS = ("rft", "step-dpo", "expert", "grpo", "rloo")
 (expert iteration, ReST-EM), ``step-dpo`` takes the sibling pairs of every expanded node
 (DPO + NLL), ``expert`` does both in one candidate (SFT on the solutions, then DPO + NLL
 on the pairs, continuing it)."""
+SEARCH_BY_DEFAULT = ("rft", "step-dpo", "expert")
+"""The methods that collect by search unless the config says otherwise (``default_explore``);
+grpo and rloo sample their groups unless told to search."""
 SAMPLING_TEMPERATURE = 0.8
 FINAL_SEED = 7919
 """The final test set is drawn from this seed offset and never shares a task with the gate set."""
 
 
+def default_explore(method: str, graph: str | None = None) -> str:
+    """How a round collects when the config does not say: by search for the methods in
+    SEARCH_BY_DEFAULT on the single solve prompt (the measured best, see bench/results), else
+    by sampling."""
+    return "search" if method in SEARCH_BY_DEFAULT and graph in (None, "single_solver", "solve") else "sample"
+
+
 @dataclass
 class ImproveConfig:
-    """One `agentkit improve` run. Saved with every policy version it produces and in the
-    improve journal.
+    """One `agentkit improve` run, and the one place its defaults are set (the CLI and
+    bench/improve.py read them from here). Saved with every policy version it produces and
+    in the improve journal.
 
     How a round samples and trains are the knobs of StepDPOConfig and of the trainer
     configs, with their defaults and help (``field_of``), except where rounds that run back
@@ -78,13 +89,13 @@ class ImproveConfig:
     Policy-gradient candidates (grpo, rloo) train at a fifth of ``lr``."""
 
     suite: str = "arithmetic"
-    method: str = "step-dpo"
+    method: str = "rft"
     graph: str | None = None
     """A prebuilt graph name or a .py file defining ``graph`` (see agentkit.graph.load_graph):
     collection, the held-out measurement and the gate all run it, and every model call of
     its runs shares the one policy being trained. None: the single solve prompt."""
     rounds: int = 3
-    levels: list[int] = field(default_factory=lambda: [1, 2])
+    levels: list[int] = field(default_factory=lambda: [1])
     """Curriculum: round r trains on levels[min(r, len - 1)] (easier tasks first), or, with
     ``advance_at``, moves through them as the policy earns it."""
     advance_at: float = 0.0
@@ -93,16 +104,16 @@ class ImproveConfig:
     move to the next of ``levels`` (0: follow the fixed schedule)."""
     eval_level: int | None = None
     """Held-out level; None: the last curriculum level."""
-    train_tasks: int = 64
+    train_tasks: int = 96
     """New training tasks per round."""
     eval_tasks: int = 100
     """Gate tasks: test-split tasks, the same every round, that the gate decides on."""
     final_tasks: int = 200
     """Final test tasks: test-split tasks from another seed, disjoint from the gate set, that
     no decision ever reads; the active policy is measured on them after every round (0: off)."""
-    explore: str = "sample"
+    explore: str | None = None
     """How a round collects: "sample" (whole outputs, then the method's credit) or "search"
-    (step-level search trees; see SEARCH_METHODS)."""
+    (step-level search trees; see SEARCH_METHODS). None: ``default_explore``, the measured best."""
     search: str = "mcts:8x8"
     """explore=search: the strategy (agentkit.graph.search.parse_search)."""
     gate_metric: str = "success"
@@ -146,6 +157,8 @@ class ImproveConfig:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise AgentkitError(f"method '{self.method}' is unknown; choose one of {', '.join(METHODS)}")
+        if self.explore is None:
+            self.explore = default_explore(self.method, self.graph)
         if self.rounds < 1 or self.train_tasks < 1 or self.eval_tasks < 1:
             raise AgentkitError("rounds, train_tasks and eval_tasks must each be at least 1")
         if not self.levels:
