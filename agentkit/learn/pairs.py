@@ -25,6 +25,7 @@ from agentkit.llm.base import LLM, GenerationRequest
 from agentkit.store.pairs import Pair, PairStore
 from agentkit.store.runs import StepRecord
 from agentkit.tasks import Suite, Task
+from agentkit.train.configs import field_of
 from agentkit.learn.credit import (
     CREDIT_METHODS,
     ErrorPoint,
@@ -71,9 +72,10 @@ class StepDPOConfig:
     shots: int = field(default=3, metadata={"help": "Worked examples in the solver prompt."})
     seed: int | None = field(default=0, metadata={"help": "Base seed (same seed and tasks, same pairs); None: fresh."})
     credit: str = field(default="auto", metadata={"help": "First wrong step by: auto, checker, mc or critic."})
-    mc_samples: int = field(default=8, metadata={"help": "K Monte-Carlo rollouts per prefix (credit mc, or auto)."})
-    mc_high: float = field(default=0.5, metadata={"help": "Monte-Carlo: V before the wrong step is at least this."})
-    mc_low: float = field(default=0.1, metadata={"help": "Monte-Carlo: V after the wrong step is at most this."})
+    # credit mc (or auto): MCConfig's knobs; the rollouts sample as above (mc_config)
+    mc_samples: int = field_of(MCConfig, "samples")
+    mc_high: float = field_of(MCConfig, "high")
+    mc_low: float = field_of(MCConfig, "low")
     check_chosen: bool = field(default=True, metadata={"help": "A chosen step must also pass the step checker."})
     chosen_by: str = field(default="outcome", metadata={
         "help": "outcome: a rectification must reach a verified answer (the paper); step: the step checker "
