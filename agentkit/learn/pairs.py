@@ -23,6 +23,7 @@ from typing import Any, Sequence
 
 from agentkit.llm.base import LLM, GenerationRequest
 from agentkit.store.pairs import Pair, PairStore
+from agentkit.store.protocols import RunStore
 from agentkit.store.runs import StepRecord
 from agentkit.tasks import Suite, Task
 from agentkit.train.configs import field_of
@@ -148,7 +149,7 @@ def sample_solutions(
     llm: LLM,
     suite: Suite,
     tasks: Sequence[Task],
-    store: Any,
+    store: RunStore,
     config: StepDPOConfig = StepDPOConfig(),
     policy_version: str | None = "base",
     *,
@@ -232,7 +233,7 @@ def rectify(
     llm: LLM,
     suite: Suite,
     tasks: dict[str, Task],
-    store: Any,
+    store: RunStore,
     errors: Sequence[ErrorPoint],
     config: StepDPOConfig = StepDPOConfig(),
     policy_version: str | None = "base",
@@ -341,7 +342,7 @@ def build_step_pairs(
     llm: LLM,
     suite: Suite,
     tasks: Sequence[Task],
-    store: Any,
+    store: RunStore,
     config: StepDPOConfig = StepDPOConfig(),
     policy_version: str | None = "base",
     *,
@@ -392,7 +393,7 @@ def build_step_pairs(
 
 def build_outcome_pairs(
     llm: LLM,
-    store: Any,
+    store: RunStore,
     run_ids: Sequence[int],
     *,
     pairs_per_task: int = 4,

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from agentkit.errors import GraphSpecError, StoreError
+from agentkit.store.protocols import RunStore
 from agentkit.tasks import Suite, Task
 
 __all__ = ["GraphAgent", "checkpoint_path", "restore_agent"]
@@ -130,7 +131,7 @@ class GraphAgent:
     def __call__(self, task: Task, suite: Suite, recorder: Any) -> str:
         return self._invoke(task, suite, recorder, resume=False)
 
-    def library_for(self, store: Any) -> Any:
+    def library_for(self, store: RunStore) -> Any:
         """The library memory nodes read: the given one, else the store's own; None when no
         node reads memory."""
         if self.library is not None or self.graph is None:

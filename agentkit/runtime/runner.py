@@ -15,6 +15,7 @@ from agentkit.errors import AgentkitError, BudgetExceeded
 from agentkit.llm.base import LLM
 from agentkit.runtime.agents import Agent, SolveAgent
 from agentkit.runtime.recorder import Budget, Recorder
+from agentkit.store.protocols import RunStore
 from agentkit.tasks import Suite, Task
 
 __all__ = ["RunResult", "RunReport", "RunsInterrupted", "run_tasks", "resume_run", "resume_runs"]
@@ -98,7 +99,7 @@ def run_tasks(
     llm: LLM,
     suite: Suite,
     tasks: Sequence[Task],
-    store: Any,
+    store: RunStore,
     *,
     agent: Agent | None = None,
     concurrency: int = 16,
@@ -152,7 +153,7 @@ class _Flight:
     either closes before the interrupt (its result is reported) or is marked interrupted by
     it, never both, since both sides hold the lock while they decide."""
 
-    def __init__(self, store: Any):
+    def __init__(self, store: RunStore):
         self.store = store
         self.lock = threading.Lock()
         self.interrupted = False
@@ -218,7 +219,7 @@ def _run_all(one: Callable[[int], RunResult | None], n: int, concurrency: int, f
     return report
 
 
-def _learner(library: Any, learning: Any, llm: LLM, store: Any, suite: Suite,
+def _learner(library: Any, learning: Any, llm: LLM, store: RunStore, suite: Suite,
              totals: dict[str, Any]) -> Callable[[RunResult, Task], None]:
     """The per-run library update of ``run_tasks``, keeping running totals in ``totals``.
 
@@ -253,7 +254,7 @@ def _learner(library: Any, learning: Any, llm: LLM, store: Any, suite: Suite,
     return learn
 
 
-def _execute(call: Callable[[], str], suite: Suite, task: Task, store: Any, run_id: int, *,
+def _execute(call: Callable[[], str], suite: Suite, task: Task, store: RunStore, run_id: int, *,
              flight: _Flight | None = None, index: int = 0) -> RunResult | None:
     """Run the agent, verify its text and close the run row, whatever happens inside.
     In a batch (``flight``): None when Ctrl-C came before the run closed; the interrupt
@@ -296,7 +297,7 @@ RESUMABLE = ("running", "interrupted", "error")
 
 def resume_run(
     llm: LLM,
-    store: Any,
+    store: RunStore,
     run_id: int,
     *,
     agent: Any = None,
@@ -328,7 +329,7 @@ def resume_run(
     return _resume(llm, store, run, agent, suite, task, budget)
 
 
-def _resume(llm: LLM, store: Any, run: Any, agent: Any, suite: Suite, task: Task, budget: Budget, *,
+def _resume(llm: LLM, store: RunStore, run: Any, agent: Any, suite: Suite, task: Task, budget: Budget, *,
             flight: _Flight | None = None, index: int = 0) -> RunResult | None:
     def reopen() -> int:
         store.reopen_run(run.id)  # running again, owned by this process
@@ -347,7 +348,7 @@ def _resume(llm: LLM, store: Any, run: Any, agent: Any, suite: Suite, task: Task
 
 
 def resume_runs(
-    store: Any,
+    store: RunStore,
     runs: Sequence[Any],
     restored: Sequence[tuple[Any, Suite, Task]],
     llm_for: Callable[[Any], LLM],
