@@ -13,6 +13,7 @@ fresh runs; the daemon reads the runs others recorded) and share the rest, here:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from agentkit.errors import AgentkitError
@@ -24,8 +25,23 @@ from agentkit.runtime.policy import adapter_name
 from agentkit.store.policies import Policy, PolicyRegistry
 from agentkit.store.protocols import RunStore
 from agentkit.tasks import Suite, Task
+from agentkit.train.configs import DPOConfig, TrainConfig, field_of
 
-__all__ = ["train_candidate", "register_trained", "gate_candidate"]
+__all__ = ["CandidateConfig", "train_candidate", "register_trained", "gate_candidate"]
+
+
+@dataclass
+class CandidateConfig:
+    """How a cycle trains its candidate: the trainer configs' knobs that ImproveConfig and
+    TrainerConfig both carry (``field_of``: their defaults and help), declared here once.
+    Both loops train a candidate for 2 epochs, not the trainer's 1."""
+
+    lr: float = field_of(TrainConfig, "lr")
+    epochs: float = field_of(TrainConfig, "epochs", default=2.0)
+    batch_size: int = field_of(TrainConfig, "batch_size")
+    beta: float = field_of(DPOConfig, "beta")
+    nll_weight: float = field_of(DPOConfig, "nll_weight")
+    lora_r: int = field_of(TrainConfig, "lora_r")
 
 
 def train_candidate(registry: PolicyRegistry, config: Any, model: Any, parent: str, examples: Sequence[Any], *,

@@ -34,7 +34,7 @@ from typing import Any, Callable
 
 from agentkit.errors import AgentkitError
 from agentkit.learn.credit import CREDIT_METHODS
-from agentkit.learn.cycle import gate_candidate, register_trained, train_candidate
+from agentkit.learn.cycle import CandidateConfig, gate_candidate, register_trained, train_candidate
 from agentkit.learn.gate import GATE_METRICS
 from agentkit.learn.pairs import CHOSEN_BY, StepDPOConfig, build_step_pairs
 from agentkit.llm.base import LLM
@@ -52,7 +52,7 @@ log = logging.getLogger("agentkit.trainer")
 
 
 @dataclass
-class TrainerConfig:
+class TrainerConfig(CandidateConfig):
     """What the background trainer watches, how it builds pairs, trains and gates.
     Saved with every policy version it produces."""
 
@@ -67,17 +67,12 @@ class TrainerConfig:
     eval_level: int | None = field(default=None, metadata={"help": "Level of the held-out tasks (None: suite default)."})
     eval_seed: int = field(default=0, metadata={"help": "Seed of the held-out tasks."})
     shots: int = field(default=3, metadata={"help": "Worked examples in the gate's prompts."})
-    # how pairs are built and trained: StepDPOConfig's and DPOConfig's knobs (pair_config, train_config)
+    # how pairs are built: StepDPOConfig's knobs (pair_config); how a candidate trains: CandidateConfig's
+    # knobs and these of DPOConfig (train_config)
     max_tokens: int = field_of(StepDPOConfig, "max_tokens", help="Longest gate answer or rectification, in tokens.")
     rectifications: int = field_of(StepDPOConfig, "rectifications")
     credit: str = field_of(StepDPOConfig, "credit")
     chosen_by: str = field_of(StepDPOConfig, "chosen_by")
-    lr: float = field_of(DPOConfig, "lr")
-    epochs: float = field_of(DPOConfig, "epochs", default=2.0)
-    batch_size: int = field_of(DPOConfig, "batch_size")
-    beta: float = field_of(DPOConfig, "beta")
-    nll_weight: float = field_of(DPOConfig, "nll_weight")
-    lora_r: int = field_of(DPOConfig, "lora_r")
     alpha: float = field(default=0.05, metadata={"help": "Gate significance level (one-sided paired test)."})
     gate_metric: str = field(default="success", metadata={"help": "What must improve significantly: success or step-accuracy."})
     concurrency: int = field(default=16, metadata={"help": "Gate tasks in flight at once."})

@@ -25,7 +25,7 @@ from typing import Any, Callable
 from agentkit.errors import AgentkitError
 from agentkit.graph import load_graph
 from agentkit.learn.credit import output_step
-from agentkit.learn.cycle import gate_candidate, register_trained, train_candidate
+from agentkit.learn.cycle import CandidateConfig, gate_candidate, register_trained, train_candidate
 from agentkit.learn.gate import GATE_METRICS, wilson_interval
 from agentkit.learn.trees import search_steps, solution_example, tree_groups, tree_pairs
 from agentkit.learn.pairs import CHOSEN_BY, StepDPOConfig, build_outcome_pairs, build_step_pairs, sample_solutions
@@ -77,16 +77,16 @@ def default_explore(method: str, graph: str | None = None) -> str:
 
 
 @dataclass
-class ImproveConfig:
+class ImproveConfig(CandidateConfig):
     """One `agentkit improve` run, and the one place its defaults are set (the CLI and
     bench/improve.py read them from here). Saved with every policy version it produces and
     in the improve journal.
 
-    How a round samples and trains are the knobs of StepDPOConfig and of the trainer
-    configs, with their defaults and help (``field_of``), except where rounds that run back
-    to back on a CPU want less: 4 samples per task (not 8), 8 rectifications per first wrong
-    step (not 16), answers of at most 96 tokens (not 160) and 2 epochs per candidate (not 1).
-    Policy-gradient candidates (grpo, rloo) train at a fifth of ``lr``."""
+    How a round samples are StepDPOConfig's knobs, with their defaults and help (``field_of``),
+    except where rounds that run back to back on a CPU want less: 4 samples per task (not 8),
+    8 rectifications per first wrong step (not 16) and answers of at most 96 tokens (not 160).
+    How a candidate trains are CandidateConfig's knobs (lr, epochs, batch_size, beta,
+    nll_weight, lora_r); policy-gradient candidates (grpo, rloo) train at a fifth of ``lr``."""
 
     suite: str = "arithmetic"
     method: str = "rft"
@@ -136,13 +136,6 @@ class ImproveConfig:
     chosen_by: str = field_of(StepDPOConfig, "chosen_by")
     shots: int = field_of(StepDPOConfig, "shots")
     max_tokens: int = field_of(StepDPOConfig, "max_tokens", default=96)
-    # how a candidate trains (the trainer configs' knobs)
-    lr: float = field_of(TrainConfig, "lr")
-    epochs: float = field_of(TrainConfig, "epochs", default=2.0)
-    batch_size: int = field_of(TrainConfig, "batch_size")
-    beta: float = field_of(DPOConfig, "beta")
-    nll_weight: float = field_of(DPOConfig, "nll_weight")
-    lora_r: int = field_of(TrainConfig, "lora_r")
     alpha: float = 0.05
     """The gate's significance level, spent over the rounds."""
     concurrency: int = 32
