@@ -124,8 +124,8 @@ def test_run_json_reports_the_search_per_node(monkeypatch, tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["--explore", "sample", "--method", "expert"], "--method expert trains on search trees; add --explore search"),
-    (["--explore", "search", "--method", "grpo"],
-     "--method grpo does not train on search trees; with --explore search choose one of rft, step-dpo, expert"),
+    (["--explore", "search", "--method", "dpo"],
+     "--method dpo does not train on search trees; with --explore search choose one of rft, step-dpo, expert, grpo, rloo"),
     (["--explore", "dig"], "--explore dig: choose one of sample, search"),
     (["--explore", "search", "--search", "mcts:x"], "--search mcts:x: search 'mcts:x' is not understood"),
     (["--explore", "sample", "--search", "mcts:8"],
