@@ -237,8 +237,14 @@ def test_stream_from_a_backend_without_token_reports_sends_each_choice_when_done
     assert [(c["choices"][0]["index"], c["choices"][0]["text"], c["choices"][0]["finish_reason"]) for c in got[:-1]] == [
         (0, "Answer: 42\nDone.", "stop"), (1, "Answer: 42\nDone.", "stop")
     ]
-    status, text = post(scripted_server.port, {"prompt": "Q", "stream": True, "logprobs": 1})
-    assert status == 400 and "stream=true with logprobs: not supported" in text
+    body = {"prompt": "Q", "max_tokens": 64, "logprobs": 1}
+    plain = json.loads(post(scripted_server.port, body)[1])["choices"][0]["logprobs"]
+    request = urllib.request.Request(f"http://127.0.0.1:{scripted_server.port}/v1/completions", method="POST",
+                                     data=json.dumps({**body, "stream": True}).encode())
+    with urllib.request.urlopen(request, timeout=10) as response:
+        got = events(response)
+    assert [c["choices"][0]["logprobs"] for c in got[:-1]] == [plain]  # in the one chunk, with its text
+    assert plain["top_logprobs"] is None and len(plain["tokens"]) == len("Answer: 42\nDone.")  # no alternatives here
 
 
 # --- the command line: arguments first, a clean stop ---------------------------------------------

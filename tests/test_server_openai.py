@@ -11,7 +11,7 @@ import pytest
 
 from agentkit.llm.scripted import ScriptedLLM
 from agentkit.llm.server import make_server
-from conftest import build_tiny_model, build_tiny_tokenizer
+from conftest import build_tiny_model, build_tiny_tokenizer, char_scripted
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -107,6 +107,86 @@ def test_chat_logprobs_carry_each_token_and_its_top_alternatives(client, server)
     assert client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=4).choices[0].logprobs is None
 
 
+def test_completion_logprobs_carry_the_top_k_tokens_and_the_sampled_one(client, server):
+    got = client.completions.create(model="tiny", prompt="Hello", max_tokens=8, temperature=0, logprobs=3).choices[0]
+    [want] = server.llm.generate([_request("Hello", 8)])[0]
+    lp = got.logprobs
+    assert lp.tokens == [server.llm.decode([t]) for t in want.token_ids] and lp.token_logprobs == want.logprobs
+    alternatives = server.llm.top_logprobs(want.prompt_ids, want.token_ids, 3)
+    for token, logprob, top, alts in zip(lp.tokens, lp.token_logprobs, lp.top_logprobs, alternatives):
+        assert list(top) == [server.llm.decode([a]) for a, _ in alts]  # greedy: the sampled token is the first
+        assert list(top.values()) == pytest.approx([v for _, v in alts], abs=1e-4) and top[token] == logprob
+    ids = client.completions.create(model="tiny", prompt="Hello", max_tokens=8, temperature=0, logprobs=1, echo=True,
+                                    extra_body={"return_tokens_as_token_ids": True}).choices[0].logprobs
+    prompt_alts = server.llm.top_logprobs(want.prompt_ids[:1], want.prompt_ids[1:], 1)
+    alternatives = server.llm.top_logprobs(want.prompt_ids, want.token_ids, 1)
+    assert ids.top_logprobs[0] is None  # echo: the first prompt token has no logprob
+    assert ids.top_logprobs[1:] == [{f"token_id:{a}": v for a, v in alts} | {token: logprob} for token, logprob, alts
+                                    in zip(ids.tokens[1:], ids.token_logprobs[1:], prompt_alts + alternatives)]
+    sampled_only = client.completions.create(model="tiny", prompt="Hello", max_tokens=8, temperature=0, logprobs=0)
+    assert sampled_only.choices[0].logprobs.top_logprobs == [{t: v} for t, v in zip(lp.tokens, lp.token_logprobs)]
+
+
+@pytest.mark.parametrize("top", [0, 2])
+def test_streamed_completion_logprobs_add_up_to_the_plain_ones(client, top):
+    ask = {"model": "tiny", "prompt": ["Hello", "Bye"], "max_tokens": 12, "temperature": 0, "logprobs": top, "n": 2}
+    plain = client.completions.create(**ask).choices
+    chunks = [c.choices[0] for c in client.completions.create(**ask, stream=True)]
+    assert sum(1 for c in chunks if c.logprobs and c.logprobs.tokens) > 4  # carried by the chunks, not only the last
+    for want in plain:
+        mine = [c.logprobs for c in chunks if c.index == want.index and c.logprobs]
+        assert "".join(c.text for c in chunks if c.index == want.index) == want.text
+        assert [t for lp in mine for t in lp.tokens] == want.logprobs.tokens
+        assert [v for lp in mine for v in lp.token_logprobs] == want.logprobs.token_logprobs
+        assert [o for lp in mine for o in lp.text_offset] == want.logprobs.text_offset
+        tops = [t for lp in mine for t in lp.top_logprobs]
+        assert [t.keys() for t in tops] == [t.keys() for t in want.logprobs.top_logprobs]
+        assert [list(t.values()) for t in tops] == [pytest.approx(list(t.values()), abs=1e-4)
+                                                    for t in want.logprobs.top_logprobs]
+
+
+@pytest.mark.parametrize("top", [None, 3])
+def test_streamed_chat_logprobs_add_up_to_the_plain_ones(client, top):
+    ask = {"model": "tiny", "messages": MESSAGES, "max_tokens": 12, "temperature": 0, "logprobs": True, "top_logprobs": top}
+    plain = client.chat.completions.create(**ask).choices[0].logprobs.content
+    chunks = list(client.chat.completions.create(**ask, stream=True))
+    content = [t for c in chunks if c.choices[0].logprobs for t in c.choices[0].logprobs.content]
+    assert sum(1 for c in chunks if c.choices[0].logprobs) > (1 if top else 4)
+    assert [(t.token, t.logprob, t.bytes) for t in content] == [(t.token, t.logprob, t.bytes) for t in plain]
+    assert [[a.token for a in t.top_logprobs] for t in content] == [[a.token for a in t.top_logprobs] for t in plain]
+    assert [[a.logprob for a in t.top_logprobs] for t in content] == [
+        pytest.approx([a.logprob for a in t.top_logprobs], abs=1e-4) for t in plain]
+    assert len(plain) == 12 and all(len(t.top_logprobs) == (top or 0) for t in plain)
+
+
+def test_chat_ends_at_the_chat_templates_end_of_turn_token():
+    """A chat answer stops at the token that closes the assistant's turn (derived from the
+    template), without its text; a completion of the same reply runs on to <eos>."""
+    tokenizer = build_tiny_tokenizer()
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<end_of_turn>"]})
+    tokenizer.chat_template = TEMPLATE
+    [end] = tokenizer("<end_of_turn>", add_special_tokens=False)["input_ids"]
+    llm = char_scripted(["42<end_of_turn>\n<start_of_turn>user\nand then?"], tokenizer)
+    llm.tokenizer = tokenizer
+    server = start(llm)
+    try:
+        assert server.end_of_turn_ids == (end,)
+        client = openai.OpenAI(base_url=server.url, api_key="unused", max_retries=0)
+        ask = {"model": "scripted", "messages": MESSAGES, "max_tokens": 40, "logprobs": True}
+        [choice] = client.chat.completions.create(**ask).choices
+        assert (choice.message.content, choice.finish_reason) == ("42", "stop")
+        assert [t.token for t in choice.logprobs.content] == ["4", "2", ""]  # the end token, kept without text
+        chunks = list(client.chat.completions.create(**ask, stream=True))
+        assert "".join(c.choices[0].delta.content or "" for c in chunks) == "42"
+        assert chunks[-1].choices[0].finish_reason == "stop"
+        assert [t.token for c in chunks if c.choices[0].logprobs for t in c.choices[0].logprobs.content] == ["4", "2", ""]
+        plain = client.completions.create(model="scripted", prompt="Q", max_tokens=40).choices[0]
+        assert plain.text == "42\n<start_of_turn>user\nand then?"  # completions stop at <eos> alone
+        assert [r.stop_token_ids for r in llm.requests] == [(end,), (end,), ()]
+    finally:
+        server.stop(grace_s=1)
+
+
 def test_sixteen_concurrent_streams_are_batched(client, server):
     prompts = [f"Question {i}:" for i in range(16)]
     want = client.completions.create(model="tiny", prompt=prompts[0], max_tokens=16, temperature=0).choices[0].text
@@ -149,8 +229,12 @@ def test_sixteen_concurrent_streams_are_batched(client, server):
      "top_logprobs=2: needs logprobs=true"),
     (lambda c: c.chat.completions.create(model="tiny", messages=MESSAGES, logprobs=True, top_logprobs=21),
      "top_logprobs", "top_logprobs=21: must be an integer from 0 to 20"),
-    (lambda c: c.chat.completions.create(model="tiny", messages=MESSAGES, logprobs=True, stream=True), "stream",
-     "stream=true with logprobs: not supported here; drop one of them"),
+    (lambda c: c.completions.create(model="tiny", prompt="Hi", extra_body={"stop_token_ids": [1, "x"]}),
+     "stop_token_ids", "stop_token_ids: must be a list of token ids"),
+    (lambda c: c.completions.create(model="tiny", prompt="Hi", logprobs=6), "logprobs",
+     "logprobs=6: must be an integer from 0 to 5"),
+    (lambda c: c.completions.create(model="tiny", prompt="Hi", echo=True, logprobs=1, stream=True), "stream",
+     "stream=true with echo: not supported here; drop one of them"),
     (lambda c: c.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=5000), "max_tokens",
      "max_tokens=5000: must be at most 1024, this server's limit (the model's context length); ask for fewer tokens"),
 ])
@@ -211,6 +295,9 @@ def test_the_embedded_gemma_streams_the_same_text_through_the_openai_client():
         chunks = list(client.chat.completions.create(**chat, stream=True))
         assert "".join(c.choices[0].delta.content or "" for c in chunks) == choice.message.content
         assert chunks[-1].choices[0].finish_reason == choice.finish_reason
+
+        # a chat answer ends at the template's end-of-turn token, found from the tokenizer
+        assert server.end_of_turn_ids == (llm.tokenizer.convert_tokens_to_ids("<end_of_turn>"),)
     finally:
         server.stop(grace_s=1)
         llm.close()

@@ -72,6 +72,17 @@ def test_rows_finish_independently(tiny_llm):
     assert long.token_ids[:2] == short.token_ids
 
 
+def test_a_stop_token_ends_the_row_like_eos_and_only_for_its_request(tiny_llm):
+    [[free]] = tiny_llm.generate([GenerationRequest("abc", max_tokens=9)])
+    stop = free.token_ids[3]
+    [[stopped], [other]] = tiny_llm.generate([GenerationRequest("abc", max_tokens=9, stop_token_ids=[stop]),
+                                              GenerationRequest("abc", max_tokens=9)])
+    cut = free.token_ids.index(stop) + 1
+    assert stopped.token_ids == free.token_ids[:cut] and stopped.finish_reason == "stop"
+    assert stopped.text == tiny_llm.decode(free.token_ids[:cut - 1])  # without the stop token's text
+    assert other.token_ids == free.token_ids and other.finish_reason == "length"
+
+
 def test_n_samples_differ_and_top_k_one_is_greedy(tiny_llm):
     [samples] = tiny_llm.generate([GenerationRequest("abc", n=4, temperature=1.5, seed=1, max_tokens=8)])
     assert len({tuple(c.token_ids) for c in samples}) > 1
@@ -492,7 +503,7 @@ def test_a_cancelled_row_gets_no_more_tokens(tiny_llm):
     seen = []
     futures = []
 
-    def on_token(request_index, sample_index, token):
+    def on_token(request_index, sample_index, token, logprob):
         seen.append(token)
         futures[0].cancel()  # the client goes away after its first token
 

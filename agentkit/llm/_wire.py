@@ -3,6 +3,7 @@ models (a bad field is a 400 whose one-line message names it), and error objects
 
 from __future__ import annotations
 
+import itertools
 import json
 import types
 from typing import Any, Literal, Union, get_args, get_origin
@@ -10,7 +11,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-__all__ = ["ERROR_TYPES", "HTTPError", "error_object", "one_line", "shown", "parse_body", "validate",
+__all__ = ["ERROR_TYPES", "HTTPError", "error_object", "joined_logprobs", "one_line", "shown", "parse_body", "validate",
            "Sampling", "CompletionRequest", "ChatRequest", "TokenizeRequest", "DetokenizeRequest", "LoadLoraRequest",
            "UnloadLoraRequest"]
 
@@ -32,6 +33,16 @@ class HTTPError(Exception):
 
 def error_object(status: int, message: str, param: str | None = None) -> dict:
     return {"message": message, "type": ERROR_TYPES.get(status, "Error"), "param": param, "code": status}
+
+
+def joined_logprobs(*parts: dict, offset: int = 0) -> dict:
+    """Legacy logprobs ``parts`` one after the other, each token given its ``text_offset``:
+    where its string starts, counting from ``offset``."""
+    tokens = [t for part in parts for t in part["tokens"]]
+    tops = [part["top_logprobs"] for part in parts]
+    return {"tokens": tokens, "token_logprobs": [v for part in parts for v in part["token_logprobs"]],
+            "top_logprobs": None if None in tops else [t for top in tops for t in top],
+            "text_offset": list(itertools.accumulate(map(len, tokens[:-1]), initial=offset)) if tokens else []}
 
 
 def one_line(text: object) -> str:
@@ -74,6 +85,7 @@ class Sampling(_Body):
     top_k: int = Field(0, ge=-1, description="an integer >= 1, or -1 / 0 for no cut")
     seed: int | None = Field(None, description="an integer")
     stop: str | list[str] = Field((), description="a string or a list of strings")
+    stop_token_ids: list[int] = Field([], description="a list of token ids")
     stream: bool = Field(False, description="true or false")
     stream_options: StreamOptions = Field(default_factory=StreamOptions, description='an object, e.g. {"include_usage": true}')
 
@@ -86,7 +98,9 @@ class CompletionRequest(Sampling):
     prompt: Any = Field(description="a string, a list of token ids, or a list of those")
     """Normalised by the validator to a list of prompts, each text or token ids."""
     max_tokens: int = Field(16, ge=0, description="an integer >= 0")
-    logprobs: int | None = Field(None, ge=0, description="an integer >= 0")
+    logprobs: int | None = Field(None, ge=0, le=5, description="an integer from 0 to 5")
+    """OpenAI's legacy API: the log-probability of each token and of the ``logprobs`` most
+    likely tokens at its position (at most 5)."""
     echo: bool = Field(False, description="true or false")
     return_tokens_as_token_ids: bool = Field(False, description="true or false")
 

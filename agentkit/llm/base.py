@@ -33,6 +33,9 @@ class GenerationRequest:
     stop: tuple[str, ...] = ()
     """Generation ends when the decoded text contains one of these; the text is cut before
     it (OpenAI convention) while ``token_ids`` keep every sampled token."""
+    stop_token_ids: tuple[int, ...] = ()
+    """Token ids that end generation besides the model's end-of-sequence ids (a chat turn's
+    end-of-turn token); like those, kept in ``token_ids`` and given no text."""
     seed: int | None = None
     """Same seed, same request -> same samples, whatever else is in the batch."""
     adapter: str | None = None
@@ -51,6 +54,7 @@ class GenerationRequest:
             object.__setattr__(self, "stop", (self.stop,))
         else:
             object.__setattr__(self, "stop", tuple(self.stop))
+        object.__setattr__(self, "stop_token_ids", tuple(self.stop_token_ids))
 
 
 @dataclass

@@ -76,7 +76,11 @@ class ScriptedLLM:
             for _ in range(request.n):
                 reply = self._next_reply(prompt_text, request)
                 ids = self._encode(reply)[: request.max_tokens]
-                text, finish = self.decode(ids), "length" if len(ids) < len(self._encode(reply)) else "stop"
+                end = next((i for i, t in enumerate(ids) if t in request.stop_token_ids), None)
+                if end is not None:  # the reply runs past a stop token: it ends there, kept without text
+                    ids = ids[: end + 1]
+                text = self.decode(ids[:end] if end is not None else ids)
+                finish = "length" if end is None and len(ids) < len(self._encode(reply)) else "stop"
                 for stop in request.stop:
                     cut = text.find(stop)
                     if cut >= 0:

@@ -3,7 +3,9 @@
 Request and response shapes follow vLLM's ``/v1/completions`` (including its
 ``return_tokens_as_token_ids`` / ``return_token_ids`` extensions and the runtime LoRA
 endpoints), so ``OpenAIClientLLM`` talks to ``agentkit serve`` and ``vllm serve`` alike;
-``/v1/chat/completions`` renders the messages with the model's chat template. Request
+``/v1/chat/completions`` renders the messages with the model's chat template, and its
+answer ends at the template's end-of-turn token (Gemma's ``<end_of_turn>``), where plain
+completions and agentkit's own runs go on to the model's end-of-sequence token. Request
 bodies are pydantic models (``_wire.py``); the HTTP side is ``_http.py``.
 
 Each request's endpoint runs on a worker thread and hands its prompts to the backend: a
@@ -24,12 +26,14 @@ One client cannot stall the others (issue 13):
 reads them): chunks carrying ``choices[].text`` (chat: ``choices[].delta``), the last one
 per choice its ``finish_reason``, then ``data: [DONE]``. A backend with ``submit`` reports
 every sampled token, so text is sent as it is generated; with any other backend each
-choice's text comes in one chunk when it is done.
+choice's text comes in one chunk when it is done. With ``logprobs`` each chunk carries
+those of the tokens it brings, in the format of the plain answer.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import signal
@@ -47,12 +51,13 @@ import anyio
 from agentkit.errors import BackendError
 # Starlette and uvicorn load here, with this module, which only `agentkit serve` (and the
 # tests) import: `import agentkit` and `agentkit --help` never pay for them.
+from agentkit.llm._chat import chat_prompt_ids, end_of_turn_ids
 from agentkit.llm._http import Client, ClientGone, build_app, uvicorn_server
 from agentkit.llm._listen import address_family, check_listen_address, listen_error
 from agentkit.llm._streaming import StreamedText
 from agentkit.llm._wire import (
     ChatRequest, CompletionRequest, DetokenizeRequest, HTTPError, LoadLoraRequest, Sampling, TokenizeRequest,
-    UnloadLoraRequest, error_object, one_line, shown, validate,
+    UnloadLoraRequest, error_object, joined_logprobs, one_line, shown, validate,
 )
 from agentkit.llm.base import Completion, GenerationRequest, LLM
 
@@ -269,9 +274,9 @@ class CompletionServer:
         raise HTTPError(404, f"The model `{shown(model)}` does not exist (served: {served}).")
 
     def _requests(self, body: Sampling, prompts: list[str | list[int]], max_tokens: int,
-                  param: str = "prompt") -> list[GenerationRequest]:
+                  param: str = "prompt", stop_token_ids: tuple[int, ...] = ()) -> list[GenerationRequest]:
         """The generation requests of a completion or chat body, within the server's limits
-        and the model's context."""
+        and the model's context; they also end at ``stop_token_ids``."""
         adapter = self._adapter_for(body.model)
         if body.n > self.limits.max_n:
             raise HTTPError(400, f"n={body.n}: must be at most {self.limits.max_n}, this server's limit on samples per "
@@ -283,7 +288,8 @@ class CompletionServer:
         self._check_prompts(prompts, max_tokens, param)
         return [
             GenerationRequest(prompt=p, n=body.n, temperature=body.temperature, top_p=body.top_p, top_k=max(body.top_k, 0),
-                              max_tokens=max_tokens, stop=body.stops, seed=body.seed, adapter=adapter)
+                              max_tokens=max_tokens, stop=body.stops, seed=body.seed, adapter=adapter,
+                              stop_token_ids=(*body.stop_token_ids, *stop_token_ids))
             for p in prompts
         ]
 
@@ -292,24 +298,28 @@ class CompletionServer:
         ``client`` is watched while the backend generates."""
         deadline = time.monotonic() + self.limits.request_timeout_s
         request = validate(CompletionRequest, body)
-        if request.stream and (request.echo or request.logprobs is not None):
-            raise HTTPError(400, f"stream=true with {'echo' if request.echo else 'logprobs'}: not supported here; "
-                                 "drop one of them", param="stream")
+        if request.stream and request.echo:
+            raise HTTPError(400, "stream=true with echo: not supported here; drop one of them", param="stream")
         requests = self._requests(request, request.prompt, request.max_tokens)
         if request.stream:
-            return self._stream(requests, request.stream_options.include_usage, deadline, chat=False)
+            return self._stream(requests, request.stream_options.include_usage, deadline, chat=False,
+                                top=request.logprobs, as_ids=request.return_tokens_as_token_ids)
         results = self._generate(requests, client, deadline)
 
         choices, prompt_tokens, n = [], 0, request.n
         for i, (gen, outs) in enumerate(zip(requests, results)):
             prompt_ids = list(outs[0].prompt_ids) if outs and outs[0].prompt_ids else self._prompt_ids(gen)
             prompt_tokens += len(prompt_ids)
-            prompt_logprobs = None
+            echoed = None  # the prompt's part of the logprobs, the same for each of its choices
             if request.echo and request.logprobs is not None and prompt_ids:
+                first, rest, as_ids = prompt_ids[:1], prompt_ids[1:], request.return_tokens_as_token_ids
                 # OpenAI legacy echo: the first prompt token has no logprob
-                prompt_logprobs = [None, *self.llm.score(prompt_ids[:1], prompt_ids[1:], adapter=gen.adapter)]
+                head = {"tokens": self._token_strings(first, as_ids), "token_logprobs": [None], "top_logprobs": [None]}
+                scores = self.llm.score(first, rest, adapter=gen.adapter)
+                echoed = joined_logprobs(head, self._legacy_logprobs(first, rest, scores, request.logprobs, gen.adapter,
+                                                                     as_ids))
             for j, completion in enumerate(outs):
-                choices.append(self._choice(i * n + j, gen, completion, prompt_ids, prompt_logprobs, request))
+                choices.append(self._choice(i * n + j, gen, completion, prompt_ids, echoed, request))
         completion_tokens = sum(len(c["token_ids"]) for c in choices)
         return {
             "id": f"cmpl-{uuid.uuid4().hex}",
@@ -327,23 +337,25 @@ class CompletionServer:
         request = validate(ChatRequest, body)
         if request.top_logprobs and not request.logprobs:
             raise HTTPError(400, f"top_logprobs={request.top_logprobs}: needs logprobs=true", param="top_logprobs")
-        if request.stream and request.logprobs:
-            raise HTTPError(400, "stream=true with logprobs: not supported here; drop one of them", param="stream")
         if request.top_logprobs and not callable(getattr(self.llm, "top_logprobs", None)):
             raise HTTPError(400, f"top_logprobs={request.top_logprobs}: this backend reports no alternative tokens; "
                                  "ask with logprobs=true alone", param="top_logprobs")
-        prompt_ids = self._chat_prompt(request)
+        prompt_ids = chat_prompt_ids(getattr(self.llm, "tokenizer", None), request.messages, self.model_name)
         max_tokens = request.max_completion_tokens if request.max_completion_tokens is not None else request.max_tokens
         if max_tokens is None:  # as many as the context and the server's ceiling leave
             context = getattr(self.llm, "context_length", None)
             room = [m for m in (self.max_tokens_limit, None if context is None else context - len(prompt_ids)) if m is not None]
             max_tokens = max(min(room), 0) if room else 256
-        requests = self._requests(request, [prompt_ids], max_tokens, param="messages")
+        # a chat answer ends with its turn; completions and agentkit's own runs stop at <eos> alone
+        requests = self._requests(request, [prompt_ids], max_tokens, param="messages",
+                                  stop_token_ids=self.end_of_turn_ids)
+        top = (request.top_logprobs or 0) if request.logprobs else None
         if request.stream:
-            return self._stream(requests, request.stream_options.include_usage, deadline, chat=True)
+            return self._stream(requests, request.stream_options.include_usage, deadline, chat=True, top=top)
         [outs] = self._generate(requests, client, deadline)
         choices = [{"index": j, "message": {"role": "assistant", "content": c.text},
-                    "logprobs": self._chat_logprobs(c, request.top_logprobs or 0) if request.logprobs else None,
+                    "logprobs": None if top is None else self._chat_logprobs(c.prompt_ids, c.token_ids, c.logprobs,
+                                                                             top, c.adapter),
                     "finish_reason": c.finish_reason, "stop_reason": None} for j, c in enumerate(outs)]
         return {
             "id": f"chatcmpl-{uuid.uuid4().hex}",
@@ -354,66 +366,100 @@ class CompletionServer:
             "usage": _usage(len(prompt_ids), sum(len(c.token_ids) for c in outs)),
         }
 
-    def _chat_prompt(self, request: ChatRequest) -> list[int]:
-        """The token ids of the messages under the model's chat template, ready for the
-        assistant's turn."""
-        tokenizer = getattr(self.llm, "tokenizer", None)
-        if getattr(tokenizer, "chat_template", None) is None:
-            raise HTTPError(400, f"messages: model '{shown(self.model_name)}' has no chat template to render them; send "
-                                 "the prompt as text to /v1/completions, or serve a model whose tokenizer has one",
-                            param="messages")
-        messages = [{"role": m.role, "content": m.text} for m in request.messages]
-        try:
-            text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        except Exception as exc:  # the template refuses them (roles out of turn...): its own words
-            raise HTTPError(400, f"messages: the model's chat template refused them ({one_line(exc)})",
-                            param="messages") from exc
-        return list(tokenizer(text, add_special_tokens=False)["input_ids"])  # the template wrote the BOS
+    @functools.cached_property
+    def end_of_turn_ids(self) -> tuple[int, ...]:
+        """The token that ends an assistant's turn under the model's chat template: a chat
+        answer stops there."""
+        return end_of_turn_ids(self.llm.tokenizer)
 
-    def _chat_logprobs(self, completion: Completion, top: int) -> dict:
-        """OpenAI's chat ``logprobs``: each completion token's text, log-probability and
-        UTF-8 bytes, with the ``top`` most likely tokens at its position."""
+    def _alternatives(self, context: list[int], ids: list[int], k: int,
+                      adapter: str | None) -> list[list[tuple[int, float]]] | None:
+        """The ``k`` most likely tokens, as (id, logprob), at each position of ``ids`` after
+        ``context``; None when k > 0 and the backend reports no alternatives. It waits for
+        the backend's running batch."""
+        top_logprobs = getattr(self.llm, "top_logprobs", None)
+        if not k or not ids:
+            return [[] for _ in ids]
+        return top_logprobs(context, ids, k, adapter=adapter) if callable(top_logprobs) else None
+
+    def _chat_logprobs(self, context: list[int], ids: list[int], values: list[float], top: int,
+                       adapter: str | None) -> dict:
+        """OpenAI's chat ``logprobs`` of ``ids`` (after ``context``): each token's text,
+        log-probability and UTF-8 bytes, with the ``top`` most likely tokens at its position."""
         def entry(token_id: int, logprob: float) -> dict:
             text = self._decode([token_id]) or ""
             return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
 
-        ids = list(completion.token_ids)
-        alternatives = (self.llm.top_logprobs(completion.prompt_ids, ids, top, adapter=completion.adapter)
-                        if top else [[] for _ in ids])
+        alternatives = self._alternatives(list(context), list(ids), top, adapter) or [[] for _ in ids]
         content = [{**entry(t, lp), "top_logprobs": [entry(a, alp) for a, alp in alts]}
-                   for t, lp, alts in zip(ids, completion.logprobs, alternatives)]
+                   for t, lp, alts in zip(ids, values, alternatives)]
         return {"content": content, "refusal": None}
 
-    def _stream(self, requests: list[GenerationRequest], include_usage: bool, deadline: float,
-                chat: bool) -> AsyncIterator[dict | str]:
+    def _legacy_logprobs(self, context: list[int], ids: list[int], values: list[float | None], k: int,
+                         adapter: str | None, as_ids: bool) -> dict:
+        """OpenAI's legacy (completions) ``logprobs`` of ``ids`` after ``context``, without
+        ``text_offset`` (see ``joined_logprobs``): each token's string and log-probability,
+        and at its position a {token: logprob} of the ``k`` most likely tokens and the token
+        itself (``top_logprobs`` is None from a backend that reports no alternatives)."""
+        tokens = self._token_strings(list(ids), as_ids)
+        alternatives = self._alternatives(list(context), list(ids), k, adapter)
+        top = None if alternatives is None else [
+            {**dict(zip(self._token_strings([a for a, _ in alts], as_ids), (v for _, v in alts))), token: value}
+            for token, value, alts in zip(tokens, values, alternatives)]
+        return {"tokens": tokens, "token_logprobs": list(values), "top_logprobs": top}
+
+    def _stream(self, requests: list[GenerationRequest], include_usage: bool, deadline: float, chat: bool,
+                top: int | None = None, as_ids: bool = False) -> AsyncIterator[dict | str]:
         """Start generating (so that a bad request still fails before any event is sent)
         and return the events: text as tokens arrive, then per choice its finish reason.
-        They are read on the event loop, which cancels them when the client goes away."""
+        With ``top`` (not None) each chunk carries the logprobs of the tokens it brings, with
+        ``top`` alternatives at each position; alternatives wait for the running batch, so
+        such a stream comes in fewer, larger chunks. The events are read on the event loop,
+        which cancels them when the client goes away."""
         n, loop = requests[0].n, self._loop
         assert loop is not None, "streams are read on the server's event loop"
         tokens: asyncio.Queue = asyncio.Queue()
 
-        def put(item: tuple[int, int] | None) -> None:  # on the backend's thread; must not raise
+        def put(item: tuple[int, int, float] | None) -> None:  # on the backend's thread; must not raise
             try:
                 loop.call_soon_threadsafe(tokens.put_nowait, item)
             except RuntimeError:  # the loop has closed: nobody reads any more
                 pass
 
         streamable = callable(getattr(self.llm, "submit", None)) and callable(getattr(self.llm, "decode", None))
-        on_token = (lambda i, j, token: put((i * n + j, token))) if streamable else None
+        on_token = (lambda i, j, token, logprob: put((i * n + j, token, logprob))) if streamable else None
         future = self._start(requests, on_token)
         future.add_done_callback(lambda _: put(None))
         texts = [StreamedText(self.llm.decode, r.stop) if streamable else None for r in requests for _ in range(n)]
+        streamed: list[list[int]] = [[] for _ in texts]  # each choice's tokens sent so far
+        offsets = [0] * len(texts)  # where each choice's next token string starts (legacy text_offset)
+        prompts = [self._prompt_ids(r) if top else [] for r in requests]  # the context of alternatives
         head = {"id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}",
                 "object": "chat.completion.chunk" if chat else "text_completion", "created": int(time.time()),
                 "model": requests[0].adapter or self.model_name}
 
-        def chunk(index: int, text: str, finish_reason: str | None = None) -> dict:
+        def logprobs(index: int, ids: list[int], values: list[float]) -> dict:
+            """The logprobs of choice ``index``'s next ``ids`` (blocks while alternatives wait)."""
+            gen = requests[index // n]
+            context = prompts[index // n] + streamed[index]
+            if chat:
+                return self._chat_logprobs(context, ids, values, top, gen.adapter)
+            part = self._legacy_logprobs(context, ids, values, top, gen.adapter, as_ids)
+            part = joined_logprobs(part, offset=offsets[index])
+            offsets[index] += sum(map(len, part["tokens"]))
+            return part
+
+        async def logprobs_of(index: int, ids: list[int], values: list[float]) -> dict | None:
+            if top is None or not ids:
+                return None
+            return await anyio.to_thread.run_sync(logprobs, index, ids, values, limiter=self.limiter)
+
+        def chunk(index: int, text: str, finish_reason: str | None = None, lp: dict | None = None) -> dict:
             if chat:
                 choice = {"index": index, "delta": {"content": text} if text else {}}
             else:
                 choice = {"index": index, "text": text}
-            return {**head, "choices": [{**choice, "logprobs": None, "finish_reason": finish_reason, "stop_reason": None}]}
+            return {**head, "choices": [{**choice, "logprobs": lp, "finish_reason": finish_reason, "stop_reason": None}]}
 
         async def events() -> AsyncIterator[dict | str]:
             try:
@@ -432,14 +478,18 @@ class CompletionServer:
                     finished = None in batch  # the future is done
                     if not finished:
                         self._check(future, None, deadline)
-                    new: dict[int, str] = {}
+                    new: dict[int, list[tuple[int, float]]] = {}
                     for item in batch:
                         if item is not None:
-                            index, token = item
-                            new[index] = new.get(index, "") + texts[index].add(token)
-                    for index in sorted(new):
-                        if new[index]:
-                            yield chunk(index, new[index])
+                            new.setdefault(item[0], []).append(item[1:])
+                    for index, arrived in sorted(new.items()):
+                        ids, values = [t for t, _ in arrived], [v for _, v in arrived]
+                        stops = requests[index // n].stop_token_ids  # their text is not the answer's
+                        text = "".join(texts[index].add(t) for t in ids if t not in stops)
+                        lp = await logprobs_of(index, ids, values)
+                        streamed[index] += ids
+                        if text or lp:
+                            yield chunk(index, text, lp=lp)
                 try:
                     results = future.result()
                 except CancelledError:
@@ -450,7 +500,9 @@ class CompletionServer:
                     if not completion.text.startswith(sent):  # decoding token by token gave other text
                         logger.warning("streamed text of choice %d differs from its completion; the rest is not sent", index)
                     rest = completion.text[len(sent):] if completion.text.startswith(sent) else ""
-                    yield chunk(index, rest, completion.finish_reason)
+                    done = len(streamed[index])  # a backend without submit sends every token here
+                    lp = await logprobs_of(index, completion.token_ids[done:], completion.logprobs[done:])
+                    yield chunk(index, rest, completion.finish_reason, lp)
                 if include_usage:
                     prompt_tokens = sum(len(outs[0].prompt_ids) for outs in results if outs)
                     yield {**head, "choices": [], "usage": _usage(prompt_tokens, sum(len(c.token_ids) for c in completions))}
@@ -509,23 +561,17 @@ class CompletionServer:
         return [f"token_id:{t}" for t in ids]
 
     def _choice(self, index: int, gen: GenerationRequest, completion: Completion, prompt_ids: list[int],
-                prompt_logprobs: list | None, request: CompletionRequest) -> dict:
+                echoed: dict | None, request: CompletionRequest) -> dict:
+        """One choice; ``echoed``: the legacy logprobs of the prompt, with echo and logprobs."""
         text = completion.text
         if request.echo:
             prompt_text = gen.prompt if isinstance(gen.prompt, str) else (self._decode(prompt_ids) or "")
             text = prompt_text + text
         lp = None
         if request.logprobs is not None:
-            ids, values = list(completion.token_ids), list(completion.logprobs)
-            if request.echo:
-                ids = prompt_ids + ids
-                values = (prompt_logprobs or [None] * len(prompt_ids)) + values
-            tokens = self._token_strings(ids, request.return_tokens_as_token_ids)
-            offsets, offset = [], 0
-            for token in tokens:
-                offsets.append(offset)
-                offset += len(token)
-            lp = {"tokens": tokens, "token_logprobs": values, "top_logprobs": None, "text_offset": offsets}
+            own = self._legacy_logprobs(prompt_ids, completion.token_ids, completion.logprobs, request.logprobs,
+                                        gen.adapter, request.return_tokens_as_token_ids)
+            lp = joined_logprobs(*([echoed] if echoed else []), own)
         return {
             "index": index,
             "text": text,

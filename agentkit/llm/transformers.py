@@ -66,7 +66,7 @@ class _Row:
     finish_reason: str | None = None
     started: float = 0.0
     latency_s: float = 0.0
-    on_token: Any = None  # (token_id) -> None, called with each sampled token (streaming)
+    on_token: Any = None  # (token_id, logprob) -> None, called with each sampled token (streaming)
 
 
 @dataclass
@@ -75,7 +75,7 @@ class _Job:
     payload: Any
     future: Future
     adapter: str | None = None
-    on_token: Any = None  # (request_index, sample_index, token_id) -> None; see submit()
+    on_token: Any = None  # (request_index, sample_index, token_id, logprob) -> None; see submit()
 
 
 def _answer(future: Future, result: Any = None, error: BaseException | None = None) -> None:
@@ -208,7 +208,7 @@ class TransformersLLM:
 
         Cancelling the future drops the requests' rows from the batch at its next decode
         step, so a server whose client went away frees the batch at once. ``on_token``
-        ``(request_index, sample_index, token_id)`` is called on the worker thread with each
+        ``(request_index, sample_index, token_id, logprob)`` is called on the worker thread with each
         sampled token, for streaming: it must return at once and never raise."""
         if not requests:
             future: Future = Future()
@@ -432,7 +432,7 @@ class TransformersLLM:
                     gen = torch.Generator().manual_seed(seed)
                 job_rows.append(_Row(prompt_ids, request, RowParams(request.temperature, request.top_p, request.top_k, gen)))
                 if on_token is not None:
-                    job_rows[-1].on_token = lambda token, k=k, i=i: on_token(k, i, token)
+                    job_rows[-1].on_token = lambda token, logprob, k=k, i=i: on_token(k, i, token, logprob)
             out.append(job_rows)
         return out
 
@@ -709,10 +709,11 @@ class TransformersLLM:
         row.out_ids.append(token)
         row.out_logprobs.append(logprob)
         if row.on_token is not None:
-            row.on_token(token)
+            row.on_token(token, logprob)
         request = row.request
-        if token in self.eos_ids:
-            row.text = self.decode(row.out_ids)
+        if token in self.eos_ids or token in request.stop_token_ids:
+            # a stop token's own text is not part of the answer (vLLM's stop_token_ids too)
+            row.text = self.decode(row.out_ids[:-1] if token in request.stop_token_ids else row.out_ids)
             row.finish_reason = "stop"
             return
         if request.stop:

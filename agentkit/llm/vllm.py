@@ -93,6 +93,7 @@ class VLLMBackend:
             top_k=r.top_k if r.top_k > 0 else -1,
             max_tokens=r.max_tokens,
             stop=list(r.stop) or None,
+            stop_token_ids=list(r.stop_token_ids) or None,
             seed=r.seed,
             logprobs=0,  # the sampled token's logprob only
         )
