@@ -85,3 +85,45 @@ def test_the_default_connect_timeout_is_a_few_seconds():
 
     default = inspect.signature(OpenAIClientLLM).parameters["connect_timeout"].default
     assert 1 <= default <= 10
+
+
+def test_a_server_that_returns_no_logprobs_for_zero_is_asked_for_one_alternative():
+    """vLLM and agentkit serve return the sampled tokens' logprobs for logprobs=0, so the
+    client asks for no alternatives (each costs the server a scoring pass). A server that
+    reads 0 as "none", as llama.cpp's does, is asked again with 1, and with 1 from then on."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from agentkit.llm.base import GenerationRequest
+
+    asked: list[int] = []
+
+    class LlamaLike(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            asked.append(body["logprobs"])
+            choice = {"index": 0, "text": "42", "finish_reason": "stop", "prompt_token_ids": [2, 5]}
+            if body["logprobs"]:
+                choice["logprobs"] = {"content": [{"id": 7, "token": "4", "logprob": -0.5},
+                                                  {"id": 8, "token": "2", "logprob": -0.25}]}
+            out = json.dumps({"model": body["model"], "choices": [choice]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(out)))
+            self.end_headers()
+            self.wfile.write(out)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), LlamaLike)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        client = OpenAIClientLLM(f"http://127.0.0.1:{server.server_port}/v1", model="m")
+        for _ in range(2):
+            (completion,), = client.generate([GenerationRequest("Q", max_tokens=4)])
+            assert completion.token_ids == [7, 8] and completion.logprobs == [-0.5, -0.25]
+    finally:
+        server.shutdown()
+    assert asked == [0, 1, 1]

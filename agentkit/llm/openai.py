@@ -150,6 +150,9 @@ class OpenAIClientLLM:
         self.timeout = timeout
         self.connect_timeout = connect_timeout
         self.max_workers = max_workers
+        self._logprobs = 0
+        """The sampled tokens' logprobs alone (vLLM, agentkit serve); 1 for a server that
+        needs an alternative asked for to return any."""
         self._headers = {"Content-Type": "application/json"}
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
@@ -247,7 +250,7 @@ class OpenAIClientLLM:
             "top_p": request.top_p,
             "top_k": request.top_k if request.top_k > 0 else -1,  # -1: off for vLLM old and new, llama.cpp
             "max_tokens": request.max_tokens,
-            "logprobs": 1,
+            "logprobs": self._logprobs,
             "return_tokens_as_token_ids": True,
             "return_token_ids": True,
         }
@@ -259,6 +262,10 @@ class OpenAIClientLLM:
             body["seed"] = request.seed
         start = time.perf_counter()
         data = self._completions(body)
+        if self._logprobs == 0 and not all(isinstance(c.get("logprobs"), dict) for c in data["choices"]):
+            # a server that reads logprobs=0 as "none" (llama.cpp): ask for one alternative from now on
+            self._logprobs = body["logprobs"] = 1
+            data = self._completions(body)
         latency = time.perf_counter() - start
         choices = sorted(data["choices"], key=lambda c: c.get("index", 0))
         if len(choices) != request.n:
