@@ -78,7 +78,10 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=defaults.lr)
     parser.add_argument("--chosen-by", choices=["outcome", "step"], default=defaults.chosen_by)
     parser.add_argument("--gate-metric", choices=["success", "step-accuracy"], default=defaults.gate_metric)
-    parser.add_argument("--from-base", action="store_true", help="train every candidate from the base model")
+    parser.add_argument("--advance-at", type=float, default=defaults.advance_at,
+                        help="with several --levels: move up once search solves this share of fresh tasks")
+    parser.add_argument("--from-base", action=argparse.BooleanOptionalAction, default=defaults.from_base,
+                        help="train every candidate from the base model on the replay buffer")
     parser.add_argument("--name", default=None, help="result file name (default improve-<explore>-<method>)")
     args = parser.parse_args()
 
@@ -91,8 +94,8 @@ def main() -> None:
             explore=args.explore, search=args.search, method=args.method, rounds=args.rounds, levels=args.levels,
             eval_level=args.eval_level, train_tasks=args.train_tasks, eval_tasks=args.eval_tasks,
             final_tasks=args.final_tasks, samples_per_task=args.samples, epochs=args.epochs, lr=args.lr,
-            chosen_by=args.chosen_by, gate_metric=args.gate_metric, from_base=args.from_base, seed=seed,
-            output_dir=str(work / "rounds"),
+            chosen_by=args.chosen_by, gate_metric=args.gate_metric, from_base=args.from_base,
+            advance_at=args.advance_at, seed=seed, output_dir=str(work / "rounds"),
         )
         print(f"== seed {seed} of {args.seeds}", flush=True)
         with TransformersLLM("gemma-3-270m") as llm, TrajectoryStore(work / "runs.db") as store:
