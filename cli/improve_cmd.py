@@ -57,6 +57,7 @@ def improve(
     step_advantages: str = typer.Option(None, help="grpo/rloo: outcome advantages only (none), or each step's tokens also get its progress under the suite's step checker (checker)."),
     gate_metric: str = typer.Option(None, help="What the gate needs a significant gain in: success or step-accuracy."),
     memory: int = typer.Option(None, help="Experience-library items shown per prompt; every sampled run updates the library (0: off)."),
+    from_base: Optional[bool] = typer.Option(None, "--from-base/--continue", show_default="from base for rft on search trees", help="Train each candidate as a fresh LoRA adapter on the base model over every round's data (ReST-EM), or continue the active policy's adapter."),
     model: str = typer.Option("gemma-3-270m", help="Base model: gemma-3-270m, a local directory, or a cached Hugging Face id."),
     dtype: str = typer.Option("auto", help="auto, bf16 or fp32 (sampling and training)."),
     out: Path = typer.Option(None, help="Directory for adapters, checkpoints and the learning curve."),
@@ -96,6 +97,8 @@ def improve(
     _require(step_advantages in ("none", "checker"), f"--step-advantages {step_advantages}: choose none or checker")
     _require(step_advantages == "none" or method in ("grpo", "rloo"),
              f"--step-advantages {step_advantages} is for --method grpo or rloo, not {method}; drop it")
+    _require(not (from_base and method in ("grpo", "rloo")),
+             f"--from-base: --method {method} continues the policy that sampled its groups; drop --from-base")
     _require(gate_metric in ("success", "step-accuracy"), f"--gate-metric {gate_metric}: choose success or step-accuracy")
     _require(memory >= 0, f"--memory {memory}: give a number of library items, 0 or more")
     try:
@@ -118,7 +121,7 @@ def improve(
     config = ImproveConfig(suite=suite, method=method, graph=None if single else graph, rounds=rounds, levels=level_list, train_tasks=train_tasks,
                            eval_tasks=eval_tasks, samples_per_task=samples, rectifications=rectifications,
                            chosen_by=chosen_by, gate_metric=gate_metric, memory=memory, step_advantages=step_advantages,
-                           explore=explore, final_tasks=final_tasks, advance_at=advance_at, **({"search": search} if search else {}),
+                           explore=explore, final_tasks=final_tasks, advance_at=advance_at, from_base=from_base, **({"search": search} if search else {}),
                            output_dir=str(out / "rounds"))
     err, console = _stderr_console(), Console()
     _quiet_hub()
