@@ -35,7 +35,7 @@ from typing import Any, Callable
 from agentkit.errors import AgentkitError
 from agentkit.learn.credit import CREDIT_METHODS
 from agentkit.learn.cycle import CandidateConfig, gate_candidate, register_trained, train_candidate
-from agentkit.learn.gate import GATE_METRICS
+from agentkit.learn.gate import GateConfig
 from agentkit.learn.pairs import CHOSEN_BY, StepDPOConfig, build_step_pairs
 from agentkit.llm.base import LLM
 from agentkit.runtime import SolveAgent
@@ -52,9 +52,10 @@ log = logging.getLogger("agentkit.trainer")
 
 
 @dataclass
-class TrainerConfig(CandidateConfig):
-    """What the background trainer watches, how it builds pairs, trains and gates.
-    Saved with every policy version it produces."""
+class TrainerConfig(GateConfig, CandidateConfig):
+    """What the background trainer watches, how it builds pairs, trains (CandidateConfig) and
+    gates (GateConfig, whose defaults are the trainer's). Saved with every policy version it
+    produces."""
 
     suite: str = field(default="arithmetic", metadata={"help": "Built-in suite whose runs are learned from."})
     model: str = field(default="gemma-3-270m", metadata={"help": "Base model the adapters are trained on."})
@@ -63,19 +64,12 @@ class TrainerConfig(CandidateConfig):
     dtype: str = field(default="auto", metadata={"help": "auto, bf16 or fp32 (sampling and training)."})
     min_pairs: int = field(default=32, metadata={"help": "Train a candidate once this many new pairs exist."})
     max_pairs: int = field(default=512, metadata={"help": "Train on the suite's newest this many pairs (new + replay)."})
-    eval_tasks: int = field(default=100, metadata={"help": "Held-out test tasks the gate compares policies on."})
-    eval_level: int | None = field(default=None, metadata={"help": "Level of the held-out tasks (None: suite default)."})
-    eval_seed: int = field(default=0, metadata={"help": "Seed of the held-out tasks."})
-    shots: int = field(default=3, metadata={"help": "Worked examples in the gate's prompts."})
     # how pairs are built: StepDPOConfig's knobs (pair_config); how a candidate trains: CandidateConfig's
     # knobs and these of DPOConfig (train_config)
     max_tokens: int = field_of(StepDPOConfig, "max_tokens", help="Longest gate answer or rectification, in tokens.")
     rectifications: int = field_of(StepDPOConfig, "rectifications")
     credit: str = field_of(StepDPOConfig, "credit")
     chosen_by: str = field_of(StepDPOConfig, "chosen_by")
-    alpha: float = field(default=0.05, metadata={"help": "Gate significance level (one-sided paired test)."})
-    gate_metric: str = field(default="success", metadata={"help": "What must improve significantly: success or step-accuracy."})
-    concurrency: int = field(default=16, metadata={"help": "Gate tasks in flight at once."})
     poll_s: float = field(default=10.0, metadata={"help": "Seconds between looks at the store when idle."})
     batch_runs: int = field(default=64, metadata={"help": "Most runs examined per cycle."})
     stale_s: float = field(default=3600.0, metadata={"help": "A run still 'running' this long is passed over."})
@@ -86,16 +80,15 @@ class TrainerConfig(CandidateConfig):
     output_dir: str | None = field(default=None, metadata={"help": "Candidates go here (None: runs.trainer/ beside the store)."})
 
     def __post_init__(self) -> None:
+        super().__post_init__()  # GateConfig's checks
         _check([
             (self.min_pairs >= 1, f"min_pairs {self.min_pairs}: must be at least 1"),
             (self.max_pairs >= self.min_pairs, f"max_pairs {self.max_pairs}: must be at least min_pairs ({self.min_pairs})"),
-            (self.eval_tasks >= 1, f"eval_tasks {self.eval_tasks}: must be at least 1"),
             (self.credit in CREDIT_METHODS, f"credit {self.credit!r}: choose one of {', '.join(CREDIT_METHODS)}"),
             (self.chosen_by in CHOSEN_BY, f"chosen_by {self.chosen_by!r}: choose one of {', '.join(CHOSEN_BY)}"),
-            (self.gate_metric in GATE_METRICS, f"gate_metric {self.gate_metric!r}: choose one of {', '.join(GATE_METRICS)}"),
             (self.poll_s > 0, f"poll_s {self.poll_s}: must be > 0"),
             (self.batch_runs >= 1 and self.max_errors >= 1, "batch_runs and max_errors must be at least 1"),
-            (self.rectifications >= 1 and self.concurrency >= 1, "rectifications and concurrency must be at least 1"),
+            (self.rectifications >= 1, f"rectifications {self.rectifications}: must be at least 1"),
         ])
 
     def check_suite(self, suite: Suite) -> None:

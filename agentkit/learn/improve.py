@@ -26,7 +26,7 @@ from agentkit.errors import AgentkitError
 from agentkit.graph import load_graph
 from agentkit.learn.credit import output_step
 from agentkit.learn.cycle import CandidateConfig, gate_candidate, register_trained, train_candidate
-from agentkit.learn.gate import GATE_METRICS, wilson_interval
+from agentkit.learn.gate import GateConfig, wilson_interval
 from agentkit.learn.trees import search_steps, solution_example, tree_groups, tree_pairs
 from agentkit.learn.pairs import CHOSEN_BY, StepDPOConfig, build_outcome_pairs, build_step_pairs, sample_solutions
 from agentkit.learn.values import step_token_spans
@@ -77,7 +77,7 @@ def default_explore(method: str, graph: str | None = None) -> str:
 
 
 @dataclass
-class ImproveConfig(CandidateConfig):
+class ImproveConfig(GateConfig, CandidateConfig):
     """One `agentkit improve` run, and the one place its defaults are set (the CLI and
     bench/improve.py read them from here). Saved with every policy version it produces and
     in the improve journal.
@@ -86,7 +86,9 @@ class ImproveConfig(CandidateConfig):
     except where rounds that run back to back on a CPU want less: 4 samples per task (not 8),
     8 rectifications per first wrong step (not 16) and answers of at most 96 tokens (not 160).
     How a candidate trains are CandidateConfig's knobs (lr, epochs, batch_size, beta,
-    nll_weight, lora_r); policy-gradient candidates (grpo, rloo) train at a fifth of ``lr``."""
+    nll_weight, lora_r); policy-gradient candidates (grpo, rloo) train at a fifth of ``lr``.
+    How the gate decides are GateConfig's knobs (eval_tasks, eval_level, eval_seed, shots,
+    alpha, gate_metric, concurrency), with improve's defaults where they differ (said there)."""
 
     suite: str = "arithmetic"
     method: str = "rft"
@@ -102,13 +104,9 @@ class ImproveConfig(CandidateConfig):
     """explore=search: stay on a level until search solves at least this share of a round's
     fresh training tasks (tasks the policy has never trained on: a held-out measure), then
     move to the next of ``levels`` (0: follow the fixed schedule)."""
-    eval_level: int | None = None
-    """Held-out level; None: the last curriculum level."""
     train_tasks: int = 96
     """New training tasks per round."""
-    eval_tasks: int = 200
-    """Gate tasks: test-split tasks, the same every round, that the gate decides on (200 tell
-    apart a gain of ~6 points where 100 do not, at ~1 CPU-minute a round)."""
+    eval_tasks: int = field_of(GateConfig, "eval_tasks", default=200)
     final_tasks: int = 200
     """Final test tasks: test-split tasks from another seed, disjoint from the gate set, that
     no decision ever reads; the active policy is measured on them after every round (0: off)."""
@@ -117,8 +115,6 @@ class ImproveConfig(CandidateConfig):
     (step-level search trees; see SEARCH_METHODS). None: ``default_explore``, the measured best."""
     search: str = "mcts:8x8"
     """explore=search: the strategy (agentkit.graph.search.parse_search)."""
-    gate_metric: str = "success"
-    """What the gate needs a significant gain in: "success" or "step-accuracy" (see gate.py)."""
     step_advantages: str = "none"
     """grpo/rloo: "none" (outcome advantages only) or "checker" (each step's tokens also get
     its progress under the suite's step checker, see ``checker_values``)."""
@@ -133,32 +129,28 @@ class ImproveConfig(CandidateConfig):
     the active policy's adapter; with ``replay`` it learns every round's data at once. None:
     on for rft on search trees (the measured best, bench/results/improve-search-rft-frombase.md),
     else off (grpo and rloo must continue the policy that sampled their groups)."""
-    # how a round samples (StepDPOConfig's knobs; shots and max_tokens set every prompt of the run)
+    # how a round samples (StepDPOConfig's knobs; GateConfig's shots and this max_tokens set every prompt of the run)
     samples_per_task: int = field_of(StepDPOConfig, "samples_per_task", default=4)
     rectifications: int = field_of(StepDPOConfig, "rectifications", default=8)
     chosen_by: str = field_of(StepDPOConfig, "chosen_by")
-    shots: int = field_of(StepDPOConfig, "shots")
     max_tokens: int = field_of(StepDPOConfig, "max_tokens", default=96)
-    alpha: float = 0.05
-    """The gate's significance level, spent over the rounds."""
-    concurrency: int = 32
+    concurrency: int = field_of(GateConfig, "concurrency", default=32, help="Tasks in flight at once, in every run of a round.")
     seed: int = 0
     """Seeds the training tasks of every round, sampling, search and the LoRA initialisation.
     The gate set and the final test set do not depend on it (``eval_seed``), so runs with
     different seeds are measured on the same tasks."""
-    eval_seed: int = 0
-    """Seeds the gate set; the final test set is drawn from ``eval_seed + FINAL_SEED``."""
     output_dir: str = "agentkit-improve"
 
     def __post_init__(self) -> None:
+        super().__post_init__()  # GateConfig's checks
         if self.method not in METHODS:
             raise AgentkitError(f"method '{self.method}' is unknown; choose one of {', '.join(METHODS)}")
         if self.explore is None:
             self.explore = default_explore(self.method, self.graph)
         if self.from_base is None:
             self.from_base = self.method == "rft" and self.explore == "search"
-        if self.rounds < 1 or self.train_tasks < 1 or self.eval_tasks < 1:
-            raise AgentkitError("rounds, train_tasks and eval_tasks must each be at least 1")
+        if self.rounds < 1 or self.train_tasks < 1:
+            raise AgentkitError("rounds and train_tasks must each be at least 1")
         if not self.levels:
             raise AgentkitError("levels is empty; pass at least one difficulty level, e.g. --levels 1 2")
         if self.chosen_by not in CHOSEN_BY:
@@ -188,8 +180,6 @@ class ImproveConfig(CandidateConfig):
             raise AgentkitError(f"advance_at={self.advance_at}: give a share of tasks in [0, 1] (0: fixed schedule)")
         if self.final_tasks < 0:
             raise AgentkitError(f"final_tasks={self.final_tasks}: give 0 (off) or more tasks")
-        if self.gate_metric not in GATE_METRICS:
-            raise AgentkitError(f"gate metric '{self.gate_metric}' is unknown; choose one of {', '.join(GATE_METRICS)}")
         if self.graph not in (None, "single_solver", "solve"):
             if self.method not in GRAPH_METHODS:
                 raise AgentkitError(f"method '{self.method}' trains the single solver only; improve graph "
