@@ -80,16 +80,20 @@ class MCConfig:
 
     At K = 8 the thresholds read "at least 4 of 8 rollouts succeeded before the step, none
     after it". A weak policy rarely reaches 4 of 8 from any prefix: lower ``high`` there
-    (RESEARCH.md: 5% success for the base model), or use a step checker."""
+    (RESEARCH.md: 5% success for the base model), or use a step checker.
+
+    The sampling knobs (temperature to seed) are Step-DPO's, the paper's values and ours
+    (see StepDPOConfig), declared here once: StepDPOConfig takes them (``field_of``) for its
+    solutions and rectifications and passes them on to its rollouts (``mc_config``)."""
 
     samples: int = field(default=8, metadata={"help": "K rollouts per prefix: one request with n=K per prefix."})
     high: float = field(default=0.5, metadata={"help": "V before the wrong step is at least this (still on track)."})
     low: float = field(default=0.1, metadata={"help": "V after the wrong step is at most this (lost)."})
-    temperature: float = field(default=0.8, metadata={"help": "Rollout sampling temperature (Step-DPO's)."})
-    top_p: float = field(default=0.95, metadata={"help": "Rollout nucleus cut."})
-    top_k: int = field(default=64, metadata={"help": "Rollouts sample among the top-k tokens (see StepDPOConfig)."})
-    max_tokens: int = field(default=160, metadata={"help": "Longest rollout."})
-    seed: int | None = field(default=0, metadata={"help": "Base seed (same seed, same rollouts); None: fresh."})
+    temperature: float = field(default=0.8, metadata={"help": "Sampling temperature (Step-DPO: 0.8)."})
+    top_p: float = field(default=0.95, metadata={"help": "Nucleus cut (Step-DPO: 0.95)."})
+    top_k: int = field(default=64, metadata={"help": "Sample among the top-k tokens only; 0 turns the cut off."})
+    max_tokens: int = field(default=160, metadata={"help": "Longest sampled solution, continuation or rollout, in tokens."})
+    seed: int | None = field(default=0, metadata={"help": "Base seed (same seed and inputs, same samples); None: fresh."})
 
 
 def derive_seed(base: int | None, *parts: Any) -> int | None:
