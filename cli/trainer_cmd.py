@@ -1,9 +1,10 @@
 """``agentkit trainer start|status|stop``: the background trainer (agentkit.learn.daemon) as
 a detached process beside the store, and how to see and stop it.
 
-Only typer is imported at module level; ``start --foreground`` is the process itself (the
-detached start re-runs this command with ``--foreground`` in a new session, its output
-appended to the log file beside the store).
+Only typer is imported at module level; ``start``'s defaults are TrainerConfig's, read when
+the command runs or shows its help (TrainerStartCommand). ``start --foreground`` is the
+process itself (the detached start re-runs this command with ``--foreground`` in a new
+session, its output appended to the log file beside the store).
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ from typing import Any, Optional
 
 import typer
 
-from agentkit.cli._common import _Group, _require, _store_option, _store_path
+from agentkit.cli._common import ConfigCommand, _Group, _require, _store_option, _store_path
 
-__all__ = ["trainer_app"]
+__all__ = ["trainer_app", "TrainerStartCommand"]
 
 _DETACHED = "AGENTKIT_TRAINER_DETACHED"  # set in the detached child: log to the file only
 
@@ -30,6 +31,17 @@ trainer_app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
+
+class TrainerStartCommand(ConfigCommand):
+    @staticmethod
+    def defaults() -> dict[str, Any]:
+        """TrainerConfig's defaults, so that changing one there changes the command."""
+        from agentkit.learn.daemon import TrainerConfig
+
+        config = TrainerConfig()
+        same = ("suite", "model", "backend", "dtype", "min_pairs", "max_pairs", "eval_tasks", "rectifications",
+                "chosen_by", "gate_metric")
+        return {**{name: getattr(config, name) for name in same}, "poll": config.poll_s}
 
 
 def _files(store: Optional[Path], *, must_exist: bool) -> tuple[Path, Any]:
@@ -42,22 +54,22 @@ def _files(store: Optional[Path], *, must_exist: bool) -> tuple[Path, Any]:
     return path, TrainerFiles.beside(path)
 
 
-@trainer_app.command("start")
+@trainer_app.command("start", cls=TrainerStartCommand)
 def start(
     ctx: typer.Context,
-    suite: str = typer.Option("arithmetic", help="Built-in suite whose runs the trainer learns from."),
-    model: str = typer.Option("gemma-3-270m", help="Base model the adapters are trained on (the model the runs used)."),
-    backend: str = typer.Option("transformers", help="Backend that samples rectifications and runs the gate: transformers or openai."),
+    suite: str = typer.Option(None, help="Built-in suite whose runs the trainer learns from."),
+    model: str = typer.Option(None, help="Base model the adapters are trained on (the model the runs used)."),
+    backend: str = typer.Option(None, help="Backend that samples rectifications and runs the gate: transformers or openai."),
     base_url: Optional[str] = typer.Option(None, show_default="http://127.0.0.1:8000/v1", help="The server's API root, for --backend openai."),
-    dtype: str = typer.Option("auto", help="auto, bf16 or fp32 (sampling and training)."),
-    min_pairs: int = typer.Option(32, help="Train a candidate once this many new pairs exist."),
-    max_pairs: int = typer.Option(512, help="Train on the suite's newest this many pairs (the new ones plus a replay of older ones)."),
-    eval_tasks: int = typer.Option(100, help="Held-out test tasks the gate compares candidate and active policy on (runs on them are never learned from)."),
+    dtype: str = typer.Option(None, help="auto, bf16 or fp32 (sampling and training)."),
+    min_pairs: int = typer.Option(None, help="Train a candidate once this many new pairs exist."),
+    max_pairs: int = typer.Option(None, help="Train on the suite's newest this many pairs (the new ones plus a replay of older ones)."),
+    eval_tasks: int = typer.Option(None, help="Held-out test tasks the gate compares candidate and active policy on (runs on them are never learned from)."),
     eval_level: Optional[int] = typer.Option(None, show_default="the suite's default", help="Level of the held-out tasks."),
-    rectifications: int = typer.Option(16, help="Continuations sampled from each first wrong step."),
-    chosen_by: str = typer.Option("outcome", help="A rectified step is chosen when the answer then verifies (outcome) or when the step checker accepts it (step)."),
-    gate_metric: str = typer.Option("success", help="What the gate needs a significant gain in: success or step-accuracy."),
-    poll: float = typer.Option(10.0, help="Seconds between looks at the store when there is nothing new."),
+    rectifications: int = typer.Option(None, help="Continuations sampled from each first wrong step."),
+    chosen_by: str = typer.Option(None, help="A rectified step is chosen when the answer then verifies (outcome) or when the step checker accepts it (step)."),
+    gate_metric: str = typer.Option(None, help="What the gate needs a significant gain in: success or step-accuracy."),
+    poll: float = typer.Option(None, help="Seconds between looks at the store when there is nothing new."),
     serve_url: Optional[str] = typer.Option(None, help="An `agentkit serve` (or vLLM) API root: each promoted adapter is loaded into it."),
     store: Optional[Path] = _store_option(),
     foreground: bool = typer.Option(False, "--foreground", help="Run in this process (Ctrl-C stops it) instead of detached."),
