@@ -6,9 +6,9 @@ modules import it; it imports none of them."""
 from __future__ import annotations
 
 import os
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any, NoReturn, Optional
+from typing import Any, Iterator, NoReturn, Optional
 
 import typer
 from typer.core import TyperCommand, TyperGroup
@@ -115,6 +115,18 @@ def _require(ok: bool, message: str) -> None:
         from agentkit.errors import AgentkitError
 
         raise AgentkitError(message)
+
+
+@contextmanager
+def _flags(flags: Optional[dict[str, str]] = None) -> Iterator[None]:
+    """A library config's error (ConfigError) as the same one line, naming the command's
+    flags (``flags``: where a flag is not the knob's name with dashes) instead of the knobs."""
+    from agentkit.errors import AgentkitError, ConfigError
+
+    try:
+        yield
+    except ConfigError as exc:
+        raise AgentkitError(exc.as_flags(flags)) from None
 
 
 def _existing_store(store: Optional[Path], hint: str = "record runs with `agentkit run` first") -> Path:

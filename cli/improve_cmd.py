@@ -1,6 +1,7 @@
 """``agentkit improve``: rounds of collect, credit, train, gate and promote
 (agentkit.learn.improve). Only typer is imported at module level (see app.py); the options'
-defaults are ImproveConfig's, read when the command runs or shows its help (ImproveCommand)."""
+defaults are ImproveConfig's, read when the command runs or shows its help (ImproveCommand),
+and so are their checks (its ConfigError, shown with the flags)."""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ from agentkit.cli._common import (
     Shown,
     _load_backend,
     _quiet_hub,
+    _flags,
     _require,
-    _search_strategy,
     _stderr_console,
     _store_option,
     _store_path,
@@ -64,65 +65,36 @@ def improve(
     store: Optional[Path] = _store_option(),
 ) -> None:
     """Make the policy better at a suite: rounds of collect, credit, train a LoRA candidate, gate, promote."""
-    from agentkit.learn.improve import EXPLORE, GRAPH_METHODS, METHODS, SEARCH_METHODS, default_explore
+    from rich.console import Console
 
-    _require(method in METHODS, f"--method {method}: choose one of {', '.join(METHODS)}")
-    single = graph in (None, "single_solver", "solve")
-    explore = explore or default_explore(method, graph)
-    _require(explore in EXPLORE, f"--explore {explore}: choose one of {', '.join(EXPLORE)}")
-    if explore == "search":
-        _require(method in SEARCH_METHODS, f"--method {method} does not train on search trees; with --explore search "
-                                           f"choose one of {', '.join(SEARCH_METHODS)}")
-        _search_strategy("--search", search)
-    else:
-        _require(method != "expert", "--method expert trains on search trees; add --explore search")
-        _require(search is None, f"--search {search} is the strategy of --explore search; add --explore search "
-                                 "or drop --search")
-    _require(final_tasks >= 0, f"--final-tasks {final_tasks}: give 0 (off) or more tasks")
-    _require(0.0 <= advance_at <= 1.0, f"--advance-at {advance_at}: give a share of tasks in [0, 1] (0: off)")
-    _require(advance_at == 0.0 or explore == "search", f"--advance-at {advance_at} reads search's success; "
-                                                       "add --explore search or drop --advance-at")
-    _require(single or explore == "sample", f"--explore search searches the single solve prompt; graph '{graph}' "
-                                            "declares search on its solver node (search=...), so drop --explore search")
-    _require(single or method in GRAPH_METHODS,
-             f"--method {method} trains the single solver only; improve graph '{graph}' with "
-             f"--method {' or '.join(GRAPH_METHODS)}")
-    _require(single or memory == 0,
-             f"--memory {memory} sets the default solve prompt; graph '{graph}' declares memory on its nodes, drop --memory")
-    if not single:
-        from agentkit.graph import load_graph
+    from agentkit.cli.render import improve_table
+    from agentkit.graph import load_graph
+    from agentkit.learn.improve import ImproveConfig, improve as run_improve, plot_curve
+    from agentkit.store import TrajectoryStore
+    from agentkit.tasks import get_suite
 
-        load_graph(graph)  # an unknown graph or a broken file fails here, before the model loads
-    _require(chosen_by in ("outcome", "step"), f"--chosen-by {chosen_by}: choose outcome or step")
-    _require(step_advantages in ("none", "checker"), f"--step-advantages {step_advantages}: choose none or checker")
-    _require(step_advantages == "none" or method in ("grpo", "rloo"),
-             f"--step-advantages {step_advantages} is for --method grpo or rloo, not {method}; drop it")
-    _require(not (from_base and method in ("grpo", "rloo")),
-             f"--from-base: --method {method} continues the policy that sampled its groups; drop --from-base")
-    _require(gate_metric in ("success", "step-accuracy"), f"--gate-metric {gate_metric}: choose success or step-accuracy")
-    _require(memory >= 0, f"--memory {memory}: give a number of library items, 0 or more")
     try:
         level_list = [int(x) for x in levels.split(",") if x.strip()]
     except ValueError:
         level_list = []
     _require(bool(level_list), f"--levels {levels!r}: give difficulty levels as integers, e.g. --levels 1,2")
-    from agentkit.tasks import get_suite
-
+    single = graph in (None, "single_solver", "solve")
+    with _flags({"samples_per_task": "--samples", "output_dir": "--out"}):  # ImproveConfig checks every option
+        config = ImproveConfig(suite=suite, method=method, graph=None if single else graph, rounds=rounds,
+                               levels=level_list, train_tasks=train_tasks, eval_tasks=eval_tasks,
+                               samples_per_task=samples, rectifications=rectifications, chosen_by=chosen_by,
+                               gate_metric=gate_metric, memory=memory, step_advantages=step_advantages, explore=explore,
+                               final_tasks=final_tasks, advance_at=advance_at, from_base=from_base,
+                               **({"search": search} if search else {}), output_dir=str(out / "rounds"))
+    # what a config cannot see: a --search the command was given, and what loads
+    _require(search is None or config.explore == "search", f"--search {search} is the strategy of --explore search; "
+                                                           "add --explore search or drop --search")
+    if not single:
+        load_graph(graph)  # an unknown graph or a broken file fails here, before the model loads
     task_suite = get_suite(suite)
     bad = [lvl for lvl in level_list if lvl not in task_suite.levels]
     _require(not bad, f"--levels {levels}: {suite} has levels {', '.join(map(str, task_suite.levels))}")
 
-    from rich.console import Console
-
-    from agentkit.cli.render import improve_table
-    from agentkit.store import TrajectoryStore
-    from agentkit.learn.improve import ImproveConfig, improve as run_improve, plot_curve
-
-    config = ImproveConfig(suite=suite, method=method, graph=None if single else graph, rounds=rounds, levels=level_list, train_tasks=train_tasks,
-                           eval_tasks=eval_tasks, samples_per_task=samples, rectifications=rectifications,
-                           chosen_by=chosen_by, gate_metric=gate_metric, memory=memory, step_advantages=step_advantages,
-                           explore=explore, final_tasks=final_tasks, advance_at=advance_at, from_base=from_base, **({"search": search} if search else {}),
-                           output_dir=str(out / "rounds"))
     err, console = _stderr_console(), Console()
     _quiet_hub()
     with TrajectoryStore(_store_path(store)) as traces:

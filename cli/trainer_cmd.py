@@ -2,9 +2,10 @@
 a detached process beside the store, and how to see and stop it.
 
 Only typer is imported at module level; ``start``'s defaults are TrainerConfig's, read when
-the command runs or shows its help (TrainerStartCommand). ``start --foreground`` is the
-process itself (the detached start re-runs this command with ``--foreground`` in a new
-session, its output appended to the log file beside the store).
+the command runs or shows its help (TrainerStartCommand), and so are their checks (its
+ConfigError, shown with the flags). ``start --foreground`` is the process itself (the
+detached start re-runs this command with ``--foreground`` in a new session, its output
+appended to the log file beside the store).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any, Optional
 
 import typer
 
-from agentkit.cli._common import ConfigCommand, _Group, _require, _store_option, _store_path
+from agentkit.cli._common import ConfigCommand, _flags, _Group, _require, _store_option, _store_path
 
 __all__ = ["trainer_app", "TrainerStartCommand"]
 
@@ -76,21 +77,21 @@ def start(
 ) -> None:
     """Start the background trainer on a store: it returns at once, printing the pid and the log file."""
     from agentkit.errors import AgentkitError
+    from agentkit.learn.daemon import TrainerConfig, run_daemon
     from agentkit.store.trainer import TrainerStore, running_pid
     from agentkit.tasks import get_suite, list_suites
 
     _require(not suite.endswith(".jsonl"), f"--suite {suite}: the trainer learns from a built-in suite, "
                                            f"not a task file; choose one of: {', '.join(list_suites())}")
     task_suite = get_suite(suite)  # an unknown suite fails here, naming the choices
-    for name, value in (("--min-pairs", min_pairs), ("--eval-tasks", eval_tasks), ("--rectifications", rectifications)):
-        _require(value >= 1, f"{name} {value}: must be at least 1")
-    _require(max_pairs >= min_pairs, f"--max-pairs {max_pairs}: must be at least --min-pairs ({min_pairs})")
-    _require(poll > 0, f"--poll {poll}: must be > 0 seconds")
-    _require(chosen_by in ("outcome", "step"), f"--chosen-by {chosen_by}: choose outcome or step")
-    _require(gate_metric in ("success", "step-accuracy"), f"--gate-metric {gate_metric}: choose success or step-accuracy")
+    with _flags({"poll_s": "--poll"}):  # TrainerConfig checks the options
+        config = TrainerConfig(suite=suite, model=model, backend=backend, base_url=base_url, dtype=dtype,
+                               min_pairs=min_pairs, max_pairs=max_pairs, eval_tasks=eval_tasks, eval_level=eval_level,
+                               rectifications=rectifications, chosen_by=chosen_by, gate_metric=gate_metric, poll_s=poll,
+                               serve_url=serve_url)
+        config.check_suite(task_suite)
+    # what this command allows of what the library can do
     _require(backend in ("transformers", "openai"), f"--backend {backend}: the trainer samples with transformers or openai")
-    _require(eval_level is None or eval_level in task_suite.levels,
-             f"--eval-level {eval_level}: {suite} has levels {', '.join(map(str, task_suite.levels))}")
     _require(base_url is None or backend == "openai", "--base-url is for --backend openai; drop it or add --backend openai")
     from agentkit.llm.openai import check_base_url
 
@@ -108,12 +109,6 @@ def start(
         load_backend("openai", model, base_url=base_url).close()
 
     if foreground:
-        from agentkit.learn.daemon import TrainerConfig, run_daemon
-
-        config = TrainerConfig(suite=suite, model=model, backend=backend, base_url=base_url, dtype=dtype,
-                               min_pairs=min_pairs, max_pairs=max_pairs, eval_tasks=eval_tasks, eval_level=eval_level,
-                               rectifications=rectifications, chosen_by=chosen_by, gate_metric=gate_metric, poll_s=poll,
-                               serve_url=serve_url)
         detached = bool(os.environ.get(_DETACHED))
         if not detached:
             typer.echo(f"trainer running in the foreground (pid {os.getpid()}); Ctrl-C stops it; log: {files.log}", err=True)

@@ -489,6 +489,8 @@ def test_serve_prints_the_url_and_stops_on_ctrl_c(monkeypatch):
     (["--step-advantages", "vibes"], "--step-advantages vibes: choose none or checker"),
     (["--method", "step-dpo", "--step-advantages", "checker"], "is for --method grpo or rloo, not step-dpo"),
     (["--chosen-by", "vibes"], "--chosen-by vibes: choose outcome or step"),
+    (["--gate-metric", "vibes"], "--gate-metric vibes: choose success or step-accuracy"),
+    (["--rounds", "0"], "--rounds 0: must be at least 1"),
     (["plan_solve_check", "--method", "grpo"], "improve graph 'plan_solve_check' with --method step-dpo or rft"),
     (["plan_solve_check", "--memory", "2"], "graph 'plan_solve_check' declares memory on its nodes"),
     (["no_such_graph"], "no_such_graph"),
@@ -496,6 +498,15 @@ def test_serve_prints_the_url_and_stops_on_ctrl_c(monkeypatch):
 def test_improve_rejects_bad_options_before_loading_a_model(args, message, tmp_path):
     result = invoke("improve", *args, "--store", str(tmp_path / "runs.db"))
     assert result.exit_code == 1 and result.stderr.startswith("error: ") and message in result.stderr
+
+
+def test_a_config_error_reads_as_fields_in_the_library_and_as_flags_in_the_cli():
+    """ImproveConfig and TrainerConfig own their checks; the commands show the same errors with their flags."""
+    from agentkit.errors import ConfigError
+
+    exc = ConfigError("`max_pairs=8`: must be at least `min_pairs` (64); or add `explore=search`")
+    assert str(exc) == "max_pairs 8: must be at least min_pairs (64); or add explore 'search'"
+    assert exc.as_flags({"explore": "--how"}) == "--max-pairs 8: must be at least --min-pairs (64); or add --how search"
 
 
 def test_improve_defaults_are_improve_configs(monkeypatch, tmp_path):

@@ -115,9 +115,9 @@ def test_improve_config_refuses_unknown_choices():
 
     with pytest.raises(AgentkitError, match="chosen_by 'vibes'"):
         ImproveConfig(chosen_by="vibes")
-    with pytest.raises(AgentkitError, match="gate metric 'vibes'"):
+    with pytest.raises(AgentkitError, match="gate_metric 'vibes'"):
         ImproveConfig(gate_metric="vibes")
-    with pytest.raises(AgentkitError, match="step advantages 'vibes'"):
+    with pytest.raises(AgentkitError, match="step_advantages 'vibes'"):
         ImproveConfig(step_advantages="vibes")
 
 

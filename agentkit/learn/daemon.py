@@ -32,7 +32,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from agentkit.errors import AgentkitError
+from agentkit.errors import AgentkitError, ConfigError
 from agentkit.learn.credit import CREDIT_METHODS
 from agentkit.learn.cycle import CandidateConfig, gate_candidate, register_trained, train_candidate
 from agentkit.learn.gate import GateConfig
@@ -80,26 +80,29 @@ class TrainerConfig(GateConfig, CandidateConfig):
     output_dir: str | None = field(default=None, metadata={"help": "Candidates go here (None: runs.trainer/ beside the store)."})
 
     def __post_init__(self) -> None:
+        # the CLI's checks too: ConfigError names the knobs in backquotes, which `agentkit
+        # trainer start` shows as its flags
         super().__post_init__()  # GateConfig's checks
-        _check([
-            (self.min_pairs >= 1, f"min_pairs {self.min_pairs}: must be at least 1"),
-            (self.max_pairs >= self.min_pairs, f"max_pairs {self.max_pairs}: must be at least min_pairs ({self.min_pairs})"),
-            (self.credit in CREDIT_METHODS, f"credit {self.credit!r}: choose one of {', '.join(CREDIT_METHODS)}"),
-            (self.chosen_by in CHOSEN_BY, f"chosen_by {self.chosen_by!r}: choose one of {', '.join(CHOSEN_BY)}"),
-            (self.poll_s > 0, f"poll_s {self.poll_s}: must be > 0"),
-            (self.batch_runs >= 1 and self.max_errors >= 1, "batch_runs and max_errors must be at least 1"),
-            (self.rectifications >= 1, f"rectifications {self.rectifications}: must be at least 1"),
-        ])
+        for name in ("min_pairs", "rectifications", "batch_runs", "max_errors"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"`{name}={getattr(self, name)}`: must be at least 1")
+        if self.max_pairs < self.min_pairs:
+            raise ConfigError(f"`max_pairs={self.max_pairs}`: must be at least `min_pairs` ({self.min_pairs})")
+        if self.poll_s <= 0:
+            raise ConfigError(f"`poll_s={self.poll_s}`: must be > 0 seconds")
+        if self.credit not in CREDIT_METHODS:
+            raise ConfigError(f"`credit={self.credit}`: choose one of {', '.join(CREDIT_METHODS)}")
+        if self.chosen_by not in CHOSEN_BY:
+            raise ConfigError(f"`chosen_by={self.chosen_by}`: choose {' or '.join(CHOSEN_BY)}")
 
     def check_suite(self, suite: Suite) -> None:
         """What depends on the suite, checked by the daemon that loads it (building a config
         loads nothing)."""
-        _check([
-            (self.eval_level is None or self.eval_level in suite.levels,
-             f"eval_level {self.eval_level}: {self.suite} has levels {', '.join(map(str, suite.levels))}"),
-            (self.chosen_by != "step" or suite.has_step_checker,
-             f"chosen_by 'step' needs a step checker and suite '{self.suite}' has none; use 'outcome'"),
-        ])
+        if self.eval_level is not None and self.eval_level not in suite.levels:
+            raise ConfigError(f"`eval_level={self.eval_level}`: {self.suite} has levels {', '.join(map(str, suite.levels))}")
+        if self.chosen_by == "step" and not suite.has_step_checker:
+            raise ConfigError(f"`chosen_by=step` needs a step checker and suite '{self.suite}' has none; "
+                              "use `chosen_by=outcome`")
 
     def pair_config(self) -> StepDPOConfig:
         """How a cycle samples rectifications and builds Step-DPO pairs."""
@@ -111,12 +114,6 @@ class TrainerConfig(GateConfig, CandidateConfig):
         return DPOConfig(output_dir=output_dir, lr=self.lr, epochs=self.epochs, batch_size=self.batch_size,
                          beta=self.beta, nll_weight=self.nll_weight, lora_r=self.lora_r, seed=self.seed,
                          checkpoint_every=self.checkpoint_every, dtype=self.dtype)
-
-
-def _check(checks: list[tuple[bool, str]]) -> None:
-    for ok, message in checks:
-        if not ok:
-            raise AgentkitError(f"trainer config: {message}")
 
 
 @dataclass

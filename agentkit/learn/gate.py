@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from typing import Any, Sequence
 
-from agentkit.errors import AgentkitError
+from agentkit.errors import AgentkitError, ConfigError
 from agentkit.llm.base import LLM
 from agentkit.llm.views import PolicyLLM
 from agentkit.store.policies import PolicyRegistry
@@ -60,12 +60,11 @@ class GateConfig:
     concurrency: int = field(default=16, metadata={"help": "Gate tasks in flight at once."})
 
     def __post_init__(self) -> None:
-        if self.eval_tasks < 1:
-            raise AgentkitError(f"eval_tasks {self.eval_tasks}: must be at least 1")
+        for name in ("eval_tasks", "concurrency"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"`{name}={getattr(self, name)}`: must be at least 1")
         if self.gate_metric not in GATE_METRICS:
-            raise AgentkitError(f"gate metric '{self.gate_metric}' is unknown; choose one of {', '.join(GATE_METRICS)}")
-        if self.concurrency < 1:
-            raise AgentkitError(f"concurrency {self.concurrency}: must be at least 1")
+            raise ConfigError(f"`gate_metric={self.gate_metric}`: choose {' or '.join(GATE_METRICS)}")
 
 
 def mcnemar_exact(b: int, c: int) -> float:

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from agentkit.errors import AgentkitError
+from agentkit.errors import AgentkitError, ConfigError
 from agentkit.graph import load_graph
 from agentkit.learn.credit import output_step
 from agentkit.learn.cycle import CandidateConfig, gate_candidate, register_trained, train_candidate
@@ -142,51 +142,62 @@ class ImproveConfig(GateConfig, CandidateConfig):
     output_dir: str = "agentkit-improve"
 
     def __post_init__(self) -> None:
+        # every check of a run's settings, the CLI's too: ConfigError names the knobs in
+        # backquotes, which `agentkit improve` shows as its flags
         super().__post_init__()  # GateConfig's checks
+        single = self.graph in (None, "single_solver", "solve")
         if self.method not in METHODS:
-            raise AgentkitError(f"method '{self.method}' is unknown; choose one of {', '.join(METHODS)}")
+            raise ConfigError(f"`method={self.method}`: choose one of {', '.join(METHODS)}")
         if self.explore is None:
             self.explore = default_explore(self.method, self.graph)
         if self.from_base is None:
             self.from_base = self.method == "rft" and self.explore == "search"
-        if self.rounds < 1 or self.train_tasks < 1:
-            raise AgentkitError("rounds and train_tasks must each be at least 1")
-        if not self.levels:
-            raise AgentkitError("levels is empty; pass at least one difficulty level, e.g. --levels 1 2")
-        if self.chosen_by not in CHOSEN_BY:
-            raise AgentkitError(f"chosen_by '{self.chosen_by}' is unknown; choose one of {', '.join(CHOSEN_BY)}")
-        if self.step_advantages not in STEP_ADVANTAGES:
-            raise AgentkitError(f"step advantages '{self.step_advantages}' are unknown; choose one of "
-                                f"{', '.join(STEP_ADVANTAGES)}")
         if self.explore not in EXPLORE:
-            raise AgentkitError(f"explore '{self.explore}' is unknown; choose one of {', '.join(EXPLORE)}")
+            raise ConfigError(f"`explore={self.explore}`: choose one of {', '.join(EXPLORE)}")
         if self.explore == "search":
-            if self.graph not in (None, "single_solver", "solve"):
-                raise AgentkitError(f"explore=search searches the single solve prompt; graph '{self.graph}' declares "
-                                    "search on its solver node (add_node(..., search=...)), so improve it with "
-                                    "explore='sample'")
+            if not single:
+                raise ConfigError(f"`explore=search` searches the single solve prompt; graph '{self.graph}' declares "
+                                  "search on its solver node (add_node(..., search=...)), so improve it with "
+                                  "`explore=sample`")
             if self.method not in SEARCH_METHODS:
-                raise AgentkitError(f"method '{self.method}' does not train on search trees; with explore=search "
-                                    f"choose one of {', '.join(SEARCH_METHODS)}")
-            as_strategy(self.search)  # a bad spec fails here, before anything loads
-            if self.from_base and self.method in ("grpo", "rloo"):
-                raise AgentkitError(f"method '{self.method}' continues the policy that sampled its groups; drop from_base "
-                                    "(--from-base), which trains a fresh adapter on every round's data")
+                raise ConfigError(f"`method={self.method}` does not train on search trees; with `explore=search` "
+                                  f"choose one of {', '.join(SEARCH_METHODS)}")
+            try:
+                as_strategy(self.search)  # a bad spec fails here, before anything loads
+            except AgentkitError as exc:
+                raise ConfigError(f"`search={self.search}`: {exc}") from None
         elif self.method == "expert":
-            raise AgentkitError("method 'expert' trains on search trees; add explore='search' (--explore search)")
-        if self.advance_at and self.explore != "search":
-            raise AgentkitError(f"advance_at={self.advance_at} reads search's success on fresh tasks; add explore='search'")
-        if not 0.0 <= self.advance_at <= 1.0:
-            raise AgentkitError(f"advance_at={self.advance_at}: give a share of tasks in [0, 1] (0: fixed schedule)")
+            raise ConfigError("`method=expert` trains on search trees; add `explore=search`")
+        for name in ("rounds", "train_tasks"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"`{name}={getattr(self, name)}`: must be at least 1")
         if self.final_tasks < 0:
-            raise AgentkitError(f"final_tasks={self.final_tasks}: give 0 (off) or more tasks")
-        if self.graph not in (None, "single_solver", "solve"):
-            if self.method not in GRAPH_METHODS:
-                raise AgentkitError(f"method '{self.method}' trains the single solver only; improve graph "
-                                    f"'{self.graph}' with {' or '.join(GRAPH_METHODS)}")
-            if self.memory:
-                raise AgentkitError(f"memory={self.memory} sets the solve prompt; graph '{self.graph}' declares "
-                                    "memory on its nodes, drop it")
+            raise ConfigError(f"`final_tasks={self.final_tasks}`: give 0 (off) or more tasks")
+        if not self.levels:
+            raise ConfigError("`levels` is empty; give at least one difficulty level")
+        if not 0.0 <= self.advance_at <= 1.0:
+            raise ConfigError(f"`advance_at={self.advance_at}`: give a share of tasks in [0, 1] (0: fixed schedule)")
+        if self.advance_at and self.explore != "search":
+            raise ConfigError(f"`advance_at={self.advance_at}` reads search's success on fresh tasks; add "
+                              "`explore=search` or drop `advance_at`")
+        if not single and self.method not in GRAPH_METHODS:
+            raise ConfigError(f"`method={self.method}` trains the single solver only; improve graph '{self.graph}' "
+                              f"with `method` {' or '.join(GRAPH_METHODS)}")
+        if not single and self.memory:
+            raise ConfigError(f"`memory={self.memory}` sets the solve prompt; graph '{self.graph}' declares memory on "
+                              "its nodes, drop `memory`")
+        if self.memory < 0:
+            raise ConfigError(f"`memory={self.memory}`: give a number of library items, 0 or more")
+        if self.chosen_by not in CHOSEN_BY:
+            raise ConfigError(f"`chosen_by={self.chosen_by}`: choose {' or '.join(CHOSEN_BY)}")
+        if self.step_advantages not in STEP_ADVANTAGES:
+            raise ConfigError(f"`step_advantages={self.step_advantages}`: choose {' or '.join(STEP_ADVANTAGES)}")
+        if self.step_advantages != "none" and self.method not in ("grpo", "rloo"):
+            raise ConfigError(f"`step_advantages={self.step_advantages}` is for `method` grpo or rloo, not "
+                              f"{self.method}; drop it")
+        if self.from_base and self.method in ("grpo", "rloo"):
+            raise ConfigError(f"`method={self.method}` continues the policy that sampled its groups; drop `from_base`, "
+                              "which trains a fresh adapter on every round's data")
 
     def pair_config(self, round_: int) -> StepDPOConfig:
         """How round ``round_`` samples and rectifies."""
