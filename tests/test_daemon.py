@@ -371,6 +371,22 @@ def test_trainer_commands_refuse_bad_input_with_one_line(args, message, tmp_path
     assert running_pid(TrainerFiles.beside(store).pid) is None
 
 
+def test_trainer_start_defaults_are_trainer_configs(tmp_path, monkeypatch):
+    """The command states no default of its own: changing one in TrainerConfig changes it."""
+    from dataclasses import asdict
+
+    from typer.testing import CliRunner
+
+    import agentkit.learn.daemon as daemon
+    from agentkit.cli.app import app
+
+    configs = []
+    monkeypatch.setattr(daemon, "run_daemon", lambda path, config, echo: configs.append(config))
+    result = CliRunner().invoke(app, ["trainer", "start", "--foreground", "--store", str(tmp_path / "runs.db")])
+    assert result.exit_code == 0, result.stderr
+    assert asdict(configs[0]) == asdict(daemon.TrainerConfig())
+
+
 def test_a_start_that_loses_the_race_for_the_lock_says_a_trainer_is_running(tmp_path, monkeypatch):
     """Two starts at once: both see no trainer, both spawn one, and the second child finds
     the lock taken. Its parent says so in the same one line as a start that saw it at once."""
