@@ -80,8 +80,9 @@ def main() -> None:
     parser.add_argument("--gate-metric", choices=["success", "step-accuracy"], default=defaults.gate_metric)
     parser.add_argument("--advance-at", type=float, default=defaults.advance_at,
                         help="with several --levels: move up once search solves this share of fresh tasks")
-    parser.add_argument("--from-base", action=argparse.BooleanOptionalAction, default=defaults.from_base,
-                        help="train every candidate from the base model on the replay buffer")
+    parser.add_argument("--from-base", action=argparse.BooleanOptionalAction, default=None,
+                        help="train every candidate from the base model on the replay buffer "
+                             "(default: ImproveConfig's, on for rft on search trees)")
     parser.add_argument("--name", default=None, help="result file name (default improve-<explore>-<method>)")
     args = parser.parse_args()
 
