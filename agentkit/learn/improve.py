@@ -39,6 +39,7 @@ from agentkit.runtime import Budget, GraphAgent, SolveAgent, run_tasks
 from agentkit.runtime.policy import adapter_name, load_policy
 from agentkit.graph.search import as_strategy
 from agentkit.store import ImproveLog, PairStore, PolicyRegistry
+from agentkit.store.policies import BASE
 from agentkit.store.protocols import RunStore
 from agentkit.tasks import Suite, Task, get_suite, split_steps
 from agentkit.train.configs import DPOConfig, PGConfig, SFTConfig, TrainConfig, field_of
@@ -62,6 +63,8 @@ SEARCH_METHODS = ("rft", "step-dpo", "expert", "grpo", "rloo")
 (DPO + NLL), ``expert`` does both in one candidate (SFT on the solutions, then DPO + NLL
 on the pairs, continuing it)."""
 SEARCH_BY_DEFAULT = ("rft", "step-dpo", "expert")
+POLICY_GRADIENT = ("grpo", "rloo")
+"""Methods that train on-policy: they continue the policy that sampled their groups."""
 """The methods that collect by search unless the config says otherwise (``default_explore``);
 grpo and rloo sample their groups unless told to search."""
 SAMPLING_TEMPERATURE = 0.8
@@ -192,10 +195,10 @@ class ImproveConfig(GateConfig, CandidateConfig):
             raise ConfigError(f"`chosen_by={self.chosen_by}`: choose {' or '.join(CHOSEN_BY)}")
         if self.step_advantages not in STEP_ADVANTAGES:
             raise ConfigError(f"`step_advantages={self.step_advantages}`: choose {' or '.join(STEP_ADVANTAGES)}")
-        if self.step_advantages != "none" and self.method not in ("grpo", "rloo"):
+        if self.step_advantages != "none" and self.method not in POLICY_GRADIENT:
             raise ConfigError(f"`step_advantages={self.step_advantages}` is for `method` grpo or rloo, not "
                               f"{self.method}; drop it")
-        if self.from_base and self.method in ("grpo", "rloo"):
+        if self.from_base and self.method in POLICY_GRADIENT:
             raise ConfigError(f"`method={self.method}` continues the policy that sampled its groups; drop `from_base`, "
                               "which trains a fresh adapter on every round's data")
 
@@ -425,16 +428,16 @@ class _Staged:
 def _train(registry: PolicyRegistry, config: ImproveConfig, out: Path, model: str, incumbent: str, examples: Any) -> Any:
     """Train the round's candidate: one trainer run, or two stages for method=expert. It
     starts from the active policy's adapter, or from the base model with ``from_base``."""
-    incumbent = "base" if config.from_base else incumbent
+    start = BASE if config.from_base else incumbent
     if not isinstance(examples, _Staged):
-        return train_candidate(registry, config.train_config(out), model, incumbent, examples)
+        return train_candidate(registry, config.train_config(out), model, start, examples)
     result = None
     if examples.solutions:
-        result = train_candidate(registry, config.train_config(out / "sft", method="rft"), model, incumbent,
+        result = train_candidate(registry, config.train_config(out / "sft", method="rft"), model, start,
                                  examples.solutions)
     if examples.pairs:
         parent = result.adapter_path if result is not None else None
-        result = train_candidate(registry, config.train_config(out / "dpo", method="step-dpo"), model, incumbent,
+        result = train_candidate(registry, config.train_config(out / "dpo", method="step-dpo"), model, start,
                                  examples.pairs, parent_adapter=parent)
     return result
 
@@ -466,7 +469,7 @@ def _collect_search(llm: LLM, suite: Suite, tasks: list[Task], store: RunStore, 
         return solved, counts, sampled
     if config.method == "step-dpo":
         return pairs, counts, sampled
-    if config.method in ("grpo", "rloo"):  # on-policy: this round's trees only
+    if config.method in POLICY_GRADIENT:  # on-policy: this round's trees only
         groups = tree_groups(runs)
         return groups, {**counts, "groups": len(groups)}, sampled
     return _Staged(solved, pairs), counts, sampled
