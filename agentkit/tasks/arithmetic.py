@@ -53,6 +53,20 @@ class ArithmeticSuite(Suite):
         steps beyond the gold count are wrong."""
         gold = [(Fraction(a), op, Fraction(b), Fraction(c)) for a, op, b, c in task.data["steps"]]
         return [k < len(gold) and parse_equation(step) == gold[k] for k, step in enumerate(split_steps(text))]
+    def family(self, task: Task) -> str:
+        """The chain of operations, each marked where school arithmetic gets harder: "+c" an
+        addition that carries out of the units, "-b" a subtraction that borrows, "*h" a
+        product that reaches the hundreds; "+", "-" and "*" the plain ones. So "+c" at level 1
+        and "-b *h" at level 2: six families per operation, 6**level in all."""
+        return " ".join(_mark(a, op, b, c) for a, op, b, c in task.data["steps"])
+
+
+def _mark(a: int, op: str, b: int, c: int) -> str:
+    if op == "+":
+        return "+c" if a % 10 + b % 10 >= 10 else "+"
+    if op == "-":
+        return "-b" if a % 10 < b % 10 else "-"
+    return "*h" if c >= 100 else "*"
 
 
 def _next_operation(rng: random.Random, value: int) -> tuple[str, int]:

@@ -309,6 +309,13 @@ class Suite(ABC):
             cache[(level, shots)] = self.tasks("train", shots + 1, level, seed=_SHOT_SEED)
         return [t for t in cache[(level, shots)] if t.question != task.question][:shots]
 
+    def family(self, task: Task) -> str:
+        """A coarse difficulty family of ``task``, which the curriculum (agentkit.learn.curriculum)
+        learns a success rate for: tasks of one family should be about as hard as each other
+        for a policy, and a level should have few families, so that one round of ~100 tasks
+        says something about each. Not ``family_of``, the key memory items are kept under."""
+        return f"level-{task.level}"
+
     def parse_answer(self, text: str) -> str | None:
         """The final answer: the text after the last "Answer:" line, None if missing."""
         return parse_answer(text)
