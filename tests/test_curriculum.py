@@ -3,8 +3,12 @@
 
 from __future__ import annotations
 
+import random
+from collections import Counter
+
 import pytest
 
+from agentkit.learn.curriculum import FamilyBandit
 from agentkit.tasks import Task, get_suite
 
 
@@ -32,3 +36,45 @@ def test_a_level_of_arithmetic_has_six_families_and_other_suites_use_the_level()
     assert {suite.family(t) for t in suite.tasks("train", 200, level=1)} == {"+", "+c", "-", "-b", "*", "*h"}
     countdown = get_suite("countdown")
     assert countdown.family(countdown.tasks("train", 1, level=3)[0]) == "level-3"
+
+
+def outcomes(solved: dict[str, list[bool]]):
+    return [(family, ok) for family, oks in solved.items() for ok in oks]
+
+
+def test_the_bandit_picks_the_family_solved_half_the_time():
+    bandit = FamilyBandit()
+    bandit.update(outcomes({"A": [True] * 12, "B": [False] * 12, "C": [True, False] * 6}))
+    assert bandit.means() == {"A": 0.929, "B": 0.071, "C": 0.5}
+    pool = [(f, k) for f in "ABC" for k in range(100)]
+    rng, counts = random.Random(0), Counter()
+    for _ in range(20):  # 20 rounds' picks: one Thompson sample per family each
+        picked = bandit.select(pool, 60, rng, family=lambda item: item[0])
+        assert len(picked) == len(set(picked)) == 60 and picked == sorted(picked)  # no repeats, in pool order
+        counts.update(f for f, _ in picked)
+    assert counts["C"] > 2 * max(counts["A"], counts["B"]), counts
+    assert min(counts["A"], counts["B"]) > 60, counts  # the floor: no family starves
+
+
+def test_without_evidence_every_family_gets_picked():
+    pool = [(f, k) for f in "ABCDEF" for k in range(20)]
+    counts = Counter(f for f, _ in FamilyBandit().select(pool, 60, random.Random(1), family=lambda item: item[0]))
+    assert set(counts) == set("ABCDEF")
+
+
+def test_the_discount_shrinks_old_evidence_toward_the_prior():
+    bandit = FamilyBandit(discount=0.5)
+    bandit.update(outcomes({"A": [True] * 8}))
+    assert (bandit.alpha["A"], bandit.beta["A"]) == (9.0, 1.0)
+    bandit.update(outcomes({"A": [False] * 2}))  # old counts halved, then the new ones added
+    assert (bandit.alpha["A"], bandit.beta["A"]) == (5.0, 3.0)
+    bandit.update([])
+    assert (bandit.alpha["A"], bandit.beta["A"]) == (3.0, 2.0)
+
+
+def test_the_state_round_trips_through_a_dict():
+    bandit = FamilyBandit(discount=0.7, floor=0.05)
+    bandit.update(outcomes({"+c": [True, False, False], "*h": [True]}))
+    state = bandit.as_dict()
+    assert state == {"discount": 0.7, "floor": 0.05, "families": {"*h": [2.0, 1.0], "+c": [2.0, 3.0]}}
+    assert FamilyBandit.from_dict(state) == bandit
