@@ -247,9 +247,10 @@ def test_final_test_set_is_disjoint_from_the_gate_set_and_never_changes():
     assert all(t.split == "test" for t in final)
 
 
-def search_lines(suite, greedy, tasks):
+def search_lines(suite, greedy, tasks, solvable=lambda task: True):
     """Search lines for ``tasks``: every other sample under a prefix is the right next
-    line; any other request goes to ``greedy``."""
+    line (for the ``solvable`` tasks; the others get only wrong lines); any other request
+    goes to ``greedy``."""
     from collections import defaultdict
 
     counters = defaultdict(int)
@@ -263,7 +264,7 @@ def search_lines(suite, greedy, tasks):
         gold = [line + "\n" for line in task.solution.split("\n")]
         counters[prompt] += 1
         done = solution.count("\n")
-        right = solution == "".join(gold[:done]) and counters[prompt] % 2 == 0
+        right = solution == "".join(gold[:done]) and counters[prompt] % 2 == 0 and solvable(task)
         return gold[done] if right else ("Answer: 3\n" if done else "Step 1: 1 + 1 = 3\n")
 
     return reply
@@ -315,6 +316,56 @@ def test_the_curriculum_moves_up_once_search_solves_enough_fresh_tasks(tmp_path,
     assert rounds[1].new_data["solved"] == 4 and [r.level for r in rounds[1:]] == [1, 2]
     with pytest.raises(AgentkitError, match="advance_at"):
         ImproveConfig(explore="sample", advance_at=0.5)  # it reads search's success: explore=search only
+
+
+def test_the_mopps_curriculum_searches_more_of_the_family_search_solves_sometimes(tmp_path, monkeypatch):
+    """Plumbing: search solves every addition, no subtraction and the multiplications of an
+    even number. Round 1 picks from a flat prior; fed with what search solved, the bandit
+    makes round 2 search more multiplications (its families "*" and "*h") out of a pool of
+    the same make-up, and the journal says what it believed. Nothing trains: the test is
+    about which tasks are searched."""
+    import importlib
+    from types import SimpleNamespace
+
+    improve_module = importlib.import_module("agentkit.learn.improve")
+    monkeypatch.setattr(improve_module, "_train", lambda *a, **k: SimpleNamespace(adapter_path=None, stats={}))
+    monkeypatch.chdir(tmp_path)
+    tok = build_tiny_tokenizer()
+    suite = get_suite("arithmetic")
+    tasks = [t for r in (1, 2) for t in suite.tasks("train", 128, level=1, seed=1000 * r)]
+
+    def solvable(task):
+        a, op, _, _ = task.data["steps"][0]
+        return op == "+" or (op == "*" and a % 2 == 0)
+
+    def wrong(prompt, request):  # round 0's measurement
+        return "Step 1: 1 + 1 = 3\nAnswer: 3\n" if "Question: " in prompt else "ok"
+
+    llm = char_scripted(search_lines(suite, wrong, tasks, solvable), tok)
+    config = ImproveConfig(method="rft", explore="search", search="beam:1x4", rounds=2, levels=[1], train_tasks=32,
+                           curriculum="mopps", pool=4, eval_tasks=4, final_tasks=0, concurrency=8,
+                           output_dir=str(tmp_path / "improve"))
+    with TrajectoryStore(tmp_path / "runs.db") as store:
+        rounds = improve(llm, store, config)
+        [run] = ImproveLog(store).list()
+        journal = ImproveLog(store).get(run.id).rounds
+    picked = [r.new_data["picked"] for r in rounds[1:]]
+    assert [sum(p.values()) for p in picked] == [32, 32] and [r.new_data["searched"] for r in rounds[1:]] == [32, 32]
+    by_op = [{op: sum(n for f, n in p.items() if f[0] == op) for op in "+-*"} for p in picked]
+    assert by_op[1]["*"] > by_op[0]["*"] + 4 and by_op[1]["*"] > max(by_op[1]["+"], by_op[1]["-"]), by_op
+    belief = rounds[2].new_data["curriculum"]
+    assert min(belief["+"], belief["+c"]) > 0.75 and max(belief["-"], belief["-b"]) < 0.25, belief
+    assert journal[2]["new_data"]["curriculum"] == belief
+
+
+def test_a_curriculum_needs_search_and_a_pool():
+    with pytest.raises(AgentkitError, match="curriculum 'easy': choose one of none, mopps"):
+        ImproveConfig(curriculum="easy")
+    with pytest.raises(AgentkitError, match="pool 0: must be at least 1"):
+        ImproveConfig(curriculum="mopps", pool=0)
+    with pytest.raises(AgentkitError, match="curriculum 'mopps' learns from search's solved tasks"):
+        ImproveConfig(curriculum="mopps", explore="sample")
+    assert ImproveConfig(curriculum="mopps").explore == "search"  # rft searches unless told otherwise
 
 
 def test_search_rounds_train_grpo_on_sibling_groups_and_from_base_starts_fresh(tmp_path, monkeypatch):

@@ -16,6 +16,7 @@ on the suite's gold solutions, the supervised reference self-improvement is meas
 from __future__ import annotations
 
 import logging
+import random
 import resource
 import time
 from dataclasses import asdict, dataclass, field
@@ -25,6 +26,7 @@ from typing import Any, Callable
 from agentkit.errors import AgentkitError, ConfigError
 from agentkit.graph import load_graph
 from agentkit.learn.credit import output_step
+from agentkit.learn.curriculum import FamilyBandit
 from agentkit.learn.cycle import CandidateConfig, gate_candidate, register_trained, train_candidate
 from agentkit.learn.gate import GateConfig, wilson_interval
 from agentkit.learn.trees import search_steps, solution_example, tree_groups, tree_pairs
@@ -46,7 +48,8 @@ from agentkit.train.configs import DPOConfig, PGConfig, SFTConfig, TrainConfig, 
 from agentkit.train.examples import PreferenceExample, RLGroup, SFTExample
 
 __all__ = ["ImproveConfig", "RoundResult", "improve", "METHODS", "GRAPH_METHODS", "STEP_ADVANTAGES", "EXPLORE",
-           "SEARCH_METHODS", "SEARCH_BY_DEFAULT", "default_explore", "checker_values", "final_tasks", "plot_curve"]
+           "CURRICULA", "SEARCH_METHODS", "SEARCH_BY_DEFAULT", "default_explore", "checker_values", "final_tasks",
+           "plot_curve"]
 
 log = logging.getLogger("agentkit.improve")
 
@@ -57,6 +60,9 @@ run's answer, whatever prompt the graph gave it. The others compare outputs of o
 (dpo, grpo, rloo) or need the solver's prompt without a run (gold-sft)."""
 STEP_ADVANTAGES = ("none", "checker")
 EXPLORE = ("sample", "search")
+CURRICULA = ("none", "mopps")
+"""Which of a round's fresh tasks it trains on: all of them, or those a bandit over task
+families expects search to solve about half the time (agentkit.learn.curriculum)."""
 SEARCH_METHODS = ("rft", "step-dpo", "expert", "grpo", "rloo")
 """What trains on search trees: ``rft`` imitates the verified solutions search found
 (expert iteration, ReST-EM), ``step-dpo`` takes the sibling pairs of every expanded node
@@ -109,6 +115,12 @@ class ImproveConfig(GateConfig, CandidateConfig):
     move to the next of ``levels`` (0: follow the fixed schedule)."""
     train_tasks: int = 96
     """New training tasks per round."""
+    curriculum: str = "none"
+    """explore=search: "none" (train on every fresh task) or "mopps" (draw ``pool`` times as
+    many and search the ones whose family (``Suite.family``) a Bayesian bandit, fed with what
+    search solved in the rounds before, expects to be neither always nor never solved)."""
+    pool: int = 4
+    """curriculum=mopps: the candidate tasks a round draws, as a multiple of ``train_tasks``."""
     eval_tasks: int = field_of(GateConfig, "eval_tasks", default=200)
     final_tasks: int = 200
     """Final test tasks: test-split tasks from another seed, disjoint from the gate set, that
@@ -171,7 +183,12 @@ class ImproveConfig(GateConfig, CandidateConfig):
                 raise ConfigError(f"`search={self.search}`: {exc}") from None
         elif self.method == "expert":
             raise ConfigError("`method=expert` trains on search trees; add `explore=search`")
-        for name in ("rounds", "train_tasks"):
+        if self.curriculum not in CURRICULA:
+            raise ConfigError(f"`curriculum={self.curriculum}`: choose one of {', '.join(CURRICULA)}")
+        if self.curriculum != "none" and self.explore != "search":
+            raise ConfigError(f"`curriculum={self.curriculum}` learns from search's solved tasks; add "
+                              "`explore=search` or drop `curriculum`")
+        for name in ("rounds", "train_tasks", "pool"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"`{name}={getattr(self, name)}`: must be at least 1")
         if self.final_tasks < 0:
@@ -315,17 +332,28 @@ def _improve(llm: LLM, store: RunStore, config: ImproveConfig, *, model: Any,
         on_round(rounds[0])
     replay: list[Any] = []  # explore=search: the verified solutions of every round so far
     step = 0  # the curriculum's place in config.levels
+    bandit = FamilyBandit() if config.curriculum == "mopps" else None
 
     for r in range(1, config.rounds + 1):
         start = time.perf_counter()
         step = step if config.advance_at else r - 1
         level = config.levels[min(step, len(config.levels) - 1)]
-        tasks = suite.tasks("train", config.train_tasks, level=level, seed=config.seed + 1000 * r)
+        drawn = config.train_tasks * (config.pool if bandit else 1)
+        tasks = suite.tasks("train", drawn, level=level, seed=config.seed + 1000 * r)
+        if bandit:
+            tasks = bandit.select(tasks, config.train_tasks, random.Random(config.seed * 1000 + r), suite.family)
         adapter = adapter_name(incumbent)
         how = f"searching ({config.search})" if config.explore == "search" else "collecting"
-        status(f"round {r}: {how} on {len(tasks)} level-{level} training tasks with '{incumbent}'")
+        picked = f" (the curriculum's pick of {drawn})" if bandit else ""
+        status(f"round {r}: {how} on {len(tasks)} level-{level} training tasks{picked} with '{incumbent}'")
         if config.explore == "search":
-            examples, new_data, sampled = _collect_search(llm, suite, tasks, store, config, incumbent, adapter, replay, r)
+            examples, new_data, sampled, solved = _collect_search(llm, suite, tasks, store, config, incumbent, adapter,
+                                                                  replay, r)
+            if bandit:
+                families = [suite.family(t) for t in tasks]
+                bandit.update((f, solved.get(t.id, False)) for f, t in zip(families, tasks))
+                new_data["picked"] = {f: families.count(f) for f in sorted(set(families))}
+                new_data["curriculum"] = bandit.means()
             if config.advance_at and new_data["solved"] >= config.advance_at * len(tasks):
                 step += 1
                 status(f"round {r}: search solved {new_data['solved']} of {len(tasks)} fresh level-{level} tasks "
@@ -443,16 +471,20 @@ def _train(registry: PolicyRegistry, config: ImproveConfig, out: Path, model: st
 
 
 def _collect_search(llm: LLM, suite: Suite, tasks: list[Task], store: RunStore, config: ImproveConfig, version: str,
-                    adapter: str | None, replay: list[SFTExample], round_: int = 1) -> tuple[Any, dict[str, Any], int]:
+                    adapter: str | None, replay: list[SFTExample],
+                    round_: int = 1) -> tuple[Any, dict[str, Any], int, dict[str, bool]]:
     """This round's data from search trees: one search per training task with the active
     policy, recorded in the store; verified solutions (rft), sibling pairs (step-dpo), both
-    (expert), or sibling groups with per-step advantages (grpo, rloo)."""
+    (expert), or sibling groups with per-step advantages (grpo, rloo). Last, whether search
+    solved each task, by task id (the curriculum's evidence)."""
     searcher = SolveAgent(shots=config.shots, max_tokens=config.max_tokens, search=config.search,
                           seed=config.seed * 1000 + round_)
     report = run_tasks(PolicyLLM(llm, adapter), suite, tasks, store, agent=searcher, concurrency=config.concurrency,
                        policy_version=version, budget=Budget(max_calls=None, max_tokens=None))
     runs = [store.get_run(r.run_id, steps=True) for r in report.results]
-    solutions = [x for run in runs if (x := solution_example(run)) is not None]
+    found = {run.task_id: solution_example(run) for run in runs}
+    solutions = [x for x in found.values() if x is not None]
+    solved = {task_id: x is not None for task_id, x in found.items()}
     replay += solutions
     pair_store = PairStore(store)
     new_pairs = tree_pairs(runs, suite=suite.name, policy_version=version, decode=llm.decode)
@@ -464,15 +496,15 @@ def _collect_search(llm: LLM, suite: Suite, tasks: list[Task], store: RunStore, 
     keep = set(new_ids)
     pairs = [PreferenceExample.from_record(p) for p in pair_store.pairs(kind="step", suite=suite.name)
              if config.replay or p.id in keep]
-    solved = list(replay) if config.replay else solutions
+    trained = list(replay) if config.replay else solutions
     if config.method == "rft":
-        return solved, counts, sampled
+        return trained, counts, sampled, solved
     if config.method == "step-dpo":
-        return pairs, counts, sampled
+        return pairs, counts, sampled, solved
     if config.method in POLICY_GRADIENT:  # on-policy: this round's trees only
         groups = tree_groups(runs)
-        return groups, {**counts, "groups": len(groups)}, sampled
-    return _Staged(solved, pairs), counts, sampled
+        return groups, {**counts, "groups": len(groups)}, sampled, solved
+    return _Staged(trained, pairs), counts, sampled, solved
 
 
 def _collect(llm: LLM, suite: Suite, tasks: list[Task], store: RunStore, config: ImproveConfig, version: str,
