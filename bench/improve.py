@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from _common import RESULTS, markdown_table, write_result
-from agentkit.learn.improve import EXPLORE, METHODS, ImproveConfig, RoundResult, improve, plot_curve
+from agentkit.learn.improve import CURRICULA, EXPLORE, METHODS, ImproveConfig, RoundResult, improve, plot_curve
 from agentkit.llm.transformers import TransformersLLM
 from agentkit.store import TrajectoryStore
 
@@ -80,6 +80,10 @@ def main() -> None:
     parser.add_argument("--gate-metric", choices=["success", "step-accuracy"], default=defaults.gate_metric)
     parser.add_argument("--advance-at", type=float, default=defaults.advance_at,
                         help="with several --levels: move up once search solves this share of fresh tasks")
+    parser.add_argument("--curriculum", choices=CURRICULA, default=defaults.curriculum,
+                        help="mopps: search the fresh tasks whose family search solves neither always nor never")
+    parser.add_argument("--pool", type=int, default=defaults.pool,
+                        help="with --curriculum mopps: candidate tasks per round, as a multiple of --train-tasks")
     parser.add_argument("--from-base", action=argparse.BooleanOptionalAction, default=None,
                         help="train every candidate from the base model on the replay buffer "
                              "(default: ImproveConfig's, on for rft on search trees)")
@@ -96,7 +100,7 @@ def main() -> None:
             eval_level=args.eval_level, train_tasks=args.train_tasks, eval_tasks=args.eval_tasks,
             final_tasks=args.final_tasks, samples_per_task=args.samples, epochs=args.epochs, lr=args.lr,
             chosen_by=args.chosen_by, gate_metric=args.gate_metric, from_base=args.from_base,
-            advance_at=args.advance_at, seed=seed, output_dir=str(work / "rounds"),
+            advance_at=args.advance_at, curriculum=args.curriculum, pool=args.pool, seed=seed, output_dir=str(work / "rounds"),
         )
         print(f"== seed {seed} of {args.seeds}", flush=True)
         with TransformersLLM("gemma-3-270m") as llm, TrajectoryStore(work / "runs.db") as store:

@@ -26,6 +26,7 @@ EXAMPLES = {
     ],
     "improve": ["agentkit improve",
                 "agentkit improve --levels 1,2 --advance-at 0.5 --rounds 4 --search beam:4x8",
+                "agentkit improve --curriculum mopps --pool 4 --rounds 4",
                 "agentkit improve --explore sample --method step-dpo --levels 1,2 --rounds 3"],
     "traces list": ["agentkit traces list --suite arithmetic --status failure --limit 10"],
     "traces show": ["agentkit traces show 42"],

@@ -32,8 +32,8 @@ class ImproveCommand(ConfigCommand):
         from agentkit.learn.improve import SEARCH_BY_DEFAULT, ImproveConfig
 
         config = ImproveConfig()
-        same = ("suite", "rounds", "method", "advance_at", "train_tasks", "eval_tasks", "final_tasks", "rectifications",
-                "chosen_by", "step_advantages", "gate_metric", "memory")
+        same = ("suite", "rounds", "method", "advance_at", "train_tasks", "curriculum", "pool", "eval_tasks",
+                "final_tasks", "rectifications", "chosen_by", "step_advantages", "gate_metric", "memory")
         trees = ", ".join(SEARCH_BY_DEFAULT[:-1]) + " and " + SEARCH_BY_DEFAULT[-1]
         return {**{name: getattr(config, name) for name in same}, "levels": ",".join(map(str, config.levels)),
                 "samples": config.samples_per_task, "out": Path(config.output_dir),
@@ -50,6 +50,8 @@ def improve(
     levels: str = typer.Option(None, help="Curriculum: training level per round, comma-separated (the last repeats); the gate and final test sets are of the last level."),
     advance_at: float = typer.Option(None, help="With --explore search and several --levels: stay on a level until search solves this share of a round's fresh training tasks (0: one level per round)."),
     train_tasks: int = typer.Option(None, help="New training tasks per round."),
+    curriculum: str = typer.Option(None, help="With --explore search: which fresh tasks a round searches, all (none) or those whose family a Bayesian bandit over search's past successes expects to be solved neither always nor never (mopps)."),
+    pool: int = typer.Option(None, help="With --curriculum mopps: candidate tasks a round draws, as a multiple of --train-tasks; the curriculum picks --train-tasks of them."),
     eval_tasks: int = typer.Option(None, help="Gate tasks: held-out test tasks the gate compares policies on."),
     final_tasks: int = typer.Option(None, help="Final test tasks, apart from the gate tasks, that no decision reads: the active policy's success on them, with a 95% interval, after every round (0: off)."),
     samples: int = typer.Option(None, help="Samples per training task."),
@@ -85,6 +87,7 @@ def improve(
                                samples_per_task=samples, rectifications=rectifications, chosen_by=chosen_by,
                                gate_metric=gate_metric, memory=memory, step_advantages=step_advantages, explore=explore,
                                final_tasks=final_tasks, advance_at=advance_at, from_base=from_base,
+                               curriculum=curriculum, pool=pool,
                                **({"search": search} if search else {}), output_dir=str(out / "rounds"))
     # what a config cannot see: a --search the command was given, and what loads
     _require(search is None or config.explore == "search", f"--search {search} is the strategy of --explore search; "

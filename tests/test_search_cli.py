@@ -135,6 +135,9 @@ def test_run_json_reports_the_search_per_node(monkeypatch, tmp_path):
     (["--advance-at", "0.5", "--method", "grpo"], "--advance-at 0.5 reads search's success"),
     (["--advance-at", "2"], "--advance-at 2.0: give a share of tasks in [0, 1]"),
     (["--final-tasks", "-1"], "--final-tasks -1: give 0 (off) or more tasks"),
+    (["--curriculum", "mopps", "--method", "grpo"], "--curriculum mopps learns from search's solved tasks"),
+    (["--curriculum", "easy"], "--curriculum easy: choose one of none, mopps"),
+    (["--pool", "0"], "--pool 0: must be at least 1"),
 ])
 def test_improve_rejects_bad_search_options_before_loading_a_model(args, message, monkeypatch, tmp_path):
     monkeypatch.setattr(agentkit.llm, "load_backend", lambda *a, **k: pytest.fail("the model loaded"))
