@@ -53,6 +53,7 @@ class ArithmeticSuite(Suite):
         steps beyond the gold count are wrong."""
         gold = [(Fraction(a), op, Fraction(b), Fraction(c)) for a, op, b, c in task.data["steps"]]
         return [k < len(gold) and parse_equation(step) == gold[k] for k, step in enumerate(split_steps(text))]
+
     def family(self, task: Task) -> str:
         """The chain of operations, each marked where school arithmetic gets harder: "+c" an
         addition that carries out of the units, "-b" a subtraction that borrows, "*h" a
