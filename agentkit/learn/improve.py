@@ -69,10 +69,10 @@ SEARCH_METHODS = ("rft", "step-dpo", "expert", "grpo", "rloo")
 (DPO + NLL), ``expert`` does both in one candidate (SFT on the solutions, then DPO + NLL
 on the pairs, continuing it)."""
 SEARCH_BY_DEFAULT = ("rft", "step-dpo", "expert")
-POLICY_GRADIENT = ("grpo", "rloo")
-"""Methods that train on-policy: they continue the policy that sampled their groups."""
 """The methods that collect by search unless the config says otherwise (``default_explore``);
 grpo and rloo sample their groups unless told to search."""
+POLICY_GRADIENT = ("grpo", "rloo")
+"""Methods that train on-policy: they continue the policy that sampled their groups."""
 SAMPLING_TEMPERATURE = 0.8
 FINAL_SEED = 7919
 """The final test set is drawn from this seed offset and never shares a task with the gate set."""
