@@ -218,6 +218,46 @@ def test_group_of_one_is_an_error():
         rloo_advantages(torch.ones(3, 1))
 
 
+def random_weighted_groups(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, G) rewards of a few levels and integer weights 1..5, each group uneven."""
+    gen = torch.Generator().manual_seed(seed)
+    rewards = torch.randint(0, 4, (6, 3), generator=gen).float() / 3
+    rewards[:, 0], rewards[:, 1] = 0.0, 1.0  # no all-equal group
+    weights = torch.randint(1, 6, (6, 3), generator=gen).float()
+    weights[:, 0] = 4.0  # never all 1: equal weights are the unweighted group
+    return rewards, weights
+
+
+@pytest.mark.parametrize("advantage_fn", [grpo_advantages, rloo_advantages])
+def test_weighted_advantages_equal_the_repeated_group(advantage_fn):
+    rewards, weights = random_weighted_groups(seed=0)
+    weighted, degenerate = advantage_fn(rewards, weights=weights)
+    assert not degenerate.any()
+    for r, w, a in zip(rewards, weights, weighted):
+        repeated, _ = advantage_fn(r.repeat_interleave(w.long()))  # (W,)
+        first = torch.cumsum(w.long(), 0) - w.long()  # index of each line's first copy
+        assert_close(a, repeated[first])
+        assert_close(advantage_fn(r, weights=w)[0], a)  # (G,) as one row of (B, G)
+    assert_close(advantage_fn(rewards, weights=torch.ones_like(rewards))[0], advantage_fn(rewards)[0])
+
+
+def test_weighted_grpo_worked_example():
+    # (1, 0) weighted (1, 3) is (1, 0, 0, 0): mean 1/4, Bessel std sqrt(1/4); RLOO baselines 0 and 1/3
+    advantages, _ = grpo_advantages(t(1.0, 0.0), weights=t(1.0, 3.0))
+    assert_close(advantages, t(0.75, -0.25) / (0.5 + 1e-4))
+    advantages, _ = rloo_advantages(t(1.0, 0.0), weights=t(1.0, 3.0))
+    assert_close(advantages, t(1.0, -1 / 3))
+
+
+def test_bad_weights_are_an_error():
+    with pytest.raises(ValueError, match="one weight per reward"):
+        grpo_advantages(t(1.0, 0.0), weights=t(1.0, 2.0, 3.0))
+    with pytest.raises(ValueError, match="positive number of samples"):
+        rloo_advantages(t(1.0, 0.0), weights=t(1.0, 0.0))
+    with pytest.raises(ValueError, match="at most 1 sample"):
+        rloo_advantages(t(1.0, 0.0), weights=t(0.5, 0.5))
+
+
 # --- step advantages ----------------------------------------------------------------------
 
 
@@ -269,3 +309,33 @@ def test_policy_gradient_k3_kl_to_the_reference():
     assert_close(loss, torch.tensor(0.1 * k3))
     same, stats = policy_gradient_loss(logps, logps, torch.zeros(1), torch.ones(1, 2), ref_logps=logps, kl_coef=1.0)
     assert_close(stats["kl"], torch.tensor(0.0))
+
+
+@pytest.mark.parametrize("per_token", [False, True])
+def test_weighted_rows_give_the_loss_gradient_and_stats_of_repeated_rows(per_token):
+    gen = torch.Generator().manual_seed(1)
+    B, T = 3, 5
+    logps = -torch.rand(B, T, generator=gen) * 3  # (B, T)
+    old = logps + 0.4 * torch.randn(B, T, generator=gen)  # ratios off 1, some clipped
+    ref = logps + 0.3 * torch.randn(B, T, generator=gen)
+    advantages = torch.randn(B, T, generator=gen) if per_token else torch.randn(B, generator=gen)
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0], [1, 1, 1, 0, 0]])  # rows of unequal length
+    weights = t(3.0, 1.0, 2.0)
+    index = torch.repeat_interleave(torch.arange(B), weights.long())  # (W,) the repeated rows
+
+    weighted_logps = logps.clone().requires_grad_(True)
+    loss, stats = policy_gradient_loss(weighted_logps, old, advantages, mask, ref_logps=ref, kl_coef=0.1,
+                                       weights=weights)
+    loss.backward()
+    repeated_logps = logps.clone().requires_grad_(True)
+    repeated, repeated_stats = policy_gradient_loss(repeated_logps[index], old[index], advantages[index], mask[index],
+                                                    ref_logps=ref[index], kl_coef=0.1)
+    repeated.backward()
+    assert_close(loss, repeated)
+    assert_close(weighted_logps.grad, repeated_logps.grad)
+    assert stats.keys() == repeated_stats.keys() == {"kl", "ratio", "clip_fraction"}
+    for k in stats:
+        assert_close(stats[k], repeated_stats[k])
+    assert 0 < stats["clip_fraction"] < 1
+    unweighted, _ = policy_gradient_loss(logps, old, advantages, mask, ref_logps=ref, kl_coef=0.1)
+    assert not torch.isclose(unweighted, repeated)  # the weights matter here

@@ -138,7 +138,20 @@ def _groups(rewards: torch.Tensor) -> torch.Tensor:
     return rewards.float().reshape(-1, rewards.shape[-1])  # (B, G)
 
 
-def grpo_advantages(rewards: torch.Tensor, *, eps: float = 1e-4) -> tuple[torch.Tensor, torch.Tensor]:
+def _group_weights(weights: torch.Tensor, rewards: torch.Tensor) -> torch.Tensor:
+    if weights.shape != rewards.shape:
+        raise ValueError(f"weights of shape {tuple(weights.shape)} for rewards of shape {tuple(rewards.shape)}: "
+                         "pass one weight per reward")
+    if not bool((weights > 0).all()):
+        raise ValueError(f"weights {weights.tolist()}: each completion stands for a positive number of samples")
+    weights = weights.float().reshape(-1, weights.shape[-1])  # (B, G)
+    if not bool((weights.sum(dim=1) > 1).all()):
+        raise ValueError(f"weights {weights.tolist()}: a group of at most 1 sample has no baseline")
+    return weights
+
+
+def grpo_advantages(rewards: torch.Tensor, *, weights: torch.Tensor | None = None,
+                    eps: float = 1e-4) -> tuple[torch.Tensor, torch.Tensor]:
     """Group-relative advantages (GRPO, Shao et al. 2024):
 
         A_i = (r_i - mean_j r_j) / (std_j r_j + ε)
@@ -147,26 +160,49 @@ def grpo_advantages(rewards: torch.Tensor, *, eps: float = 1e-4) -> tuple[torch.
     task. Returns (advantages, same shape as rewards; degenerate, () or (B,) bool): a group
     whose rewards are all equal has zero advantages and trains nothing — the caller must
     count and report such groups, not drop them silently.
+
+    ``weights`` (same shape, > 0): how many samples each completion stands for. The group
+    is then the multiset with completion i repeated w_i times, W = sum_j w_j samples:
+
+        mean = sum_j w_j r_j / W,    std² = sum_j w_j (r_j - mean)² / (W - 1)
+
+    which gives each distinct completion the advantage its every copy would get.
     """
     groups = _groups(rewards)  # (B, G)
-    mean = groups.mean(dim=1, keepdim=True)  # (B, 1)
-    std = groups.std(dim=1, keepdim=True)  # (B, 1)
     degenerate = (groups == groups[:, :1]).all(dim=1)  # (B,)
+    if weights is None:
+        mean = groups.mean(dim=1, keepdim=True)  # (B, 1)
+        std = groups.std(dim=1, keepdim=True)  # (B, 1)
+    else:
+        w = _group_weights(weights, rewards)  # (B, G)
+        total = w.sum(dim=1, keepdim=True)  # (B, 1) samples W
+        mean = (w * groups).sum(dim=1, keepdim=True) / total  # (B, 1)
+        std = ((w * (groups - mean) ** 2).sum(dim=1, keepdim=True) / (total - 1)).sqrt()  # (B, 1)
     advantages = torch.where(degenerate[:, None], 0.0, (groups - mean) / (std + eps))  # (B, G)
     return advantages.reshape(rewards.shape), degenerate.reshape(rewards.shape[:-1])
 
 
-def rloo_advantages(rewards: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def rloo_advantages(rewards: torch.Tensor, *, weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Leave-one-out advantages (RLOO, Ahmadian et al. 2024), an unbiased baseline:
 
         A_i = r_i - (1 / (G - 1)) sum_{j != i} r_j
 
     rewards (G,) or (B, G). Returns (advantages, same shape; degenerate, () or (B,) bool) as
     ``grpo_advantages``: all-equal groups give zeros and are flagged for the caller to report.
+
+    ``weights`` (same shape, > 0): completion i stands for w_i samples, W = sum_j w_j; its
+    baseline leaves out one of its copies, as in the repeated group:
+
+        A_i = r_i - (sum_j w_j r_j - r_i) / (W - 1)
     """
     groups = _groups(rewards)  # (B, G)
-    g = groups.shape[1]
-    baseline = (groups.sum(dim=1, keepdim=True) - groups) / (g - 1)  # (B, G)
+    if weights is None:
+        g = groups.shape[1]
+        baseline = (groups.sum(dim=1, keepdim=True) - groups) / (g - 1)  # (B, G)
+    else:
+        w = _group_weights(weights, rewards)  # (B, G)
+        total = w.sum(dim=1, keepdim=True)  # (B, 1) samples W
+        baseline = ((w * groups).sum(dim=1, keepdim=True) - groups) / (total - 1)  # (B, G)
     degenerate = (groups == groups[:, :1]).all(dim=1)  # (B,)
     advantages = torch.where(degenerate[:, None], 0.0, groups - baseline)  # (B, G)
     return advantages.reshape(rewards.shape), degenerate.reshape(rewards.shape[:-1])
@@ -210,6 +246,7 @@ def policy_gradient_loss(
     clip_eps: float = 0.2,
     ref_logps: torch.Tensor | None = None,
     kl_coef: float = 0.0,
+    weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The clipped token-level surrogate of PPO/GRPO with a k3 KL penalty to the reference:
 
@@ -222,13 +259,29 @@ def policy_gradient_loss(
     they equal ``logps.detach()`` and ρ = 1). The KL term is computed whenever ``ref_logps``
     is given (for the stats) and added only with ``kl_coef`` > 0.
 
+    ``weights`` (B,): how many samples each row stands for. Row b's tokens then count w_b
+    times in the token mean, ``mask_t`` above becoming ``w_b · mask_t`` in both sums, so a
+    row of weight k gives the loss, gradient and stats of k identical rows while its forward
+    and backward run once.
+
     logps, old_logps, mask (B, T); advantages (B, T) per token or (B,) per sequence;
     ref_logps (B, T) or None. Returns (loss scalar, stats): stats hold detached scalars
     ``ratio`` (mean ρ), ``clip_fraction`` (share of tokens where the clip is active) and
     ``kl`` (mean k3, when ``ref_logps`` is given), all over the masked tokens.
     """
     mask = mask.bool()
-    n = mask.sum().clamp(min=1)
+    if weights is None:
+        n = mask.sum().clamp(min=1)
+
+        def total(x: torch.Tensor) -> torch.Tensor:
+            return torch.where(mask, x, 0.0).sum()
+    else:
+        counts = torch.where(mask, weights.to(logps.dtype)[:, None], 0.0)  # (B, T) samples per token
+        n = counts.sum()
+        n = torch.where(n > 0, n, torch.ones_like(n))
+
+        def total(x: torch.Tensor) -> torch.Tensor:
+            return torch.where(mask, counts * x, 0.0).sum()
     if advantages.dim() == 1:
         advantages = advantages[:, None].expand_as(logps)  # (B, T)
     ratio = torch.exp(logps - old_logps)  # (B, T)
@@ -241,10 +294,10 @@ def policy_gradient_loss(
         kl = torch.exp(delta) - delta - 1  # (B, T)
         if kl_coef:
             per_token = per_token + kl_coef * kl
-        stats["kl"] = (torch.where(mask, kl, 0.0).sum() / n).detach()
-    loss = torch.where(mask, per_token, 0.0).sum() / n
+        stats["kl"] = (total(kl) / n).detach()
+    loss = total(per_token) / n
     with torch.no_grad():
         is_clipped = ((ratio < 1 - clip_eps) & (advantages < 0)) | ((ratio > 1 + clip_eps) & (advantages > 0))  # (B, T)
-        stats["ratio"] = torch.where(mask, ratio, 0.0).sum() / n
-        stats["clip_fraction"] = (is_clipped & mask).sum() / n
+        stats["ratio"] = total(ratio) / n
+        stats["clip_fraction"] = total(is_clipped.to(ratio.dtype)) / n
     return loss, stats
