@@ -181,6 +181,76 @@ def test_step_progress_trains_a_group_whose_rewards_are_all_equal(tiny_model_fac
     assert score(wrong) > before + 0.1  # the wrong step became less likely
 
 
+def weighted_and_repeated(tokenizer, step_values: bool) -> tuple[RLGroup, RLGroup]:
+    """Three distinct lines sampled 3, 1 and 2 times: once with weights, once repeated."""
+    prompt = [2] + encode(tokenizer, "Q: 3+4=")
+    lines = [encode(tokenizer, s) for s in ("7.\n", "8!\n", "34 is it\n")]
+    rewards, weights = [1.0, 0.0, 0.25], [3, 1, 2]
+    extra = lambda k: {} if not step_values else {  # noqa: E731
+        "step_values": [[0.5, 1.0], [0.5, 0.0], [0.5, 0.25]] * k, "step_spans": [[(0, len(c) - 1)] for c in lines] * k}
+    weighted = RLGroup(prompt, lines, rewards, weights=[float(w) for w in weights], id="w", **extra(1))
+    repeat = lambda xs: [x for x, w in zip(xs, weights) for _ in range(w)]  # noqa: E731
+    repeated = RLGroup(prompt, repeat(lines), repeat(rewards), id="r",
+                       **{k: repeat(v) for k, v in extra(1).items()})
+    return weighted, repeated
+
+
+@pytest.mark.parametrize("method,step_weight", [("grpo", 0.0), ("rloo", 0.0), ("grpo", 1.0)])
+def test_a_weighted_group_gives_the_loss_gradient_and_stats_of_its_repeated_group(
+        method, step_weight, tiny_model_factory, tiny_tokenizer, tmp_path):
+    weighted, repeated = weighted_and_repeated(tiny_tokenizer, step_values=bool(step_weight))
+    trainer = Trainer(config(PGConfig, tmp_path, method=method, step_weight=step_weight, kl_coef=0.1,
+                             lora_dropout=0.0), tiny_model_factory())
+    examples = {name: trainer.method.prepare([g])[0] for name, g in (("weighted", weighted), ("repeated", repeated))}
+    refs = {name: trainer.reference(x) for name, x in examples.items()}
+    with torch.no_grad():  # move the policy off its reference (and LoRA B off 0): ratios, KL and every grad live
+        gen = torch.Generator().manual_seed(0)
+        for p in trainer.params:
+            p.add_(0.05 * torch.randn(p.shape, generator=gen))
+    out = {}
+    for name, x in examples.items():
+        trainer.model.zero_grad()
+        loss, record = trainer.loss(x, refs[name])
+        loss.backward()
+        out[name] = loss, record, {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+    (loss, record, grads), (rep_loss, rep_record, rep_grads) = out["weighted"], out["repeated"]
+    torch.testing.assert_close(loss, rep_loss)
+    for name, grad in grads.items():
+        assert grad.abs().sum() > 0, f"LoRA parameter {name} got no gradient"
+        torch.testing.assert_close(grad, rep_grads[name], msg=lambda m: f"{name}: {m}")
+    for key in ("kl", "ratio", "clip_fraction", "reward", "abs_advantage"):
+        assert record[key] == pytest.approx(rep_record[key], rel=1e-5, abs=1e-7), key
+    assert record["reward"] == pytest.approx((3 * 1.0 + 0.25 * 2) / 6)  # the node's Monte-Carlo value
+    assert record["tokens"] < rep_record["tokens"]  # each line computed once
+    assert record["kl"] > 0 and record["ratio"] != pytest.approx(1.0)
+
+
+def test_weights_are_part_of_an_examples_identity(tiny_tokenizer):
+    from agentkit.train.methods import PolicyGradient
+
+    weighted, _ = weighted_and_repeated(tiny_tokenizer, step_values=False)
+    method = PolicyGradient(PGConfig())
+    other = RLGroup(weighted.prompt_ids, weighted.completions, weighted.rewards, weights=[1.0, 1.0, 4.0])
+    plain = RLGroup(weighted.prompt_ids, weighted.completions, weighted.rewards)
+    identities = {json.dumps(method.identity((g, None))) for g in (weighted, other, plain)}
+    assert len(identities) == 3
+    assert method.identity((plain, None)) == [plain.prompt_ids, plain.completions, plain.rewards]  # unchanged
+
+
+def test_a_weight_per_completion_or_a_one_line_error(tiny_model_factory, tiny_tokenizer, tmp_path):
+    weighted, _ = weighted_and_repeated(tiny_tokenizer, step_values=False)
+    trainer = Trainer(config(PGConfig, tmp_path), tiny_model_factory())
+    short = RLGroup(weighted.prompt_ids, weighted.completions, weighted.rewards, weights=[3.0, 1.0], id="node-7")
+    with pytest.raises(AgentkitError, match=r"^group 1 \(node-7\): 3 completions and 2 weights; pass one weight "
+                                            r"per completion \(or weights=None\)$"):
+        trainer.train([weighted, short])
+    zero = RLGroup(weighted.prompt_ids, weighted.completions, weighted.rewards, weights=[3.0, 0.0, 1.0])
+    with pytest.raises(AgentkitError, match=r"^group 0: weights \[3.0, 0.0, 1.0\]; .* positive"):
+        trainer.train([zero])
+    with pytest.raises(AgentkitError, match="group 0 has 6 samples, group_size is 3"):
+        Trainer(config(PGConfig, tmp_path, group_size=3), tiny_model_factory()).train([weighted])
+
+
 @pytest.mark.parametrize("preamble", ["", "Answer every question with yes or no.\n\n"])
 def test_step_only_forward_equals_the_full_forward(preamble, tiny_model_factory, tiny_tokenizer, tmp_path):
     # with a preamble the prompts share > 16 tokens: that part runs once for the whole batch

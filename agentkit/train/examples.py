@@ -57,6 +57,10 @@ class RLGroup:
     ``PGConfig.step_weight`` > 0 each step's tokens also get its progress V[j+1] - V[j]."""
     step_spans: list[list[tuple[int, int]]] | None = None
     """Per completion, the token spans [start, end) of its S steps (credit.step_token_spans)."""
+    weights: list[float] | None = None
+    """Per completion, how many samples it stands for (None: 1 each). A completion sampled
+    k times is one row of weight k: advantages, loss, gradient and logged stats are those of
+    k identical rows, while its forward, backward and reference pass run once."""
 
 
 @dataclass

@@ -156,7 +156,9 @@ class SFT(Method):
 
 class PolicyGradient(Method):
     """GRPO or RLOO on groups of sampled completions with verified rewards. An example is
-    (RLGroup, advantages): (G,) per completion, or G per-token rows with step progress."""
+    (RLGroup, advantages): (G,) per completion, or G per-token rows with step progress.
+    A group with ``weights`` trains as its repeated group would: each completion's row is
+    computed once and counted as many times as it was sampled."""
 
     config: PGConfig
     kind = "RLGroup"
@@ -175,9 +177,11 @@ class PolicyGradient(Method):
             if len(g.completions) != len(g.rewards) or len(g.completions) < 2:
                 raise AgentkitError(f"group {i}: {len(g.completions)} completions and {len(g.rewards)} rewards; "
                                     "pass one reward per completion and at least 2 completions")
-            if cfg.group_size and len(g.completions) != cfg.group_size:
-                raise AgentkitError(f"group {i} has {len(g.completions)} completions, group_size is {cfg.group_size}")
-            advantages, degenerate = advantage_fn(torch.tensor(g.rewards, dtype=torch.float32))  # (G,)
+            weights = _checked_weights(g, i)
+            samples = len(g.completions) if weights is None else sum(g.weights)
+            if cfg.group_size and samples != cfg.group_size:
+                raise AgentkitError(f"group {i} has {samples:g} samples, group_size is {cfg.group_size}")
+            advantages, degenerate = advantage_fn(torch.tensor(g.rewards, dtype=torch.float32), weights=weights)  # (G,)
             rows = _with_step_progress(g, advantages, cfg.step_weight) if cfg.step_weight else None
             if bool(degenerate):
                 equal.append(g.id if g.id is not None else i)
@@ -195,12 +199,13 @@ class PolicyGradient(Method):
 
     def identity(self, example: tuple[RLGroup, Any]) -> list[Any]:
         g = example[0]
-        return [g.prompt_ids, g.completions, g.rewards, *([g.step_values] if g.step_values is not None else [])]
+        return [g.prompt_ids, g.completions, g.rewards, *([g.step_values] if g.step_values is not None else []),
+                *([{"weights": g.weights}] if g.weights is not None else [])]
 
     def reference(self, forward: Forward, batch: list[tuple[RLGroup, Any]]) -> list[dict[str, Any]]:
         """Per-token log-probs of each completion: the KL reference and, without recorded
         sampling logprobs, the old policy of the ratio."""
-        prompts, completions, _ = _pg_rows(batch)
+        prompts, completions, _, _ = _pg_rows(batch)
         logits, labels, _ = forward(prompts, completions)
         per_token = token_logps(logits, labels).cpu()  # (N, Tc)
         out, k = [], 0
@@ -211,7 +216,7 @@ class PolicyGradient(Method):
 
     def loss(self, forward: Forward, batch: list[tuple[RLGroup, Any]], refs: list[dict[str, Any]]) -> Loss:
         cfg = self.config
-        prompts, completions, advantages = _pg_rows(batch)
+        prompts, completions, advantages, weights = _pg_rows(batch)
         logits, labels, mask = forward(prompts, completions)
         logps = token_logps(logits, labels)  # (N, Tc)
         tc = logps.shape[1]
@@ -228,10 +233,17 @@ class PolicyGradient(Method):
         ref = _pad_rows(ref_rows, tc).to(logps.device) if ref_rows is not None else None
         loss, stats = policy_gradient_loss(
             logps, old, advantages.to(logps.device), mask, clip_eps=cfg.clip_eps, ref_logps=ref, kl_coef=cfg.kl_coef,
+            weights=weights.to(logps.device) if weights is not None else None,
         )
         rewards = [x for g, _ in batch for x in g.rewards]
-        return loss, {**{k: v.item() for k, v in stats.items()}, "reward": sum(rewards) / len(rewards),
-                      "abs_advantage": advantages.abs().mean().item(), "tokens": int(mask.sum())}
+        if weights is None:
+            reward, abs_advantage = sum(rewards) / len(rewards), advantages.abs().mean().item()
+        else:  # the means over the repeated rows (per-token rows keep their padded width)
+            row = weights.view(-1, *[1] * (advantages.dim() - 1))  # (N,) or (N, 1)
+            reward = sum(w * x for w, x in zip(weights.tolist(), rewards)) / weights.sum().item()
+            abs_advantage = ((row * advantages.abs()).sum() / (weights.sum() * advantages[0].numel())).item()
+        return loss, {**{k: v.item() for k, v in stats.items()}, "reward": reward,
+                      "abs_advantage": abs_advantage, "tokens": int(mask.sum())}
 
 
 _METHODS: dict[str, type[Method]] = {"dpo": Preference, "sft": SFT, "grpo": PolicyGradient, "rloo": PolicyGradient}
@@ -272,20 +284,39 @@ def _with_step_progress(group: RLGroup, outcome: torch.Tensor, weight: float) ->
     return rows
 
 
-def _pg_rows(batch: Sequence[tuple[RLGroup, Any]]) -> tuple[list[list[int]], list[list[int]], Any]:
-    """Prompts and completions row by row, and their advantages: (N,) per sequence, or a
-    list of N per-token rows when any group carries step progress."""
+def _checked_weights(group: RLGroup, index: int) -> torch.Tensor | None:
+    """The group's weights as a (G,) tensor, checked; None when it has none."""
+    if group.weights is None:
+        return None
+    name = f"group {index}" + (f" ({group.id})" if group.id is not None else "")
+    if len(group.weights) != len(group.completions):
+        raise AgentkitError(f"{name}: {len(group.completions)} completions and {len(group.weights)} weights; "
+                            "pass one weight per completion (or weights=None)")
+    if not all(w > 0 for w in group.weights) or sum(group.weights) <= 1:
+        raise AgentkitError(f"{name}: weights {group.weights}; each is the number of samples a completion "
+                            "stands for: positive, and more than 1 in all")
+    return torch.tensor(group.weights, dtype=torch.float32)
+
+
+def _pg_rows(batch: Sequence[tuple[RLGroup, Any]]) -> tuple[list[list[int]], list[list[int]], Any, torch.Tensor | None]:
+    """Prompts and completions row by row, their advantages: (N,) per sequence, or a list of
+    N per-token rows when any group carries step progress; and the rows' weights (N,), None
+    when no group has weights."""
     prompts = [g.prompt_ids for g, _ in batch for _ in g.completions]
     completions = [c for g, _ in batch for c in g.completions]
+    weights = None
+    if any(g.weights is not None for g, _ in batch):
+        weights = torch.tensor([w for g, _ in batch for w in (g.weights or [1.0] * len(g.completions))],
+                               dtype=torch.float32)  # (N,)
     if all(isinstance(a, torch.Tensor) for _, a in batch):
-        return prompts, completions, torch.cat([a.reshape(-1) for _, a in batch])  # (N,)
+        return prompts, completions, torch.cat([a.reshape(-1) for _, a in batch]), weights  # (N,)
     rows = []
     for g, a in batch:
         if isinstance(a, torch.Tensor):  # outcome only: the same advantage on every token
             rows.extend(a[i].expand(len(c)) for i, c in enumerate(g.completions))
         else:
             rows.extend(a)
-    return prompts, completions, rows
+    return prompts, completions, rows, weights
 
 
 def _pad_rows(rows: list[torch.Tensor], width: int) -> torch.Tensor:
