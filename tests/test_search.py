@@ -326,19 +326,25 @@ def test_tree_groups_weigh_each_line_by_its_samples_against_its_siblings():
         run = store.get_run(report.results[0].run_id, steps=True)
     groups = tree_groups([run])
     gold = gold_lines()
-    # one group per depth on the gold path: 1 right line in 8 samples, 7 wrong, under the right prefix
+    # one group per depth on the gold path: the right line and a wrong one, under the right prefix
     assert [llm.decode(g.prompt_ids).split("Solution:\n")[-1] for g in groups] == ["", gold[0], gold[0] + gold[1]]
     prompt = llm.tokenize(PROMPT)
     for g, line in zip(groups, gold):
         texts = [llm.decode(c) for c in g.completions]
-        assert sorted(g.rewards) == [0.0] * (len(g.rewards) - texts.count(line)) + [1.0] * texts.count(line)
+        assert len(set(texts)) == len(texts) and texts.count(line) == 1  # each distinct line once
         assert all((r == 1.0) == (t == line) for r, t in zip(g.rewards, texts))
         assert g.prompt_ids[: len(prompt)] == prompt and g.logprobs is None
         counts = {s.completion_text: s.meta["search"]["count"] for s in run.steps
                   if s.prompt_ids == g.prompt_ids}
-        assert len(g.completions) == sum(counts.values())  # each line as often as it was sampled
-        advantages, _ = grpo_advantages(torch.tensor(g.rewards))
+        assert g.weights == [counts[t] for t in texts]  # weighted by its samples
+        assert g.weights[texts.index(line)] == 2 and sum(g.weights) == 16  # every 8th of 16 samples is right
+        advantages, _ = grpo_advantages(torch.tensor(g.rewards), weights=torch.tensor(g.weights))
         assert all((a > 0) == (r == 1.0) for a, r in zip(advantages.tolist(), g.rewards))
+        # as over the 16 samples (1 x 2, 0 x 14), not the 2 distinct lines: mean 1/8,
+        # Bessel std sqrt((2 (7/8)² + 14 (1/8)²) / 15) = sqrt(7/60)
+        right, wrong = advantages[texts.index(line)].item(), min(advantages.tolist())
+        assert wrong == pytest.approx(-(1 / 8) / (math.sqrt(7 / 60) + 1e-4), rel=1e-4)
+        assert right == pytest.approx(-7 * wrong, rel=1e-4)
     # off the gold path every line is wrong: equal values teach nothing, so no group
     assert len(groups) == 3
 

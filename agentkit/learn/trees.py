@@ -9,9 +9,9 @@ tree come two kinds of data:
 - sibling pairs: at every expanded node, a child line with a high value is chosen over a
   sibling line with a low one, under the same prefix (MCTS-DPO, TP-LLaMA). Both sides are the
   lines exactly as sampled, and the prompt is the node's prompt + prefix, as ids;
-- sibling groups: the lines sampled at an expanded node, each as often as it was sampled,
-  rewarded with its value: a GRPO/RLOO group whose advantages are per step, each line
-  against its siblings under the same prefix (tree advantages, as in TreeRL).
+- sibling groups: the lines sampled at an expanded node, each weighted by how often it was
+  sampled, rewarded with its value: a GRPO/RLOO group whose advantages are per step, each
+  line against its siblings under the same prefix (tree advantages, as in TreeRL).
 
     runs = [store.get_run(i, steps=True) for i in run_ids]
     sft = [x for run in runs if (x := solution_example(run)) is not None]
@@ -66,23 +66,26 @@ def tree_pairs(runs: Iterable[Any], *, suite: str | None = None, policy_version:
 
 
 def tree_groups(runs: Iterable[Any]) -> list[RLGroup]:
-    """One RLGroup per expanded node whose sibling lines differ in value: each line as often
-    as the search sampled it (so the group mean is the node's Monte-Carlo value) with its
-    value as reward. The group's prompt is the node's prompt + prefix, so a line's advantage
-    is its step's advantage over its siblings. Sampling logprobs are not kept: the policy at
-    the start of training, which sampled the tree, is the ratio's old policy."""
+    """One RLGroup per expanded node whose sibling lines differ in value: each distinct line
+    once, weighted by how often the search sampled it (so the group mean is the node's
+    Monte-Carlo value), with its value as reward. The weights give the advantages, loss and
+    gradient of the group with each line repeated, but a line's forward, backward and
+    reference pass run once rather than once per sample (2-3 rows instead of 8-16). The
+    group's prompt is the node's prompt + prefix, so a line's advantage is its step's
+    advantage over its siblings. Sampling logprobs are not kept: the policy at the start of
+    training, which sampled the tree, is the ratio's old policy."""
     groups = []
     for run in runs:
         for siblings in _sibling_lines(run):
             scored = [s for s in siblings if s.meta["search"]["value"] is not None]
             if len({s.meta["search"]["value"] for s in scored}) < 2:
                 continue  # equal values: every advantage is 0
-            counts = [max(1, s.meta["search"]["count"]) for s in scored]
             groups.append(RLGroup(
                 list(scored[0].prompt_ids),
-                [list(s.completion_ids) for s, k in zip(scored, counts) for _ in range(k)],
-                [float(s.meta["search"]["value"]) for s, k in zip(scored, counts) for _ in range(k)],
+                [list(s.completion_ids) for s in scored],
+                [float(s.meta["search"]["value"]) for s in scored],
                 id=f"{run.id}:{scored[0].parent_step_id}",
+                weights=[float(max(1, s.meta["search"]["count"])) for s in scored],
             ))
     return groups
 
