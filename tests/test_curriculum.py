@@ -78,3 +78,14 @@ def test_the_state_round_trips_through_a_dict():
     state = bandit.as_dict()
     assert state == {"discount": 0.7, "floor": 0.05, "families": {"*h": [2.0, 1.0], "+c": [2.0, 3.0]}}
     assert FamilyBandit.from_dict(state) == bandit
+
+
+def test_the_level_share_reweights_the_pick_to_the_pool():
+    """The pick over-samples the family near p = 0.5; the level's share is each family's
+    solved share weighted by the pool's mix, so a threshold reads the level, not the pick."""
+    bandit = FamilyBandit()
+    bandit.update(outcomes({"A": [True] * 4}))
+    picked = outcomes({"A": [True] * 2, "C": [True, False] * 5})  # 12 picked: 10 of them C
+    pool = ["A"] * 80 + ["C"] * 10 + ["B"] * 10  # B never picked: its posterior mean, the prior's 0.5
+    assert bandit.level_share(pool, picked) == pytest.approx((80 * 1.0 + 10 * 0.5 + 10 * 0.5) / 100)
+    assert sum(ok for _, ok in picked) / len(picked) == pytest.approx(7 / 12)  # what the pick alone says

@@ -64,6 +64,20 @@ class FamilyBandit:
         chosen = sorted(range(len(pool)), key=keys.__getitem__, reverse=True)[:n]
         return [pool[i] for i in sorted(chosen)]
 
+    def level_share(self, pool: Sequence[str], outcomes: Sequence[tuple[str, bool]]) -> float:
+        """What share of the whole ``pool`` (its tasks' families) search would solve, from
+        the ``outcomes`` of the picked ones: each family's solved share among its picked
+        tasks, weighted by how often the family occurs in the pool (a stratified estimate,
+        since the pick over-samples the families near p = 0.5); a family the pick missed
+        counts at its posterior mean. What the level threshold (``advance_at``) reads."""
+        tried: dict[str, list[bool]] = {}
+        for family, solved in outcomes:
+            tried.setdefault(family, []).append(solved)
+        rate = {f: sum(v) / len(v) for f, v in tried.items()}
+        share = [rate[f] if f in rate else self.alpha.get(f, 1.0) / (self.alpha.get(f, 1.0) + self.beta.get(f, 1.0))
+                 for f in pool]
+        return sum(share) / len(share) if share else 0.0
+
     def means(self) -> dict[str, float]:
         """The posterior mean success rate per family, rounded for a journal."""
         return {f: round(self.alpha[f] / (self.alpha[f] + self.beta[f]), 3) for f in sorted(self.alpha)}

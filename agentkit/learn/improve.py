@@ -19,6 +19,7 @@ import logging
 import random
 import resource
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -339,9 +340,10 @@ def _improve(llm: LLM, store: RunStore, config: ImproveConfig, *, model: Any,
         step = step if config.advance_at else r - 1
         level = config.levels[min(step, len(config.levels) - 1)]
         drawn = config.train_tasks * (config.pool if bandit else 1)
-        tasks = suite.tasks("train", drawn, level=level, seed=config.seed + 1000 * r)
+        pool = suite.tasks("train", drawn, level=level, seed=config.seed + 1000 * r)
+        tasks = pool
         if bandit:
-            tasks = bandit.select(tasks, config.train_tasks, random.Random(config.seed * 1000 + r), suite.family)
+            tasks = bandit.select(pool, config.train_tasks, random.Random(config.seed * 1000 + r), suite.family)
         adapter = adapter_name(incumbent)
         how = f"searching ({config.search})" if config.explore == "search" else "collecting"
         picked = f" (the curriculum's pick of {drawn})" if bandit else ""
@@ -349,14 +351,17 @@ def _improve(llm: LLM, store: RunStore, config: ImproveConfig, *, model: Any,
         if config.explore == "search":
             examples, new_data, sampled, solved = _collect_search(llm, suite, tasks, store, config, incumbent, adapter,
                                                                   replay, r)
+            share = new_data["solved"] / len(tasks)  # fresh tasks: a held-out measure of the level
             if bandit:
-                families = [suite.family(t) for t in tasks]
-                bandit.update((f, solved.get(t.id, False)) for f, t in zip(families, tasks))
-                new_data["picked"] = {f: families.count(f) for f in sorted(set(families))}
+                outcomes = [(suite.family(t), solved.get(t.id, False)) for t in tasks]
+                bandit.update(outcomes)
+                share = bandit.level_share([suite.family(t) for t in pool], outcomes)  # the pick is not the level
+                new_data["picked"] = dict(sorted(Counter(f for f, _ in outcomes).items()))
                 new_data["curriculum"] = bandit.means()
-            if config.advance_at and new_data["solved"] >= config.advance_at * len(tasks):
+                new_data["level_share"] = round(share, 3)
+            if config.advance_at and share >= config.advance_at:
                 step += 1
-                status(f"round {r}: search solved {new_data['solved']} of {len(tasks)} fresh level-{level} tasks "
+                status(f"round {r}: search solves {share:.0%} of fresh level-{level} tasks "
                        f"(>= {config.advance_at:.0%}); the next round moves up a level")
         elif graph is not None:
             examples, new_data, sampled = _collect_graph(llm, suite, tasks, store, config, incumbent, adapter, r, graph)
