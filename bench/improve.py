@@ -43,6 +43,15 @@ def row(r: RoundResult) -> list[object]:
             f"{r.cpu_s / 60:.1f}"]
 
 
+def curriculum(rounds: list[RoundResult]) -> str:
+    """What the curriculum searched and believed, round by round (--curriculum mopps)."""
+    lines = [f"- round {r.round}: picked {r.new_data['picked']}; posterior means {r.new_data['curriculum']}"
+             for r in rounds if "picked" in r.new_data]
+    if not lines:
+        return ""
+    return "\n\nCurriculum (tasks searched per family; the bandit's solve rates after the round):\n\n" + "\n".join(lines)
+
+
 def summary(runs: list[list[RoundResult]]) -> str:
     """Final test success per round across seeds: mean, median, min and max."""
     lines = []
@@ -109,7 +118,7 @@ def main() -> None:
                 on_status=lambda m: print(f"[{time.perf_counter() - start:7.1f}s] {m}", flush=True),
             )
         runs.append(rounds)
-        tables.append(f"### Seed {seed}\n\n" + markdown_table(HEADERS, [row(r) for r in rounds]))
+        tables.append(f"### Seed {seed}\n\n" + markdown_table(HEADERS, [row(r) for r in rounds]) + curriculum(rounds))
         report(args, config, runs, tables, start)  # after every seed: a stopped run keeps what it measured
 
 
