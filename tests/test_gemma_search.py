@@ -1,5 +1,5 @@
 """On the real embedded Gemma 3 270M: search finds verified solutions greedy decoding
-misses, and one round of expert iteration on them (SFT on what search found) makes the
+misses, and two rounds of expert iteration on them (SFT on what search found) makes the
 policy better on tasks no decision saw.
 
 Nothing here is scripted: the policy samples, the suite's step checker scores its lines,
@@ -7,13 +7,11 @@ the trainer trains a LoRA adapter, the gate decides, and the final test set meas
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
 from agentkit.graph.search import MCTS, search
 from agentkit.learn.gate import mcnemar_exact
-from agentkit.learn.improve import ImproveConfig, improve
+from agentkit.learn.improve import ImproveConfig, final_tasks, improve
 from agentkit.llm.base import GenerationRequest
 from agentkit.store import TrajectoryStore
 from agentkit.tasks import get_suite
@@ -44,24 +42,29 @@ def test_search_solves_one_operation_tasks_greedy_decoding_gets_wrong(gemma):
             assert all(n.value == 1.0 for n in tree.path(tree.answer))
 
 
-@pytest.mark.skipif(
-    os.environ.get("AGENTKIT_LEARNING_TEST") != "1",
-    reason="one round on 96-160 tasks does not yet gain significantly on every seed (bench/results/"
-           "improve-search-rft.md: +5 points, p=0.15, seed 1); AGENTKIT_LEARNING_TEST=1 runs it (about 15 min)",
-)
-def test_one_round_of_expert_iteration_beats_the_base_on_the_final_test_set(gemma, tmp_path):
-    config = ImproveConfig(explore="search", method="rft", search="mcts:8x8", rounds=1, levels=[1], train_tasks=160,
-                           eval_tasks=100, final_tasks=100, epochs=2, concurrency=16,
-                           output_dir=str(tmp_path / "improve"))
+def test_two_rounds_of_expert_iteration_beat_the_base_on_the_final_test_set(gemma, tmp_path):
+    """`agentkit improve`'s default loop, smaller: two rounds of search on 96 fresh tasks
+    each, a fresh LoRA candidate trained on every verified solution so far, the gate on 200
+    tasks. The promoted policy must beat the base on 100 final test tasks that no decision
+    read, by more than chance (a paired exact test). On the bench's seeds
+    (bench/results/improve-search-rft-frombase.md) two rounds took the final test set from
+    5% to 13-21.5%; one round alone was not promoted on every seed. About 7 minutes here."""
+    config = ImproveConfig(rounds=2, levels=[1], train_tasks=96, final_tasks=100, output_dir=str(tmp_path / "improve"))
+    assert (config.explore, config.method, config.from_base) == ("search", "rft", True)  # the default loop
     with TrajectoryStore(tmp_path / "runs.db") as store:
-        base, trained = improve(gemma, store, config)
+        rounds = improve(gemma, store, config)
+        base, last = rounds[0], rounds[-1]
+        gate = SUITE.tasks("test", config.eval_tasks, level=1, seed=config.eval_seed)
+        held_out = {t.id for t in final_tasks(SUITE, config.final_tasks, 1, config.eval_seed, exclude=gate)}
         final = {}
-        for row in (base, trained):
-            runs = [r for r in store.list_runs(None) if r.policy_version == row.incumbent and r.split == "test"]
+        for row in (base, last):  # the final test runs only, not the gate's
+            runs = [r for r in store.list_runs(None) if r.policy_version == row.incumbent and r.task_id in held_out]
             final[row.incumbent] = {r.task_id: r.status == "success" for r in runs}
-    assert trained.new_data["solved"] >= 40, trained.new_data
-    assert trained.promoted, trained
+    assert sum(r.new_data["solved"] for r in rounds[1:]) >= 60, [r.new_data for r in rounds]
+    assert last.incumbent != base.incumbent, rounds  # a candidate was promoted
     # on the final test set, which the gate never saw: a paired gain beyond chance
-    b = sum(final[base.incumbent][t] and not final[trained.incumbent][t] for t in final[base.incumbent])
-    c = sum(final[trained.incumbent][t] and not final[base.incumbent][t] for t in final[base.incumbent])
-    assert trained.final_success > base.final_success and mcnemar_exact(b, c) < 0.05, (base, trained, b, c)
+    tasks = [t for t in final[base.incumbent] if t in final[last.incumbent]]
+    assert len(tasks) == config.final_tasks, len(tasks)
+    b = sum(final[base.incumbent][t] and not final[last.incumbent][t] for t in tasks)
+    c = sum(final[last.incumbent][t] and not final[base.incumbent][t] for t in tasks)
+    assert last.final_success > base.final_success and mcnemar_exact(b, c) < 0.05, (base, last, b, c)
