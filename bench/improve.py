@@ -138,7 +138,9 @@ def report(args: argparse.Namespace, config: ImproveConfig, runs: list[list[Roun
         f"({config.eval_tasks} test tasks, eval seed {config.eval_seed}) that every promotion decides on, and a "
         f"final test set ({config.final_tasks} test tasks from another seed, none in the gate set) that no "
         "decision reads. The gate is a one-sided exact McNemar test that spends alpha "
-        f"{config.alpha} over the {config.rounds} rounds (p adj = p x rounds). `final` is the policy active after "
+        f"{config.alpha} over the {config.rounds} rounds: each gate has alpha / rounds of its own, and a promotion "
+        "passes its gate's level on to the next gate (Wiens' fallback procedure; p adj = p x rounds / (1 + "
+        "carried shares)). `final` is the policy active after "
         "the round on the final test set, with its 95% Wilson interval.\n\n"
         f"## Across seeds (final test set)\n\n{summary(runs)}\n\n## Per seed\n\n" + "\n\n".join(tables)
         + f"\n\nCurve: `{png.name}`."

@@ -271,6 +271,24 @@ def test_a_small_gain_is_not_significant(tmp_path, held_out):
     assert result.p_value == pytest.approx(6 / 32) and not result.promote
 
 
+def test_a_promotion_carries_its_share_of_alpha_to_the_next_gate(tmp_path, held_out):
+    """Three gates split alpha 0.05 (0.0167 each); after a promotion the next gate tests at
+    its share plus the promoted gate's (Wiens' fallback procedure), after a refusal at its own."""
+    suite, tasks = held_out
+    questions = [t.question for t in tasks]
+    # candidate wins 8 tasks, loses 1: p = 10/512 = 0.0195, between 0.05/3 and 2 * 0.05/3
+    llm = per_adapter_solver(tasks, {None: set(questions[:10]), "v9": set(questions[1:18])})
+    llm.load_adapter("v9", "/nowhere")
+    gates = {carried: compare_policies(llm, suite, tasks, candidate="v9", incumbent="base", concurrency=4, tests=3,
+                                       carried=carried) for carried in (0, 1)}
+    assert gates[0].p_value == gates[1].p_value == pytest.approx(10 / 512)
+    assert not gates[0].promote and gates[0].p_adjusted == pytest.approx(3 * 10 / 512)
+    assert gates[1].promote and gates[1].p_adjusted == pytest.approx(1.5 * 10 / 512)
+    assert gates[1].level == pytest.approx(2 * 0.05 / 3) and "(1 carried)" in gates[1].summary()
+    with pytest.raises(AgentkitError, match="carried=3"):
+        compare_policies(llm, suite, tasks, candidate="v9", incumbent="base", tests=3, carried=3)
+
+
 def first_step_solver(tasks, plan: dict):
     """plan[adapter] maps a question to "gold" (whole solution), "step1" (the first step right,
     then wrong) or nothing (all wrong)."""

@@ -89,12 +89,12 @@ def register_trained(
 
 def gate_candidate(registry: PolicyRegistry, llm: LLM, suite: Suite, held_out: Sequence[Task], candidate: str, *,
                    incumbent: str, agent: Agent | None = None, store: RunStore | None = None, alpha: float = 0.05,
-                   concurrency: int = 16, metric: str = "success", tests: int = 1) -> GateResult:
+                   concurrency: int = 16, metric: str = "success", tests: int = 1, carried: int = 0) -> GateResult:
     """Gate ``candidate`` against ``incumbent`` on ``held_out`` (promoted on a significant
     gain, else rejected), then unload the adapter that lost: only the active one stays
     resident in ``llm``."""
     outcome = gate(registry, llm, suite, held_out, candidate, incumbent=incumbent, agent=agent, store=store,
-                   alpha=alpha, concurrency=concurrency, metric=metric, tests=tests)
+                   alpha=alpha, concurrency=concurrency, metric=metric, tests=tests, carried=carried)
     stale = adapter_name(incumbent) if outcome.promote else adapter_name(candidate)
     if stale is not None and stale in llm.list_adapters():
         llm.unload_adapter(stale)

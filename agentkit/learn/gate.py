@@ -134,9 +134,13 @@ class GateResult:
     promote: bool
     metric: str = "success"
     tests: int = 1
-    """How many gates this run asks in all (one per round): the gate spends alpha / tests
-    each time (Bonferroni alpha spending), so a run's chance of any false promotion stays
-    within alpha."""
+    """How many gates this run asks in all (one per round): each has alpha / tests of its
+    own (alpha spending), so a run's chance of any false promotion stays within alpha."""
+    carried: int = 0
+    """Shares of alpha this gate inherits: a promotion passes its gate's whole level on to
+    the next gate, a refusal passes nothing (Wiens' fallback procedure, which keeps the
+    run's chance of any false promotion within alpha). The gate tests at
+    alpha * (1 + carried) / tests."""
     incumbent_step_accuracy: float | None = None
     candidate_step_accuracy: float | None = None
     candidate_ci95: tuple[float, float] = (0.0, 1.0)
@@ -154,9 +158,15 @@ class GateResult:
         return self.candidate_successes / self.n if self.n else 0.0
 
     @property
+    def level(self) -> float:
+        """The significance level this gate tests at: its own share of alpha plus what it carried."""
+        return self.alpha * (1 + self.carried) / self.tests
+
+    @property
     def p_adjusted(self) -> float:
-        """The p-value corrected for ``tests`` gates: min(1, p * tests)."""
-        return min(1.0, self.p_value * self.tests)
+        """The p-value on alpha's scale: min(1, p * tests / (1 + carried)); promote when it is
+        below alpha."""
+        return min(1.0, self.p_value * self.tests / (1 + self.carried))
 
     @property
     def decision(self) -> str:
@@ -165,7 +175,7 @@ class GateResult:
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out.update(incumbent_success=self.incumbent_success, candidate_success=self.candidate_success,
-                   decision=self.decision, p_adjusted=self.p_adjusted)
+                   decision=self.decision, p_adjusted=self.p_adjusted, level=self.level)
         return out
 
     def summary(self) -> str:
@@ -175,7 +185,8 @@ class GateResult:
             f"({100 * self.incumbent_success:.1f}%), candidate {self.candidate_successes} "
             f"({100 * self.candidate_success:.1f}%), discordant b={self.b} c={self.c}, "
         )
-        p = f"p={self.p_value:.4g}" + (f", x{self.tests} gates p={self.p_adjusted:.4g}" if self.tests > 1 else "")
+        carried = f" ({self.carried} carried)" if self.carried else ""
+        p = f"p={self.p_value:.4g}" + (f", x{self.tests} gates{carried} p={self.p_adjusted:.4g}" if self.tests > 1 else "")
         if self.metric == "success":
             return line + f"one-sided exact McNemar {p} (alpha {self.alpha:g}) -> {self.decision}"
         pct = lambda v: "-" if v is None else f"{100 * v:.1f}%"  # noqa: E731
@@ -203,15 +214,21 @@ def compare_policies(
     budget: Budget = Budget(),
     metric: str = "success",
     tests: int = 1,
+    carried: int = 0,
 ) -> GateResult:
     """Run ``agent`` (default: greedy SolveAgent) on ``tasks`` once per policy version and
     test the paired outcomes. Both versions must already be loaded into ``llm`` under their
     version names (``load_policy``); runs are recorded in ``store`` (default: in memory)
     with their policy_version. ``metric``: what must improve significantly, "success"
     (exact McNemar) or "step-accuracy" (paired permutation test, and no fewer successes).
-    ``tests``: the gates asked in all; each must pass alpha / tests."""
+    ``tests``: the gates asked in all; each must pass alpha / tests, or
+    alpha * (1 + carried) / tests with shares ``carried`` from earlier promotions
+    (GateResult.carried)."""
     if metric not in GATE_METRICS:
         raise AgentkitError(f"gate metric '{metric}' is unknown; choose one of {', '.join(GATE_METRICS)}")
+    tests = max(1, tests)
+    if not 0 <= carried < tests:
+        raise AgentkitError(f"carried={carried}: a gate inherits the shares of at most the {tests - 1} gates before it")
 
     agent = agent or SolveAgent()
     own_store = store is None
@@ -237,18 +254,18 @@ def compare_policies(
         values = [outcomes[version][i][2] for i in ids if outcomes[version][i][2] is not None]
         return sum(values) / len(values) if values else None
 
-    tests = max(1, tests)
+    level = alpha * (1 + carried) / tests
     if metric == "success":
         p = mcnemar_exact(b, c)
-        promote = c > b and p * tests < alpha
+        promote = c > b and p < level
     else:
         diffs = [(outcomes[candidate][i][2] or 0.0) - (outcomes[incumbent][i][2] or 0.0) for i in ids]
         p = paired_permutation_p(diffs)
-        promote = sum(diffs) > 0 and p * tests < alpha and sum(cand) >= sum(inc)
+        promote = sum(diffs) > 0 and p < level and sum(cand) >= sum(inc)
     return GateResult(
         candidate=candidate, incumbent=incumbent, n=len(ids),
         incumbent_successes=sum(inc), candidate_successes=sum(cand), b=b, c=c, p_value=p, alpha=alpha,
-        promote=promote, metric=metric, tests=tests,
+        promote=promote, metric=metric, tests=tests, carried=carried,
         incumbent_step_accuracy=step_acc(incumbent), candidate_step_accuracy=step_acc(candidate),
         candidate_ci95=wilson_interval(sum(cand), len(ids)), incumbent_ci95=wilson_interval(sum(inc), len(ids)),
         task_ids=ids,
@@ -273,6 +290,7 @@ def gate(
     apply: bool = True,
     metric: str = "success",
     tests: int = 1,
+    carried: int = 0,
 ) -> GateResult:
     """Evaluate ``candidate`` against ``incumbent`` (default: the active version) and, with
     ``apply``, promote it on a significant gain or mark it rejected otherwise. The numbers
@@ -285,7 +303,7 @@ def gate(
         load_policy(llm, registry, version)
     result = compare_policies(
         llm, suite, tasks, candidate=candidate, incumbent=incumbent, agent=agent, store=store,
-        alpha=alpha, concurrency=concurrency, budget=budget, metric=metric, tests=tests,
+        alpha=alpha, concurrency=concurrency, budget=budget, metric=metric, tests=tests, carried=carried,
     )
     registry.update_metrics(candidate, {
         "heldout_success": result.candidate_success,

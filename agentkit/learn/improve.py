@@ -259,7 +259,8 @@ class RoundResult:
     train_s: float
     wall_s: float
     p_adjusted: float | None = None
-    """The gate's p-value corrected for the rounds' gates (see GateResult.tests)."""
+    """The gate's p-value corrected for the rounds' gates (GateResult.p_adjusted: alpha spent
+    over the rounds, a promotion's share carried to the next gate)."""
     final_success: float | None = None
     """Of the policy active after this round, on the final test set no decision reads."""
     final_ci95: tuple[float, float] | None = None
@@ -333,6 +334,7 @@ def _improve(llm: LLM, store: RunStore, config: ImproveConfig, *, model: Any,
         on_round(rounds[0])
     replay: list[Any] = []  # explore=search: the verified solutions of every round so far
     step = 0  # the curriculum's place in config.levels
+    carried = 0  # shares of alpha the next gate inherits (GateResult.carried)
     bandit = FamilyBandit() if config.curriculum == "mopps" else None
 
     for r in range(1, config.rounds + 1):
@@ -385,11 +387,12 @@ def _improve(llm: LLM, store: RunStore, config: ImproveConfig, *, model: Any,
                 gate_result = gate_candidate(registry, llm, suite, held_out, candidate, incumbent=incumbent,
                                              agent=agent, store=store, alpha=config.alpha,
                                              concurrency=config.concurrency, metric=config.gate_metric,
-                                             tests=config.rounds)
+                                             tests=config.rounds, carried=carried)
                 promoted = gate_result.promote
                 status(f"round {r}: {gate_result.summary()}")
                 if promoted:
                     incumbent = candidate
+        carried = carried + 1 if promoted else 0  # a promotion passes its gate's level on (fallback procedure)
         if gate_result is not None:
             success = gate_result.candidate_success if promoted else gate_result.incumbent_success
             step_acc = gate_result.candidate_step_accuracy if promoted else gate_result.incumbent_step_accuracy
