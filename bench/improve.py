@@ -89,8 +89,9 @@ def main() -> None:
     parser.add_argument("--gate-metric", choices=["success", "step-accuracy"], default=defaults.gate_metric)
     parser.add_argument("--advance-at", type=float, default=defaults.advance_at,
                         help="with several --levels: move up once search solves this share of fresh tasks")
-    parser.add_argument("--curriculum", choices=CURRICULA, default=defaults.curriculum,
-                        help="mopps: search the fresh tasks whose family search solves neither always nor never")
+    parser.add_argument("--curriculum", choices=CURRICULA, default=None,
+                        help="mopps: search the fresh tasks whose family search solves neither always nor never "
+                             "(default: ImproveConfig's, mopps where the round searches)")
     parser.add_argument("--pool", type=int, default=defaults.pool,
                         help="with --curriculum mopps: candidate tasks per round, as a multiple of --train-tasks")
     parser.add_argument("--from-base", action=argparse.BooleanOptionalAction, default=None,

@@ -32,12 +32,13 @@ class ImproveCommand(ConfigCommand):
         from agentkit.learn.improve import SEARCH_BY_DEFAULT, ImproveConfig
 
         config = ImproveConfig()
-        same = ("suite", "rounds", "method", "advance_at", "train_tasks", "curriculum", "pool", "eval_tasks",
+        same = ("suite", "rounds", "method", "advance_at", "train_tasks", "pool", "eval_tasks",
                 "final_tasks", "rectifications", "chosen_by", "step_advantages", "gate_metric", "memory")
         trees = ", ".join(SEARCH_BY_DEFAULT[:-1]) + " and " + SEARCH_BY_DEFAULT[-1]
         return {**{name: getattr(config, name) for name in same}, "levels": ",".join(map(str, config.levels)),
                 "samples": config.samples_per_task, "out": Path(config.output_dir),
-                "explore": Shown(f"search for {trees} on the solve prompt; else sample"), "search": Shown(config.search)}
+                "explore": Shown(f"search for {trees} on the solve prompt; else sample"), "search": Shown(config.search),
+                "curriculum": Shown("mopps where rounds search; else none")}
 
 
 def improve(
@@ -50,7 +51,7 @@ def improve(
     levels: str = typer.Option(None, help="Curriculum: training level per round, comma-separated (the last repeats); the gate and final test sets are of the last level."),
     advance_at: float = typer.Option(None, help="With --explore search and several --levels: stay on a level until search solves this share of a round's fresh training tasks (0: one level per round)."),
     train_tasks: int = typer.Option(None, help="New training tasks per round."),
-    curriculum: str = typer.Option(None, help="With --explore search: which fresh tasks a round searches, all (none) or those whose family a Bayesian bandit over search's past successes expects to be solved neither always nor never (mopps)."),
+    curriculum: str = typer.Option(None, help="With --explore search: which fresh tasks a round searches, all (none) or those whose family a Bayesian bandit over search's past successes expects to be solved neither always nor never (mopps, the default where rounds search)."),
     pool: int = typer.Option(None, help="With --curriculum mopps: candidate tasks a round draws, as a multiple of --train-tasks; the curriculum picks --train-tasks of them."),
     eval_tasks: int = typer.Option(None, help="Gate tasks: held-out test tasks the gate compares policies on."),
     final_tasks: int = typer.Option(None, help="Final test tasks, apart from the gate tasks, that no decision reads: the active policy's success on them, with a 95% interval, after every round (0: off)."),

@@ -43,12 +43,12 @@ def test_search_solves_one_operation_tasks_greedy_decoding_gets_wrong(gemma):
 
 
 def test_two_rounds_of_expert_iteration_beat_the_base_on_the_final_test_set(gemma, tmp_path):
-    """`agentkit improve`'s default loop, smaller: two rounds of search on 96 fresh tasks
-    each, a fresh LoRA candidate trained on every verified solution so far, the gate on 200
-    tasks. The promoted policy must beat the base on 100 final test tasks that no decision
-    read, by more than chance (a paired exact test). On the bench's seeds
-    (bench/results/improve-search-rft-frombase.md) two rounds took the final test set from
-    5% to 13-21.5%; one round alone was not promoted on every seed. About 7 minutes here."""
+    """`agentkit improve`'s default loop, two rounds instead of three: search on 96 fresh
+    tasks a round (the curriculum's pick of 384), a fresh LoRA candidate trained on every
+    verified solution so far, the gate on 200 tasks. The promoted policy must beat the base
+    on 100 final test tasks that no decision read, by more than chance (a paired exact test).
+    On the bench's seeds (bench/results/improve-search-rft-mopps.md) two rounds took the
+    final test set from 5% to 13.5-26.5%, and round 1 was promoted on every seed."""
     config = ImproveConfig(rounds=2, levels=[1], train_tasks=96, final_tasks=100, output_dir=str(tmp_path / "improve"))
     assert (config.explore, config.method, config.from_base) == ("search", "rft", True)  # the default loop
     with TrajectoryStore(tmp_path / "runs.db") as store:

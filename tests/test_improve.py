@@ -283,7 +283,7 @@ def test_a_search_round_trains_on_what_the_trees_found(tmp_path, monkeypatch):
 
     llm = char_scripted(reply, tok)
     config = ImproveConfig(method="expert", explore="search", search="beam:1x4", rounds=1, levels=[1], train_tasks=4,
-                           eval_tasks=8, final_tasks=8, epochs=1, batch_size=2, concurrency=4,
+                           curriculum="none", eval_tasks=8, final_tasks=8, epochs=1, batch_size=2, concurrency=4,
                            output_dir=str(tmp_path / "improve"))
     with TrajectoryStore(tmp_path / "runs.db") as store:
         rounds = improve(llm, store, config, model=build_tiny_model(len(tok)))
@@ -308,7 +308,7 @@ def test_the_curriculum_moves_up_once_search_solves_enough_fresh_tasks(tmp_path,
     tasks = suite.tasks("train", 4, level=1, seed=1000) + suite.tasks("train", 4, level=2, seed=2000)
     llm = char_scripted(search_lines(suite, answers(suite, right_for={"v1"}), tasks), tok)
     config = ImproveConfig(method="rft", explore="search", search="beam:1x4", rounds=2, levels=[1, 2], eval_level=1,
-                           advance_at=0.9, train_tasks=4, eval_tasks=8, final_tasks=0, epochs=1, batch_size=2,
+                           advance_at=0.9, train_tasks=4, curriculum="none", eval_tasks=8, final_tasks=0, epochs=1, batch_size=2,
                            concurrency=4, output_dir=str(tmp_path / "improve"))
     with TrajectoryStore(tmp_path / "runs.db") as store:
         rounds = improve(llm, store, config, model=build_tiny_model(len(tok)))
@@ -366,6 +366,8 @@ def test_a_curriculum_needs_search_and_a_pool():
     with pytest.raises(AgentkitError, match="curriculum 'mopps' learns from search's solved tasks"):
         ImproveConfig(curriculum="mopps", explore="sample")
     assert ImproveConfig(curriculum="mopps").explore == "search"  # rft searches unless told otherwise
+    # the default: the curriculum where rounds search, none where they sample
+    assert ImproveConfig().curriculum == "mopps" and ImproveConfig(explore="sample").curriculum == "none"
 
 
 def test_search_rounds_train_grpo_on_sibling_groups_and_from_base_starts_fresh(tmp_path, monkeypatch):
@@ -388,8 +390,8 @@ def test_search_rounds_train_grpo_on_sibling_groups_and_from_base_starts_fresh(t
     def run(method, **options):
         llm = char_scripted(search_lines(suite, answers(suite, right_for={"v1", "v2"}), tasks), tok)
         config = ImproveConfig(method=method, explore="search", search="beam:1x4", rounds=2, levels=[1],
-                               train_tasks=4, eval_tasks=8, final_tasks=0, epochs=1, batch_size=2, concurrency=4,
-                               output_dir=str(tmp_path / method), **options)
+                               train_tasks=4, curriculum="none", eval_tasks=8, final_tasks=0, epochs=1, batch_size=2,
+                               concurrency=4, output_dir=str(tmp_path / method), **options)
         with TrajectoryStore(tmp_path / f"{method}.db") as store:
             return improve(llm, store, config, model=build_tiny_model(len(tok)))
 

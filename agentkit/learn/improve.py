@@ -116,10 +116,12 @@ class ImproveConfig(GateConfig, CandidateConfig):
     move to the next of ``levels`` (0: follow the fixed schedule)."""
     train_tasks: int = 96
     """New training tasks per round."""
-    curriculum: str = "none"
+    curriculum: str | None = None
     """explore=search: "none" (train on every fresh task) or "mopps" (draw ``pool`` times as
     many and search the ones whose family (``Suite.family``) a Bayesian bandit, fed with what
-    search solved in the rounds before, expects to be neither always nor never solved)."""
+    search solved in the rounds before, expects to be neither always nor never solved). None:
+    mopps where the round searches (the measured best, bench/results/improve-search-rft-mopps.md),
+    else none."""
     pool: int = 4
     """curriculum=mopps: the candidate tasks a round draws, as a multiple of ``train_tasks``."""
     eval_tasks: int = field_of(GateConfig, "eval_tasks", default=200)
@@ -184,6 +186,8 @@ class ImproveConfig(GateConfig, CandidateConfig):
                 raise ConfigError(f"`search={self.search}`: {exc}") from None
         elif self.method == "expert":
             raise ConfigError("`method=expert` trains on search trees; add `explore=search`")
+        if self.curriculum is None:
+            self.curriculum = "mopps" if self.explore == "search" else "none"
         if self.curriculum not in CURRICULA:
             raise ConfigError(f"`curriculum={self.curriculum}`: choose one of {', '.join(CURRICULA)}")
         if self.curriculum != "none" and self.explore != "search":
