@@ -18,8 +18,9 @@ from agentkit.store import TrajectoryStore
 from agentkit.store.policies import ChecksumError, PolicyRegistry, adapter_checksum
 from agentkit.tasks import get_suite
 from agentkit.errors import AgentkitError
-from agentkit.learn.gate import compare_policies, gate, mcnemar_exact, paired_permutation_p, wilson_interval
+from agentkit.learn.gate import Measured, compare_policies, gate, mcnemar_exact, paired_permutation_p, wilson_interval
 from agentkit.llm.views import PolicyLLM
+from agentkit.runtime import run_tasks
 from agentkit.runtime.policy import load_policy
 
 WRONG = "Step 1: 1 + 1 = 3\nAnswer: 3"
@@ -287,6 +288,46 @@ def test_a_promotion_carries_its_share_of_alpha_to_the_next_gate(tmp_path, held_
     assert gates[1].level == pytest.approx(2 * 0.05 / 3) and "(1 carried)" in gates[1].summary()
     with pytest.raises(AgentkitError, match="carried=3"):
         compare_policies(llm, suite, tasks, candidate="v9", incumbent="base", tests=3, carried=3)
+
+
+def test_a_gate_given_the_incumbents_outcomes_runs_only_the_candidate(tmp_path, held_out):
+    """The incumbent measured once (as improve's round 0 does): the gate runs the candidate
+    alone and decides exactly as when it runs both."""
+    suite, tasks = held_out
+    questions = [t.question for t in tasks]
+    llm = per_adapter_solver(tasks, {None: set(questions[:10]), "v9": set(questions[1:18])})
+    llm.load_adapter("v9", "/nowhere")
+    both = compare_policies(llm, suite, tasks, candidate="v9", incumbent="base", concurrency=4)
+    with TrajectoryStore(tmp_path / "runs.db") as store:
+        measured = Measured.of("base", run_tasks(llm, suite, tasks, store, concurrency=4))
+        asked = len(llm.requests)
+        reused = compare_policies(llm, suite, tasks, candidate="v9", incumbent="base", store=store, concurrency=4,
+                                  incumbent_measured=measured)
+        runs = store.list_runs(None)
+    assert {r.adapter for r in llm.requests[asked:]} == {"v9"} and len(llm.requests) - asked == 20
+    assert sorted(r.policy_version for r in runs) == ["base"] * 20 + ["v9"] * 20  # base: the measurement only
+    same = ("n", "incumbent_successes", "candidate_successes", "b", "c", "p_value", "promote",
+            "incumbent_step_accuracy", "candidate_step_accuracy")
+    assert [getattr(reused, k) for k in same] == [getattr(both, k) for k in same]
+    assert (reused.b, reused.c, reused.promote) == (1, 8, True)
+    assert reused.incumbent_run_ids == [measured.outcomes[t.id][1] for t in tasks]
+    kept = reused.kept  # promoted: the candidate's outcomes, which the next gate reuses
+    assert kept.version == "v9" and [kept.outcomes[t.id][1] for t in tasks] == reused.candidate_run_ids
+    assert "candidate_measured" not in reused.as_dict()  # per task outcomes stay out of the policy's metrics
+
+
+def test_a_gate_refuses_outcomes_of_another_policy_or_task_set(held_out):
+    suite, tasks = held_out
+    llm = per_adapter_solver(tasks, {None: set(), "v9": set()})
+    llm.load_adapter("v9", "/nowhere")
+    outcomes = {t.id: (False, k, None) for k, t in enumerate(tasks)}
+    with pytest.raises(AgentkitError, match=r"lacks 2 of the 20 gate tasks \(arithmetic-test-"):
+        compare_policies(llm, suite, tasks, candidate="v9", incumbent="base",
+                         incumbent_measured=Measured("base", {i: outcomes[i] for i in list(outcomes)[2:]}))
+    with pytest.raises(AgentkitError, match="is of 'v8', not of the incumbent 'base'"):
+        compare_policies(llm, suite, tasks, candidate="v9", incumbent="base",
+                         incumbent_measured=Measured("v8", outcomes))
+    assert llm.requests == []  # refused before anything ran
 
 
 def first_step_solver(tasks, plan: dict):

@@ -9,6 +9,9 @@ fresh runs; the daemon reads the runs others recorded) and share the rest, here:
     policy = register_trained(registry, result, parent="base", data={"pairs": len(examples)})
     outcome = gate_candidate(registry, llm, suite, held_out, policy.version, incumbent="base")
     outcome.promote  # promoted (or rejected) in the registry; the loser's adapter unloaded
+    # the next round's candidate: the active policy's outcomes are known, only it runs
+    gate_candidate(registry, llm, suite, held_out, next_policy.version, incumbent=registry.active().version,
+                   incumbent_measured=outcome.kept)
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from agentkit.errors import AgentkitError
-from agentkit.learn.gate import GateResult, gate
+from agentkit.learn.gate import GateResult, Measured, gate
 from agentkit.llm._malloc import release_memory
 from agentkit.llm.base import LLM
 from agentkit.runtime import Agent
@@ -89,12 +92,15 @@ def register_trained(
 
 def gate_candidate(registry: PolicyRegistry, llm: LLM, suite: Suite, held_out: Sequence[Task], candidate: str, *,
                    incumbent: str, agent: Agent | None = None, store: RunStore | None = None, alpha: float = 0.05,
-                   concurrency: int = 16, metric: str = "success", tests: int = 1, carried: int = 0) -> GateResult:
+                   concurrency: int = 16, metric: str = "success", tests: int = 1, carried: int = 0,
+                   incumbent_measured: Measured | None = None) -> GateResult:
     """Gate ``candidate`` against ``incumbent`` on ``held_out`` (promoted on a significant
     gain, else rejected), then unload the adapter that lost: only the active one stays
-    resident in ``llm``."""
+    resident in ``llm``. ``incumbent_measured``: the incumbent's outcomes on ``held_out``
+    (the last gate's ``outcome.kept``), so that only the candidate runs."""
     outcome = gate(registry, llm, suite, held_out, candidate, incumbent=incumbent, agent=agent, store=store,
-                   alpha=alpha, concurrency=concurrency, metric=metric, tests=tests, carried=carried)
+                   alpha=alpha, concurrency=concurrency, metric=metric, tests=tests, carried=carried,
+                   incumbent_measured=incumbent_measured)
     stale = adapter_name(incumbent) if outcome.promote else adapter_name(candidate)
     if stale is not None and stale in llm.list_adapters():
         llm.unload_adapter(stale)

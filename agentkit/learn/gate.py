@@ -14,6 +14,10 @@ likely negative as positive. It sees a policy that learned the first operation o
 long before whole chains come out right, which is what a curriculum round teaches. A
 candidate must then also solve at least as many tasks as the incumbent, so no promoted
 round is worse than the one before on either number.
+
+A loop that gates round after round on the same tasks measures the incumbent once: its
+outcomes (``Measured``) come from the measurement before the first gate, then from each
+gate's ``GateResult.kept``, and the next gate runs only the candidate.
 """
 
 from __future__ import annotations
@@ -34,8 +38,8 @@ from agentkit.store import TrajectoryStore
 from agentkit.store.protocols import RunStore
 from agentkit.tasks import Suite, Task
 
-__all__ = ["GateConfig", "GateResult", "GATE_METRICS", "mcnemar_exact", "paired_permutation_p", "wilson_interval",
-           "compare_policies", "gate"]
+__all__ = ["GateConfig", "GateResult", "Measured", "GATE_METRICS", "mcnemar_exact", "paired_permutation_p",
+           "wilson_interval", "compare_policies", "gate"]
 
 GATE_METRICS = ("success", "step-accuracy")
 
@@ -117,6 +121,31 @@ def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float,
 
 
 @dataclass
+class Measured:
+    """One policy version's outcomes on a set of tasks, by task id: (solved?, run id, step
+    accuracy). A gate handed the incumbent's (``incumbent_measured``) runs only the candidate."""
+
+    version: str
+    outcomes: dict[str, tuple[bool, int, float | None]]
+
+    @classmethod
+    def of(cls, version: str, report: RunReport) -> Measured:
+        """The outcomes of ``version``'s runs in ``report`` (run_tasks)."""
+        return cls(version, {r.task_id: (r.reward >= 1.0, r.run_id, r.step_accuracy) for r in report.results})
+
+    def check_reusable(self, incumbent: str, tasks: Sequence[Task]) -> None:
+        """Raise unless these are ``incumbent``'s outcomes on every one of ``tasks``."""
+        if self.version != incumbent:
+            raise AgentkitError(f"incumbent_measured is of '{self.version}', not of the incumbent '{incumbent}'; "
+                                f"pass the incumbent's outcomes (the last gate's GateResult.kept) or None to run it")
+        missing = [t.id for t in tasks if t.id not in self.outcomes]
+        if missing:
+            shown = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
+            raise AgentkitError(f"incumbent_measured lacks {len(missing)} of the {len(tasks)} gate tasks ({shown}); "
+                                f"measure '{incumbent}' on these tasks or pass None to run it")
+
+
+@dataclass
 class GateResult:
     """Paired held-out outcomes of two policies and the decision."""
 
@@ -148,6 +177,14 @@ class GateResult:
     task_ids: list[str] = field(default_factory=list)
     incumbent_run_ids: list[int] = field(default_factory=list)
     candidate_run_ids: list[int] = field(default_factory=list)
+    incumbent_measured: Measured | None = field(default=None, repr=False)
+    candidate_measured: Measured | None = field(default=None, repr=False)
+
+    @property
+    def kept(self) -> Measured | None:
+        """The outcomes of the policy this decision keeps (the candidate if promoted, else the
+        incumbent): the next gate on the same tasks passes them as ``incumbent_measured``."""
+        return self.candidate_measured if self.promote else self.incumbent_measured
 
     @property
     def incumbent_success(self) -> float:
@@ -174,6 +211,7 @@ class GateResult:
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
+        del out["incumbent_measured"], out["candidate_measured"]  # per task: the runs hold them, the run ids point there
         out.update(incumbent_success=self.incumbent_success, candidate_success=self.candidate_success,
                    decision=self.decision, p_adjusted=self.p_adjusted, level=self.level)
         return out
@@ -196,10 +234,6 @@ class GateResult:
         )
 
 
-def _successes(report: RunReport) -> dict[str, tuple[bool, int, float | None]]:
-    return {r.task_id: (r.reward >= 1.0, r.run_id, r.step_accuracy) for r in report.results}
-
-
 def compare_policies(
     llm: LLM,
     suite: Suite,
@@ -215,6 +249,7 @@ def compare_policies(
     metric: str = "success",
     tests: int = 1,
     carried: int = 0,
+    incumbent_measured: Measured | None = None,
 ) -> GateResult:
     """Run ``agent`` (default: greedy SolveAgent) on ``tasks`` once per policy version and
     test the paired outcomes. Both versions must already be loaded into ``llm`` under their
@@ -223,27 +258,39 @@ def compare_policies(
     (exact McNemar) or "step-accuracy" (paired permutation test, and no fewer successes).
     ``tests``: the gates asked in all; each must pass alpha / tests, or
     alpha * (1 + carried) / tests with shares ``carried`` from earlier promotions
-    (GateResult.carried)."""
+    (GateResult.carried).
+
+    ``incumbent_measured``: the incumbent's outcomes on these tasks, measured before with the
+    same agent, decoding and budget (``Measured.of`` a run_tasks report, or the last gate's
+    GateResult.kept); then only the candidate runs, and the incumbent's numbers and run ids
+    are those. They must be the incumbent's and cover every task, else AgentkitError: a gap
+    means another task set was measured, and running the incumbent quietly instead would
+    spend the time the caller meant to save."""
     if metric not in GATE_METRICS:
         raise AgentkitError(f"gate metric '{metric}' is unknown; choose one of {', '.join(GATE_METRICS)}")
     tests = max(1, tests)
     if not 0 <= carried < tests:
         raise AgentkitError(f"carried={carried}: a gate inherits the shares of at most the {tests - 1} gates before it")
+    if incumbent_measured is not None:
+        incumbent_measured.check_reusable(incumbent, tasks)
 
     agent = agent or SolveAgent()
     own_store = store is None
     store = TrajectoryStore(":memory:") if own_store else store
+    measured = {} if incumbent_measured is None else {incumbent: incumbent_measured}
     try:
-        outcomes = {}
         for version in (incumbent, candidate):
+            if version in measured:
+                continue
             report = run_tasks(
                 PolicyLLM(llm, adapter_name(version)), suite, tasks, store, agent=agent,
                 concurrency=concurrency, budget=budget, policy_version=version,
             )
-            outcomes[version] = _successes(report)
+            measured[version] = Measured.of(version, report)
     finally:
         if own_store:
             store.close()
+    outcomes = {version: m.outcomes for version, m in measured.items()}
     ids = [t.id for t in tasks]
     inc = [outcomes[incumbent][i][0] for i in ids]
     cand = [outcomes[candidate][i][0] for i in ids]
@@ -271,6 +318,7 @@ def compare_policies(
         task_ids=ids,
         incumbent_run_ids=[outcomes[incumbent][i][1] for i in ids],
         candidate_run_ids=[outcomes[candidate][i][1] for i in ids],
+        incumbent_measured=measured[incumbent], candidate_measured=measured[candidate],
     )
 
 
@@ -291,19 +339,22 @@ def gate(
     metric: str = "success",
     tests: int = 1,
     carried: int = 0,
+    incumbent_measured: Measured | None = None,
 ) -> GateResult:
     """Evaluate ``candidate`` against ``incumbent`` (default: the active version) and, with
     ``apply``, promote it on a significant gain or mark it rejected otherwise. The numbers
     go into the candidate's metrics either way (held-out success, step accuracy, 95% CI and
-    the whole gate result)."""
+    the whole gate result). With ``incumbent_measured`` (see compare_policies) only the
+    candidate is loaded and run."""
     if len(tasks) == 0:
         raise AgentkitError("the gate needs held-out tasks; pass at least one (e.g. suite.tasks('test', 100))")
     incumbent = incumbent or registry.active().version
-    for version in (incumbent, candidate):
+    for version in (incumbent, candidate) if incumbent_measured is None else (candidate,):
         load_policy(llm, registry, version)
     result = compare_policies(
         llm, suite, tasks, candidate=candidate, incumbent=incumbent, agent=agent, store=store,
         alpha=alpha, concurrency=concurrency, budget=budget, metric=metric, tests=tests, carried=carried,
+        incumbent_measured=incumbent_measured,
     )
     registry.update_metrics(candidate, {
         "heldout_success": result.candidate_success,
