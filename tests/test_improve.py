@@ -27,7 +27,8 @@ def answers(suite, right_for):
         if task is None:
             level = 1
             for candidate in (suite.tasks("test", 8, level=level) + suite.tasks("train", 64, level=level, seed=1000)
-                              + suite.tasks("test", 16, level=level, seed=7919)):  # gate, training, final sets
+                              + suite.tasks("train", 64, level=level, seed=2000)
+                              + suite.tasks("test", 16, level=level, seed=7919)):  # gate, 2 rounds' training, final
                 by_question[candidate.question] = candidate
             task = by_question[question]
         ok = request.adapter in right_for or (request.temperature > 0 and request.seed % 2 == 0)
@@ -61,6 +62,40 @@ def test_rft_round_trains_gates_and_promotes(tmp_path, monkeypatch):
     assert (run.suite, run.method, run.status, run.config["rounds"]) == ("arithmetic", "rft", "finished", 1)
     assert [r["round"] for r in recorded.rounds] == [0, 1]
     assert recorded.rounds[1]["p_value"] == rounds[1].p_value and recorded.rounds[1]["candidate"] == "v1"
+
+
+@pytest.mark.parametrize("memory", [0, 2])
+def test_the_gates_reuse_the_active_policys_gate_set_outcomes(tmp_path, monkeypatch, memory):
+    """Round 0 measures base on the gate set; round 1's gate runs only v1 (promoted), round
+    2's only v2 (refused), each reusing the active policy's outcomes. With memory the
+    library changes between rounds, so every gate runs the incumbent again."""
+    import importlib
+
+    improve_module = importlib.import_module("agentkit.learn.improve")
+    gates = []
+    real = improve_module.gate_candidate
+    monkeypatch.setattr(improve_module, "gate_candidate", lambda *a, **k: gates.append(real(*a, **k)) or gates[-1])
+    monkeypatch.chdir(tmp_path)
+    tok = build_tiny_tokenizer()
+    suite = get_suite("arithmetic")
+    llm = char_scripted(answers(suite, right_for={"v1", "v2"}), tok)
+    config = ImproveConfig(method="rft", explore="sample", rounds=2, levels=[1], train_tasks=4, eval_tasks=8,
+                           final_tasks=0, samples_per_task=2, epochs=1, batch_size=2, concurrency=4, memory=memory,
+                           output_dir=str(tmp_path / "improve"))
+    gate_ids = {t.id for t in suite.tasks("test", 8, level=1)}
+    with TrajectoryStore(tmp_path / "runs.db") as store:
+        rounds = improve(llm, store, config, model=build_tiny_model(len(tok)))
+        gated = sorted(r.policy_version for r in store.list_runs(None) if r.task_id in gate_ids)
+        base_runs = sorted(r.id for r in store.list_runs(None) if r.task_id in gate_ids and r.policy_version == "base")
+    assert [(r.candidate, r.promoted, r.heldout_success, r.candidate_success) for r in rounds] == [
+        (None, False, 0.0, None), ("v1", True, 1.0, 1.0), ("v2", False, 1.0, 1.0)]
+    if memory:
+        assert gated == ["base"] * 16 + ["v1"] * 16 + ["v2"] * 8
+        assert set(gates[1].incumbent_run_ids).isdisjoint(gates[0].candidate_run_ids)
+    else:
+        assert gated == ["base"] * 8 + ["v1"] * 8 + ["v2"] * 8
+        assert sorted(gates[0].incumbent_run_ids) == base_runs  # round 0's runs
+        assert gates[1].incumbent_run_ids == gates[0].candidate_run_ids  # v1 as round 1's gate ran it
 
 
 def test_a_regression_is_not_promoted(tmp_path, monkeypatch):

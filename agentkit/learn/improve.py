@@ -29,7 +29,7 @@ from agentkit.graph import load_graph
 from agentkit.learn.credit import output_step
 from agentkit.learn.curriculum import FamilyBandit
 from agentkit.learn.cycle import CandidateConfig, gate_candidate, register_trained, train_candidate
-from agentkit.learn.gate import GateConfig, wilson_interval
+from agentkit.learn.gate import GateConfig, Measured, wilson_interval
 from agentkit.learn.trees import search_steps, solution_example, tree_groups, tree_pairs
 from agentkit.learn.pairs import CHOSEN_BY, StepDPOConfig, build_outcome_pairs, build_step_pairs, sample_solutions
 from agentkit.learn.values import step_token_spans
@@ -330,6 +330,9 @@ def _improve(llm: LLM, store: RunStore, config: ImproveConfig, *, model: Any,
     name = load_policy(llm, registry, incumbent)
     report = run_tasks(PolicyLLM(llm, name), suite, held_out, store, agent=agent, concurrency=config.concurrency,
                        policy_version=incumbent)
+    # the active policy's gate-set outcomes: round 0 ran it as the gate does (same agent,
+    # decoding, budget and concurrency), so every gate reuses them and runs only its candidate
+    active: Measured | None = Measured.of(incumbent, report)
     measured = _final(llm, suite, final, store, agent, config, incumbent)
     rounds = [RoundResult(0, eval_level, incumbent, None, False, 0, {}, report.success_rate, report.step_accuracy,
                           None, None, None, report.completion_tokens, 0.0, time.perf_counter() - start,
@@ -391,7 +394,11 @@ def _improve(llm: LLM, store: RunStore, config: ImproveConfig, *, model: Any,
                 gate_result = gate_candidate(registry, llm, suite, held_out, candidate, incumbent=incumbent,
                                              agent=agent, store=store, alpha=config.alpha,
                                              concurrency=config.concurrency, metric=config.gate_metric,
-                                             tests=config.rounds, carried=carried)
+                                             tests=config.rounds, carried=carried,
+                                             # with memory, collection has changed the library the gate's
+                                             # prompts read since the incumbent was measured: measure again
+                                             incumbent_measured=None if config.memory > 0 else active)
+                active = gate_result.kept
                 promoted = gate_result.promote
                 status(f"round {r}: {gate_result.summary()}")
                 if promoted:
