@@ -433,6 +433,8 @@ class TrainerDaemon:
             self.status(state="gating")
             log.info("gating %s against %s on %d held-out tasks", candidate, incumbent, len(self.held_out))
             agent = SolveAgent(shots=self.config.shots, max_tokens=self.config.max_tokens)
+            # the incumbent runs again (no incumbent_measured, unlike improve): gates are a
+            # training phase apart, and outcomes kept in memory would not survive a restart
             outcome = gate_candidate(self.registry, self.llm, self.suite, self.held_out, candidate,
                                      incumbent=incumbent, agent=agent, store=self.traces, alpha=self.config.alpha,
                                      concurrency=self.config.concurrency, metric=self.config.gate_metric)
