@@ -61,8 +61,8 @@ def fill_store(path: Path, work: Path) -> dict[str, int | str]:
         # one improve round: search on 4 training tasks, train a tiny candidate, gate it
         reply = search_lines(suite, answers(suite, right_for={"v1"}), suite.tasks("train", 4, level=1, seed=1000))
         config = ImproveConfig(method="expert", explore="search", search="beam:1x4", rounds=1, levels=[1],
-                               train_tasks=4, eval_tasks=8, final_tasks=8, epochs=1, batch_size=2, concurrency=4,
-                               output_dir=str(work / "improve"))
+                               train_tasks=4, curriculum="none", eval_tasks=8, final_tasks=8, epochs=1, batch_size=2,
+                               concurrency=4, output_dir=str(work / "improve"))
         improve(char_scripted(reply, tok), store, config, model=build_tiny_model(len(tok)))
         improve_id = ImproveLog(store).list()[0].id
         searched = next(r.id for r in store.list_runs(None) if (r.meta or {}).get("agent", {}).get("search"))
