@@ -74,13 +74,17 @@ class FamilyBandit:
         for family, solved in outcomes:
             tried.setdefault(family, []).append(solved)
         rate = {f: sum(v) / len(v) for f, v in tried.items()}
-        share = [rate[f] if f in rate else self.alpha.get(f, 1.0) / (self.alpha.get(f, 1.0) + self.beta.get(f, 1.0))
-                 for f in pool]
+        share = [rate[f] if f in rate else self.mean(f) for f in pool]
         return sum(share) / len(share) if share else 0.0
 
     def means(self) -> dict[str, float]:
         """The posterior mean success rate per family, rounded for a journal."""
-        return {f: round(self.alpha[f] / (self.alpha[f] + self.beta[f]), 3) for f in sorted(self.alpha)}
+        return {f: round(self.mean(f), 3) for f in sorted(self.alpha)}
+
+    def mean(self, family: str) -> float:
+        """The posterior mean success rate of ``family`` (the prior's 0.5 if never seen)."""
+        a, b = self.alpha.get(family, 1.0), self.beta.get(family, 1.0)
+        return a / (a + b)
 
     def as_dict(self) -> dict[str, Any]:
         return {"discount": self.discount, "floor": self.floor,
