@@ -66,7 +66,7 @@ def test_rft_round_trains_gates_and_promotes(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("memory", [0, 2])
 def test_the_gates_reuse_the_active_policys_gate_set_outcomes(tmp_path, monkeypatch, memory):
-    """Round 0 measures base on the gate set; round 1's gate runs only v1 (promoted), round
+    """Plumbing (scripted backend): round 0 measures base on the gate set; round 1's gate runs only v1 (promoted), round
     2's only v2 (refused), each reusing the active policy's outcomes. With memory the
     library changes between rounds, so every gate runs the incumbent again."""
     import importlib
