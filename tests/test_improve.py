@@ -134,8 +134,11 @@ def test_gold_sft_trains_on_the_suite_solutions_without_sampling(tmp_path, monke
         for task, example in zip(tasks, data):  # (the char tokenizer drops newlines)
             assert example.prompt_ids == llm.tokenize(suite.prompt(task, shots=config.shots))
             assert example.completion_ids == llm._encode(task.solution + "\n\nQuestion:")
-        rounds = improve(llm, store, config, model=build_tiny_model(len(tok)))
+        said: list[str] = []
+        rounds = improve(llm, store, config, model=build_tiny_model(len(tok)), on_status=said.append)
     assert rounds[1].examples == 4 and rounds[1].sampled_tokens == 0 and rounds[1].promoted
+    # training shows progress: 4 examples in batches of 2 are 2 steps, the first reported
+    assert [m.split(", loss")[0] for m in said if "training step" in m] == ["round 1: training step 1/2"], said
 
 
 def test_explore_defaults_to_search_where_the_method_trains_on_search_trees():

@@ -382,7 +382,8 @@ def _improve(llm: LLM, store: RunStore, config: ImproveConfig, *, model: Any,
         else:
             status(f"round {r}: training a {config.method} candidate on {_describe(examples)}")
             t0 = time.perf_counter()
-            result = _train(registry, config, out_dir / f"round-{r}", model, incumbent, examples)
+            result = _train(registry, config, out_dir / f"round-{r}", model, incumbent, examples,
+                            on_log=_training_progress(status, r))
             train_s = time.perf_counter() - t0
             if result.adapter_path is None:
                 status(f"round {r}: training produced no adapter ({result.stats}); the policy stays '{incumbent}'")
@@ -472,21 +473,34 @@ class _Staged:
         return len(self.solutions) + len(self.pairs)
 
 
-def _train(registry: PolicyRegistry, config: ImproveConfig, out: Path, model: str, incumbent: str, examples: Any) -> Any:
+def _train(registry: PolicyRegistry, config: ImproveConfig, out: Path, model: str, incumbent: str, examples: Any,
+           on_log: Callable[[dict[str, Any]], None] | None = None) -> Any:
     """Train the round's candidate: one trainer run, or two stages for method=expert. It
     starts from the active policy's adapter, or from the base model with ``from_base``."""
     start = BASE if config.from_base else incumbent
     if not isinstance(examples, _Staged):
-        return train_candidate(registry, config.train_config(out), model, start, examples)
+        return train_candidate(registry, config.train_config(out), model, start, examples, on_log=on_log)
     result = None
     if examples.solutions:
         result = train_candidate(registry, config.train_config(out / "sft", method="rft"), model, start,
-                                 examples.solutions)
+                                 examples.solutions, on_log=on_log)
     if examples.pairs:
         parent = result.adapter_path if result is not None else None
         result = train_candidate(registry, config.train_config(out / "dpo", method="step-dpo"), model, start,
-                                 examples.pairs, parent_adapter=parent)
+                                 examples.pairs, parent_adapter=parent, on_log=on_log)
     return result
+
+
+def _training_progress(status: Callable[[str], None], round_: int, lines: int = 4) -> Callable[[dict[str, Any]], None]:
+    """A trainer's ``on_log`` that reports about ``lines`` times a run: step, loss, speed."""
+
+    def report(record: dict[str, Any]) -> None:
+        step, total = record["step"], record["total_steps"]
+        if step < total and step % max(1, total // (lines + 1)) == 0:
+            status(f"round {round_}: training step {step}/{total}, loss {record['loss']:.3f}, "
+                   f"{record['tokens_per_s']:.0f} tokens/s")
+
+    return report
 
 
 def _collect_search(llm: LLM, suite: Suite, tasks: list[Task], store: RunStore, config: ImproveConfig, version: str,

@@ -73,7 +73,7 @@ class Trainer:
     ``model``: a name or path for ``resolve_model`` ("gemma-3-270m"), or an already built
     transformers model (the trainer takes it over: LoRA layers are injected into it).
     ``parent_adapter``: a PEFT directory to continue training (its LoRA shape wins over the
-    config's). ``on_log``: called with every log record; ``on_reference``: with the seconds of
+    config's). ``on_log``: called with every log record and the run's ``total_steps``; ``on_reference``: with the seconds of
     the one-off reference pass (so a benchmark can time the steps apart from it). What the
     method adds to the loop (examples, reference, loss) is ``self.method`` (train/methods.py)."""
 
@@ -346,7 +346,7 @@ class Trainer:
                       "lr": scheduler.get_last_lr()[0], "seconds": seconds, "tokens_per_s": record["tokens"] / seconds}
             history.append(record)
             if (step + 1) % cfg.log_every == 0 or step + 1 == total:
-                self._emit(record)
+                self._emit(record, total)
             # checkpoint
             if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < total:
                 self._save_checkpoint(step + 1, total, optimizer, scheduler, order, refs, history, elapsed, fingerprint)
@@ -361,13 +361,13 @@ class Trainer:
         (self.output_dir / "train_result.json").write_text(json.dumps(asdict(result), indent=2, default=str))
         return result
 
-    def _emit(self, record: dict[str, Any]) -> None:
+    def _emit(self, record: dict[str, Any], total: int) -> None:
         shown = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items())
         log.info("%s %s", self.config.method, shown)
         with (self.output_dir / "metrics.jsonl").open("a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
         if self.on_log:
-            self.on_log(record)
+            self.on_log({**record, "total_steps": total})
 
     def _write_log(self, history: list[dict[str, Any]]) -> None:
         """metrics.jsonl holds exactly the steps of this run (after a resume: up to the checkpoint)."""
