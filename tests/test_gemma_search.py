@@ -43,13 +43,14 @@ def test_search_solves_one_operation_tasks_greedy_decoding_gets_wrong(gemma):
 
 
 def test_two_rounds_of_expert_iteration_beat_the_base_on_the_final_test_set(gemma, tmp_path):
-    """`agentkit improve`'s default loop, two rounds instead of three: search on 96 fresh
-    tasks a round (the curriculum's pick of 384), a fresh LoRA candidate trained on every
-    verified solution so far, the gate on 200 tasks. The promoted policy must beat the base
-    on 100 final test tasks that no decision read, by more than chance (a paired exact test).
-    On the bench's seeds (bench/results/improve-search-rft-mopps.md) two rounds took the
-    final test set from 5% to 13.5-26.5%, and round 1 was promoted on every seed."""
-    config = ImproveConfig(rounds=2, levels=[1], train_tasks=96, final_tasks=100, output_dir=str(tmp_path / "improve"))
+    """`agentkit improve`'s default loop, two rounds of 80 fresh tasks instead of three of 96
+    (to stay within 10 minutes on 2 cores): search on the curriculum's pick of 320, a fresh
+    LoRA candidate trained on every verified solution so far, the gate on 200 tasks. The
+    promoted policy must beat the base on 100 final test tasks that no decision read, by more
+    than chance (a paired exact test). On the bench's seeds (96 tasks a round,
+    bench/results/improve-search-rft-mopps.md) two rounds took the final test set from 5% to
+    13.5-26.5%, and round 1 (42-51 solutions) was promoted on every seed."""
+    config = ImproveConfig(rounds=2, levels=[1], train_tasks=80, final_tasks=100, output_dir=str(tmp_path / "improve"))
     assert (config.explore, config.method, config.from_base) == ("search", "rft", True)  # the default loop
     with TrajectoryStore(tmp_path / "runs.db") as store:
         rounds = improve(gemma, store, config)
@@ -60,7 +61,7 @@ def test_two_rounds_of_expert_iteration_beat_the_base_on_the_final_test_set(gemm
         for row in (base, last):  # the final test runs only, not the gate's
             runs = [r for r in store.list_runs(None) if r.policy_version == row.incumbent and r.task_id in held_out]
             final[row.incumbent] = {r.task_id: r.status == "success" for r in runs}
-    assert sum(r.new_data["solved"] for r in rounds[1:]) >= 60, [r.new_data for r in rounds]
+    assert sum(r.new_data["solved"] for r in rounds[1:]) >= 50, [r.new_data for r in rounds]
     assert last.incumbent != base.incumbent, rounds  # a candidate was promoted
     # on the final test set, which the gate never saw: a paired gain beyond chance
     tasks = [t for t in final[base.incumbent] if t in final[last.incumbent]]
