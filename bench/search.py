@@ -39,6 +39,8 @@ def main() -> None:
     parser.add_argument("--suite", default="arithmetic")
     parser.add_argument("--level", type=int, default=2)
     parser.add_argument("--tasks", type=int, default=40)
+    parser.add_argument("--seed", type=int, default=0, help="task seed: 0 draws the improve gate set's tasks, "
+                        "7919 the final test set's (agentkit.learn.improve.FINAL_SEED)")
     parser.add_argument("--ks", type=int, nargs="+", default=[4, 8, 16, 32, 64])
     parser.add_argument("--kinds", nargs="+", default=["sample", "beam", "mcts"])
     parser.add_argument("--value", choices=["checker", "mc"], default="checker")
@@ -50,7 +52,7 @@ def main() -> None:
     args = parser.parse_args()
 
     suite = get_suite(args.suite)
-    tasks = suite.tasks("test", args.tasks, level=args.level, seed=0)
+    tasks = suite.tasks("test", args.tasks, level=args.level, seed=args.seed)
     rows, points = [], {}
     with TransformersLLM("gemma-3-270m") as llm:
         adapter = None
@@ -92,7 +94,7 @@ def main() -> None:
     png = plot(points, float(rows[0][2].rstrip("%")), greedy_tokens, RESULTS / f"{name}.png",
                f"{'trained' if args.adapter else 'base'} Gemma 3 270M, {args.suite} level {args.level}, "
                f"{len(tasks)} tasks")
-    body = (f"Policy: {args.adapter or 'base model'}; {len(tasks)} test tasks of level {args.level} (seed 0); "
+    body = (f"Policy: {args.adapter or 'base model'}; {len(tasks)} test tasks of level {args.level} (seed {args.seed}); "
             f"search lines scored by {args.value}"
             f"{'' if args.share_prefix else ', whole lines sampled (--no-share-prefix)'}.\n\n"
             + markdown_table(["strategy", "k", "success", "tokens/task", "x greedy", "s"], rows)
