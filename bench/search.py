@@ -40,7 +40,8 @@ def main() -> None:
     parser.add_argument("--level", type=int, default=2)
     parser.add_argument("--tasks", type=int, default=40)
     parser.add_argument("--seed", type=int, default=0, help="task seed: 0 draws the improve gate set's tasks, "
-                        "7919 the final test set's (agentkit.learn.improve.FINAL_SEED)")
+                        "7919 those of its final test set (FINAL_SEED; the final set also drops "
+                        "any question the gate set has)")
     parser.add_argument("--ks", type=int, nargs="+", default=[4, 8, 16, 32, 64])
     parser.add_argument("--kinds", nargs="+", default=["sample", "beam", "mcts"])
     parser.add_argument("--value", choices=["checker", "mc"], default="checker")
@@ -90,7 +91,8 @@ def main() -> None:
                 points.setdefault(kind, []).append((per_task, 100 * wins / len(tasks)))
                 print(markdown_table(["strategy", "k", "success", "tokens/task", "x greedy", "s"], rows[-1:]), flush=True)
 
-    name = args.name or f"search-level{args.level}" + ("-adapter" if args.adapter else "")
+    name = args.name or (f"search-level{args.level}" + ("-adapter" if args.adapter else "")
+                         + (f"-seed{args.seed}" if args.seed else ""))
     png = plot(points, float(rows[0][2].rstrip("%")), greedy_tokens, RESULTS / f"{name}.png",
                f"{'trained' if args.adapter else 'base'} Gemma 3 270M, {args.suite} level {args.level}, "
                f"{len(tasks)} tasks")

@@ -141,6 +141,19 @@ def test_gold_sft_trains_on_the_suite_solutions_without_sampling(tmp_path, monke
     assert [m.split(", loss")[0] for m in said if "training step" in m] == ["round 1: training step 1/2"], said
 
 
+def test_training_progress_reports_each_fifth_of_a_run_and_restarts_for_a_second_stage():
+    from agentkit.learn.improve import _training_progress
+
+    said: list[str] = []
+    report = _training_progress(said.append, 2)
+    for total, every in ((300, 10), (50, 1)):  # an sft stage logged every 10 steps, then a dpo stage
+        for step in range(every, total + 1, every):
+            report({"step": step, "total_steps": total, "loss": 0.5, "tokens_per_s": 100.0})
+    assert [m.split(",")[0] for m in said] == [f"round 2: training step {s}" for s in
+                                               ("60/300", "120/300", "180/300", "240/300",
+                                                "10/50", "20/50", "30/50", "40/50")]
+
+
 def test_explore_defaults_to_search_where_the_method_trains_on_search_trees():
     assert (ImproveConfig().method, ImproveConfig().explore) == ("rft", "search")
     assert ImproveConfig(method="step-dpo").explore == "search"

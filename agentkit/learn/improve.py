@@ -492,11 +492,18 @@ def _train(registry: PolicyRegistry, config: ImproveConfig, out: Path, model: st
 
 
 def _training_progress(status: Callable[[str], None], round_: int, lines: int = 4) -> Callable[[dict[str, Any]], None]:
-    """A trainer's ``on_log`` that reports about ``lines`` times a run: step, loss, speed."""
+    """A trainer's ``on_log`` that reports about ``lines`` times a training run (each stage of
+    one, for ``expert``): step, loss, speed, where a logged step enters the next of
+    ``lines + 1`` equal parts of the run, whatever the trainer's ``log_every``."""
+    last = {"step": 0, "part": 0}
 
     def report(record: dict[str, Any]) -> None:
         step, total = record["step"], record["total_steps"]
-        if step < total and step % max(1, total // (lines + 1)) == 0:
+        if step <= last["step"]:  # the next stage's trainer counts from 1 again
+            last["part"] = 0
+        last["step"], part = step, step * (lines + 1) // total
+        if step < total and part > last["part"]:
+            last["part"] = part
             status(f"round {round_}: training step {step}/{total}, loss {record['loss']:.3f}, "
                    f"{record['tokens_per_s']:.0f} tokens/s")
 

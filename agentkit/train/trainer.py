@@ -73,9 +73,10 @@ class Trainer:
     ``model``: a name or path for ``resolve_model`` ("gemma-3-270m"), or an already built
     transformers model (the trainer takes it over: LoRA layers are injected into it).
     ``parent_adapter``: a PEFT directory to continue training (its LoRA shape wins over the
-    config's). ``on_log``: called with every log record and the run's ``total_steps``; ``on_reference``: with the seconds of
-    the one-off reference pass (so a benchmark can time the steps apart from it). What the
-    method adds to the loop (examples, reference, loss) is ``self.method`` (train/methods.py)."""
+    config's). ``on_log``: called with every log record and the run's ``total_steps``;
+    ``on_reference``: with the seconds of the one-off reference pass (so a benchmark can time
+    the steps apart from it). What the method adds to the loop (examples, reference, loss) is
+    ``self.method`` (train/methods.py)."""
 
     def __init__(
         self,
