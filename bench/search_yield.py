@@ -15,12 +15,12 @@ cores; what the loop spends per example. The tasks are the first round's fresh p
 from __future__ import annotations
 
 import argparse
-import resource
 import tempfile
 import time
 
 from _common import markdown_table, write_result
-from agentkit.learn.trees import search_steps, solution_example
+from agentkit.learn.improve import _cpu_seconds as cpu_seconds
+from agentkit.learn.trees import search_tokens, solution_example
 from agentkit.llm.transformers import TransformersLLM
 from agentkit.llm.views import PolicyLLM
 from agentkit.runtime import Budget, SolveAgent, run_tasks
@@ -28,11 +28,6 @@ from agentkit.store import TrajectoryStore
 from agentkit.tasks import get_suite
 
 HEADERS = ["search", "solved", "tokens/task", "cpu s", "wall s", "solved / cpu min"]
-
-
-def cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 def main() -> None:
@@ -63,8 +58,7 @@ def main() -> None:
                 cpu, wall = cpu_seconds() - cpu0, time.perf_counter() - t0
                 runs = [store.get_run(r.run_id, steps=True) for r in report.results]
                 solved = sum(solution_example(run) is not None for run in runs)
-                tokens = sum(s.meta["search"]["count"] * len(s.completion_ids) + s.meta["search"].get("rollout_tokens", 0)
-                             for run in runs for s in search_steps(run)) / len(runs)
+                tokens = sum(search_tokens(run) for run in runs) / len(runs)
                 rows.append([spec, f"{solved}/{len(tasks)}", f"{tokens:.0f}", f"{cpu:.0f}", f"{wall:.0f}",
                              f"{60 * solved / cpu:.1f}"])
                 print(markdown_table(HEADERS, rows[-1:]), flush=True)

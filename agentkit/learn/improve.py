@@ -30,7 +30,7 @@ from agentkit.learn.credit import output_step
 from agentkit.learn.curriculum import FamilyBandit
 from agentkit.learn.cycle import CandidateConfig, gate_candidate, register_trained, train_candidate
 from agentkit.learn.gate import GateConfig, Measured, wilson_interval
-from agentkit.learn.trees import search_steps, solution_example, tree_groups, tree_pairs
+from agentkit.learn.trees import search_tokens, solution_example, tree_groups, tree_pairs
 from agentkit.learn.pairs import CHOSEN_BY, StepDPOConfig, build_outcome_pairs, build_step_pairs, sample_solutions
 from agentkit.learn.values import step_token_spans
 from agentkit.llm._malloc import release_memory
@@ -529,8 +529,7 @@ def _collect_search(llm: LLM, suite: Suite, tasks: list[Task], store: RunStore, 
     pair_store = PairStore(store)
     new_pairs = tree_pairs(runs, suite=suite.name, policy_version=version, decode=llm.decode)
     new_ids = pair_store.add_pairs(new_pairs)
-    sampled = sum(s.meta["search"]["count"] * len(s.completion_ids) + s.meta["search"].get("rollout_tokens", 0)
-                  for run in runs for s in search_steps(run))
+    sampled = sum(search_tokens(run) for run in runs)
     counts = {"searched": len(runs), "solved": len(solutions), "pairs": len(new_pairs),
               "search_tokens": sum(run.tokens or 0 for run in runs)}
     keep = set(new_ids)

@@ -44,6 +44,13 @@ def search_steps(run: Any) -> list[Any]:
     return [s for s in run.steps or () if (s.meta or {}).get("search")]
 
 
+def search_tokens(run: Any) -> int:
+    """Every token the run's search sampled: each node's line times the samples that drew it,
+    plus its Monte-Carlo rollouts."""
+    return sum(s.meta["search"]["count"] * len(s.completion_ids) + s.meta["search"].get("rollout_tokens", 0)
+               for s in search_steps(run))
+
+
 def solution_example(run: Any) -> SFTExample | None:
     """The verified solution search found in ``run``, as an SFT example: the prompt and the
     chosen path's lines, as sampled. None when the run did not succeed or recorded no tree."""
