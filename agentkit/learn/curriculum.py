@@ -54,13 +54,17 @@ class FamilyBandit:
                 self.beta[family] += 1.0
 
     def select(self, pool: Sequence[T], n: int, rng: random.Random, family: Callable[[T], str]) -> list[T]:
-        """``n`` items of ``pool`` without replacement, in pool order. Each family gets one
-        Thompson sample p ~ Beta(alpha, beta) (Beta(1, 1) for a family never seen), and each
-        item the weight p(1 - p) + ``floor`` of its family; weighted sampling without
-        replacement by keys u ** (1 / weight) (Efraimidis and Spirakis 2006)."""
-        families = [family(item) for item in pool]
-        sampled = {f: rng.betavariate(self.alpha.get(f, 1.0), self.beta.get(f, 1.0)) for f in dict.fromkeys(families)}
-        keys = [rng.random() ** (1.0 / (sampled[f] * (1.0 - sampled[f]) + self.floor)) for f in families]
+        """``n`` items of ``pool`` without replacement, in pool order. Each item gets its own
+        Thompson sample p ~ Beta(alpha, beta) of its family's posterior (Beta(1, 1) for a
+        family never seen), as MoPPS samples per prompt, and the weight p(1 - p) + ``floor``;
+        weighted sampling without replacement by keys u ** (1 / weight) (Efraimidis and
+        Spirakis 2006). One sample per family would let a single draw near 0 or 1 starve or
+        flood a whole family while its posterior is still wide."""
+        keys = []
+        for item in pool:
+            f = family(item)
+            p = rng.betavariate(self.alpha.get(f, 1.0), self.beta.get(f, 1.0))
+            keys.append(rng.random() ** (1.0 / (p * (1.0 - p) + self.floor)))
         chosen = sorted(range(len(pool)), key=keys.__getitem__, reverse=True)[:n]
         return [pool[i] for i in sorted(chosen)]
 
