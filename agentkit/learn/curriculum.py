@@ -36,7 +36,7 @@ class FamilyBandit:
     """lambda: each ``update`` first shrinks the evidence so far to this share (MoPPS's
     temporal discount), since the policy changed since it was gathered."""
     floor: float = 0.02
-    """Added to every family's weight p(1 - p) (at most 0.25), so no family is starved."""
+    """Added to every task's weight p(1 - p) (at most 0.25), so no family is starved."""
     alpha: dict[str, float] = field(default_factory=dict)
     beta: dict[str, float] = field(default_factory=dict)
 
@@ -56,10 +56,12 @@ class FamilyBandit:
     def select(self, pool: Sequence[T], n: int, rng: random.Random, family: Callable[[T], str]) -> list[T]:
         """``n`` items of ``pool`` without replacement, in pool order. Each item gets its own
         Thompson sample p ~ Beta(alpha, beta) of its family's posterior (Beta(1, 1) for a
-        family never seen), as MoPPS samples per prompt, and the weight p(1 - p) + ``floor``;
-        weighted sampling without replacement by keys u ** (1 / weight) (Efraimidis and
-        Spirakis 2006). One sample per family would let a single draw near 0 or 1 starve or
-        flood a whole family while its posterior is still wide."""
+        family never seen) and the weight p(1 - p) + ``floor``; weighted sampling without
+        replacement by keys u ** (1 / weight) (Efraimidis and Spirakis 2006). The tasks of a
+        family share its posterior (MoPPS has one per prompt, but a fresh task is never seen
+        twice), so over a pool a family's share follows its expected p(1 - p): a wide
+        posterior still spreads, but one draw near 0 or 1 can no longer starve a whole family,
+        nor one near 0.5 flood it, as a single draw per family did."""
         keys = []
         for item in pool:
             f = family(item)
