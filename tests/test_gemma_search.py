@@ -46,11 +46,12 @@ def test_two_rounds_of_expert_iteration_beat_the_base_on_the_final_test_set(gemm
     """`agentkit improve`'s default loop, two rounds of 80 fresh tasks instead of three of 96
     (to stay within 10 minutes on 2 cores): search on the curriculum's pick of 320, a fresh
     LoRA candidate trained on every verified solution so far, the gate on 200 tasks. The
-    promoted policy must beat the base on 100 final test tasks that no decision read, by more
-    than chance (a paired exact test). On the bench's seeds (96 tasks a round,
+    promoted policy must beat the base on 200 final test tasks that no decision read, by more
+    than chance (a paired exact test; on 100 tasks a 5% -> 12% gain is p = 0.059, which is
+    the measurement's noise, not the loop's). On the bench's seeds (96 tasks a round,
     bench/results/improve-search-rft-mopps.md) two rounds took the final test set from 5% to
     13.5-26.5%, and round 1 (42-51 solutions) was promoted on every seed."""
-    config = ImproveConfig(rounds=2, levels=[1], train_tasks=80, final_tasks=100, output_dir=str(tmp_path / "improve"))
+    config = ImproveConfig(rounds=2, levels=[1], train_tasks=80, final_tasks=200, output_dir=str(tmp_path / "improve"))
     assert (config.explore, config.method, config.from_base) == ("search", "rft", True)  # the default loop
     with TrajectoryStore(tmp_path / "runs.db") as store:
         rounds = improve(gemma, store, config)
