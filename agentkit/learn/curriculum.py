@@ -36,7 +36,7 @@ class FamilyBandit:
     """lambda: each ``update`` first shrinks the evidence so far to this share (MoPPS's
     temporal discount), since the policy changed since it was gathered."""
     floor: float = 0.02
-    """Added to every task's weight p(1 - p) (at most 0.25), so no family is starved."""
+    """Added to every family's weight p(1 - p) (at most 0.25), so no family is starved."""
     alpha: dict[str, float] = field(default_factory=dict)
     beta: dict[str, float] = field(default_factory=dict)
 
@@ -54,19 +54,19 @@ class FamilyBandit:
                 self.beta[family] += 1.0
 
     def select(self, pool: Sequence[T], n: int, rng: random.Random, family: Callable[[T], str]) -> list[T]:
-        """``n`` items of ``pool`` without replacement, in pool order. Each item gets its own
-        Thompson sample p ~ Beta(alpha, beta) of its family's posterior (Beta(1, 1) for a
-        family never seen) and the weight p(1 - p) + ``floor``; weighted sampling without
-        replacement by keys u ** (1 / weight) (Efraimidis and Spirakis 2006). The tasks of a
-        family share its posterior (MoPPS has one per prompt, but a fresh task is never seen
-        twice), so over a pool a family's share follows its expected p(1 - p): a wide
-        posterior still spreads, but one draw near 0 or 1 can no longer starve a whole family,
-        nor one near 0.5 flood it, as a single draw per family did."""
-        keys = []
-        for item in pool:
-            f = family(item)
-            p = rng.betavariate(self.alpha.get(f, 1.0), self.beta.get(f, 1.0))
-            keys.append(rng.random() ** (1.0 / (p * (1.0 - p) + self.floor)))
+        """``n`` items of ``pool`` without replacement, in pool order. Each family gets one
+        Thompson sample p ~ Beta(alpha, beta) (Beta(1, 1) for a family never seen), and each
+        item the weight p(1 - p) + ``floor`` of its family; weighted sampling without
+        replacement by keys u ** (1 / weight) (Efraimidis and Spirakis 2006).
+
+        One draw per family, not per task: a round leans on the families whose draw came out
+        near 0.5, and the next round's draws lean elsewhere. A draw per task (MoPPS has one
+        per prompt) averages that away, so the pick follows the pool's mix, and it measured
+        worse on the gate set: candidates trained on ~150-170 solutions reached 18.5-20.0%
+        against 25.5-31.5% (bench/results/improve-pertask-draw.md)."""
+        families = [family(item) for item in pool]
+        sampled = {f: rng.betavariate(self.alpha.get(f, 1.0), self.beta.get(f, 1.0)) for f in dict.fromkeys(families)}
+        keys = [rng.random() ** (1.0 / (sampled[f] * (1.0 - sampled[f]) + self.floor)) for f in families]
         chosen = sorted(range(len(pool)), key=keys.__getitem__, reverse=True)[:n]
         return [pool[i] for i in sorted(chosen)]
 

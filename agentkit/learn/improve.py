@@ -120,8 +120,8 @@ class ImproveConfig(GateConfig, CandidateConfig):
     """explore=search: "none" (train on every fresh task) or "mopps" (draw ``pool`` times as
     many and search the ones whose family (``Suite.family``) a Bayesian bandit, fed with what
     search solved in the rounds before, expects to be neither always nor never solved). None:
-    mopps where the round searches (the measured best, bench/results/improve-search-rft-mopps.md,
-    with one draw per family rather than per task), else none."""
+    mopps where the round searches (the measured best, bench/results/improve-search-rft-mopps.md),
+    else none."""
     pool: int = 4
     """curriculum=mopps: the candidate tasks a round draws, as a multiple of ``train_tasks``."""
     eval_tasks: int = field_of(GateConfig, "eval_tasks", default=200)
