@@ -61,9 +61,9 @@ class FamilyBandit:
 
         One draw per family, not per task: a round leans on the families whose draw came out
         near 0.5, and the next round's draws lean elsewhere. A draw per task (MoPPS has one
-        per prompt) averages that away, so the pick follows the pool's mix, and it measured
-        worse on the gate set: round-3 candidates trained on 149-168 solutions reached
-        18.5-24.5%, against 25.5-31.5% on 160-184 (bench/results/improve-pertask-draw.md)."""
+        per prompt) averages that away, so the pick follows the pool's mix. Side by side over 3
+        seeds it reached a final mean of 16.7% (12.5-19.5%) against 20.2% (16.5-24.0%) per
+        family, ranges overlapping (bench/results/improve-pertask-draw.md)."""
         families = [family(item) for item in pool]
         sampled = {f: rng.betavariate(self.alpha.get(f, 1.0), self.beta.get(f, 1.0)) for f in dict.fromkeys(families)}
         keys = [rng.random() ** (1.0 / (sampled[f] * (1.0 - sampled[f]) + self.floor)) for f in families]
