@@ -7,8 +7,9 @@ reads to choose a search budget.
 
 k is the search's width: beam:(k/8)x8 (k candidate lines per depth, 8 per frontier node;
 beam:1xk below 8), mcts:k (k simulations of 4 lines each); sample:k draws k whole outputs
-at T = 0.8 and counts a task solved when any verifies, so it is best-of-k with a perfect
-outcome verifier: an upper bound on any best-of-k selection. Search scores lines with the
+at the lines' temperature and top_p (``--temperature`` 0.8, ``--top-p`` 0.95) and counts a
+task solved when any verifies, so it is best-of-k with a perfect outcome verifier: an upper
+bound on any best-of-k selection. Search scores lines with the
 suite's step checker (``--value checker``) or with Monte-Carlo rollouts (``--value mc``,
 what a suite without a step checker gets). Tokens are every sampled token (lines,
 duplicates and rollouts included), per task.
@@ -38,11 +39,12 @@ from agentkit.learn.gate import mcnemar_exact, wilson_interval
 from agentkit.tasks import get_suite
 
 
-def strategy(kind: str, k: int, value: str, share_prefix: bool = True) -> Beam | MCTS:
+def strategy(kind: str, k: int, value: str, share_prefix: bool = True, **sampling: float) -> Beam | MCTS:
+    """``sampling``: the lines' temperature and top_p, where they differ from the strategies' defaults."""
     if kind == "beam":
         width = max(1, k // 8)
-        return Beam(width=width, expand=k // width, value=value, share_prefix=share_prefix)
-    return MCTS(simulations=k, expand=4, value=value, share_prefix=share_prefix)
+        return Beam(width=width, expand=k // width, value=value, share_prefix=share_prefix, **sampling)
+    return MCTS(simulations=k, expand=4, value=value, share_prefix=share_prefix, **sampling)
 
 
 MARKERS = {"beam": "o", "mcts": "s", "sample": "^"}
@@ -66,8 +68,15 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=8, help="tasks searched at once")
     parser.add_argument("--no-share-prefix", dest="share_prefix", action="store_false",
                         help="sample whole lines, not only their uncertain rest (see Beam.share_prefix)")
+    parser.add_argument("--temperature", type=float, default=Beam.temperature,
+                        help="sampling temperature of every candidate line and whole output")
+    parser.add_argument("--top-p", type=float, default=Beam.top_p,
+                        help="nucleus of every candidate line and whole output (1: the whole distribution)")
     parser.add_argument("--name", default=None)
     args = parser.parse_args()
+    if not 0.0 < args.temperature <= 2.0 or not 0.0 < args.top_p <= 1.0:
+        raise SystemExit(f"--temperature {args.temperature} --top-p {args.top_p}: take a temperature in (0, 2] "
+                         "and a top_p in (0, 1]")
     missing = [a for a in args.adapter if a != "base" and not Path(a, "adapter_config.json").is_file()]
     if missing:
         raise SystemExit(f"--adapter {missing[0]}: no adapter_config.json there; pass a PEFT adapter "
@@ -93,7 +102,8 @@ def main() -> None:
                          + (f"-seed{args.seed}" if args.seed else ""))
     png = plot(curves, RESULTS / f"{name}.png", f"Gemma 3 270M, {args.suite} level {args.level}, {len(tasks)} tasks")
     body = (f"{len(tasks)} test tasks of level {args.level} (seed {args.seed}); search lines scored by {args.value}"
-            f"{'' if args.share_prefix else ', whole lines sampled (--no-share-prefix)'}; "
+            f"{'' if args.share_prefix else ', whole lines sampled (--no-share-prefix)'}; lines and samples at "
+            f"temperature {args.temperature}, top_p {args.top_p}; "
             f"{n_policies} {'policy' if n_policies == 1 else 'policies'}, one after the other on the same tasks.\n\n"
             + "\n\n".join(sections)
             + "\n\n### Each search against its own policy's greedy (paired, same tasks)\n\n"
@@ -121,13 +131,14 @@ def measure(llm: TransformersLLM, suite, tasks: list, adapter: str | None, args:
         for k in args.ks:
             t0 = time.perf_counter()
             if kind == "sample":
-                out = llm.generate([GenerationRequest(p, n=k, temperature=0.8, top_p=0.95, top_k=64, max_tokens=160,
+                out = llm.generate([GenerationRequest(p, n=k, temperature=args.temperature, top_p=args.top_p,
+                                                      top_k=Beam.top_k, max_tokens=160,
                                                       stop=suite.stop, seed=i, adapter=adapter)
                                     for i, p in enumerate(prompts)])
                 won = [any(suite.verify(t, c.text) >= 1.0 for c in cs) for t, cs in zip(tasks, out)]
                 tokens = sum(len(c.token_ids) for cs in out for c in cs)
             else:  # the tasks' searches on threads: the backend batches their calls together
-                how = strategy(kind, k, args.value, args.share_prefix)
+                how = strategy(kind, k, args.value, args.share_prefix, temperature=args.temperature, top_p=args.top_p)
                 with ThreadPoolExecutor(max_workers=args.concurrency) as pool:
                     trees = list(pool.map(lambda tp: search(llm, suite, tp[0], tp[1], how, adapter=adapter, seed=0),
                                           zip(tasks, prompts)))
@@ -172,8 +183,8 @@ def plot(curves: list, path: Path, title: str) -> Path:
 
     fig, ax = plt.subplots(figsize=(6, 3.6), dpi=120)
     for i, (policy, points, greedy, greedy_tokens) in enumerate(curves):
-        path = Path(policy)
-        prefix = f"{path.parent.name if path.name == 'adapter' else path.name}: " if len(curves) > 1 else ""
+        where = Path(policy)
+        prefix = f"{where.parent.name if where.name == 'adapter' else where.name}: " if len(curves) > 1 else ""
         color = f"C{i}" if len(curves) > 1 else None
         for j, (kind, xy) in enumerate(points.items()):
             ax.plot(*zip(*xy), marker=MARKERS.get(kind, "o"), linestyle=["-", "--", ":"][j % 3],
