@@ -47,7 +47,7 @@ def improve(
     rounds: int = typer.Option(None, help="Rounds of collect -> pairs -> train -> gate."),
     method: str = typer.Option(None, help="step-dpo, dpo (whole-output), rft, grpo, rloo, gold-sft (SFT on gold solutions, the reference) or expert (with --explore search: SFT on the solutions search found, then DPO on its sibling steps)."),
     explore: Optional[str] = typer.Option(None, help="How a round collects its data: sample (whole outputs, then the method's credit) or search (step-level search trees, with --method rft, step-dpo, expert, grpo or rloo)."),
-    search: Optional[str] = typer.Option(None, metavar="SPEC", help="With --explore search: the strategy, beam:WxK (beam width W, K lines per node) or mcts:N / mcts:NxK (N simulations); end it in :mc to value lines by Monte-Carlo rollouts instead of the step checker."),
+    search: Optional[str] = typer.Option(None, metavar="SPEC", help="With --explore search: the strategy, beam:WxK (beam width W, K lines per node) or mcts:N / mcts:NxK (N simulations); end it in :mc to value lines by Monte-Carlo rollouts instead of the step checker, then in any ,name=value sampling options (mcts:8x8,temperature=1.0,top_p=0.99)."),
     levels: str = typer.Option(None, help="Curriculum: training level per round, comma-separated (the last repeats); the gate and final test sets are of the last level."),
     advance_at: float = typer.Option(None, help="With --explore search and several --levels: stay on a level until search solves this share of a round's fresh training tasks (0: one level per round)."),
     train_tasks: int = typer.Option(None, help="New training tasks per round."),

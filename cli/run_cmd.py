@@ -80,7 +80,8 @@ def run(
         None, metavar="SPEC", show_default="off: one call",
         help="Step-level search instead of one call: the solve node grows its output a line at a time, each line "
         "scored by the suite's step checker (else by Monte-Carlo rollouts): beam:WxK (beam width W, K lines per "
-        "node, e.g. beam:4x8) or mcts:N / mcts:NxK (N simulations). Every tree node is recorded as a step. "
+        "node, e.g. beam:4x8) or mcts:N / mcts:NxK (N simulations), then any ,name=value sampling options "
+        "(beam:4x8,temperature=1.0,top_p=0.99). Every tree node is recorded as a step. "
         "A graph declares search on its solver node (search=...).",
     ),
     dtype: str = typer.Option("auto", help="auto, bf16, fp16 or fp32 (auto: bf16 where the hardware runs it fast)."),
@@ -110,7 +111,8 @@ def run(
                                 f"search on its solver node, e.g. .add_node('solve', role='solver', search={search!r}); "
                                 "drop --search")
         _require(temperature == 0, f"--temperature {temperature:g}: a search samples its lines at its own temperature "
-                                   "(0.8); drop --temperature")
+                                   f"(0.8); set it in the spec instead, e.g. --search {search.split(',')[0]},"
+                                   f"temperature={temperature:g}")
     strategy = _search_strategy("--search", search)
 
     from agentkit.store import TrajectoryStore

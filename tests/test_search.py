@@ -289,6 +289,25 @@ def test_search_specs_parse_and_bad_ones_name_the_fix():
         search(ScriptedLLM(["x"]), AnswersOnly(), TASK, "p", Beam(value="checker"))
 
 
+def test_search_spec_options_set_the_sampling_and_round_trip():
+    hot = parse_search("beam:4x8,temperature=1.0,top_p=0.99")
+    assert hot == Beam(width=4, expand=8, temperature=1.0, top_p=0.99)
+    assert str(hot) == "beam:4x8,temperature=1.0,top_p=0.99"
+    for strategy in (hot, MCTS(simulations=8, expand=4, value="mc", c_puct=2.0, top_k=16), MCTS(simulations=3)):
+        assert parse_search(str(strategy)) == strategy
+    assert parse_search("mcts:16 , temperature = 1.2").temperature == 1.2
+    assert parse_search("beam:2x4,temperature=1.0", top_p=0.5).top_p == 0.5  # keyword options win
+    with pytest.raises(AgentkitError, match=r"option 'c_puct=2' is not understood; write name=value with name one of "
+                                            r"temperature, top_p"):
+        parse_search("beam:4x8,c_puct=2")  # a beam has no PUCT constant
+    with pytest.raises(AgentkitError, match=r"temperature=hot is not a number; write e.g. temperature=1.0"):
+        parse_search("beam:4x8,temperature=hot")
+    with pytest.raises(AgentkitError, match=r"temperature must be above 0 and top_p in \(0, 1\]"):
+        parse_search("mcts:8,temperature=0")
+    with pytest.raises(AgentkitError, match=r"top_p in \(0, 1\] \(got temperature=0.8, top_p=1.5\)"):
+        parse_search("mcts:8,top_p=1.5")
+
+
 def test_tree_pairs_have_the_prefix_of_their_node_and_the_right_sides():
     from agentkit.learn.trees import TreePairConfig, solution_example, tree_pairs
 

@@ -97,7 +97,11 @@ def test_a_searching_run_resumes_with_its_strategy(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--search", "beam:4"], "--search beam:4: search 'beam:4' is not understood; write beam:WxK (e.g. beam:4x8)"),
     (["--search", "beam:0x8"], "--search beam:0x8: beam width 0: must be at least 1"),
-    (["--search", "mcts:8", "--temperature", "0.5"], "--temperature 0.5: a search samples its lines at its own"),
+    (["--search", "mcts:8", "--temperature", "0.5"],
+     "--temperature 0.5: a search samples its lines at its own temperature (0.8); set it in the spec instead, "
+     "e.g. --search mcts:8,temperature=0.5"),
+    (["--search", "beam:4x8,temprature=1"], "--search beam:4x8,temprature=1: search 'beam:4x8,temprature=1': option "
+                                            "'temprature=1' is not understood"),
     (["solve_critic", "--search", "beam:4x8"],
      "graph solve_critic declares search on its solver node, e.g. .add_node('solve', role='solver', "
      "search='beam:4x8'); drop --search"),

@@ -85,6 +85,9 @@ class _Strategy:
             raise AgentkitError(f"{self}: expand, rollouts, max_depth and max_tokens must each be at least 1")
         if self.value not in VALUES:
             raise AgentkitError(f"search value {self.value!r} is unknown; choose one of {', '.join(VALUES)}")
+        if not self.temperature > 0 or not 0 < self.top_p <= 1:
+            raise AgentkitError(f"{self}: search samples its lines, so temperature must be above 0 and top_p in (0, 1] "
+                                f"(got temperature={self.temperature}, top_p={self.top_p})")
 
 
 @dataclass(frozen=True)
@@ -123,21 +126,28 @@ class MCTS(_Strategy):
             raise AgentkitError(f"MCTS simulations {self.simulations}: must be at least 1")
 
     def __str__(self) -> str:
-        return f"mcts:{self.simulations}{_value_suffix(self)}"
+        expand = "" if self.expand == _Strategy.expand else f"x{self.expand}"
+        return f"mcts:{self.simulations}{expand}{_value_suffix(self)}"
 
 
 _SPEC = re.compile(r"^(?:beam:(\d+)x(\d+)|mcts:(\d+)(?:x(\d+))?)(?::(\w+))?$")
+# what a spec's ",name=value" options may set, and their types (the shape and value have their own syntax)
+_OPTIONS = {"temperature": float, "top_p": float, "top_k": int, "rollouts": int, "line_tokens": int,
+            "rollout_length": int, "max_depth": int, "max_tokens": int, "c_puct": float}
 
 
 def parse_search(spec: str, **options: Any) -> Beam | MCTS:
     """``beam:WxK`` (width W, K lines per frontier node) or ``mcts:N`` / ``mcts:NxK``
     (N simulations, K lines per expansion), optionally ending in ``:checker`` or ``:mc``
-    (how lines are valued, see ``value``); ``options`` set the other fields."""
-    m = _SPEC.match(spec.strip().lower()) if isinstance(spec, str) else None
+    (how lines are valued, see ``value``), then any ``,name=value`` options
+    (``beam:4x8,temperature=1.0,top_p=0.99``); keyword ``options`` set the other fields."""
+    head, *pairs = spec.strip().lower().split(",") if isinstance(spec, str) else [""]
+    m = _SPEC.match(head.strip())
     if m is None:
         raise AgentkitError(f"search {spec!r} is not understood; write beam:WxK (e.g. beam:4x8) or mcts:N (e.g. mcts:32),"
                             " optionally ending in :checker or :mc")
     width, expand, sims, sims_expand, value = m.groups()
+    options = {**_spec_options(spec, pairs, mcts=width is None), **options}
     if value is not None:
         options = {"value": value, **options}
     if width is not None:
@@ -145,8 +155,30 @@ def parse_search(spec: str, **options: Any) -> Beam | MCTS:
     return MCTS(simulations=int(sims), **({"expand": int(sims_expand)} if sims_expand else {}), **options)
 
 
+def _spec_options(spec: str, pairs: list[str], *, mcts: bool) -> dict[str, Any]:
+    """The ``,name=value`` options of a spec, typed; a one-line error names a bad one."""
+    allowed = [k for k in _OPTIONS if mcts or k != "c_puct"]
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        name, _, raw = (part.strip() for part in pair.partition("="))
+        if name not in allowed or not raw:
+            raise AgentkitError(f"search {spec!r}: option {pair.strip()!r} is not understood; write name=value "
+                                f"with name one of {', '.join(allowed)} (e.g. beam:4x8,temperature=1.0)")
+        try:
+            options[name] = _OPTIONS[name](raw)
+        except ValueError:
+            raise AgentkitError(f"search {spec!r}: {name}={raw} is not a number; "
+                                f"write e.g. {name}={_OPTIONS[name](1)}") from None
+    return options
+
+
 def _value_suffix(strategy: _Strategy) -> str:
-    return "" if strategy.value == "auto" else f":{strategy.value}"
+    """How the spec string ends: the value mode unless "auto", then every option that differs
+    from its default, so that ``parse_search(str(s)) == s`` for what a spec can say."""
+    defaults = type(strategy)()
+    changed = [f",{k}={getattr(strategy, k)}" for k in _OPTIONS
+               if hasattr(strategy, k) and getattr(strategy, k) != getattr(defaults, k)]
+    return ("" if strategy.value == "auto" else f":{strategy.value}") + "".join(changed)
 
 
 def as_strategy(spec: Any) -> Beam | MCTS | None:
