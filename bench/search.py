@@ -144,7 +144,7 @@ def measure(llm: TransformersLLM, suite, tasks: list, adapter: str | None, args:
                                           zip(tasks, prompts)))
                 won = [suite.verify(t, tree.text()) >= 1.0 for t, tree in zip(tasks, trees)]
                 tokens = sum(tree.tokens for tree in trees)
-            label = str(strategy(kind, k, args.value)) if kind != "sample" else f"sample:{k}"
+            label = str(how) if kind != "sample" else f"sample:{k}"
             per_task = tokens / len(tasks)
             rows.append([label, k, _rate(won), f"{per_task:.0f}", f"{per_task / greedy_tokens:.1f}x",
                          f"{time.perf_counter() - t0:.0f}"])
