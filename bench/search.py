@@ -6,7 +6,7 @@ reads to choose a search budget.
     python bench/search.py --level 2 --adapter out/rounds/round-1/adapter --name search-promoted
 
 k is the search's width: beam:(k/8)x8 (k candidate lines per depth, 8 per frontier node;
-beam:1xk below 8), mcts:k (k simulations of 4 lines each); sample:k draws k whole outputs
+beam:1xk below 8), mcts:kx4 (k simulations of 4 lines each); sample:k draws k whole outputs
 at the lines' temperature and top_p (``--temperature`` 0.8, ``--top-p`` 0.95) and counts a
 task solved when any verifies, so it is best-of-k with a perfect outcome verifier: an upper
 bound on any best-of-k selection. Search scores lines with the

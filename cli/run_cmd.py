@@ -111,7 +111,7 @@ def run(
                                 f"search on its solver node, e.g. .add_node('solve', role='solver', search={search!r}); "
                                 "drop --search")
         _require(temperature == 0, f"--temperature {temperature:g}: a search samples its lines at its own temperature "
-                                   f"(0.8); set it in the spec instead, e.g. --search {search.split(',')[0]},"
+                                   f"(0.8 unless the spec sets it); set it in the spec instead, e.g. --search {search},"
                                    f"temperature={temperature:g}")
     strategy = _search_strategy("--search", search)
 

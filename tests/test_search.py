@@ -306,6 +306,11 @@ def test_search_spec_options_set_the_sampling_and_round_trip():
         parse_search("mcts:8,temperature=0")
     with pytest.raises(AgentkitError, match=r"top_p in \(0, 1\] \(got temperature=0.8, top_p=1.5\)"):
         parse_search("mcts:8,top_p=1.5")
+    for bad in ("beam:4x8,line_tokens=-1", "mcts:8,c_puct=nan", "mcts:8,rollout_length=0", "beam:2x4,top_k=-1"):
+        with pytest.raises(AgentkitError, match="line_tokens and rollout_length must each be at least 1"):
+            parse_search(bad)
+    with pytest.raises(AgentkitError, match="temperature must be above 0"):
+        parse_search("beam:4x8,temperature=inf")
 
 
 def test_tree_pairs_have_the_prefix_of_their_node_and_the_right_sides():

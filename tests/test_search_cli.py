@@ -98,7 +98,8 @@ def test_a_searching_run_resumes_with_its_strategy(tmp_path):
     (["--search", "beam:4"], "--search beam:4: search 'beam:4' is not understood; write beam:WxK (e.g. beam:4x8)"),
     (["--search", "beam:0x8"], "--search beam:0x8: beam width 0: must be at least 1"),
     (["--search", "mcts:8", "--temperature", "0.5"],
-     "--temperature 0.5: a search samples its lines at its own temperature (0.8); set it in the spec instead, "
+     "--temperature 0.5: a search samples its lines at its own temperature (0.8 unless the spec sets it); set it "
+     "in the spec instead, "
      "e.g. --search mcts:8,temperature=0.5"),
     (["--search", "beam:4x8,temprature=1"], "--search beam:4x8,temprature=1: search 'beam:4x8,temprature=1': option "
                                             "'temprature=1' is not understood"),
@@ -121,6 +122,16 @@ def test_run_json_reports_the_search_per_node(monkeypatch, tmp_path):
     assert result.exit_code == 0, result.stderr
     [node] = json.loads(result.stdout)["nodes"]
     assert node["strategies"] == ["mcts:4"] and node["tree_nodes"] == tasks[0].solution.count("\n") + 1
+
+
+def test_run_reports_a_spec_with_options_as_one_strategy(monkeypatch, tmp_path):
+    tasks = SUITE.tasks("test", 1)
+    monkeypatch.setattr(agentkit.llm, "load_backend", lambda *a, **k: gold_lines(tasks))
+    spec = "beam:2x4,temperature=1.0,top_p=0.99"
+    result = invoke("run", "--n", "1", "--search", spec, "--json", "--store", str(tmp_path / "runs.db"))
+    assert result.exit_code == 0, result.stderr
+    [node] = json.loads(result.stdout)["nodes"]
+    assert node["strategies"] == [spec]  # its commas do not split it
 
 
 # --- agentkit improve --explore search ------------------------------------------------------------

@@ -85,9 +85,12 @@ class _Strategy:
             raise AgentkitError(f"{self}: expand, rollouts, max_depth and max_tokens must each be at least 1")
         if self.value not in VALUES:
             raise AgentkitError(f"search value {self.value!r} is unknown; choose one of {', '.join(VALUES)}")
-        if not self.temperature > 0 or not 0 < self.top_p <= 1:
+        if not 0 < self.temperature < math.inf or not 0 < self.top_p <= 1:
             raise AgentkitError(f"{self}: search samples its lines, so temperature must be above 0 and top_p in (0, 1] "
                                 f"(got temperature={self.temperature}, top_p={self.top_p})")
+        if self.line_tokens < 1 or self.rollout_length < 1 or self.top_k < 0 or not 0 <= getattr(self, "c_puct", 0.0) < math.inf:
+            raise AgentkitError(f"{self}: line_tokens and rollout_length must each be at least 1, top_k at least 0 "
+                                "(0: no cut) and c_puct a finite number >= 0")
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ file, and store objects on one file in one process share its connection.
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
@@ -435,7 +436,8 @@ class TrajectoryStore:
             f"SUM(CASE WHEN {tree} THEN 1 ELSE 0 END), "
             f"COALESCE(SUM(CASE WHEN {tree} THEN json_extract(meta, '$.search.count') * completion_tokens "
             "+ COALESCE(json_extract(meta, '$.search.rollout_tokens'), 0) END), 0), "
-            f"GROUP_CONCAT(DISTINCT CASE WHEN {tree} THEN json_extract(meta, '$.search.strategy') END) "
+            # a JSON array, not GROUP_CONCAT: a strategy's spec may hold commas ("beam:4x8,temperature=1.0")
+            f"json_group_array(DISTINCT CASE WHEN {tree} THEN json_extract(meta, '$.search.strategy') END) "
             "FROM steps WHERE run_id IN ({}) GROUP BY node, role"
         )
         reasons_query = (
@@ -455,7 +457,7 @@ class TrajectoryStore:
                     row[0] = min(row[0], first)
                     for k, value in enumerate([runs, *sums], 1):
                         row[k] += value or 0
-                    searched.setdefault((node, role), set()).update(strategies.split(",") if strategies else ())
+                    searched.setdefault((node, role), set()).update(x for x in json.loads(strategies) if x)
                 for node, role, reason, count in conn.execute(reasons_query.format(marks), chunk):
                     seen = reasons.setdefault((node, role), {})
                     seen[str(reason)] = seen.get(str(reason), 0) + count
