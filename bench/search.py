@@ -34,6 +34,7 @@ from pathlib import Path
 from _common import RESULTS, markdown_table, write_result
 from agentkit.llm.base import GenerationRequest
 from agentkit.llm.transformers import TransformersLLM
+from agentkit.errors import AgentkitError
 from agentkit.graph.search import MCTS, Beam, search
 from agentkit.learn.gate import mcnemar_exact, wilson_interval
 from agentkit.tasks import get_suite
@@ -74,9 +75,10 @@ def main() -> None:
                         help="nucleus of every candidate line and whole output (1: the whole distribution)")
     parser.add_argument("--name", default=None)
     args = parser.parse_args()
-    if not 0.0 < args.temperature <= 2.0 or not 0.0 < args.top_p <= 1.0:
-        raise SystemExit(f"--temperature {args.temperature} --top-p {args.top_p}: take a temperature in (0, 2] "
-                         "and a top_p in (0, 1]")
+    try:  # the strategies own the sampling checks; whole-output samples use the same settings
+        strategy("beam", 8, args.value, temperature=args.temperature, top_p=args.top_p)
+    except AgentkitError as exc:
+        raise SystemExit(f"--temperature {args.temperature} --top-p {args.top_p}: {exc}") from None
     missing = [a for a in args.adapter if a != "base" and not Path(a, "adapter_config.json").is_file()]
     if missing:
         raise SystemExit(f"--adapter {missing[0]}: no adapter_config.json there; pass a PEFT adapter "
