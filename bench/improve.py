@@ -5,15 +5,19 @@ seeds (mean, median, min, max: never the best run alone) and the learning-curve 
 
     python bench/improve.py --seeds 3                                   # the default configuration
     python bench/improve.py --explore sample --method step-dpo --seeds 3 --name improve-step-dpo
+    python bench/improve.py --seeds 3 --jobs 3        # the seeds side by side, one process each
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import multiprocessing
+import os
 import statistics
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 from _common import RESULTS, markdown_table, write_result
@@ -98,41 +102,70 @@ def main() -> None:
                         help="train every candidate from the base model on the replay buffer "
                              "(default: ImproveConfig's, on for rft on search trees)")
     parser.add_argument("--name", default=None, help="result file name (default improve-<explore>-<method>)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="seeds run side by side, one process each, the cores shared between them")
     args = parser.parse_args()
+    if args.jobs < 1:
+        parser.error(f"--jobs {args.jobs}: give at least 1")
 
-    runs: list[list[RoundResult]] = []
-    tables, config = [], None
-    start = time.perf_counter()
-    for seed in range(1, args.seeds + 1):
-        work = Path(tempfile.mkdtemp(prefix=f"agentkit-improve-{seed}-"))
-        config = ImproveConfig(
-            explore=args.explore, search=args.search, method=args.method, rounds=args.rounds, levels=args.levels,
-            eval_level=args.eval_level, train_tasks=args.train_tasks, eval_tasks=args.eval_tasks,
-            final_tasks=args.final_tasks, samples_per_task=args.samples, epochs=args.epochs, lr=args.lr,
-            chosen_by=args.chosen_by, gate_metric=args.gate_metric, from_base=args.from_base,
-            advance_at=args.advance_at, curriculum=args.curriculum, pool=args.pool, seed=seed, output_dir=str(work / "rounds"),
+    seeds = list(range(1, args.seeds + 1))
+    threads = max(1, (os.cpu_count() or 1) // min(args.jobs, len(seeds)))
+    done: dict[int, list[RoundResult]] = {}
+    start = time.time()
+    if args.jobs == 1:
+        for seed in seeds:
+            done[seed] = run_seed(args, seed, start, threads=None)
+            report(args, done, start)  # after every seed: a stopped run keeps what it measured
+        return
+    with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(run_seed, args, seed, start, threads): seed for seed in seeds}
+        for future in as_completed(futures):
+            done[futures[future]] = future.result()
+            report(args, done, start)
+
+
+def config_of(args: argparse.Namespace, seed: int, output_dir: str = "") -> ImproveConfig:
+    return ImproveConfig(
+        explore=args.explore, search=args.search, method=args.method, rounds=args.rounds, levels=args.levels,
+        eval_level=args.eval_level, train_tasks=args.train_tasks, eval_tasks=args.eval_tasks,
+        final_tasks=args.final_tasks, samples_per_task=args.samples, epochs=args.epochs, lr=args.lr,
+        chosen_by=args.chosen_by, gate_metric=args.gate_metric, from_base=args.from_base,
+        advance_at=args.advance_at, curriculum=args.curriculum, pool=args.pool, seed=seed, output_dir=output_dir,
+    )
+
+
+def run_seed(args: argparse.Namespace, seed: int, start: float, threads: int | None) -> list[RoundResult]:
+    """One independent run. With ``threads`` (--jobs > 1) it runs in its own process on
+    that many torch threads, so each seed's CPU time is its own."""
+    work = Path(tempfile.mkdtemp(prefix=f"agentkit-improve-{seed}-"))
+    config = config_of(args, seed, str(work / "rounds"))
+    tag = f"seed {seed}"
+    print(f"== {tag} of {args.seeds}", flush=True)
+    with TransformersLLM("gemma-3-270m", threads=threads) as llm, TrajectoryStore(work / "runs.db") as store:
+        return improve(
+            llm, store, config, on_round=lambda r: print(f"{tag}\n" + markdown_table(HEADERS, [row(r)]), flush=True),
+            on_status=lambda m: print(f"[{time.time() - start:7.1f}s] {tag}: {m}", flush=True),
         )
-        print(f"== seed {seed} of {args.seeds}", flush=True)
-        with TransformersLLM("gemma-3-270m") as llm, TrajectoryStore(work / "runs.db") as store:
-            rounds = improve(
-                llm, store, config, on_round=lambda r: print(markdown_table(HEADERS, [row(r)]), flush=True),
-                on_status=lambda m: print(f"[{time.perf_counter() - start:7.1f}s] {m}", flush=True),
-            )
-        runs.append(rounds)
-        tables.append(f"### Seed {seed}\n\n" + markdown_table(HEADERS, [row(r) for r in rounds]) + curriculum(rounds))
-        report(args, config, runs, tables, start)  # after every seed: a stopped run keeps what it measured
 
 
-def report(args: argparse.Namespace, config: ImproveConfig, runs: list[list[RoundResult]], tables: list[str],
-           start: float) -> None:
+def report(args: argparse.Namespace, done: dict[int, list[RoundResult]], start: float) -> None:
+    config = config_of(args, seed=1)
+    seeds = sorted(done)
+    runs = [done[seed] for seed in seeds]
+    tables = [f"### Seed {seed}\n\n" + markdown_table(HEADERS, [row(r) for r in done[seed]]) + curriculum(done[seed])
+              for seed in seeds]
     name = args.name or f"improve-{config.explore}-{config.method}"
     png = plot_curve(runs, RESULTS / f"{name}.png",
                      title=f"improve --explore {config.explore} --method {config.method}: Gemma 3 270M, CPU")
     cfg = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("output_dir", "seed")}
-    done = f"seeds 1..{len(runs)}" + ("" if len(runs) == args.seeds else f" of {args.seeds} (run stopped early)")
+    ran = f"seeds {', '.join(map(str, seeds))}" + ("" if len(runs) == args.seeds else f" of {args.seeds} (run stopped early)")
+    side = ""
+    if args.jobs > 1:
+        threads = max(1, (os.cpu_count() or 1) // min(args.jobs, args.seeds))
+        side = f", {args.jobs} side by side on {os.cpu_count()} cores, {threads} torch thread(s) each"
     body = (
-        f"Config ({done}): `{cfg}`\n\n"
-        f"Wall time {(time.perf_counter() - start) / 60:.1f} min for these seeds. `cpu min` is the user + system "
+        f"Config ({ran}{side}): `{cfg}`\n\n"
+        f"Wall time {(time.time() - start) / 60:.1f} min for these seeds. `cpu min` is the user + system "
         "CPU time of the improve run up to the end of the round (both cores count), training and all measuring "
         "included.\n\n"
         "Three disjoint task sets: fresh training tasks every round (from the seed), a fixed gate set "
