@@ -21,7 +21,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 from _common import RESULTS, markdown_table, write_result
-from agentkit.learn.improve import CURRICULA, EXPLORE, METHODS, ImproveConfig, RoundResult, improve, plot_curve
+from agentkit.learn.improve import COLLECT_WITH, CURRICULA, EXPLORE, METHODS, ImproveConfig, RoundResult, improve, plot_curve
 from agentkit.llm.transformers import TransformersLLM
 from agentkit.store import TrajectoryStore
 
@@ -80,6 +80,8 @@ def main() -> None:
                         "on search trees, else sample (ImproveConfig)")
     parser.add_argument("--search", default=defaults.search)
     parser.add_argument("--method", choices=METHODS, default=defaults.method)
+    parser.add_argument("--collect-with", choices=COLLECT_WITH, default=defaults.collect_with,
+                        help="the policy that collects: the active one or the best on the gate set so far")
     parser.add_argument("--rounds", type=int, default=defaults.rounds)
     parser.add_argument("--levels", type=int, nargs="+", default=defaults.levels)
     parser.add_argument("--eval-level", type=int, default=None)
@@ -130,7 +132,8 @@ def config_of(args: argparse.Namespace, seed: int, output_dir: str = "") -> Impr
         eval_level=args.eval_level, train_tasks=args.train_tasks, eval_tasks=args.eval_tasks,
         final_tasks=args.final_tasks, samples_per_task=args.samples, epochs=args.epochs, lr=args.lr,
         chosen_by=args.chosen_by, gate_metric=args.gate_metric, from_base=args.from_base,
-        advance_at=args.advance_at, curriculum=args.curriculum, pool=args.pool, seed=seed, output_dir=output_dir,
+        advance_at=args.advance_at, curriculum=args.curriculum, pool=args.pool, collect_with=args.collect_with,
+        seed=seed, output_dir=output_dir,
     )
 
 

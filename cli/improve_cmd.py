@@ -33,7 +33,7 @@ class ImproveCommand(ConfigCommand):
 
         config = ImproveConfig()
         same = ("suite", "rounds", "method", "advance_at", "train_tasks", "pool", "eval_tasks",
-                "final_tasks", "rectifications", "chosen_by", "step_advantages", "gate_metric", "memory")
+                "final_tasks", "rectifications", "chosen_by", "step_advantages", "gate_metric", "memory", "collect_with")
         trees = ", ".join(SEARCH_BY_DEFAULT[:-1]) + " and " + SEARCH_BY_DEFAULT[-1]
         return {**{name: getattr(config, name) for name in same}, "levels": ",".join(map(str, config.levels)),
                 "samples": config.samples_per_task, "out": Path(config.output_dir),
@@ -48,6 +48,7 @@ def improve(
     method: str = typer.Option(None, help="step-dpo, dpo (whole-output), rft, grpo, rloo, gold-sft (SFT on gold solutions, the reference) or expert (with --explore search: SFT on the solutions search found, then DPO on its sibling steps)."),
     explore: Optional[str] = typer.Option(None, help="How a round collects its data: sample (whole outputs, then the method's credit) or search (step-level search trees, with --method rft, step-dpo, expert, grpo or rloo)."),
     search: Optional[str] = typer.Option(None, metavar="SPEC", help="With --explore search: the strategy, beam:WxK (beam width W, K lines per node) or mcts:N / mcts:NxK (N simulations); end it in :mc to value lines by Monte-Carlo rollouts instead of the step checker, then in any ,name=value sampling options (mcts:8x8,temperature=1.0,top_p=0.99)."),
+    collect_with: str = typer.Option(None, help="Which policy collects a round's data: the active one, or the best scorer on the gate set so far, promoted or not (best: collected data is verified either way; the active policy still changes only through the gate)."),
     levels: str = typer.Option(None, help="Curriculum: training level per round, comma-separated (the last repeats); the gate and final test sets are of the last level."),
     advance_at: float = typer.Option(None, help="With --explore search and several --levels: stay on a level until search solves this share of a round's fresh training tasks (0: one level per round)."),
     train_tasks: int = typer.Option(None, help="New training tasks per round."),
@@ -88,7 +89,7 @@ def improve(
                                samples_per_task=samples, rectifications=rectifications, chosen_by=chosen_by,
                                gate_metric=gate_metric, memory=memory, step_advantages=step_advantages, explore=explore,
                                final_tasks=final_tasks, advance_at=advance_at, from_base=from_base,
-                               curriculum=curriculum, pool=pool,
+                               curriculum=curriculum, pool=pool, collect_with=collect_with,
                                **({"search": search} if search else {}), output_dir=str(out / "rounds"))
     # what a config cannot see: a --search the command was given, and what loads
     _require(search is None or config.explore == "search", f"--search {search} is the strategy of --explore search; "

@@ -98,6 +98,33 @@ def test_the_gates_reuse_the_active_policys_gate_set_outcomes(tmp_path, monkeypa
         assert gates[1].incumbent_run_ids == gates[0].candidate_run_ids  # v1 as round 1's gate ran it
 
 
+@pytest.mark.parametrize("collect_with", ["active", "best"])
+def test_the_best_gate_scorer_collects_even_when_the_gate_refused_it(tmp_path, monkeypatch, collect_with):
+    """v1 solves all 8 gate tasks and the base none, yet at alpha 0.001 the gate refuses it:
+    with collect_with=best, v1 collects round 2 while the base stays active; v2 (wrong
+    everywhere) scores below v1, so v1 stays the collector."""
+    monkeypatch.chdir(tmp_path)
+    tok = build_tiny_tokenizer()
+    suite = get_suite("arithmetic")
+    llm = char_scripted(answers(suite, right_for={"v1"}), tok)
+    config = ImproveConfig(method="rft", explore="sample", rounds=2, levels=[1], train_tasks=4, eval_tasks=8,
+                           final_tasks=0, samples_per_task=2, epochs=1, batch_size=2, concurrency=4, alpha=0.001,
+                           collect_with=collect_with, output_dir=str(tmp_path / "improve"))
+    round_2 = {t.id for t in suite.tasks("train", 4, level=1, seed=2000)}
+    with TrajectoryStore(tmp_path / "runs.db") as store:
+        rounds = improve(llm, store, config, model=build_tiny_model(len(tok)))
+        assert PolicyRegistry(store.path).active().version == "base"
+        collected_by = {r.policy_version for r in store.list_runs(None) if r.task_id in round_2}
+    assert [(r.candidate, r.promoted, r.candidate_success) for r in rounds[1:]] == [("v1", False, 1.0),
+                                                                                   ("v2", False, 0.0)]
+    if collect_with == "best":
+        assert collected_by == {"v1"} and rounds[2].new_data["collector"] == "v1"
+        assert llm.list_adapters() == ["v1"]  # the collector stays loaded, the refused v2 does not
+    else:
+        assert collected_by == {"base"} and "collector" not in rounds[2].new_data
+        assert llm.list_adapters() == []
+
+
 def test_a_regression_is_not_promoted(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     tok = build_tiny_tokenizer()
@@ -170,6 +197,10 @@ def test_improve_config_refuses_unknown_choices():
         ImproveConfig(gate_metric="vibes")
     with pytest.raises(AgentkitError, match="step_advantages 'vibes'"):
         ImproveConfig(step_advantages="vibes")
+    with pytest.raises(AgentkitError, match="collect_with 'vibes'"):
+        ImproveConfig(collect_with="vibes")
+    with pytest.raises(AgentkitError, match="grpo.*drop collect_with"):
+        ImproveConfig(method="grpo", collect_with="best")
 
 
 def test_checker_values_reward_each_right_step_and_drop_at_the_first_wrong_one():

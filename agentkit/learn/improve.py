@@ -29,7 +29,7 @@ from agentkit.graph import load_graph
 from agentkit.learn.credit import output_step
 from agentkit.learn.curriculum import FamilyBandit
 from agentkit.learn.cycle import CandidateConfig, gate_candidate, register_trained, train_candidate
-from agentkit.learn.gate import GateConfig, Measured, wilson_interval
+from agentkit.learn.gate import GateConfig, GateResult, Measured, wilson_interval
 from agentkit.learn.trees import search_tokens, solution_example, tree_groups, tree_pairs
 from agentkit.learn.pairs import CHOSEN_BY, StepDPOConfig, build_outcome_pairs, build_step_pairs, sample_solutions
 from agentkit.learn.values import step_token_spans
@@ -49,8 +49,8 @@ from agentkit.train.configs import DPOConfig, PGConfig, SFTConfig, TrainConfig, 
 from agentkit.train.examples import PreferenceExample, RLGroup, SFTExample
 
 __all__ = ["ImproveConfig", "RoundResult", "improve", "METHODS", "GRAPH_METHODS", "STEP_ADVANTAGES", "EXPLORE",
-           "CURRICULA", "SEARCH_METHODS", "SEARCH_BY_DEFAULT", "default_explore", "checker_values", "final_tasks",
-           "plot_curve"]
+           "CURRICULA", "COLLECT_WITH", "SEARCH_METHODS", "SEARCH_BY_DEFAULT", "default_explore", "checker_values",
+           "final_tasks", "plot_curve"]
 
 log = logging.getLogger("agentkit.improve")
 
@@ -61,6 +61,7 @@ run's answer, whatever prompt the graph gave it. The others compare outputs of o
 (dpo, grpo, rloo) or need the solver's prompt without a run (gold-sft)."""
 STEP_ADVANTAGES = ("none", "checker")
 EXPLORE = ("sample", "search")
+COLLECT_WITH = ("active", "best")
 CURRICULA = ("none", "mopps")
 """Which of a round's fresh tasks it trains on: all of them, or those a bandit over task
 families expects search to solve about half the time (agentkit.learn.curriculum)."""
@@ -133,6 +134,12 @@ class ImproveConfig(GateConfig, CandidateConfig):
     (step-level search trees; see SEARCH_METHODS). None: ``default_explore``, the measured best."""
     search: str = "mcts:8x8"
     """explore=search: the strategy (agentkit.graph.search.parse_search)."""
+    collect_with: str = "active"
+    """Which policy collects a round's data. "active": the policy the gate promoted. "best":
+    of every policy measured on the gate set, the one that scored highest there (the latest
+    on a tie), promoted or not. What a round collects is verified whichever policy found it,
+    so choosing the collector needs no significance test; the active policy still changes
+    only through the gate (AlphaZero collected with its latest network, AlphaGo Zero gated it)."""
     step_advantages: str = "none"
     """grpo/rloo: "none" (outcome advantages only) or "checker" (each step's tokens also get
     its progress under the suite's step checker, see ``checker_values``)."""
@@ -220,6 +227,11 @@ class ImproveConfig(GateConfig, CandidateConfig):
         if self.step_advantages != "none" and self.method not in POLICY_GRADIENT:
             raise ConfigError(f"`step_advantages={self.step_advantages}` is for `method` grpo or rloo, not "
                               f"{self.method}; drop it")
+        if self.collect_with not in COLLECT_WITH:
+            raise ConfigError(f"`collect_with={self.collect_with}`: choose {' or '.join(COLLECT_WITH)}")
+        if self.collect_with != "active" and self.method in POLICY_GRADIENT:
+            raise ConfigError(f"`method={self.method}` trains the policy that sampled its groups, the active one; "
+                              "drop `collect_with`")
         if self.from_base and self.method in POLICY_GRADIENT:
             raise ConfigError(f"`method={self.method}` continues the policy that sampled its groups; drop `from_base`, "
                               "which trains a fresh adapter on every round's data")
@@ -340,6 +352,8 @@ def _improve(llm: LLM, store: RunStore, config: ImproveConfig, *, model: Any,
     if on_round:
         on_round(rounds[0])
     replay: list[Any] = []  # explore=search: the verified solutions of every round so far
+    # the policy that collects, and its gate-set score (collect_with=best: the best measured so far)
+    collector, collector_score = incumbent, _gate_score(config.gate_metric, report.success_rate, report.step_accuracy)
     step = 0  # the curriculum's place in config.levels
     carried = 0  # shares of alpha the next gate inherits (GateResult.carried)
     bandit = FamilyBandit() if config.curriculum == "mopps" else None
@@ -353,12 +367,12 @@ def _improve(llm: LLM, store: RunStore, config: ImproveConfig, *, model: Any,
         tasks = pool
         if bandit:
             tasks = bandit.select(pool, config.train_tasks, random.Random(config.seed * 1000 + r), suite.family)
-        adapter = adapter_name(incumbent)
+        adapter = adapter_name(collector)
         how = f"searching ({config.search})" if config.explore == "search" else "collecting"
         picked = f" (the curriculum's pick of {drawn})" if bandit else ""
-        status(f"round {r}: {how} on {len(tasks)} level-{level} training tasks{picked} with '{incumbent}'")
+        status(f"round {r}: {how} on {len(tasks)} level-{level} training tasks{picked} with '{collector}'")
         if config.explore == "search":
-            examples, new_data, sampled, solved = _collect_search(llm, suite, tasks, store, config, incumbent, adapter,
+            examples, new_data, sampled, solved = _collect_search(llm, suite, tasks, store, config, collector, adapter,
                                                                   replay, r)
             share = new_data["solved"] / len(tasks)  # fresh tasks: a held-out measure of the level
             if bandit:
@@ -373,9 +387,11 @@ def _improve(llm: LLM, store: RunStore, config: ImproveConfig, *, model: Any,
                 status(f"round {r}: search solves {share:.0%} of fresh level-{level} tasks "
                        f"(>= {config.advance_at:.0%}); the next round moves up a level")
         elif graph is not None:
-            examples, new_data, sampled = _collect_graph(llm, suite, tasks, store, config, incumbent, adapter, r, graph)
+            examples, new_data, sampled = _collect_graph(llm, suite, tasks, store, config, collector, adapter, r, graph)
         else:
-            examples, new_data, sampled = _collect(llm, suite, tasks, store, config, incumbent, adapter, r, agent)
+            examples, new_data, sampled = _collect(llm, suite, tasks, store, config, collector, adapter, r, agent)
+        if config.collect_with != "active":
+            new_data["collector"] = collector
         candidate, promoted, train_s, gate_result = None, False, 0.0, None
         if not examples:
             status(f"round {r}: no training data ({new_data}); the policy stays '{incumbent}'")
@@ -404,6 +420,8 @@ def _improve(llm: LLM, store: RunStore, config: ImproveConfig, *, model: Any,
                 status(f"round {r}: {gate_result.summary()}")
                 if promoted:
                     incumbent = candidate
+                collector, collector_score = _next_collector(llm, registry, config, gate_result, incumbent,
+                                                             collector, collector_score, status, r)
         carried = carried + 1 if promoted else 0  # a promotion passes its gate's level on (fallback procedure)
         if gate_result is not None:
             success = gate_result.candidate_success if promoted else gate_result.incumbent_success
@@ -426,6 +444,31 @@ def _improve(llm: LLM, store: RunStore, config: ImproveConfig, *, model: Any,
         if on_round:
             on_round(row)
     return rounds
+
+
+def _gate_score(metric: str, success: float, step_accuracy: float | None) -> float:
+    return (step_accuracy or 0.0) if metric == "step-accuracy" else success
+
+
+def _next_collector(llm: LLM, registry: PolicyRegistry, config: ImproveConfig, gate_result: GateResult, incumbent: str,
+                    collector: str, score: float, status: Callable[[str], None], round_: int) -> tuple[str, float]:
+    """The policy that collects the next round, and its gate-set score: the active one, or
+    with ``collect_with="best"`` the best scorer on the gate set so far (a candidate the gate
+    refused is loaded again for it). Only the active policy and the collector stay loaded."""
+    if config.collect_with == "active":
+        return incumbent, score
+    candidate = gate_result.candidate
+    candidate_score = _gate_score(gate_result.metric, gate_result.candidate_success,
+                                  gate_result.candidate_step_accuracy)
+    if candidate_score >= score:
+        collector, score = candidate, candidate_score
+        if collector != incumbent:
+            status(f"round {round_}: '{collector}' scored highest on the gate set ({score:.1%}); it collects next")
+    for name in set(llm.list_adapters()) - {adapter_name(incumbent), adapter_name(collector)}:
+        llm.unload_adapter(name)
+    if adapter_name(collector) is not None and adapter_name(collector) not in llm.list_adapters():
+        load_policy(llm, registry, collector)
+    return collector, score
 
 
 def final_tasks(suite: Suite, n: int, level: int, seed: int, *, exclude: list[Task]) -> list[Task]:
