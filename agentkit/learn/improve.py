@@ -420,8 +420,9 @@ def _improve(llm: LLM, store: RunStore, config: ImproveConfig, *, model: Any,
                 status(f"round {r}: {gate_result.summary()}")
                 if promoted:
                     incumbent = candidate
-                collector, collector_score = _next_collector(llm, registry, config, gate_result, incumbent,
-                                                             collector, collector_score, status, r)
+                if r < config.rounds:  # a next round to collect
+                    collector, collector_score = _next_collector(llm, registry, config, gate_result, incumbent,
+                                                                 collector, collector_score, status, r)
         carried = carried + 1 if promoted else 0  # a promotion passes its gate's level on (fallback procedure)
         if gate_result is not None:
             success = gate_result.candidate_success if promoted else gate_result.incumbent_success
