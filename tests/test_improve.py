@@ -100,7 +100,8 @@ def test_the_gates_reuse_the_active_policys_gate_set_outcomes(tmp_path, monkeypa
 
 @pytest.mark.parametrize("collect_with", ["active", "best"])
 def test_the_best_gate_scorer_collects_even_when_the_gate_refused_it(tmp_path, monkeypatch, collect_with):
-    """v1 solves all 8 gate tasks and the base none, yet at alpha 0.001 the gate refuses it:
+    """Plumbing (scripted backend: v1 answers right because it is named v1). v1 solves all 8
+    gate tasks and the base none, yet at alpha 0.001 the gate refuses it:
     with collect_with=best, v1 collects round 2 while the base stays active; v2 (wrong
     everywhere) scores below v1, so v1 stays the collector."""
     monkeypatch.chdir(tmp_path)
