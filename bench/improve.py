@@ -6,6 +6,7 @@ seeds (mean, median, min, max: never the best run alone) and the learning-curve 
     python bench/improve.py --seeds 3                                   # the default configuration
     python bench/improve.py --explore sample --method step-dpo --seeds 3 --name improve-step-dpo
     python bench/improve.py --seeds 3 --jobs 3        # the seeds side by side, one process each
+    python bench/improve.py --seeds 2 --jobs 4 --collect-with active best   # two arms, paired by seed
 """
 
 from __future__ import annotations
@@ -80,8 +81,9 @@ def main() -> None:
                         "on search trees, else sample (ImproveConfig)")
     parser.add_argument("--search", default=defaults.search)
     parser.add_argument("--method", choices=METHODS, default=defaults.method)
-    parser.add_argument("--collect-with", choices=COLLECT_WITH, default=defaults.collect_with,
-                        help="the policy that collects: the active one or the best on the gate set so far")
+    parser.add_argument("--collect-with", choices=COLLECT_WITH, nargs="+", default=[defaults.collect_with],
+                        help="the policy that collects: the active one or the best on the gate set so far; "
+                             "several values run as arms side by side on the same seeds")
     parser.add_argument("--rounds", type=int, default=defaults.rounds)
     parser.add_argument("--levels", type=int, nargs="+", default=defaults.levels)
     parser.add_argument("--eval-level", type=int, default=None)
@@ -110,39 +112,42 @@ def main() -> None:
     if args.jobs < 1:
         parser.error(f"--jobs {args.jobs}: give at least 1")
 
-    seeds = list(range(1, args.seeds + 1))
-    threads = max(1, (os.cpu_count() or 1) // min(args.jobs, len(seeds)))
-    done: dict[int, list[RoundResult]] = {}
+    if len(set(args.collect_with)) < len(args.collect_with):
+        parser.error(f"--collect-with {' '.join(args.collect_with)}: name each arm once")
+
+    runs = [(arm, seed) for arm in args.collect_with for seed in range(1, args.seeds + 1)]
+    threads = max(1, (os.cpu_count() or 1) // min(args.jobs, len(runs)))
+    done: dict[tuple[str, int], list[RoundResult]] = {}
     start = time.time()
     if args.jobs == 1:
-        for seed in seeds:
-            done[seed] = run_seed(args, seed, start, threads=None)
+        for arm, seed in runs:
+            done[arm, seed] = run_seed(args, arm, seed, start, threads=None)
             report(args, done, start)  # after every seed: a stopped run keeps what it measured
         return
     with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {pool.submit(run_seed, args, seed, start, threads): seed for seed in seeds}
+        futures = {pool.submit(run_seed, args, arm, seed, start, threads): (arm, seed) for arm, seed in runs}
         for future in as_completed(futures):
             done[futures[future]] = future.result()
             report(args, done, start)
 
 
-def config_of(args: argparse.Namespace, seed: int, output_dir: str = "") -> ImproveConfig:
+def config_of(args: argparse.Namespace, arm: str, seed: int, output_dir: str = "") -> ImproveConfig:
     return ImproveConfig(
         explore=args.explore, search=args.search, method=args.method, rounds=args.rounds, levels=args.levels,
         eval_level=args.eval_level, train_tasks=args.train_tasks, eval_tasks=args.eval_tasks,
         final_tasks=args.final_tasks, samples_per_task=args.samples, epochs=args.epochs, lr=args.lr,
         chosen_by=args.chosen_by, gate_metric=args.gate_metric, from_base=args.from_base,
-        advance_at=args.advance_at, curriculum=args.curriculum, pool=args.pool, collect_with=args.collect_with,
+        advance_at=args.advance_at, curriculum=args.curriculum, pool=args.pool, collect_with=arm,
         seed=seed, output_dir=output_dir,
     )
 
 
-def run_seed(args: argparse.Namespace, seed: int, start: float, threads: int | None) -> list[RoundResult]:
-    """One independent run. With ``threads`` (--jobs > 1) it runs in its own process on
-    that many torch threads, so each seed's CPU time is its own."""
-    work = Path(tempfile.mkdtemp(prefix=f"agentkit-improve-{seed}-"))
-    config = config_of(args, seed, str(work / "rounds"))
-    tag = f"seed {seed}"
+def run_seed(args: argparse.Namespace, arm: str, seed: int, start: float, threads: int | None) -> list[RoundResult]:
+    """One independent run of one arm. With ``threads`` (--jobs > 1) it runs in its own
+    process on that many torch threads, so each seed's CPU time is its own."""
+    work = Path(tempfile.mkdtemp(prefix=f"agentkit-improve-{arm}-{seed}-"))
+    config = config_of(args, arm, seed, str(work / "rounds"))
+    tag = f"seed {seed}" + (f" ({arm})" if len(args.collect_with) > 1 else "")
     print(f"== {tag} of {args.seeds}", flush=True)
     with TransformersLLM("gemma-3-270m", threads=threads) as llm, TrajectoryStore(work / "runs.db") as store:
         return improve(
@@ -151,24 +156,41 @@ def run_seed(args: argparse.Namespace, seed: int, start: float, threads: int | N
         )
 
 
-def report(args: argparse.Namespace, done: dict[int, list[RoundResult]], start: float) -> None:
-    config = config_of(args, seed=1)
-    seeds = sorted(done)
-    runs = [done[seed] for seed in seeds]
-    tables = [f"### Seed {seed}\n\n" + markdown_table(HEADERS, [row(r) for r in done[seed]]) + curriculum(done[seed])
-              for seed in seeds]
+def report(args: argparse.Namespace, done: dict[tuple[str, int], list[RoundResult]], start: float) -> None:
+    arms = args.collect_with
+    config = config_of(args, arms[0], seed=1)
     name = args.name or f"improve-{config.explore}-{config.method}"
-    png = plot_curve(runs, RESULTS / f"{name}.png",
-                     title=f"improve --explore {config.explore} --method {config.method}: Gemma 3 270M, CPU")
+    sections, pngs = [], []
+    for arm in arms:
+        seeds = sorted(seed for a, seed in done if a == arm)
+        if not seeds:
+            continue
+        runs = [done[arm, seed] for seed in seeds]
+        h = "##" if len(arms) == 1 else "###"  # with several arms, each is a section of its own
+        tables = [f"{h}# Seed {seed}\n\n" + markdown_table(HEADERS, [row(r) for r in done[arm, seed]])
+                  + curriculum(done[arm, seed]) for seed in seeds]
+        label = "" if len(arms) == 1 else f"-{arm}"
+        pngs.append(plot_curve(runs, RESULTS / f"{name}{label}.png",
+                               title=f"improve --explore {config.explore} --method {config.method}"
+                                     f"{f' --collect-with {arm}' if label else ''}: Gemma 3 270M, CPU"))
+        sections.append(("" if len(arms) == 1 else f"## Arm: collect_with={arm}\n\n")
+                        + f"{h} Across seeds (final test set)\n\n{summary(runs)}\n\n{h} Per seed\n\n"
+                        + "\n\n".join(tables))
+    if len(arms) > 1:
+        sections.insert(0, head_to_head(arms, done))
     cfg = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("output_dir", "seed")}
-    ran = f"seeds {', '.join(map(str, seeds))}" + ("" if len(runs) == args.seeds else f" of {args.seeds} (run stopped early)")
+    if len(arms) > 1:
+        cfg["collect_with"] = arms
+    total = len(arms) * args.seeds
+    ran = ", ".join(f"{arm} seed {seed}" if len(arms) > 1 else f"seed {seed}" for arm, seed in done)
+    ran += "" if len(done) == total else f" ({len(done)} of {total} runs: stopped early)"
     side = ""
     if args.jobs > 1:
-        threads = max(1, (os.cpu_count() or 1) // min(args.jobs, args.seeds))
-        side = f", {args.jobs} side by side on {os.cpu_count()} cores, {threads} torch thread(s) each"
+        threads = max(1, (os.cpu_count() or 1) // min(args.jobs, total))
+        side = f"; {args.jobs} side by side on {os.cpu_count()} cores, {threads} torch thread(s) each"
     body = (
         f"Config ({ran}{side}): `{cfg}`\n\n"
-        f"Wall time {(time.time() - start) / 60:.1f} min for these seeds. `cpu min` is the user + system "
+        f"Wall time {(time.time() - start) / 60:.1f} min for these runs. `cpu min` is the user + system "
         "CPU time of the improve run up to the end of the round (both cores count), training and all measuring "
         "included.\n\n"
         "Three disjoint task sets: fresh training tasks every round (from the seed), a fixed gate set "
@@ -179,13 +201,26 @@ def report(args: argparse.Namespace, done: dict[int, list[RoundResult]], start: 
         "passes its gate's level on to the next gate (Wiens' fallback procedure; p adj = p x rounds / (1 + "
         "carried shares)). `final` is the policy active after "
         "the round on the final test set, with its 95% Wilson interval.\n\n"
-        f"## Across seeds (final test set)\n\n{summary(runs)}\n\n## Per seed\n\n" + "\n\n".join(tables)
-        + f"\n\nCurve: `{png.name}`."
+        + "\n\n".join(sections) + f"\n\nCurve: {', '.join(f'`{png.name}`' for png in pngs)}."
     )
     print(body)
     print("wrote", write_result(name, f"agentkit improve --explore {config.explore} --method {config.method}", body),
-          "and", png)
+          "and", ", ".join(map(str, pngs)))
 
+
+def head_to_head(arms: list[str], done: dict[tuple[str, int], list[RoundResult]]) -> str:
+    """The arms on the same seeds (the same training tasks and the same final test set):
+    final test success after the last round, per seed and on average."""
+    seeds = sorted({seed for _, seed in done})
+    lines = []
+    for seed in seeds:
+        lines.append([seed] + [final(done[arm, seed][-1]) if (arm, seed) in done else "-" for arm in arms])
+    paired = [seed for seed in seeds if all((arm, seed) in done for arm in arms)]
+    if paired:
+        means = [statistics.mean(100 * (done[arm, seed][-1].final_success or 0) for seed in paired) for arm in arms]
+        lines.append([f"mean ({len(paired)} paired)"] + [f"{m:.1f}%" for m in means])
+    return ("## Head to head (final test set, after the last round)\n\n"
+            + markdown_table(["seed"] + [f"collect_with={arm}" for arm in arms], lines))
 
 if __name__ == "__main__":
     main()
