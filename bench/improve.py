@@ -22,6 +22,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 from _common import RESULTS, markdown_table, write_result
+from agentkit.learn.gate import ALPHA_SPENDING
 from agentkit.learn.improve import COLLECT_WITH, CURRICULA, EXPLORE, METHODS, ImproveConfig, RoundResult, improve, plot_curve
 from agentkit.llm.transformers import TransformersLLM
 from agentkit.store import TrajectoryStore
@@ -84,6 +85,8 @@ def main() -> None:
     parser.add_argument("--collect-with", choices=COLLECT_WITH, nargs="+", default=[defaults.collect_with],
                         help="the policy that collects: the active one or the best on the gate set so far; "
                              "several values run as arms side by side on the same seeds")
+    parser.add_argument("--alpha-spending", choices=ALPHA_SPENDING, default=defaults.alpha_spending,
+                        help="how the rounds' gates share alpha: equal, or rising with the round")
     parser.add_argument("--rounds", type=int, default=defaults.rounds)
     parser.add_argument("--levels", type=int, nargs="+", default=defaults.levels)
     parser.add_argument("--eval-level", type=int, default=None)
@@ -137,7 +140,7 @@ def config_of(args: argparse.Namespace, arm: str, seed: int, output_dir: str = "
         eval_level=args.eval_level, train_tasks=args.train_tasks, eval_tasks=args.eval_tasks,
         final_tasks=args.final_tasks, samples_per_task=args.samples, epochs=args.epochs, lr=args.lr,
         chosen_by=args.chosen_by, gate_metric=args.gate_metric, from_base=args.from_base,
-        advance_at=args.advance_at, curriculum=args.curriculum, pool=args.pool, collect_with=arm,
+        advance_at=args.advance_at, curriculum=args.curriculum, pool=args.pool, collect_with=arm, alpha_spending=args.alpha_spending,
         seed=seed, output_dir=output_dir,
     )
 
@@ -188,6 +191,8 @@ def report(args: argparse.Namespace, done: dict[tuple[str, int], list[RoundResul
     if args.jobs > 1:
         threads = max(1, (os.cpu_count() or 1) // min(args.jobs, total))
         side = f"; {args.jobs} side by side on {os.cpu_count()} cores, {threads} torch thread(s) each"
+    spending = ("alpha / rounds each" if config.alpha_spending == "equal"
+                else "round r's proportional to r, fixed before the run")
     body = (
         f"Config ({ran}{side}): `{cfg}`\n\n"
         f"Wall time {(time.time() - start) / 60:.1f} min for these runs. `cpu min` is the user + system "
@@ -197,9 +202,9 @@ def report(args: argparse.Namespace, done: dict[tuple[str, int], list[RoundResul
         f"({config.eval_tasks} test tasks, eval seed {config.eval_seed}) that every promotion decides on, and a "
         f"final test set ({config.final_tasks} test tasks from another seed, none in the gate set) that no "
         "decision reads. The gate is a one-sided exact McNemar test that spends alpha "
-        f"{config.alpha} over the {config.rounds} rounds: each gate has alpha / rounds of its own, and a promotion "
-        "passes its gate's level on to the next gate (Wiens' fallback procedure; p adj = p x rounds / (1 + "
-        "carried shares)). `final` is the policy active after "
+        f"{config.alpha} over the {config.rounds} rounds: each gate has a share of its own ({spending}), and a "
+        "promotion passes its gate's level on to the next gate (Wiens' fallback procedure; p adj = p / (share + "
+        "carried)). `final` is the policy active after "
         "the round on the final test set, with its 95% Wilson interval.\n\n"
         + "\n\n".join(sections) + f"\n\nCurve: {', '.join(f'`{png.name}`' for png in pngs)}."
     )

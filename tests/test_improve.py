@@ -202,6 +202,8 @@ def test_improve_config_refuses_unknown_choices():
         ImproveConfig(collect_with="vibes")
     with pytest.raises(AgentkitError, match="grpo.*drop collect_with"):
         ImproveConfig(method="grpo", collect_with="best")
+    with pytest.raises(AgentkitError, match="alpha_spending 'late'"):
+        ImproveConfig(alpha_spending="late")
 
 
 def test_checker_values_reward_each_right_step_and_drop_at_the_first_wrong_one():
@@ -489,5 +491,7 @@ def test_search_rounds_train_grpo_on_sibling_groups_and_from_base_starts_fresh(t
     assert rounds[1].p_adjusted == pytest.approx(min(1.0, 2 * rounds[1].p_value))
     assert rounds[2].p_adjusted == pytest.approx(rounds[2].p_value)
     assert rounds[2].examples == 8  # the replay buffer: both rounds' solutions
+    rounds = run("rft", from_base=True, alpha_spending="rising")  # round 1 gets 1/3 of alpha, round 2 2/3
+    assert rounds[1].p_adjusted == pytest.approx(min(1.0, 3 * rounds[1].p_value))
     with pytest.raises(AgentkitError, match="drop from_base"):
         ImproveConfig(method="rloo", explore="search", from_base=True)

@@ -18,7 +18,8 @@ from agentkit.store import TrajectoryStore
 from agentkit.store.policies import ChecksumError, PolicyRegistry, adapter_checksum
 from agentkit.tasks import get_suite
 from agentkit.errors import AgentkitError
-from agentkit.learn.gate import Measured, compare_policies, gate, mcnemar_exact, paired_permutation_p, wilson_interval
+from agentkit.learn.gate import (Measured, compare_policies, gate, mcnemar_exact, paired_permutation_p, spend_alpha,
+                                 wilson_interval)
 from agentkit.llm.views import PolicyLLM
 from agentkit.runtime import run_tasks
 from agentkit.runtime.policy import load_policy
@@ -280,14 +281,23 @@ def test_a_promotion_carries_its_share_of_alpha_to_the_next_gate(tmp_path, held_
     # candidate wins 8 tasks, loses 1: p = 10/512 = 0.0195, between 0.05/3 and 2 * 0.05/3
     llm = per_adapter_solver(tasks, {None: set(questions[:10]), "v9": set(questions[1:18])})
     llm.load_adapter("v9", "/nowhere")
-    gates = {carried: compare_policies(llm, suite, tasks, candidate="v9", incumbent="base", concurrency=4, tests=3,
-                                       carried=carried) for carried in (0, 1)}
-    assert gates[0].p_value == gates[1].p_value == pytest.approx(10 / 512)
+    gates = {carried: compare_policies(llm, suite, tasks, candidate="v9", incumbent="base", concurrency=4,
+                                       share=1 / 3, carried=carried) for carried in (0, 1 / 3)}
+    assert gates[0].p_value == gates[1 / 3].p_value == pytest.approx(10 / 512)
     assert not gates[0].promote and gates[0].p_adjusted == pytest.approx(3 * 10 / 512)
-    assert gates[1].promote and gates[1].p_adjusted == pytest.approx(1.5 * 10 / 512)
-    assert gates[1].level == pytest.approx(2 * 0.05 / 3) and "(1 carried)" in gates[1].summary()
-    with pytest.raises(AgentkitError, match="carried=3"):
-        compare_policies(llm, suite, tasks, candidate="v9", incumbent="base", tests=3, carried=3)
+    assert gates[1 / 3].promote and gates[1 / 3].p_adjusted == pytest.approx(1.5 * 10 / 512)
+    assert gates[1 / 3].level == pytest.approx(2 * 0.05 / 3) and "+ 0.333 carried" in gates[1 / 3].summary()
+    with pytest.raises(AgentkitError, match="share=0.5, carried=0.75"):
+        compare_policies(llm, suite, tasks, candidate="v9", incumbent="base", share=0.5, carried=0.75)
+
+
+def test_alpha_spending_schedules_sum_to_one_and_rising_favours_late_gates():
+    assert spend_alpha(4) == [0.25] * 4
+    rising = spend_alpha(8, "rising")
+    assert rising == pytest.approx([i / 36 for i in range(1, 9)]) and sum(rising) == pytest.approx(1.0)
+    assert spend_alpha(1, "rising") == [1.0]
+    with pytest.raises(AgentkitError, match="alpha_spending 'steep'"):
+        spend_alpha(3, "steep")
 
 
 def test_a_gate_given_the_incumbents_outcomes_runs_only_the_candidate(tmp_path, held_out):

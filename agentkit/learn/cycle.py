@@ -92,14 +92,14 @@ def register_trained(
 
 def gate_candidate(registry: PolicyRegistry, llm: LLM, suite: Suite, held_out: Sequence[Task], candidate: str, *,
                    incumbent: str, agent: Agent | None = None, store: RunStore | None = None, alpha: float = 0.05,
-                   concurrency: int = 16, metric: str = "success", tests: int = 1, carried: int = 0,
+                   concurrency: int = 16, metric: str = "success", share: float = 1.0, carried: float = 0.0,
                    incumbent_measured: Measured | None = None) -> GateResult:
     """Gate ``candidate`` against ``incumbent`` on ``held_out`` (promoted on a significant
     gain, else rejected), then unload the adapter that lost: only the active one stays
     resident in ``llm``. ``incumbent_measured``: the incumbent's outcomes on ``held_out``
     (the last gate's ``outcome.kept``), so that only the candidate runs."""
     outcome = gate(registry, llm, suite, held_out, candidate, incumbent=incumbent, agent=agent, store=store,
-                   alpha=alpha, concurrency=concurrency, metric=metric, tests=tests, carried=carried,
+                   alpha=alpha, concurrency=concurrency, metric=metric, share=share, carried=carried,
                    incumbent_measured=incumbent_measured)
     stale = adapter_name(incumbent) if outcome.promote else adapter_name(candidate)
     if stale is not None and stale in llm.list_adapters():

@@ -39,9 +39,10 @@ from agentkit.store.protocols import RunStore
 from agentkit.tasks import Suite, Task
 
 __all__ = ["GateConfig", "GateResult", "Measured", "GATE_METRICS", "mcnemar_exact", "paired_permutation_p",
-           "wilson_interval", "compare_policies", "gate"]
+           "wilson_interval", "compare_policies", "gate", "ALPHA_SPENDING", "spend_alpha"]
 
 GATE_METRICS = ("success", "step-accuracy")
+ALPHA_SPENDING = ("equal", "rising")
 
 
 @dataclass
@@ -120,6 +121,23 @@ def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float,
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
+def spend_alpha(gates: int, schedule: str = "equal") -> list[float]:
+    """Each gate's own fraction of alpha when a run gates ``gates`` times, fixed before the
+    first: "equal" gives each 1 / gates (Bonferroni); "rising" gives gate i (from 1) a share
+    proportional to i, so later gates, whose candidates trained on more data, test at a
+    looser level (8 gates: 1/36 for the first, 8/36 for the last). The shares sum to 1,
+    so with Wiens' fallback (GateResult.carried) a run's chance of any false promotion
+    stays within alpha whichever schedule it fixed."""
+    if gates < 1:
+        raise AgentkitError(f"gates={gates}: a run asks at least one gate")
+    if schedule == "equal":
+        return [1 / gates] * gates
+    if schedule == "rising":
+        total = gates * (gates + 1) / 2
+        return [i / total for i in range(1, gates + 1)]
+    raise ConfigError(f"`alpha_spending={schedule}`: choose {' or '.join(ALPHA_SPENDING)}")
+
+
 @dataclass
 class Measured:
     """One policy version's outcomes on a set of tasks, by task id: (solved?, run id, step
@@ -162,14 +180,15 @@ class GateResult:
     alpha: float
     promote: bool
     metric: str = "success"
-    tests: int = 1
-    """How many gates this run asks in all (one per round): each has alpha / tests of its
-    own (alpha spending), so a run's chance of any false promotion stays within alpha."""
-    carried: int = 0
-    """Shares of alpha this gate inherits: a promotion passes its gate's whole level on to
-    the next gate, a refusal passes nothing (Wiens' fallback procedure, which keeps the
+    share: float = 1.0
+    """This gate's own fraction of alpha. A run that gates once per round spends alpha over
+    its gates (``spend_alpha``): their shares sum to at most 1, so the run's chance of any
+    false promotion stays within alpha."""
+    carried: float = 0.0
+    """The fraction of alpha this gate inherits: a promotion passes its gate's whole level on
+    to the next gate, a refusal passes nothing (Wiens' fallback procedure, which keeps the
     run's chance of any false promotion within alpha). The gate tests at
-    alpha * (1 + carried) / tests."""
+    alpha * (share + carried)."""
     incumbent_step_accuracy: float | None = None
     candidate_step_accuracy: float | None = None
     candidate_ci95: tuple[float, float] = (0.0, 1.0)
@@ -197,13 +216,13 @@ class GateResult:
     @property
     def level(self) -> float:
         """The significance level this gate tests at: its own share of alpha plus what it carried."""
-        return self.alpha * (1 + self.carried) / self.tests
+        return self.alpha * (self.share + self.carried)
 
     @property
     def p_adjusted(self) -> float:
-        """The p-value on alpha's scale: min(1, p * tests / (1 + carried)); promote when it is
+        """The p-value on alpha's scale: min(1, p / (share + carried)); promote when it is
         below alpha."""
-        return min(1.0, self.p_value * self.tests / (1 + self.carried))
+        return min(1.0, self.p_value / (self.share + self.carried))
 
     @property
     def decision(self) -> str:
@@ -223,8 +242,9 @@ class GateResult:
             f"({100 * self.incumbent_success:.1f}%), candidate {self.candidate_successes} "
             f"({100 * self.candidate_success:.1f}%), discordant b={self.b} c={self.c}, "
         )
-        carried = f" ({self.carried} carried)" if self.carried else ""
-        p = f"p={self.p_value:.4g}" + (f", x{self.tests} gates{carried} p={self.p_adjusted:.4g}" if self.tests > 1 else "")
+        carried = f" + {self.carried:.3g} carried" if self.carried else ""
+        spent = f", at {self.share:.3g}{carried} of alpha p adj={self.p_adjusted:.4g}"
+        p = f"p={self.p_value:.4g}" + (spent if self.share + self.carried < 1 else "")
         if self.metric == "success":
             return line + f"one-sided exact McNemar {p} (alpha {self.alpha:g}) -> {self.decision}"
         pct = lambda v: "-" if v is None else f"{100 * v:.1f}%"  # noqa: E731
@@ -247,8 +267,8 @@ def compare_policies(
     concurrency: int = 16,
     budget: Budget = Budget(),
     metric: str = "success",
-    tests: int = 1,
-    carried: int = 0,
+    share: float = 1.0,
+    carried: float = 0.0,
     incumbent_measured: Measured | None = None,
 ) -> GateResult:
     """Run ``agent`` (default: greedy SolveAgent) on ``tasks`` once per policy version and
@@ -256,8 +276,8 @@ def compare_policies(
     version names (``load_policy``); runs are recorded in ``store`` (default: in memory)
     with their policy_version. ``metric``: what must improve significantly, "success"
     (exact McNemar) or "step-accuracy" (paired permutation test, and no fewer successes).
-    ``tests``: the gates asked in all; each must pass alpha / tests, or
-    alpha * (1 + carried) / tests with shares ``carried`` from earlier promotions
+    ``share``: this gate's fraction of alpha when a run asks several (``spend_alpha``);
+    it tests at alpha * (share + carried), ``carried`` passed on by earlier promotions
     (GateResult.carried).
 
     ``incumbent_measured``: the incumbent's outcomes on these tasks, measured before with the
@@ -268,9 +288,9 @@ def compare_policies(
     spend the time the caller meant to save."""
     if metric not in GATE_METRICS:
         raise AgentkitError(f"gate metric '{metric}' is unknown; choose one of {', '.join(GATE_METRICS)}")
-    tests = max(1, tests)
-    if not 0 <= carried < tests:
-        raise AgentkitError(f"carried={carried}: a gate inherits the shares of at most the {tests - 1} gates before it")
+    if not 0 < share <= 1 or not 0 <= carried <= 1 - share + 1e-9:
+        raise AgentkitError(f"share={share:g}, carried={carried:g}: a gate's own share of alpha is in (0, 1], "
+                            "and with what it inherits at most 1")
     if incumbent_measured is not None:
         incumbent_measured.check_reusable(incumbent, tasks)
 
@@ -301,7 +321,7 @@ def compare_policies(
         values = [outcomes[version][i][2] for i in ids if outcomes[version][i][2] is not None]
         return sum(values) / len(values) if values else None
 
-    level = alpha * (1 + carried) / tests
+    level = alpha * (share + carried)
     if metric == "success":
         p = mcnemar_exact(b, c)
         promote = c > b and p < level
@@ -312,7 +332,7 @@ def compare_policies(
     return GateResult(
         candidate=candidate, incumbent=incumbent, n=len(ids),
         incumbent_successes=sum(inc), candidate_successes=sum(cand), b=b, c=c, p_value=p, alpha=alpha,
-        promote=promote, metric=metric, tests=tests, carried=carried,
+        promote=promote, metric=metric, share=share, carried=carried,
         incumbent_step_accuracy=step_acc(incumbent), candidate_step_accuracy=step_acc(candidate),
         candidate_ci95=wilson_interval(sum(cand), len(ids)), incumbent_ci95=wilson_interval(sum(inc), len(ids)),
         task_ids=ids,
@@ -337,8 +357,8 @@ def gate(
     budget: Budget = Budget(),
     apply: bool = True,
     metric: str = "success",
-    tests: int = 1,
-    carried: int = 0,
+    share: float = 1.0,
+    carried: float = 0.0,
     incumbent_measured: Measured | None = None,
 ) -> GateResult:
     """Evaluate ``candidate`` against ``incumbent`` (default: the active version) and, with
@@ -353,7 +373,7 @@ def gate(
         load_policy(llm, registry, version)
     result = compare_policies(
         llm, suite, tasks, candidate=candidate, incumbent=incumbent, agent=agent, store=store,
-        alpha=alpha, concurrency=concurrency, budget=budget, metric=metric, tests=tests, carried=carried,
+        alpha=alpha, concurrency=concurrency, budget=budget, metric=metric, share=share, carried=carried,
         incumbent_measured=incumbent_measured,
     )
     registry.update_metrics(candidate, {

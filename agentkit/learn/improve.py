@@ -29,7 +29,7 @@ from agentkit.graph import load_graph
 from agentkit.learn.credit import output_step
 from agentkit.learn.curriculum import FamilyBandit
 from agentkit.learn.cycle import CandidateConfig, gate_candidate, register_trained, train_candidate
-from agentkit.learn.gate import GateConfig, GateResult, Measured, wilson_interval
+from agentkit.learn.gate import ALPHA_SPENDING, GateConfig, GateResult, Measured, spend_alpha, wilson_interval
 from agentkit.learn.trees import search_tokens, solution_example, tree_groups, tree_pairs
 from agentkit.learn.pairs import CHOSEN_BY, StepDPOConfig, build_outcome_pairs, build_step_pairs, sample_solutions
 from agentkit.learn.values import step_token_spans
@@ -140,6 +140,12 @@ class ImproveConfig(GateConfig, CandidateConfig):
     on a tie), promoted or not. What a round collects is verified whichever policy found it,
     so choosing the collector needs no significance test; the active policy still changes
     only through the gate (AlphaZero collected with its latest network, AlphaGo Zero gated it)."""
+    alpha_spending: str = "equal"
+    """How the gates of the rounds share alpha (``spend_alpha``), fixed before the first:
+    "equal" (alpha / rounds each) or "rising" (round r's share proportional to r, so the
+    later candidates, trained on more data, face a looser level). Either way a promotion
+    passes its level on to the next gate and the run's chance of any false promotion
+    stays within alpha."""
     step_advantages: str = "none"
     """grpo/rloo: "none" (outcome advantages only) or "checker" (each step's tokens also get
     its progress under the suite's step checker, see ``checker_values``)."""
@@ -227,6 +233,8 @@ class ImproveConfig(GateConfig, CandidateConfig):
         if self.step_advantages != "none" and self.method not in POLICY_GRADIENT:
             raise ConfigError(f"`step_advantages={self.step_advantages}` is for `method` grpo or rloo, not "
                               f"{self.method}; drop it")
+        if self.alpha_spending not in ALPHA_SPENDING:
+            raise ConfigError(f"`alpha_spending={self.alpha_spending}`: choose {' or '.join(ALPHA_SPENDING)}")
         if self.collect_with not in COLLECT_WITH:
             raise ConfigError(f"`collect_with={self.collect_with}`: choose {' or '.join(COLLECT_WITH)}")
         if self.collect_with != "active" and self.method in POLICY_GRADIENT:
@@ -355,7 +363,8 @@ def _improve(llm: LLM, store: RunStore, config: ImproveConfig, *, model: Any,
     # the policy that collects, and its gate-set score (collect_with=best: the best measured so far)
     collector, collector_score = incumbent, _gate_score(config.gate_metric, report.success_rate, report.step_accuracy)
     step = 0  # the curriculum's place in config.levels
-    carried = 0  # shares of alpha the next gate inherits (GateResult.carried)
+    shares = spend_alpha(config.rounds, config.alpha_spending)  # each round's gate's own fraction of alpha
+    carried = 0.0  # the fraction of alpha the next gate inherits (GateResult.carried)
     bandit = FamilyBandit() if config.curriculum == "mopps" else None
 
     for r in range(1, config.rounds + 1):
@@ -411,7 +420,7 @@ def _improve(llm: LLM, store: RunStore, config: ImproveConfig, *, model: Any,
                 gate_result = gate_candidate(registry, llm, suite, held_out, candidate, incumbent=incumbent,
                                              agent=agent, store=store, alpha=config.alpha,
                                              concurrency=config.concurrency, metric=config.gate_metric,
-                                             tests=config.rounds, carried=carried,
+                                             share=shares[r - 1], carried=carried,
                                              # with memory, collection has changed the library the gate's
                                              # prompts read since the incumbent was measured: measure again
                                              incumbent_measured=None if config.memory > 0 else active)
@@ -423,7 +432,8 @@ def _improve(llm: LLM, store: RunStore, config: ImproveConfig, *, model: Any,
                 if r < config.rounds:  # a next round to collect
                     collector, collector_score = _next_collector(llm, registry, config, gate_result, incumbent,
                                                                  collector, collector_score, status, r)
-        carried = carried + 1 if promoted else 0  # a promotion passes its gate's level on (fallback procedure)
+        # a promotion passes its gate's whole level on (Wiens' fallback procedure), a refusal nothing
+        carried = shares[r - 1] + carried if promoted else 0.0
         if gate_result is not None:
             success = gate_result.candidate_success if promoted else gate_result.incumbent_success
             step_acc = gate_result.candidate_step_accuracy if promoted else gate_result.incumbent_step_accuracy
