@@ -22,6 +22,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 from _common import RESULTS, markdown_table, write_result
+from agentkit.errors import AgentkitError
 from agentkit.learn.gate import ALPHA_SPENDING
 from agentkit.learn.improve import COLLECT_WITH, CURRICULA, EXPLORE, METHODS, ImproveConfig, RoundResult, improve, plot_curve
 from agentkit.llm.transformers import TransformersLLM
@@ -117,8 +118,14 @@ def main() -> None:
 
     if len(set(args.collect_with)) < len(args.collect_with):
         parser.error(f"--collect-with {' '.join(args.collect_with)}: name each arm once")
+    for arm in args.collect_with:  # every arm's settings, before hours go into the others
+        try:
+            config_of(args, arm, seed=1)
+        except AgentkitError as exc:
+            parser.error(str(exc))
 
-    runs = [(arm, seed) for arm in args.collect_with for seed in range(1, args.seeds + 1)]
+    # seed by seed, each seed's arms side by side: a run stopped early still has pairs
+    runs = [(arm, seed) for seed in range(1, args.seeds + 1) for arm in args.collect_with]
     threads = max(1, (os.cpu_count() or 1) // min(args.jobs, len(runs)))
     done: dict[tuple[str, int], list[RoundResult]] = {}
     start = time.time()
@@ -130,7 +137,12 @@ def main() -> None:
     with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = {pool.submit(run_seed, args, arm, seed, start, threads): (arm, seed) for arm, seed in runs}
         for future in as_completed(futures):
-            done[futures[future]] = future.result()
+            try:
+                done[futures[future]] = future.result()
+            except Exception as exc:  # one crashed run: the others are still reported
+                arm, seed = futures[future]
+                print(f"seed {seed} ({arm}) failed: {type(exc).__name__}: {exc}", flush=True)
+                continue
             report(args, done, start)
 
 
@@ -185,7 +197,8 @@ def report(args: argparse.Namespace, done: dict[tuple[str, int], list[RoundResul
     if len(arms) > 1:
         cfg["collect_with"] = arms
     total = len(arms) * args.seeds
-    ran = ", ".join(f"{arm} seed {seed}" if len(arms) > 1 else f"seed {seed}" for arm, seed in done)
+    ran = ", ".join(f"{arm} seed {seed}" if len(arms) > 1 else f"seed {seed}"
+                    for arm, seed in sorted(done, key=lambda run: (run[1], arms.index(run[0]))))
     ran += "" if len(done) == total else f" ({len(done)} of {total} runs: stopped early)"
     side = ""
     if args.jobs > 1:
@@ -220,9 +233,10 @@ def head_to_head(arms: list[str], done: dict[tuple[str, int], list[RoundResult]]
     lines = []
     for seed in seeds:
         lines.append([seed] + [final(done[arm, seed][-1]) if (arm, seed) in done else "-" for arm in arms])
-    paired = [seed for seed in seeds if all((arm, seed) in done for arm in arms)]
+    paired = [seed for seed in seeds
+              if all((arm, seed) in done and done[arm, seed][-1].final_success is not None for arm in arms)]
     if paired:
-        means = [statistics.mean(100 * (done[arm, seed][-1].final_success or 0) for seed in paired) for arm in arms]
+        means = [statistics.mean(100 * done[arm, seed][-1].final_success for seed in paired) for arm in arms]
         lines.append([f"mean ({len(paired)} paired)"] + [f"{m:.1f}%" for m in means])
     return ("## Head to head (final test set, after the last round)\n\n"
             + markdown_table(["seed"] + [f"collect_with={arm}" for arm in arms], lines))

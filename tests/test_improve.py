@@ -474,10 +474,11 @@ def test_search_rounds_train_grpo_on_sibling_groups_and_from_base_starts_fresh(t
 
     def run(method, **options):
         llm = char_scripted(search_lines(suite, answers(suite, right_for={"v1", "v2"}), tasks), tok)
+        name = "-".join([method, *map(str, options.values())])  # a store and a registry of its own
         config = ImproveConfig(method=method, explore="search", search="beam:1x4", rounds=2, levels=[1],
                                train_tasks=4, curriculum="none", eval_tasks=8, final_tasks=0, epochs=1, batch_size=2,
-                               concurrency=4, output_dir=str(tmp_path / method), **options)
-        with TrajectoryStore(tmp_path / f"{method}.db") as store:
+                               concurrency=4, output_dir=str(tmp_path / name), **options)
+        with TrajectoryStore(tmp_path / f"{name}.db") as store:
             return improve(llm, store, config, model=build_tiny_model(len(tok)))
 
     rounds = run("grpo")
@@ -492,6 +493,8 @@ def test_search_rounds_train_grpo_on_sibling_groups_and_from_base_starts_fresh(t
     assert rounds[2].p_adjusted == pytest.approx(rounds[2].p_value)
     assert rounds[2].examples == 8  # the replay buffer: both rounds' solutions
     rounds = run("rft", from_base=True, alpha_spending="rising")  # round 1 gets 1/3 of alpha, round 2 2/3
-    assert rounds[1].p_adjusted == pytest.approx(min(1.0, 3 * rounds[1].p_value))
+    assert rounds[1].promoted and 0 < rounds[1].p_value < 1 / 3
+    assert rounds[1].p_adjusted == pytest.approx(3 * rounds[1].p_value)
+    assert rounds[2].p_adjusted == pytest.approx(rounds[2].p_value)  # its 2/3 and the 1/3 carried: all of alpha
     with pytest.raises(AgentkitError, match="drop from_base"):
         ImproveConfig(method="rloo", explore="search", from_base=True)

@@ -244,7 +244,7 @@ class GateResult:
         )
         carried = f" + {self.carried:.3g} carried" if self.carried else ""
         spent = f", at {self.share:.3g}{carried} of alpha p adj={self.p_adjusted:.4g}"
-        p = f"p={self.p_value:.4g}" + (spent if self.share + self.carried < 1 else "")
+        p = f"p={self.p_value:.4g}" + (spent if self.share + self.carried < 1 - 1e-9 else "")
         if self.metric == "success":
             return line + f"one-sided exact McNemar {p} (alpha {self.alpha:g}) -> {self.decision}"
         pct = lambda v: "-" if v is None else f"{100 * v:.1f}%"  # noqa: E731

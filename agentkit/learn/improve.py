@@ -433,7 +433,7 @@ def _improve(llm: LLM, store: RunStore, config: ImproveConfig, *, model: Any,
                     collector, collector_score = _next_collector(llm, registry, config, gate_result, incumbent,
                                                                  collector, collector_score, status, r)
         # a promotion passes its gate's whole level on (Wiens' fallback procedure), a refusal nothing
-        carried = shares[r - 1] + carried if promoted else 0.0
+        carried = min(1.0 - shares[r], shares[r - 1] + carried) if promoted and r < config.rounds else 0.0
         if gate_result is not None:
             success = gate_result.candidate_success if promoted else gate_result.incumbent_success
             step_acc = gate_result.candidate_step_accuracy if promoted else gate_result.incumbent_step_accuracy
