@@ -15,7 +15,9 @@ import argparse
 import dataclasses
 import multiprocessing
 import os
+import pickle
 import statistics
+import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -134,16 +136,34 @@ def main() -> None:
             done[arm, seed] = run_seed(args, arm, seed, start, threads=None)
             report(args, done, start)  # after every seed: a stopped run keeps what it measured
         return
+    warn_memory(args.jobs)
+    kept = Path(tempfile.mkdtemp(prefix="agentkit-improve-kept-"))
     with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {pool.submit(run_seed, args, arm, seed, start, threads): (arm, seed) for arm, seed in runs}
+        futures = {pool.submit(run_seed, args, arm, seed, start, threads, kept / f"{arm}-{seed}.pkl"): (arm, seed)
+                   for arm, seed in runs}
         for future in as_completed(futures):
+            arm, seed = futures[future]
             try:
-                done[futures[future]] = future.result()
-            except Exception as exc:  # one crashed run: the others are still reported
-                arm, seed = futures[future]
+                done[arm, seed] = future.result()
+            except Exception as exc:  # a crashed run (a killed one breaks the pool): report the rounds it finished
                 print(f"seed {seed} ({arm}) failed: {type(exc).__name__}: {exc}", flush=True)
-                continue
+                if rounds := kept_rounds(kept / f"{arm}-{seed}.pkl"):
+                    done[arm, seed] = rounds
             report(args, done, start)
+
+
+def warn_memory(jobs: int, per_job_gb: float = 6.5) -> None:
+    """Side-by-side runs each hold a model, its adapters and training activations: a
+    two-operation run's process was killed holding 6.4 GB (improve-2op-collect-with.md)."""
+    try:
+        free = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
+                    if line.startswith("MemAvailable:")) / 2**20
+    except (OSError, StopIteration):
+        return
+    if jobs * per_job_gb > free:
+        print(f"warning: --jobs {jobs} may need ~{jobs * per_job_gb:.0f} GB and {free:.0f} GB are free; the kernel "
+              f"kills a run that does not fit, so run fewer jobs (--jobs {max(1, int(free // per_job_gb))})",
+              file=sys.stderr, flush=True)
 
 
 def config_of(args: argparse.Namespace, arm: str, seed: int, output_dir: str = "") -> ImproveConfig:
@@ -157,18 +177,31 @@ def config_of(args: argparse.Namespace, arm: str, seed: int, output_dir: str = "
     )
 
 
-def run_seed(args: argparse.Namespace, arm: str, seed: int, start: float, threads: int | None) -> list[RoundResult]:
+def run_seed(args: argparse.Namespace, arm: str, seed: int, start: float, threads: int | None,
+             kept: Path | None = None) -> list[RoundResult]:
     """One independent run of one arm. With ``threads`` (--jobs > 1) it runs in its own
-    process on that many torch threads, so each seed's CPU time is its own."""
+    process on that many torch threads, so each seed's CPU time is its own, and it keeps
+    the rounds done so far in the file ``kept`` (``kept_rounds``)."""
     work = Path(tempfile.mkdtemp(prefix=f"agentkit-improve-{arm}-{seed}-"))
     config = config_of(args, arm, seed, str(work / "rounds"))
     tag = f"seed {seed}" + (f" ({arm})" if len(args.collect_with) > 1 else "")
     print(f"== {tag} of {args.seeds}", flush=True)
+    rounds: list[RoundResult] = []
+
+    def on_round(r: RoundResult) -> None:
+        print(f"{tag}\n" + markdown_table(HEADERS, [row(r)]), flush=True)
+        rounds.append(r)
+        if kept is not None:
+            kept.write_bytes(pickle.dumps(rounds))
+
     with TransformersLLM("gemma-3-270m", threads=threads) as llm, TrajectoryStore(work / "runs.db") as store:
-        return improve(
-            llm, store, config, on_round=lambda r: print(f"{tag}\n" + markdown_table(HEADERS, [row(r)]), flush=True),
-            on_status=lambda m: print(f"[{time.time() - start:7.1f}s] {tag}: {m}", flush=True),
-        )
+        return improve(llm, store, config, on_round=on_round,
+                       on_status=lambda m: print(f"[{time.time() - start:7.1f}s] {tag}: {m}", flush=True))
+
+
+def kept_rounds(path: Path) -> list[RoundResult]:
+    """The rounds a run finished before its process died (run_seed's ``kept``)."""
+    return pickle.loads(path.read_bytes()) if path.exists() else []
 
 
 def report(args: argparse.Namespace, done: dict[tuple[str, int], list[RoundResult]], start: float) -> None:
@@ -197,7 +230,8 @@ def report(args: argparse.Namespace, done: dict[tuple[str, int], list[RoundResul
     if len(arms) > 1:
         cfg["collect_with"] = arms
     total = len(arms) * args.seeds
-    ran = ", ".join(f"{arm} seed {seed}" if len(arms) > 1 else f"seed {seed}"
+    ran = ", ".join((f"{arm} seed {seed}" if len(arms) > 1 else f"seed {seed}")
+                    + ("" if len(done[arm, seed]) > args.rounds else f" (stopped after round {len(done[arm, seed]) - 1})")
                     for arm, seed in sorted(done, key=lambda run: (run[1], arms.index(run[0]))))
     ran += "" if len(done) == total else f" ({len(done)} of {total} runs: stopped early)"
     side = ""
@@ -228,18 +262,20 @@ def report(args: argparse.Namespace, done: dict[tuple[str, int], list[RoundResul
 
 def head_to_head(arms: list[str], done: dict[tuple[str, int], list[RoundResult]]) -> str:
     """The arms on the same seeds (the same training tasks and the same final test set):
-    final test success after the last round, per seed and on average."""
+    final test success after the last round every run reached, per seed and on average."""
+    last = min(len(rounds) for rounds in done.values()) - 1
     seeds = sorted({seed for _, seed in done})
     lines = []
     for seed in seeds:
-        lines.append([seed] + [final(done[arm, seed][-1]) if (arm, seed) in done else "-" for arm in arms])
+        lines.append([seed] + [final(done[arm, seed][last]) if (arm, seed) in done else "-" for arm in arms])
     paired = [seed for seed in seeds
-              if all((arm, seed) in done and done[arm, seed][-1].final_success is not None for arm in arms)]
+              if all((arm, seed) in done and done[arm, seed][last].final_success is not None for arm in arms)]
     if paired:
-        means = [statistics.mean(100 * done[arm, seed][-1].final_success for seed in paired) for arm in arms]
+        means = [statistics.mean(100 * done[arm, seed][last].final_success for seed in paired) for arm in arms]
         lines.append([f"mean ({len(paired)} paired)"] + [f"{m:.1f}%" for m in means])
-    return ("## Head to head (final test set, after the last round)\n\n"
+    return (f"## Head to head (final test set, after round {last})\n\n"
             + markdown_table(["seed"] + [f"collect_with={arm}" for arm in arms], lines))
+
 
 if __name__ == "__main__":
     main()
