@@ -128,7 +128,7 @@ def main() -> None:
 
     # seed by seed, each seed's arms side by side: a run stopped early still has pairs
     runs = [(arm, seed) for seed in range(1, args.seeds + 1) for arm in args.collect_with]
-    threads = max(1, (os.cpu_count() or 1) // min(args.jobs, len(runs)))
+    threads = threads_per_job(args)
     done: dict[tuple[str, int], list[RoundResult]] = {}
     start = time.time()
     if args.jobs == 1:
@@ -150,6 +150,11 @@ def main() -> None:
                 if rounds := kept_rounds(kept / f"{arm}-{seed}.pkl"):
                     done[arm, seed] = rounds
             report(args, done, start)
+
+
+def threads_per_job(args: argparse.Namespace) -> int:
+    """The torch threads of each side-by-side run: the cores shared between the runs at once."""
+    return max(1, (os.cpu_count() or 1) // min(args.jobs, len(args.collect_with) * args.seeds))
 
 
 def warn_memory(jobs: int, per_job_gb: float = 6.5) -> None:
@@ -236,8 +241,7 @@ def report(args: argparse.Namespace, done: dict[tuple[str, int], list[RoundResul
     ran += "" if len(done) == total else f" ({len(done)} of {total} runs: stopped early)"
     side = ""
     if args.jobs > 1:
-        threads = max(1, (os.cpu_count() or 1) // min(args.jobs, total))
-        side = f"; {args.jobs} side by side on {os.cpu_count()} cores, {threads} torch thread(s) each"
+        side = f"; {args.jobs} side by side on {os.cpu_count()} cores, {threads_per_job(args)} torch thread(s) each"
     spending = ("alpha / rounds each" if config.alpha_spending == "equal"
                 else "round r's proportional to r, fixed before the run")
     body = (

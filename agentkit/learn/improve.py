@@ -29,7 +29,7 @@ from agentkit.graph import load_graph
 from agentkit.learn.credit import output_step
 from agentkit.learn.curriculum import FamilyBandit
 from agentkit.learn.cycle import CandidateConfig, gate_candidate, register_trained, train_candidate
-from agentkit.learn.gate import ALPHA_SPENDING, GateConfig, GateResult, Measured, spend_alpha, wilson_interval
+from agentkit.learn.gate import GateConfig, GateResult, Measured, spend_alpha, wilson_interval
 from agentkit.learn.trees import search_tokens, solution_example, tree_groups, tree_pairs
 from agentkit.learn.pairs import CHOSEN_BY, StepDPOConfig, build_outcome_pairs, build_step_pairs, sample_solutions
 from agentkit.learn.values import step_token_spans
@@ -233,8 +233,7 @@ class ImproveConfig(GateConfig, CandidateConfig):
         if self.step_advantages != "none" and self.method not in POLICY_GRADIENT:
             raise ConfigError(f"`step_advantages={self.step_advantages}` is for `method` grpo or rloo, not "
                               f"{self.method}; drop it")
-        if self.alpha_spending not in ALPHA_SPENDING:
-            raise ConfigError(f"`alpha_spending={self.alpha_spending}`: choose {' or '.join(ALPHA_SPENDING)}")
+        spend_alpha(self.rounds, self.alpha_spending)  # an unknown schedule fails here
         if self.collect_with not in COLLECT_WITH:
             raise ConfigError(f"`collect_with={self.collect_with}`: choose {' or '.join(COLLECT_WITH)}")
         if self.collect_with != "active" and self.method in POLICY_GRADIENT:
@@ -433,7 +432,7 @@ def _improve(llm: LLM, store: RunStore, config: ImproveConfig, *, model: Any,
                     collector, collector_score = _next_collector(llm, registry, config, gate_result, incumbent,
                                                                  collector, collector_score, status, r)
         # a promotion passes its gate's whole level on (Wiens' fallback procedure), a refusal nothing
-        carried = min(1.0 - shares[r], shares[r - 1] + carried) if promoted and r < config.rounds else 0.0
+        carried = shares[r - 1] + carried if promoted else 0.0
         if gate_result is not None:
             success = gate_result.candidate_success if promoted else gate_result.incumbent_success
             step_acc = gate_result.candidate_step_accuracy if promoted else gate_result.incumbent_step_accuracy
