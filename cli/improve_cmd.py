@@ -34,7 +34,7 @@ class ImproveCommand(ConfigCommand):
         config = ImproveConfig()
         same = ("suite", "rounds", "method", "advance_at", "train_tasks", "pool", "eval_tasks",
                 "final_tasks", "rectifications", "chosen_by", "step_advantages", "gate_metric", "memory", "collect_with",
-                "alpha_spending")
+                "alpha_spending", "vocabulary")
         trees = ", ".join(SEARCH_BY_DEFAULT[:-1]) + " and " + SEARCH_BY_DEFAULT[-1]
         return {**{name: getattr(config, name) for name in same}, "levels": ",".join(map(str, config.levels)),
                 "samples": config.samples_per_task, "out": Path(config.output_dir),
@@ -63,6 +63,7 @@ def improve(
     step_advantages: str = typer.Option(None, help="grpo/rloo: outcome advantages only (none), or each step's tokens also get its progress under the suite's step checker (checker)."),
     gate_metric: str = typer.Option(None, help="What the gate needs a significant gain in: success or step-accuracy."),
     alpha_spending: str = typer.Option(None, help="How the rounds' gates share alpha: equal (alpha / rounds each) or rising (round r's share proportional to r: later candidates, trained on more data, face a looser level). A promotion passes its level on to the next gate; the run's chance of any false promotion stays within alpha."),
+    vocabulary: str = typer.Option(None, help="The tokens the policy writes with: the model's whole vocabulary (full), or only those of the suite's worked solutions (suite): every request of the run decodes only them and training's softmax runs over them alone, which skips most of the output layer's cost."),
     memory: int = typer.Option(None, help="Experience-library items shown per prompt; every sampled run updates the library (0: off)."),
     from_base: Optional[bool] = typer.Option(None, "--from-base/--continue", show_default="from base for rft on search trees", help="Train each candidate as a fresh LoRA adapter on the base model over every round's data (ReST-EM), or continue the active policy's adapter."),
     model: str = typer.Option("gemma-3-270m", help="Base model: gemma-3-270m, a local directory, or a cached Hugging Face id."),
@@ -92,7 +93,7 @@ def improve(
                                gate_metric=gate_metric, memory=memory, step_advantages=step_advantages, explore=explore,
                                final_tasks=final_tasks, advance_at=advance_at, from_base=from_base,
                                curriculum=curriculum, pool=pool, collect_with=collect_with,
-                               alpha_spending=alpha_spending, **({"search": search} if search else {}), output_dir=str(out / "rounds"))
+                               alpha_spending=alpha_spending, vocabulary=vocabulary, **({"search": search} if search else {}), output_dir=str(out / "rounds"))
     # what a config cannot see: a --search the command was given, and what loads
     _require(search is None or config.explore == "search", f"--search {search} is the strategy of --explore search; "
                                                            "add --explore search or drop --search")

@@ -189,6 +189,43 @@ def test_explore_defaults_to_search_where_the_method_trains_on_search_trees():
     assert ImproveConfig(method="rft", graph="plan_solve_check").explore == "sample"  # search is the graph's
 
 
+def test_a_suite_vocabulary_run_decodes_gates_and_trains_over_the_suites_tokens(tmp_path, monkeypatch):
+    """vocabulary=suite: every request of the run, round 0, collection, the gate and the final
+    test, names the suite's vocabulary, and the candidate trains over the same ids."""
+    monkeypatch.chdir(tmp_path)
+    tok = build_tiny_tokenizer()
+    suite = get_suite("arithmetic")
+    reply = answers(suite, right_for={"v1"})
+    # the registry's probe gets a digit: "ok" is not arithmetic
+    llm = char_scripted(lambda prompt, request: reply(prompt, request) if "Question: " in prompt else "1", tok)
+    config = ImproveConfig(method="rft", explore="sample", rounds=1, levels=[1], train_tasks=4, eval_tasks=8,
+                           final_tasks=8, samples_per_task=2, epochs=1, batch_size=2, concurrency=4,
+                           vocabulary="suite", output_dir=str(tmp_path / "improve"))
+    vocabulary = suite.vocabulary(lambda text: llm.tokenize(text)[1:])
+    assert 15 <= len(vocabulary) < 40  # digits, operators, "Step", "Answer"... in the tiny tokenizer's pieces
+    with TrajectoryStore(tmp_path / "runs.db") as store:
+        rounds = improve(llm, store, config, model=build_tiny_model(len(tok)))
+        v1 = PolicyRegistry(store.path).get("v1")
+    assert rounds[1].promoted and rounds[1].final_success == 1.0
+    assert llm.requests and {r.allowed_token_ids for r in llm.requests} == {tuple(vocabulary)}
+    assert v1.config["allowed_token_ids"] == vocabulary
+
+
+def test_a_suite_vocabulary_that_cannot_write_the_gate_sets_solutions_is_refused():
+    from agentkit.errors import ConfigError
+    from agentkit.learn.improve import suite_vocabulary
+    from agentkit.tasks.base import Task
+
+    tok = build_tiny_tokenizer()
+    llm = char_scripted(["1"], tok)
+    suite = get_suite("arithmetic")
+    gate = suite.tasks("test", 4, level=1)
+    assert suite_vocabulary(llm, suite, gate) == suite.vocabulary(lambda text: llm.tokenize(text)[1:])
+    odd = Task(**{**gate[0].model_dump(), "solution": "Step 1: twelve"})
+    with pytest.raises(ConfigError, match="lacks .* use vocabulary 'full'"):
+        suite_vocabulary(llm, suite, gate + [odd])
+
+
 def test_improve_config_refuses_unknown_choices():
     from agentkit.errors import AgentkitError
 
@@ -204,6 +241,8 @@ def test_improve_config_refuses_unknown_choices():
         ImproveConfig(method="grpo", collect_with="best")
     with pytest.raises(AgentkitError, match="alpha_spending 'late'"):
         ImproveConfig(alpha_spending="late")
+    with pytest.raises(AgentkitError, match="vocabulary 'tiny'.*full or suite"):
+        ImproveConfig(vocabulary="tiny")
 
 
 def test_checker_values_reward_each_right_step_and_drop_at_the_first_wrong_one():

@@ -458,3 +458,14 @@ def test_jsonl_file_errors(tmp_path):
         load_jsonl(write_lines(tmp_path, ['{"question": "a", "answer": "b"}']), checker="fuzzy")
     with pytest.raises(TaskError, match=r"cannot read tasks file"):
         load_jsonl(tmp_path)  # a directory
+
+
+def test_a_suites_vocabulary_writes_every_gold_solution_and_stops():
+    tokenize = lambda text: [ord(c) for c in text]  # noqa: E731 - one id per character
+    suite = get_suite("arithmetic")
+    vocabulary = suite.vocabulary(tokenize)
+    assert vocabulary == sorted(set(vocabulary)) == suite.vocabulary(tokenize)
+    for level in suite.levels:
+        for task in suite.tasks("test", 50, level, seed=3):
+            assert set(tokenize(task.solution + "\n\nQuestion:")) <= set(vocabulary)
+    assert set(vocabulary) == set(map(ord, "Step 0123456789:+-*=\nAnswerQuion"))

@@ -408,3 +408,33 @@ def test_the_saved_adapter_loads_into_the_backend_and_answers(tiny_model_factory
         assert llm.score(prompt, chosen) == pytest.approx(base, abs=1e-6)  # the base is untouched
     finally:
         llm.close()
+
+
+def test_a_restricted_vocabulary_trains_the_policy_that_decodes_over_it(tiny_model_factory, tiny_tokenizer, tmp_path):
+    rng = random.Random(1)
+    examples = []
+    for _ in range(24):
+        a, b = rng.randint(1, 9), rng.randint(1, 9)
+        examples.append(SFTExample([2] + encode(tiny_tokenizer, f"{a}+{b}="), encode(tiny_tokenizer, f"{a + b}. done")))
+    allowed = sorted({t for x in examples for t in x.completion_ids})
+    trainer = Trainer(config(SFTConfig, tmp_path, steps=8, allowed_token_ids=allowed), tiny_model_factory())
+    llm = TransformersLLM.from_model(tiny_model_factory(), tiny_tokenizer, name="tiny", dtype="fp32")
+    x = examples[0]
+
+    def nll(logprobs):
+        return -sum(logprobs) / len(logprobs)
+
+    try:
+        within = nll(llm.score(x.prompt_ids, x.completion_ids, allowed_token_ids=allowed))
+        assert trainer.evaluate([x])["nll"] == pytest.approx(within, abs=1e-4)  # the softmax over the allowed ids
+        assert within < nll(llm.score(x.prompt_ids, x.completion_ids)) - 1.0  # not the whole vocabulary's
+        result = trainer.train(examples)
+        llm.load_adapter("v1", result.adapter_path)
+        tuned = nll(llm.score(x.prompt_ids, x.completion_ids, adapter="v1", allowed_token_ids=allowed))
+        assert trainer.evaluate([x])["nll"] == pytest.approx(tuned, abs=1e-4)
+        assert tuned < within - 0.3
+    finally:
+        llm.close()
+    outside = SFTExample(x.prompt_ids, x.completion_ids + encode(tiny_tokenizer, " Q"))
+    with pytest.raises(AgentkitError, match="is not among allowed_token_ids"):
+        trainer.evaluate([outside])

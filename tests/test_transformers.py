@@ -484,7 +484,7 @@ def test_a_bad_request_fails_alone_and_its_batch_neighbours_are_answered(tiny_ll
 
 
 def test_a_failing_batch_answers_every_job_it_took(tiny_llm, monkeypatch):
-    def broken(rows, adapter):
+    def broken(rows, adapter, allowed=None):
         raise RuntimeError("the model failed")
 
     monkeypatch.setattr(tiny_llm, "_prefill", broken)
@@ -530,3 +530,51 @@ def test_closing_cancels_a_long_batch_and_fails_later_calls(tiny_model_factory, 
         future.result(timeout=5)
     with pytest.raises(BackendError, match="closed"):
         llm.generate([GenerationRequest("abc", max_tokens=2)])
+
+
+def _restricted_logprobs(llm, prompt_ids, completion_ids, allowed):
+    """The reference: full-vocabulary logits of one unbatched forward, softmax over ``allowed``."""
+    ids = torch.tensor([list(prompt_ids) + list(completion_ids)])
+    with torch.no_grad():
+        logits = llm.model(input_ids=ids).logits[0, len(prompt_ids) - 1:-1].float()  # (T, V)
+    within = torch.log_softmax(logits[:, list(allowed)], -1)  # (T, A)
+    return [within[t, list(allowed).index(tok)].item() for t, tok in enumerate(completion_ids)], logits
+
+
+def test_allowed_token_ids_decode_the_softmax_over_them_alone(tiny_llm, tiny_tokenizer):
+    allowed = tuple(sorted(set(tiny_llm.tokenize("Step 1: 12 + 7 = 19\nAnswer: 19"))))
+    [[greedy]] = tiny_llm.generate([GenerationRequest("Question: 12 + 7?", max_tokens=12, allowed_token_ids=allowed)])
+    [sampled] = tiny_llm.generate([GenerationRequest("Question: 12 + 7?", n=6, temperature=1.5, seed=2, max_tokens=12,
+                                                     allowed_token_ids=allowed)])
+    for c in [greedy, *sampled]:
+        assert c.token_ids and set(c.token_ids) <= set(allowed)
+        expected, logits = _restricted_logprobs(tiny_llm, c.prompt_ids, c.token_ids, allowed)
+        assert c.logprobs == pytest.approx(expected, abs=1e-4)
+        assert tiny_llm.score(c.prompt_ids, c.token_ids, allowed_token_ids=allowed) == pytest.approx(expected, abs=1e-4)
+    # greedy over the allowed ids: each token is the best of them, not of the whole vocabulary
+    _, logits = _restricted_logprobs(tiny_llm, greedy.prompt_ids, greedy.token_ids, allowed)
+    assert greedy.token_ids == [allowed[i] for i in logits[:, list(allowed)].argmax(-1).tolist()]
+    assert (logits.argmax(-1) != torch.tensor(greedy.token_ids)).any()  # the random model prefers others
+    assert len({tuple(c.token_ids) for c in sampled}) > 1
+
+
+def test_requests_over_different_vocabularies_in_one_call_each_decode_their_own(tiny_llm):
+    digits = tuple(sorted(set(tiny_llm.tokenize("0123456789"))))
+    words = tuple(sorted(set(tiny_llm.tokenize("Step Answer"))))
+    alone = [tiny_llm.generate([GenerationRequest("Q: 3 + 4?", max_tokens=8, allowed_token_ids=v)])[0][0]
+             for v in (digits, words, None)]
+    mixed = tiny_llm.generate([GenerationRequest("Q: 3 + 4?", max_tokens=8, allowed_token_ids=v)
+                               for v in (digits, words, None)])
+    for a, [b], v in zip(alone, mixed, (digits, words, None)):
+        assert b.token_ids == a.token_ids and b.logprobs == pytest.approx(a.logprobs, abs=1e-4)
+        assert v is None or set(b.token_ids) <= set(v)
+
+
+def test_an_allowed_id_outside_the_vocabulary_fails_its_request_alone(tiny_llm):
+    good = GenerationRequest("abc", max_tokens=4)
+    bad = GenerationRequest("abc", max_tokens=4, allowed_token_ids=(3, tiny_llm.vocab_size + 5))
+    with pytest.raises(BackendError, match=f"allowed token id {tiny_llm.vocab_size + 5} is outside the vocabulary"):
+        tiny_llm.generate([bad])
+    assert tiny_llm.generate([good])[0][0].token_ids
+    with pytest.raises(ValueError, match="at least one token id"):
+        GenerationRequest("abc", allowed_token_ids=())

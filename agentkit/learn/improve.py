@@ -22,7 +22,7 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from agentkit.errors import AgentkitError, ConfigError
 from agentkit.graph import load_graph
@@ -35,7 +35,7 @@ from agentkit.learn.pairs import CHOSEN_BY, StepDPOConfig, build_outcome_pairs, 
 from agentkit.learn.values import step_token_spans
 from agentkit.llm._malloc import release_memory
 from agentkit.llm.base import LLM
-from agentkit.llm.views import PolicyLLM
+from agentkit.llm.views import PolicyLLM, VocabularyLLM
 from agentkit.memory.learning import update_from_runs
 from agentkit.memory.library import ExperienceLibrary
 from agentkit.runtime import Budget, GraphAgent, SolveAgent, run_tasks
@@ -62,6 +62,7 @@ run's answer, whatever prompt the graph gave it. The others compare outputs of o
 STEP_ADVANTAGES = ("none", "checker")
 EXPLORE = ("sample", "search")
 COLLECT_WITH = ("active", "best")
+VOCABULARIES = ("full", "suite")
 CURRICULA = ("none", "mopps")
 """Which of a round's fresh tasks it trains on: all of them, or those a bandit over task
 families expects search to solve about half the time (agentkit.learn.curriculum)."""
@@ -146,6 +147,13 @@ class ImproveConfig(GateConfig, CandidateConfig):
     later candidates, trained on more data, face a looser level). Either way a promotion
     passes its level on to the next gate and the run's chance of any false promotion
     stays within alpha."""
+    vocabulary: str = "full"
+    """The tokens the policy writes with. "full": the model's whole vocabulary. "suite":
+    only the tokens of the suite's worked solutions (``Suite.vocabulary``): every request of
+    the run, round 0 and the gate and the final test included, decodes only them
+    (``allowed_token_ids``), and training's softmax runs over them alone, so the candidate is
+    trained as exactly the policy that decodes. On Gemma's 262k-token vocabulary that skips
+    the output layer's cost, the larger half of a training step."""
     step_advantages: str = "none"
     """grpo/rloo: "none" (outcome advantages only) or "checker" (each step's tokens also get
     its progress under the suite's step checker, see ``checker_values``)."""
@@ -234,6 +242,8 @@ class ImproveConfig(GateConfig, CandidateConfig):
             raise ConfigError(f"`step_advantages={self.step_advantages}` is for `method` grpo or rloo, not "
                               f"{self.method}; drop it")
         spend_alpha(self.rounds, self.alpha_spending)  # an unknown schedule fails here
+        if self.vocabulary not in VOCABULARIES:
+            raise ConfigError(f"`vocabulary={self.vocabulary}`: choose {' or '.join(VOCABULARIES)}")
         if self.collect_with not in COLLECT_WITH:
             raise ConfigError(f"`collect_with={self.collect_with}`: choose {' or '.join(COLLECT_WITH)}")
         if self.collect_with != "active" and self.method in POLICY_GRADIENT:
@@ -249,11 +259,13 @@ class ImproveConfig(GateConfig, CandidateConfig):
                              shots=self.shots, max_tokens=self.max_tokens, seed=self.seed + round_,
                              chosen_by=self.chosen_by)
 
-    def train_config(self, output_dir: Path, method: str | None = None) -> TrainConfig:
-        """How a candidate of ``method`` (default: the config's) trains into ``output_dir``."""
+    def train_config(self, output_dir: Path, method: str | None = None,
+                     allowed_token_ids: Sequence[int] | None = None) -> TrainConfig:
+        """How a candidate of ``method`` (default: the config's) trains into ``output_dir``,
+        over ``allowed_token_ids`` (vocabulary=suite) or the whole vocabulary."""
         method = method or self.method
         common = dict(output_dir=str(output_dir), lr=self.lr, epochs=self.epochs, batch_size=self.batch_size,
-                      lora_r=self.lora_r, seed=self.seed)
+                      lora_r=self.lora_r, seed=self.seed, allowed_token_ids=list(allowed_token_ids or []))
         if method in ("step-dpo", "dpo"):
             return DPOConfig(beta=self.beta, nll_weight=self.nll_weight, **common)
         if method in ("rft", "gold-sft"):
@@ -330,6 +342,10 @@ def _improve(llm: LLM, store: RunStore, config: ImproveConfig, *, model: Any,
     registry = PolicyRegistry(store.path)
     eval_level = config.eval_level or config.levels[-1]
     held_out = suite.tasks("test", config.eval_tasks, level=eval_level, seed=config.eval_seed)
+    allowed = suite_vocabulary(llm, suite, held_out) if config.vocabulary == "suite" else None
+    if allowed is not None:
+        llm = VocabularyLLM(llm, allowed)
+        status(f"decoding and training over the {len(allowed)} tokens of the {suite.name} suite's vocabulary")
     library = None
     if config.memory > 0:
         library = ExperienceLibrary(store)
@@ -407,7 +423,7 @@ def _improve(llm: LLM, store: RunStore, config: ImproveConfig, *, model: Any,
             status(f"round {r}: training a {config.method} candidate on {_describe(examples)}")
             t0 = time.perf_counter()
             result = _train(registry, config, out_dir / f"round-{r}", model, incumbent, examples,
-                            on_log=_training_progress(status, r))
+                            on_log=_training_progress(status, r), allowed_token_ids=allowed)
             train_s = time.perf_counter() - t0
             if result.adapter_path is None:
                 status(f"round {r}: training produced no adapter ({result.stats}); the policy stays '{incumbent}'")
@@ -527,19 +543,20 @@ class _Staged:
 
 
 def _train(registry: PolicyRegistry, config: ImproveConfig, out: Path, model: str, incumbent: str, examples: Any,
-           on_log: Callable[[dict[str, Any]], None] | None = None) -> Any:
+           on_log: Callable[[dict[str, Any]], None] | None = None, allowed_token_ids: Sequence[int] | None = None) -> Any:
     """Train the round's candidate: one trainer run, or two stages for method=expert. It
     starts from the active policy's adapter, or from the base model with ``from_base``."""
     start = BASE if config.from_base else incumbent
     if not isinstance(examples, _Staged):
-        return train_candidate(registry, config.train_config(out), model, start, examples, on_log=on_log)
+        return train_candidate(registry, config.train_config(out, allowed_token_ids=allowed_token_ids), model, start,
+                               examples, on_log=on_log)
     result = None
     if examples.solutions:
-        result = train_candidate(registry, config.train_config(out / "sft", method="rft"), model, start,
+        result = train_candidate(registry, config.train_config(out / "sft", "rft", allowed_token_ids), model, start,
                                  examples.solutions, on_log=on_log)
     if examples.pairs:
         parent = result.adapter_path if result is not None else None
-        result = train_candidate(registry, config.train_config(out / "dpo", method="step-dpo"), model, start,
+        result = train_candidate(registry, config.train_config(out / "dpo", "step-dpo", allowed_token_ids), model, start,
                                  examples.pairs, parent_adapter=parent, on_log=on_log)
     return result
 
@@ -717,6 +734,19 @@ def checker_values(suite: Suite, task: Task, text: str) -> list[float]:
         right = right and ok
         values.append(values[-1] + 1 / gold if right else 0.0)
     return values
+
+
+def suite_vocabulary(llm: LLM, suite: Suite, tasks: Sequence[Task]) -> list[int]:
+    """``Suite.vocabulary`` in ``llm``'s token ids, checked to write the gold solution of
+    every one of ``tasks`` (the gate set): a suite whose solutions copy words from their
+    questions has no closed vocabulary, and its policy must not be measured without them."""
+    allowed = suite.vocabulary(lambda text: _continuation_ids(llm, text))
+    missing = sorted({t for task in tasks for t in _continuation_ids(llm, task.solution)} - set(allowed))
+    if missing:
+        raise ConfigError(f"`vocabulary=suite`: the gate set's gold solutions use {len(missing)} tokens the "
+                          f"{suite.name} suite's vocabulary lacks (first {llm.decode(missing[:1])!r}): its solutions "
+                          "copy words from their questions; use `vocabulary=full`")
+    return allowed
 
 
 def _continuation_ids(llm: LLM, text: str) -> list[int]:

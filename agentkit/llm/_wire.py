@@ -86,6 +86,7 @@ class Sampling(_Body):
     seed: int | None = Field(None, description="an integer")
     stop: str | list[str] = Field((), description="a string or a list of strings")
     stop_token_ids: list[int] = Field([], description="a list of token ids")
+    allowed_token_ids: list[int] | None = Field(None, min_length=1, description="a non-empty list of token ids")
     stream: bool = Field(False, description="true or false")
     stream_options: StreamOptions = Field(default_factory=StreamOptions, description='an object, e.g. {"include_usage": true}')
 

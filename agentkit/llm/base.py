@@ -7,6 +7,8 @@ and the per-token log-probabilities of the sampled tokens, and scores a given co
 Log-probabilities are always those of the model's raw next-token distribution
 (``log_softmax(logits)`` at temperature 1, before top-k/top-p), as vLLM reports them by
 default, so ``score(prompt_ids, completion.token_ids)`` reproduces ``completion.logprobs``.
+A request that names ``allowed_token_ids`` decodes from the softmax over those ids alone,
+and its logprobs are of that distribution.
 """
 
 from __future__ import annotations
@@ -40,6 +42,11 @@ class GenerationRequest:
     """Same seed, same request -> same samples, whatever else is in the batch."""
     adapter: str | None = None
     """Name of a loaded LoRA adapter; None means the base model."""
+    allowed_token_ids: tuple[int, ...] | None = None
+    """Decode only these token ids (vLLM's ``allowed_token_ids``); None means the whole
+    vocabulary. The model's distribution is then the softmax over these ids alone, and the
+    completion's logprobs are of that distribution: a policy trained with the same ids
+    (``TrainConfig.allowed_token_ids``) is exactly the policy that decodes here."""
 
     def __post_init__(self) -> None:
         if self.n < 1:
@@ -55,6 +62,11 @@ class GenerationRequest:
         else:
             object.__setattr__(self, "stop", tuple(self.stop))
         object.__setattr__(self, "stop_token_ids", tuple(self.stop_token_ids))
+        if self.allowed_token_ids is not None:
+            allowed = tuple(sorted({int(t) for t in self.allowed_token_ids}))
+            if not allowed or allowed[0] < 0:
+                raise ValueError(f"allowed_token_ids={list(self.allowed_token_ids)[:8]}: give at least one token id >= 0")
+            object.__setattr__(self, "allowed_token_ids", allowed)
 
 
 @dataclass

@@ -258,6 +258,8 @@ class OpenAIClientLLM:
             body["stop"] = list(request.stop)
         if request.stop_token_ids:  # vLLM's extension, also read by agentkit serve
             body["stop_token_ids"] = list(request.stop_token_ids)
+        if request.allowed_token_ids is not None:  # vLLM's extension, also read by agentkit serve
+            body["allowed_token_ids"] = list(request.allowed_token_ids)
         if request.seed is not None:
             body["seed"] = request.seed
         start = time.perf_counter()

@@ -76,6 +76,10 @@ class ScriptedLLM:
             for _ in range(request.n):
                 reply = self._next_reply(prompt_text, request)
                 ids = self._encode(reply)[: request.max_tokens]
+                outside = sorted(set(ids) - set(request.allowed_token_ids or ids))
+                if outside:  # a real model could not have written it
+                    raise BackendError(f"scripted reply {reply!r} writes {self.decode(outside[:1])!r}, which is not "
+                                       "among the request's allowed_token_ids")
                 end = next((i for i, t in enumerate(ids) if t in request.stop_token_ids), None)
                 if end is not None:  # the reply runs past a stop token: it ends there, kept without text
                     ids = ids[: end + 1]

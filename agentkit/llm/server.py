@@ -286,10 +286,16 @@ class CompletionServer:
             raise HTTPError(400, f"max_tokens={max_tokens}: must be at most {limit}, this server's limit "
                                  f"({self._limit_source}); ask for fewer tokens", param="max_tokens")
         self._check_prompts(prompts, max_tokens, param)
+        vocab = getattr(self.llm, "vocab_size", None)
+        bad = next((t for t in body.allowed_token_ids or () if t < 0 or (vocab is not None and t >= vocab)), None)
+        if bad is not None:
+            raise HTTPError(400, f"allowed_token_ids: token id {bad} is outside the vocabulary"
+                                 + (f" (0-{vocab - 1})" if vocab is not None else ""), param="allowed_token_ids")
         return [
             GenerationRequest(prompt=p, n=body.n, temperature=body.temperature, top_p=body.top_p, top_k=max(body.top_k, 0),
                               max_tokens=max_tokens, stop=body.stops, seed=body.seed, adapter=adapter,
-                              stop_token_ids=(*body.stop_token_ids, *stop_token_ids))
+                              stop_token_ids=(*body.stop_token_ids, *stop_token_ids),
+                              allowed_token_ids=body.allowed_token_ids)
             for p in prompts
         ]
 

@@ -138,6 +138,7 @@ class TransformersLLM:
             pack_linear_layers(self.model)
         self._head_input: torch.Tensor | None = None
         self._logit_buffer: torch.Tensor | None = None  # see _float_logits
+        self._vocabularies: dict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor]] = {}  # see _vocabulary
         # With a low-precision head, logprobs are refined in fp32 from the head's input.
         self._refine = self.dtype != torch.float32
         self._softcap = getattr(self.model.config, "final_logit_softcapping", None)
@@ -219,10 +220,14 @@ class TransformersLLM:
                 raise BackendError(f"adapter '{r.adapter}' is not loaded; load it first (loaded: {self.list_adapters() or 'none'})")
         return self._enqueue("generate", list(requests), on_token=on_token)
 
-    def score(self, prompt_ids: Sequence[int], completion_ids: Sequence[int], adapter: str | None = None) -> list[float]:
+    def score(self, prompt_ids: Sequence[int], completion_ids: Sequence[int], adapter: str | None = None, *,
+              allowed_token_ids: Sequence[int] | None = None) -> list[float]:
+        """Per-token logprobs of ``completion_ids``; with ``allowed_token_ids``, under the
+        softmax over those ids alone (what a request naming them recorded)."""
         if not completion_ids:
             return []
-        return self._submit("score", (list(prompt_ids), list(completion_ids)), adapter)
+        allowed = None if allowed_token_ids is None else tuple(sorted(set(allowed_token_ids)))
+        return self._submit("score", (list(prompt_ids), list(completion_ids), allowed), adapter)
 
     def top_logprobs(self, prompt_ids: Sequence[int], completion_ids: Sequence[int], k: int,
                      adapter: str | None = None) -> list[list[tuple[int, float]]]:
@@ -343,14 +348,15 @@ class TransformersLLM:
                     _answer(job.future, error=e)
                     continue
                 self._open.append((job, job_rows))
-            by_adapter: dict[str | None, list[_Row]] = {}
+            # one batch decodes one adapter over one vocabulary
+            groups: dict[tuple[str | None, tuple[int, ...] | None], list[_Row]] = {}
             for _, rows in list(self._open):
                 for job_rows in rows:
                     for row in job_rows:
-                        by_adapter.setdefault(row.request.adapter, []).append(row)
-            for adapter, rows in by_adapter.items():
+                        groups.setdefault((row.request.adapter, row.request.allowed_token_ids), []).append(row)
+            for (adapter, allowed), rows in groups.items():
                 for start in range(0, len(rows), self.max_batch):
-                    self._decode(rows[start : start + self.max_batch], adapter)
+                    self._decode(rows[start : start + self.max_batch], adapter, allowed)
             self._resolve_finished()
         except Exception as e:
             log.exception("generation failed")
@@ -385,9 +391,10 @@ class TransformersLLM:
                 still.append((job, rows))
         self._open = still
 
-    def _admit(self, adapter: str | None, free: int, length: int, remaining: int) -> list[_Row]:
-        """Rows of queued generate requests that can join the running batch: same adapter,
-        room in the batch, and every row still inside the sliding window once joined (the
+    def _admit(self, adapter: str | None, allowed: tuple[int, ...] | None, free: int, length: int,
+               remaining: int) -> list[_Row]:
+        """Rows of queued generate requests that can join the running batch: same adapter and
+        allowed ids, room in the batch, and every row still inside the sliding window once joined (the
         batch is ``length`` tokens long and may generate ``remaining`` more). The first job
         that cannot join, and everything after it, waits for the next batch."""
         window = getattr(self.model.config, "sliding_window", None) or 1 << 30
@@ -410,7 +417,8 @@ class TransformersLLM:
             flat = [r for jr in job_rows for r in jr]
             longest = max(len(r.prompt_ids) for r in flat)
             new_max = max(r.request.max_tokens for r in flat)
-            if (any(r.request.adapter != adapter for r in flat) or len(rows) + len(flat) > free
+            if (any(r.request.adapter != adapter or r.request.allowed_token_ids != allowed for r in flat)
+                    or len(rows) + len(flat) > free
                     or any(r.request.max_tokens == 0 for r in flat)
                     or max(length, longest) + max(remaining, new_max) >= window):
                 self._held.append(job)
@@ -424,6 +432,7 @@ class TransformersLLM:
         for k, request in enumerate(requests):
             prompt_ids = self.tokenize(request.prompt) if isinstance(request.prompt, str) else list(request.prompt)
             self._check_prompt(prompt_ids, request.max_tokens)
+            self._check_allowed(request.allowed_token_ids)
             job_rows = []
             for i in range(request.n):
                 gen = None
@@ -469,6 +478,8 @@ class TransformersLLM:
             prompt_ids, completion_ids = job.payload[:2]
             with self._adapter_context(job.adapter), torch.inference_mode():
                 ids = torch.tensor([prompt_ids + completion_ids], device=self.device)
+                if job.kind == "score" and job.payload[2] is not None:
+                    return self._score_within(ids, completion_ids, job.payload[2])
                 logits = self.model(input_ids=ids, logits_to_keep=len(completion_ids) + 1).logits[0, :-1].float()
                 if job.kind == "top":  # (T, k) each
                     values, top = torch.log_softmax(logits, -1).topk(job.payload[2], -1)
@@ -494,6 +505,51 @@ class TransformersLLM:
                 self._peft = False
             return None
         raise ValueError(job.kind)
+
+    def _score_within(self, ids: torch.Tensor, completion_ids: list[int], allowed: tuple[int, ...]) -> list[float]:
+        vocab, _ = self._vocabulary(allowed)
+        outside = sorted(set(completion_ids) - set(allowed))
+        if outside:
+            raise BackendError(f"completion token {outside[0]} is not among the {len(allowed)} allowed token ids; "
+                               "score it over the whole vocabulary or allow it")
+        hidden = self.model.get_decoder()(input_ids=ids).last_hidden_state[0, -len(completion_ids) - 1:-1]  # (T, D)
+        logits = self._vocabulary_logits(hidden, allowed)  # (T, A)
+        target = torch.searchsorted(vocab, torch.tensor(completion_ids, device=self.device))  # (T,) positions in vocab
+        return (logits.gather(1, target[:, None]).squeeze(1) - torch.logsumexp(logits, -1)).tolist()
+
+    def _vocabulary(self, allowed: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        """A request's ``allowed_token_ids`` (A,) and their rows of the LM head in fp32 (A, D),
+        kept: a loop sends the same few sets all the time."""
+        found = self._vocabularies.get(allowed)
+        if found is None:
+            self._check_allowed(allowed)
+            ids = torch.tensor(allowed, device=self.device)
+            found = (ids, self._head_weight().detach()[ids].float())
+            self._vocabularies[allowed] = found
+            while len(self._vocabularies) > 8:
+                self._vocabularies.pop(next(iter(self._vocabularies)))
+        return found
+
+    def _check_allowed(self, allowed: tuple[int, ...] | None) -> None:
+        if allowed is not None and allowed[-1] >= self.vocab_size:
+            raise BackendError(f"allowed token id {allowed[-1]} is outside the vocabulary of {self.vocab_size} ids "
+                               f"(0-{self.vocab_size - 1})")
+
+    def _vocabulary_logits(self, hidden: torch.Tensor, allowed: tuple[int, ...]) -> torch.Tensor:
+        """fp32 logits (..., A) over the allowed ids from the head's input (..., D): A dot
+        products a row instead of the whole vocabulary's, exact, so nothing is refined."""
+        logits = hidden.float() @ self._vocabulary(allowed)[1].T
+        return torch.tanh(logits / self._softcap) * self._softcap if self._softcap else logits
+
+    def _next_logits(self, allowed: tuple[int, ...] | None, **inputs: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One forward step: the logits at each row's last position (B, V), and the head's
+        input there (B, D) when logprobs are refined (a low-precision head); with ``allowed``
+        ids, fp32 logits over those alone (B, A) and no head input."""
+        if allowed is None:
+            logits = self.model(**inputs, logits_to_keep=1).logits[:, -1]
+            return logits, (self._head_input[:, -1] if self._refine else None)
+        hidden = self.model.get_decoder()(**inputs).last_hidden_state[:, -1]  # (B, D): the head never runs
+        return self._vocabulary_logits(hidden, allowed), None
 
     # ---- adapters ------------------------------------------------------------------
 
@@ -528,7 +584,7 @@ class TransformersLLM:
     # ---- batched decoding --------------------------------------------------------------
 
     @torch.inference_mode()
-    def _decode(self, rows: list[_Row], adapter: str | None) -> None:
+    def _decode(self, rows: list[_Row], adapter: str | None, allowed: tuple[int, ...] | None = None) -> None:
         """Decode ``rows`` to the end, one token of every active row per step.
 
         Continuous batching: between steps, queued requests for the same adapter join the
@@ -547,12 +603,15 @@ class TransformersLLM:
         from agentkit.llm._kvcache import is_appending, join
 
         with self._adapter_context(adapter):
-            logits, hidden, cache, mask, next_pos = self._prefill(active, adapter)
+            logits, hidden, cache, mask, next_pos = self._prefill(active, adapter, allowed)
             joinable = is_appending(cache)
+            vocab = None if allowed is None else self._vocabulary(allowed)[0]
             while active:
                 self.stats["max_rows_in_batch"] = max(self.stats["max_rows_in_batch"], len(active))
                 tokens, logprobs = select_tokens(self._float_logits(logits), [r.params for r in active], hidden,
                                                  self._head_weight(), self._softcap, scratch=True)
+                if vocab is not None:
+                    tokens = vocab[tokens]  # positions among the allowed ids -> token ids
                 tokens_l, logprobs_l = tokens.tolist(), logprobs.tolist()
                 self._drop_cancelled()
                 keep = []
@@ -576,17 +635,16 @@ class TransformersLLM:
                     mask, next_pos, tokens = mask[index], next_pos[index], tokens[index]
                     active = [active[i] for i in keep]
                 mask = torch.cat([mask, mask.new_ones((len(active), 1))], dim=1)
-                logits = self.model(
-                    input_ids=tokens[:, None], attention_mask=self._step_mask(mask), position_ids=next_pos[:, None],
-                    **{self._cache_arg: cache}, use_cache=True,
-                ).logits[:, -1]
-                hidden = self._head_input[:, -1] if self._refine else None  # (B, D)
+                logits, hidden = self._next_logits(
+                    allowed, input_ids=tokens[:, None], attention_mask=self._step_mask(mask),
+                    position_ids=next_pos[:, None], **{self._cache_arg: cache}, use_cache=True,
+                )
                 next_pos = next_pos + 1
                 if joinable and len(active) < self.max_batch and not self._queue.empty():
                     remaining = max(r.request.max_tokens - len(r.out_ids) for r in active)
-                    new = self._admit(adapter, self.max_batch - len(active), mask.shape[1], remaining)
+                    new = self._admit(adapter, allowed, self.max_batch - len(active), mask.shape[1], remaining)
                     if new:
-                        n_logits, n_hidden, n_cache, n_mask, n_pos = self._prefill(new, adapter)
+                        n_logits, n_hidden, n_cache, n_mask, n_pos = self._prefill(new, adapter, allowed)
                         join(cache, n_cache)
                         width = max(mask.shape[1], n_mask.shape[1])
                         mask = torch.cat([_left_pad(mask, width), _left_pad(n_mask, width)])
@@ -596,9 +654,11 @@ class TransformersLLM:
                         self.stats["rows"] += len(new)
                         self.stats["joined_rows"] += len(new)
 
-    def _prefill(self, rows: list[_Row], adapter: str | None) -> tuple[Any, Any, Any, Any, Any]:
-        """Prefill ``rows`` (all with max_tokens > 0): (next-token logits (B, V), head input
-        (B, D) or None, KV cache, attention mask (B, T), next positions (B,)).
+    def _prefill(self, rows: list[_Row], adapter: str | None,
+                 allowed: tuple[int, ...] | None = None) -> tuple[Any, Any, Any, Any, Any]:
+        """Prefill ``rows`` (all with max_tokens > 0): (next-token logits (B, V) or (B, A) over
+        the ``allowed`` ids, head input (B, D) or None, KV cache, attention mask (B, T), next
+        positions (B,)).
 
         The n samples of a request (and equal prompts of different requests) share one
         prefill: each distinct prompt is prefilled once, then its KV rows are copied."""
@@ -620,11 +680,8 @@ class TransformersLLM:
             mask[i, prefix + width - len(suffix):] = 1
         ids, mask = ids.to(self.device), mask.to(self.device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, prefix:]  # (U, T)
-        logits = self.model(
-            input_ids=ids, attention_mask=mask, position_ids=positions, **{self._cache_arg: cache},
-            use_cache=True, logits_to_keep=1,
-        ).logits[:, -1]  # (U, V)
-        hidden = self._head_input[:, -1] if self._refine else None  # (U, D)
+        logits, hidden = self._next_logits(allowed, input_ids=ids, attention_mask=mask, position_ids=positions,
+                                           **{self._cache_arg: cache}, use_cache=True)  # (U, V), (U, D)
         if len(prompts) < len(rows):
             index = torch.tensor(owner, device=self.device)  # (B,) each row's prompt
             cache.batch_select_indices(index)

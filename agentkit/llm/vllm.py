@@ -94,6 +94,7 @@ class VLLMBackend:
             max_tokens=r.max_tokens,
             stop=list(r.stop) or None,
             stop_token_ids=list(r.stop_token_ids) or None,
+            allowed_token_ids=list(r.allowed_token_ids) if r.allowed_token_ids is not None else None,
             seed=r.seed,
             logprobs=0,  # the sampled token's logprob only
         )

@@ -13,7 +13,7 @@ import random
 import re
 from abc import ABC, abstractmethod
 from fractions import Fraction
-from typing import Literal, NamedTuple
+from typing import Callable, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -44,7 +44,8 @@ of drawing candidates until the level runs out."""
 MAX_EXPRESSION_CHARS = 200
 _MAX_PARENS = 32
 _STALE_LIMIT = 5000
-_SHOT_SEED = 10_007  # shots come from their own fixed draw, whatever seeds the caller uses
+_SHOT_SEED = 10_007
+_VOCABULARY_SEED = 10_009  # the solutions a suite's vocabulary is read from  # shots come from their own fixed draw, whatever seeds the caller uses
 
 
 class Task(BaseModel):
@@ -308,6 +309,19 @@ class Suite(ABC):
         if (level, shots) not in cache:
             cache[(level, shots)] = self.tasks("train", shots + 1, level, seed=_SHOT_SEED)
         return [t for t in cache[(level, shots)] if t.question != task.question][:shots]
+
+    def vocabulary(self, tokenize: Callable[[str], list[int]], n: int = 100) -> list[int]:
+        """The token ids this suite's worked solutions are written in, sorted: every token of
+        the solutions of ``n`` train tasks per level, each followed by the break before the
+        next shot's "Question:" (where the stop ends a completion), as ``tokenize`` turns a
+        continuation into ids. A policy that decodes only these
+        (``GenerationRequest.allowed_token_ids``) can still write every gold solution, and its
+        softmax costs a few dozen dot products instead of the whole vocabulary's."""
+        ids: set[int] = set()
+        for level in self.levels:
+            for task in self.tasks("train", n, level, seed=_VOCABULARY_SEED):
+                ids.update(tokenize(f"{task.solution}\n\nQuestion:"))
+        return sorted(ids)
 
     def family(self, task: Task) -> str:
         """A coarse difficulty family of ``task``, which the curriculum (agentkit.learn.curriculum)

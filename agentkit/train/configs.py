@@ -52,6 +52,7 @@ class TrainConfig:
     dtype: str = _f("auto", "auto (bf16 autocast where the processor runs bf16 fast, else fp32), bf16 or fp32.")
     prompt_grad: bool = _f(False, "Backpropagate through the prompt tokens too; False runs the prompt without gradient into a KV cache (much faster on long few-shot prompts).")
     max_length: int = _f(0, "Cut prompts from the left (keeping the first token) so prompt + completion fit; 0: no limit.")
+    allowed_token_ids: list[int] = _f([], "Train the policy that decodes only these token ids (GenerationRequest.allowed_token_ids): the softmax runs over them alone; empty: the whole vocabulary.")
     seed: int = _f(0, "Seed of the LoRA initialisation, dropout and the data order.")
     checkpoint_every: int = _f(50, "Write a resumable checkpoint every this many optimizer steps; 0: none.")
     keep_checkpoints: int = _f(2, "Keep only the newest this many checkpoints.")
@@ -67,6 +68,7 @@ class TrainConfig:
             (self.schedule in ("constant", "linear", "cosine"), f"schedule {self.schedule!r}: constant, linear or cosine"),
             (self.lora_r >= 1, f"lora_r {self.lora_r}: must be at least 1"),
             (self.checkpoint_every >= 0 and self.keep_checkpoints >= 1, "checkpoint_every >= 0 and keep_checkpoints >= 1"),
+            (all(t >= 0 for t in self.allowed_token_ids), "allowed_token_ids: token ids are >= 0"),
         ]
         for ok, message in checks:
             if not ok:

@@ -109,6 +109,7 @@ class Trainer:
         self._body = causal.get_decoder() if hasattr(causal, "get_decoder") else causal.model
         self._cache_arg = cache_argument(self._body)
         self._head = causal.get_output_embeddings()
+        self._vocabulary = self._allowed(config.allowed_token_ids)
         self._softcap = getattr(causal.config, "final_logit_softcapping", None)
         self._pad = causal.config.pad_token_id if causal.config.pad_token_id is not None else 0
         self.params = [p for p in self.model.parameters() if p.requires_grad]
@@ -146,6 +147,21 @@ class Trainer:
                 p.data = p.data.float()
         return model
 
+    def _allowed(self, ids: list[int]) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """For ``allowed_token_ids``: their LM-head rows (A, D), and a (V,) map from token id
+        to its row there (-1 for a token outside). None for the whole vocabulary."""
+        if not ids:
+            return None
+        weight = self._head.weight
+        ids = sorted(set(ids))
+        if ids[-1] >= weight.shape[0]:
+            raise AgentkitError(f"allowed_token_ids: {ids[-1]} is outside the model's vocabulary of {weight.shape[0]} "
+                                "ids; build them with the model's tokenizer")
+        index = torch.tensor(ids, device=self.device)
+        rows = torch.full((weight.shape[0],), -1, dtype=torch.long, device=self.device)
+        rows[index] = torch.arange(len(ids), device=self.device)
+        return weight[index].detach(), rows
+
     def _autocast(self) -> Any:
         return torch.autocast(device_type=self.device.split(":")[0], dtype=self.dtype,
                               enabled=self.dtype != torch.float32)
@@ -162,7 +178,9 @@ class Trainer:
         """Logits at the positions that predict the completion tokens, and nowhere else.
 
         Returns logits (N, Tc, V), labels (N, Tc), mask (N, Tc), where Tc is the longest
-        completion and logits[i, t] predicts labels[i, t] = completions[i][t]."""
+        completion and logits[i, t] predicts labels[i, t] = completions[i][t]. With
+        ``allowed_token_ids`` the logits are (N, Tc, A) over those ids, and the labels are
+        positions among them."""
         pairs = [self._fit(list(p), list(c)) for p, c in zip(prompts, completions)]
         prompts, completions = [p for p, _ in pairs], [c for _, c in pairs]
         n, tc = len(prompts), max(len(c) for c in completions)
@@ -179,7 +197,17 @@ class Trainer:
             hidden = self._hidden_full(prompts, completions, tc)
         else:
             hidden = self._hidden_step_only(prompts, completions, tc)
-        logits = self._head(hidden)  # (N, Tc, V): the head runs on the step positions only
+        if self._vocabulary is None:
+            logits = self._head(hidden)  # (N, Tc, V): the head runs on the step positions only
+        else:  # the policy that decodes only the allowed ids: its softmax runs over them alone
+            head, rows = self._vocabulary
+            logits = hidden @ head.T  # (N, Tc, A)
+            labels = torch.where(mask, rows[labels], 0)
+            if (labels < 0).any():
+                outside = completions[int((labels < 0).any(dim=1).nonzero()[0])]
+                bad = next(t for t in outside if rows[t] < 0)
+                raise AgentkitError(f"completion token {bad} is not among allowed_token_ids: this example was not "
+                                    "written by the policy being trained; drop it or allow the token")
         if self._softcap:
             logits = torch.tanh(logits / self._softcap) * self._softcap
         return logits, labels, mask
