@@ -7,6 +7,7 @@ seeds (mean, median, min, max: never the best run alone) and the learning-curve 
     python bench/improve.py --explore sample --method step-dpo --seeds 3 --name improve-step-dpo
     python bench/improve.py --seeds 3 --jobs 3        # the seeds side by side, one process each
     python bench/improve.py --seeds 2 --jobs 4 --collect-with active best   # two arms, paired by seed
+    python bench/improve.py --seeds 3 --jobs 3 --vocabulary full suite      # (one knob's values at a time)
 """
 
 from __future__ import annotations
@@ -26,10 +27,12 @@ from pathlib import Path
 from _common import RESULTS, markdown_table, write_result
 from agentkit.errors import AgentkitError
 from agentkit.learn.gate import ALPHA_SPENDING
-from agentkit.learn.improve import COLLECT_WITH, CURRICULA, EXPLORE, METHODS, ImproveConfig, RoundResult, improve, plot_curve
+from agentkit.learn.improve import (COLLECT_WITH, CURRICULA, EXPLORE, METHODS, VOCABULARIES, ImproveConfig, RoundResult,
+                                    improve, plot_curve)
 from agentkit.llm.transformers import TransformersLLM
 from agentkit.store import TrajectoryStore
 
+ARM_KNOBS = ("collect_with", "vocabulary")  # the knobs whose values can run as arms side by side
 HEADERS = ["round", "lvl", "policy", "examples", "gate", "cand", "p", "p adj", "final [95% CI]", "final step",
            "cpu min"]
 
@@ -88,6 +91,9 @@ def main() -> None:
     parser.add_argument("--collect-with", choices=COLLECT_WITH, nargs="+", default=[defaults.collect_with],
                         help="the policy that collects: the active one or the best on the gate set so far; "
                              "several values run as arms side by side on the same seeds")
+    parser.add_argument("--vocabulary", choices=VOCABULARIES, nargs="+", default=[defaults.vocabulary],
+                        help="the tokens the policy writes with: the whole vocabulary or the suite's; "
+                             "several values run as arms side by side on the same seeds")
     parser.add_argument("--alpha-spending", choices=ALPHA_SPENDING, default=defaults.alpha_spending,
                         help="how the rounds' gates share alpha: equal, or rising with the round")
     parser.add_argument("--rounds", type=int, default=defaults.rounds)
@@ -118,16 +124,21 @@ def main() -> None:
     if args.jobs < 1:
         parser.error(f"--jobs {args.jobs}: give at least 1")
 
-    if len(set(args.collect_with)) < len(args.collect_with):
-        parser.error(f"--collect-with {' '.join(args.collect_with)}: name each arm once")
-    for arm in args.collect_with:  # every arm's settings, before hours go into the others
+    several = [knob for knob in ARM_KNOBS if len(getattr(args, knob)) > 1]
+    if len(several) > 1:
+        parser.error(f"{' and '.join(flag(k) for k in several)} both have several values: compare one knob at a time")
+    args.knob = several[0] if several else ARM_KNOBS[0]
+    args.arms = getattr(args, args.knob)
+    if len(set(args.arms)) < len(args.arms):
+        parser.error(f"{flag(args.knob)} {' '.join(args.arms)}: name each arm once")
+    for arm in args.arms:  # every arm's settings, before hours go into the others
         try:
             config_of(args, arm, seed=1)
         except AgentkitError as exc:
             parser.error(str(exc))
 
     # seed by seed, each seed's arms side by side: a run stopped early still has pairs
-    runs = [(arm, seed) for seed in range(1, args.seeds + 1) for arm in args.collect_with]
+    runs = [(arm, seed) for seed in range(1, args.seeds + 1) for arm in args.arms]
     threads = threads_per_job(args)
     done: dict[tuple[str, int], list[RoundResult]] = {}
     start = time.time()
@@ -154,7 +165,11 @@ def main() -> None:
 
 def threads_per_job(args: argparse.Namespace) -> int:
     """The torch threads of each side-by-side run: the cores shared between the runs at once."""
-    return max(1, (os.cpu_count() or 1) // min(args.jobs, len(args.collect_with) * args.seeds))
+    return max(1, (os.cpu_count() or 1) // min(args.jobs, len(args.arms) * args.seeds))
+
+
+def flag(knob: str) -> str:
+    return "--" + knob.replace("_", "-")
 
 
 def warn_memory(jobs: int, per_job_gb: float = 6.5) -> None:
@@ -177,8 +192,8 @@ def config_of(args: argparse.Namespace, arm: str, seed: int, output_dir: str = "
         eval_level=args.eval_level, train_tasks=args.train_tasks, eval_tasks=args.eval_tasks,
         final_tasks=args.final_tasks, samples_per_task=args.samples, epochs=args.epochs, lr=args.lr,
         chosen_by=args.chosen_by, gate_metric=args.gate_metric, from_base=args.from_base,
-        advance_at=args.advance_at, curriculum=args.curriculum, pool=args.pool, collect_with=arm, alpha_spending=args.alpha_spending,
-        seed=seed, output_dir=output_dir,
+        advance_at=args.advance_at, curriculum=args.curriculum, pool=args.pool, alpha_spending=args.alpha_spending,
+        seed=seed, output_dir=output_dir, **{knob: arm if knob == args.knob else getattr(args, knob)[0] for knob in ARM_KNOBS},
     )
 
 
@@ -189,7 +204,7 @@ def run_seed(args: argparse.Namespace, arm: str, seed: int, start: float, thread
     the rounds done so far in the file ``kept`` (``kept_rounds``)."""
     work = Path(tempfile.mkdtemp(prefix=f"agentkit-improve-{arm}-{seed}-"))
     config = config_of(args, arm, seed, str(work / "rounds"))
-    tag = f"seed {seed}" + (f" ({arm})" if len(args.collect_with) > 1 else "")
+    tag = f"seed {seed}" + (f" ({arm})" if len(args.arms) > 1 else "")
     print(f"== {tag} of {args.seeds}", flush=True)
     rounds: list[RoundResult] = []
 
@@ -210,7 +225,7 @@ def kept_rounds(path: Path) -> list[RoundResult]:
 
 
 def report(args: argparse.Namespace, done: dict[tuple[str, int], list[RoundResult]], start: float) -> None:
-    arms = args.collect_with
+    arms = args.arms
     config = config_of(args, arms[0], seed=1)
     name = args.name or f"improve-{config.explore}-{config.method}"
     sections, pngs = [], []
@@ -225,15 +240,15 @@ def report(args: argparse.Namespace, done: dict[tuple[str, int], list[RoundResul
         label = "" if len(arms) == 1 else f"-{arm}"
         pngs.append(plot_curve(runs, RESULTS / f"{name}{label}.png",
                                title=f"improve --explore {config.explore} --method {config.method}"
-                                     f"{f' --collect-with {arm}' if label else ''}: Gemma 3 270M, CPU"))
-        sections.append(("" if len(arms) == 1 else f"## Arm: collect_with={arm}\n\n")
+                                     f"{f' {flag(args.knob)} {arm}' if label else ''}: Gemma 3 270M, CPU"))
+        sections.append(("" if len(arms) == 1 else f"## Arm: {args.knob}={arm}\n\n")
                         + f"{h} Across seeds (final test set)\n\n{summary(runs)}\n\n{h} Per seed\n\n"
                         + "\n\n".join(tables))
     if len(arms) > 1:
-        sections.insert(0, head_to_head(arms, done))
+        sections.insert(0, head_to_head(args.knob, arms, done))
     cfg = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("output_dir", "seed")}
     if len(arms) > 1:
-        cfg["collect_with"] = arms
+        cfg[args.knob] = arms
     total = len(arms) * args.seeds
     ran = ", ".join((f"{arm} seed {seed}" if len(arms) > 1 else f"seed {seed}")
                     + ("" if len(done[arm, seed]) > args.rounds else f" (stopped after round {len(done[arm, seed]) - 1})")
@@ -264,7 +279,7 @@ def report(args: argparse.Namespace, done: dict[tuple[str, int], list[RoundResul
           "and", ", ".join(map(str, pngs)))
 
 
-def head_to_head(arms: list[str], done: dict[tuple[str, int], list[RoundResult]]) -> str:
+def head_to_head(knob: str, arms: list[str], done: dict[tuple[str, int], list[RoundResult]]) -> str:
     """The arms on the same seeds (the same training tasks and the same final test set):
     final test success after the last round every run reached, per seed and on average."""
     last = min(len(rounds) for rounds in done.values()) - 1
@@ -278,7 +293,7 @@ def head_to_head(arms: list[str], done: dict[tuple[str, int], list[RoundResult]]
         means = [statistics.mean(100 * done[arm, seed][last].final_success for seed in paired) for arm in arms]
         lines.append([f"mean ({len(paired)} paired)"] + [f"{m:.1f}%" for m in means])
     return (f"## Head to head (final test set, after round {last})\n\n"
-            + markdown_table(["seed"] + [f"collect_with={arm}" for arm in arms], lines))
+            + markdown_table(["seed"] + [f"{knob}={arm}" for arm in arms], lines))
 
 
 if __name__ == "__main__":

@@ -465,3 +465,17 @@ def test_a_trainer_killed_with_sigkill_leaves_no_stale_lock(tmp_path):
         assert int(re.search(r"pid (\d+)", again.stdout).group(1)) != pid
     finally:
         assert cli("trainer", "stop", "--store", store).returncode == 0
+
+
+def test_a_version_trained_over_a_suite_vocabulary_decodes_over_it(tmp_path):
+    tasks = SUITE.tasks("train", 2, level=1, seed=3)
+    llm = ScriptedLLM(lambda prompt, request: "ok" if "Question: " not in prompt else "Step 1: 1 + 1 = 2\nAnswer: 2")
+    vocabulary = SUITE.vocabulary(lambda text: llm.tokenize(text)[1:])
+    with TrajectoryStore(tmp_path / "runs.db") as store, PolicyRegistry(store.path) as registry:
+        registry.register(adapter_dir(tmp_path / "v1"), config={"allowed_token_ids": vocabulary})
+        registry.register(adapter_dir(tmp_path / "v2"), config={"allowed_token_ids": []})
+        for version, allowed in (("base", None), ("v1", tuple(vocabulary)), ("v2", None)):
+            llm.requests.clear()
+            run_tasks(llm, SUITE, tasks, store, concurrency=1, policy=ActivePolicy(llm, registry, version=version))
+            solving = [r for r in llm.requests if r.max_tokens > 1]  # not the load probe
+            assert len(solving) == 2 and {r.allowed_token_ids for r in solving} == {allowed}

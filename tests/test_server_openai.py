@@ -231,6 +231,10 @@ def test_sixteen_concurrent_streams_are_batched(client, server):
      "top_logprobs", "top_logprobs=21: must be an integer from 0 to 20"),
     (lambda c: c.completions.create(model="tiny", prompt="Hi", extra_body={"stop_token_ids": [1, "x"]}),
      "stop_token_ids", "stop_token_ids: must be a list of token ids"),
+    (lambda c: c.completions.create(model="tiny", prompt="Hi", extra_body={"allowed_token_ids": []}),
+     "allowed_token_ids", "allowed_token_ids: must not be empty"),
+    (lambda c: c.completions.create(model="tiny", prompt="Hi", extra_body={"allowed_token_ids": [5, 10**6]}),
+     "allowed_token_ids", "allowed_token_ids: token id 1000000 is outside the vocabulary (0-{last})"),
     (lambda c: c.completions.create(model="tiny", prompt="Hi", logprobs=6), "logprobs",
      "logprobs=6: must be an integer from 0 to 5"),
     (lambda c: c.completions.create(model="tiny", prompt="Hi", echo=True, logprobs=1, stream=True), "stream",
@@ -238,11 +242,28 @@ def test_sixteen_concurrent_streams_are_batched(client, server):
     (lambda c: c.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=5000), "max_tokens",
      "max_tokens=5000: must be at most 1024, this server's limit (the model's context length); ask for fewer tokens"),
 ])
-def test_a_bad_request_is_a_400_naming_the_field(client, call, param, message):
+def test_a_bad_request_is_a_400_naming_the_field(client, server, call, param, message):
     with pytest.raises(openai.BadRequestError) as info:
         call(client)
     error = info.value.body
+    message = message.replace("{last}", str(server.llm.vocab_size - 1))
     assert (error["message"], error["param"], error["type"]) == (message, param, "BadRequestError")
+
+
+def test_allowed_token_ids_reach_the_model_through_the_client_and_the_server(server):
+    """vLLM's extension: OpenAIClientLLM sends a request's allowed_token_ids, agentkit serve
+    decodes over them alone."""
+    from agentkit.llm.base import GenerationRequest
+    from agentkit.llm.openai import OpenAIClientLLM
+
+    digits = tuple(sorted(set(server.llm.tokenize("0123456789")[1:])))
+    llm = OpenAIClientLLM(server.url, model="tiny")
+    free, [held] = llm.generate([GenerationRequest("Question: 3 + 4 =", max_tokens=12),
+                                 GenerationRequest("Question: 3 + 4 =", max_tokens=12, allowed_token_ids=digits)])
+    assert not set(free[0].token_ids) <= set(digits)  # the random model writes other tokens when it may
+    assert held.token_ids and set(held.token_ids) <= set(digits) and held.text.isdigit()
+    assert held.logprobs == pytest.approx(server.llm.score(held.prompt_ids, held.token_ids, allowed_token_ids=digits),
+                                          abs=1e-4)
 
 
 def test_an_unknown_model_is_a_404(client):

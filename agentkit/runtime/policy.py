@@ -15,7 +15,8 @@ A newly active version is loaded through ``load_policy`` (its
 checksum verified, and a probe that the adapter itself answers), and every completion of the
 run is checked to come from that adapter (``PolicyLLM``): a run never silently gets the base
 model. A version that fails to load is logged and the previous one stays in use (and is what
-the runs record); the next task tries again.
+the runs record); the next task tries again. A version trained over a restricted vocabulary
+(``TrainConfig.allowed_token_ids``, `agentkit improve --vocabulary suite`) decodes over it.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from typing import Any, Callable
 
 from agentkit.errors import BackendError
 from agentkit.llm.base import LLM, GenerationRequest
-from agentkit.llm.views import PolicyLLM
+from agentkit.llm.views import PolicyLLM, VocabularyLLM
 from agentkit.store.policies import BASE, PolicyRegistry
 
 __all__ = ["ActivePolicy", "load_policy", "adapter_name", "PolicyLLM"]
@@ -112,7 +113,11 @@ class ActivePolicy:
             if self.on_change:
                 self.on_change(old, version, exc)
             return
-        self.version, self._view = version, PolicyLLM(self.llm, adapter)
+        view: Any = PolicyLLM(self.llm, adapter)
+        allowed = (self.registry.get(version).config or {}).get("allowed_token_ids")
+        if allowed:  # trained over a suite's vocabulary (TrainConfig.allowed_token_ids): it decodes as it trained
+            view = VocabularyLLM(view, allowed)
+        self.version, self._view = version, view
         if old is not None:
             log.info("policy %s -> %s: the next runs use %s", old, version, version)
             if self.on_change:
