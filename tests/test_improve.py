@@ -211,19 +211,32 @@ def test_a_suite_vocabulary_run_decodes_gates_and_trains_over_the_suites_tokens(
     assert v1.config["allowed_token_ids"] == vocabulary
 
 
-def test_a_suite_vocabulary_that_cannot_write_the_gate_sets_solutions_is_refused():
+def test_a_suite_vocabulary_that_cannot_write_the_gate_sets_solutions_is_refused_or_left_for_the_full_one():
     from agentkit.errors import ConfigError
-    from agentkit.learn.improve import suite_vocabulary
+    from agentkit.learn.improve import _run_vocabulary, suite_vocabulary
     from agentkit.tasks.base import Task
 
     tok = build_tiny_tokenizer()
     llm = char_scripted(["1"], tok)
     suite = get_suite("arithmetic")
     gate = suite.tasks("test", 4, level=1)
-    assert suite_vocabulary(llm, suite, gate) == suite.vocabulary(lambda text: llm.tokenize(text)[1:])
+    allowed = suite.vocabulary(lambda text: llm.tokenize(text)[1:])
+    assert suite_vocabulary(llm, suite, gate) == (allowed, [])
     odd = Task(**{**gate[0].model_dump(), "solution": "Step 1: twelve"})
-    with pytest.raises(ConfigError, match="lacks .* use vocabulary 'full'"):
-        suite_vocabulary(llm, suite, gate + [odd])
+    assert [llm.decode([t]) for t in suite_vocabulary(llm, suite, gate + [odd])[1]] == ["l", "v"]
+    status = []
+    for vocabulary, expected in (("auto", None), ("full", None), ("suite", ConfigError)):
+        config = ImproveConfig(vocabulary=vocabulary)
+        if expected is ConfigError:
+            with pytest.raises(ConfigError, match="use 2 tokens the arithmetic suite.s vocabulary lacks.* use vocabulary 'full'"):
+                _run_vocabulary(llm, suite, gate + [odd], config, status.append)
+        else:
+            assert _run_vocabulary(llm, suite, gate + [odd], config, status.append) is None
+        assert _run_vocabulary(llm, suite, gate, config, status.append) == (None if vocabulary == "full" else allowed)
+    assert status == ["decoding over the whole vocabulary: the gate set's gold solutions use 2 tokens the arithmetic "
+                      "suite's vocabulary lacks (first 'l'): its solutions copy words from their questions"]
+    graph = ImproveConfig(graph="plan_solve_check", method="rft")  # plans and critiques are not solutions
+    assert _run_vocabulary(llm, suite, gate, graph, status.append) is None
 
 
 def test_improve_config_refuses_unknown_choices():
@@ -243,6 +256,8 @@ def test_improve_config_refuses_unknown_choices():
         ImproveConfig(alpha_spending="late")
     with pytest.raises(AgentkitError, match="vocabulary 'tiny'.*full or suite"):
         ImproveConfig(vocabulary="tiny")
+    with pytest.raises(AgentkitError, match="graph 'plan_solve_check' also writes plans"):
+        ImproveConfig(graph="plan_solve_check", method="rft", vocabulary="suite")
 
 
 def test_checker_values_reward_each_right_step_and_drop_at_the_first_wrong_one():

@@ -62,7 +62,8 @@ run's answer, whatever prompt the graph gave it. The others compare outputs of o
 STEP_ADVANTAGES = ("none", "checker")
 EXPLORE = ("sample", "search")
 COLLECT_WITH = ("active", "best")
-VOCABULARIES = ("full", "suite")
+VOCABULARIES = ("auto", "full", "suite")
+_SINGLE = (None, "single_solver", "solve")  # graph names that mean the single solve prompt
 CURRICULA = ("none", "mopps")
 """Which of a round's fresh tasks it trains on: all of them, or those a bandit over task
 families expects search to solve about half the time (agentkit.learn.curriculum)."""
@@ -85,7 +86,7 @@ def default_explore(method: str, graph: str | None = None) -> str:
     """How a round collects when the config does not say: by search for the methods in
     SEARCH_BY_DEFAULT on the single solve prompt (the measured best, see bench/results), else
     by sampling."""
-    return "search" if method in SEARCH_BY_DEFAULT and graph in (None, "single_solver", "solve") else "sample"
+    return "search" if method in SEARCH_BY_DEFAULT and graph in _SINGLE else "sample"
 
 
 @dataclass
@@ -153,7 +154,9 @@ class ImproveConfig(GateConfig, CandidateConfig):
     the run, round 0 and the gate and the final test included, decodes only them
     (``allowed_token_ids``), and training's softmax runs over them alone, so the candidate is
     trained as exactly the policy that decodes. On Gemma's 262k-token vocabulary that skips
-    the output layer's cost, the larger half of a training step."""
+    the output layer's cost, the larger half of a training step. "auto": "suite" for the
+    single solve prompt when the suite's vocabulary writes every gold solution of the gate
+    set, else "full"."""
     step_advantages: str = "none"
     """grpo/rloo: "none" (outcome advantages only) or "checker" (each step's tokens also get
     its progress under the suite's step checker, see ``checker_values``)."""
@@ -184,7 +187,7 @@ class ImproveConfig(GateConfig, CandidateConfig):
         # every check of a run's settings, the CLI's too: ConfigError names the knobs in
         # backquotes, which `agentkit improve` shows as its flags
         super().__post_init__()  # GateConfig's checks
-        single = self.graph in (None, "single_solver", "solve")
+        single = self.graph in _SINGLE
         if self.method not in METHODS:
             raise ConfigError(f"`method={self.method}`: choose one of {', '.join(METHODS)}")
         if self.explore is None:
@@ -244,6 +247,9 @@ class ImproveConfig(GateConfig, CandidateConfig):
         spend_alpha(self.rounds, self.alpha_spending)  # an unknown schedule fails here
         if self.vocabulary not in VOCABULARIES:
             raise ConfigError(f"`vocabulary={self.vocabulary}`: choose {' or '.join(VOCABULARIES)}")
+        if self.vocabulary == "suite" and not single:
+            raise ConfigError(f"`vocabulary=suite` is the vocabulary of solutions; graph '{self.graph}' also writes "
+                              "plans and critiques, drop `vocabulary`")
         if self.collect_with not in COLLECT_WITH:
             raise ConfigError(f"`collect_with={self.collect_with}`: choose {' or '.join(COLLECT_WITH)}")
         if self.collect_with != "active" and self.method in POLICY_GRADIENT:
@@ -342,7 +348,7 @@ def _improve(llm: LLM, store: RunStore, config: ImproveConfig, *, model: Any,
     registry = PolicyRegistry(store.path)
     eval_level = config.eval_level or config.levels[-1]
     held_out = suite.tasks("test", config.eval_tasks, level=eval_level, seed=config.eval_seed)
-    allowed = suite_vocabulary(llm, suite, held_out) if config.vocabulary == "suite" else None
+    allowed = _run_vocabulary(llm, suite, held_out, config, status)
     if allowed is not None:
         llm = VocabularyLLM(llm, allowed)
         status(f"decoding and training over the {len(allowed)} tokens of the {suite.name} suite's vocabulary")
@@ -671,7 +677,7 @@ def _collect(llm: LLM, suite: Suite, tasks: list[Task], store: RunStore, config:
 
 def _graph(config: ImproveConfig) -> Any:
     """The graph to improve, or None for the single solve prompt."""
-    if config.graph in (None, "single_solver", "solve"):
+    if config.graph in _SINGLE:
         return None
     return load_graph(config.graph)
 
@@ -736,17 +742,30 @@ def checker_values(suite: Suite, task: Task, text: str) -> list[float]:
     return values
 
 
-def suite_vocabulary(llm: LLM, suite: Suite, tasks: Sequence[Task]) -> list[int]:
-    """``Suite.vocabulary`` in ``llm``'s token ids, checked to write the gold solution of
-    every one of ``tasks`` (the gate set): a suite whose solutions copy words from their
-    questions has no closed vocabulary, and its policy must not be measured without them."""
+def suite_vocabulary(llm: LLM, suite: Suite, tasks: Sequence[Task]) -> tuple[list[int], list[int]]:
+    """``Suite.vocabulary`` in ``llm``'s token ids, and the ids of ``tasks``' gold solutions
+    (the gate set's) that it lacks. A suite whose solutions copy words from their questions
+    has no closed vocabulary: its policy must not be measured without those words."""
     allowed = suite.vocabulary(lambda text: _continuation_ids(llm, text))
     missing = sorted({t for task in tasks for t in _continuation_ids(llm, task.solution)} - set(allowed))
-    if missing:
-        raise ConfigError(f"`vocabulary=suite`: the gate set's gold solutions use {len(missing)} tokens the "
-                          f"{suite.name} suite's vocabulary lacks (first {llm.decode(missing[:1])!r}): its solutions "
-                          "copy words from their questions; use `vocabulary=full`")
-    return allowed
+    return allowed, missing
+
+
+def _run_vocabulary(llm: LLM, suite: Suite, held_out: Sequence[Task], config: ImproveConfig,
+                    status: Callable[[str], None]) -> list[int] | None:
+    """The allowed token ids of the run (None: the whole vocabulary), as ``config.vocabulary``
+    asks: "suite" or, for "auto", where the suite's vocabulary writes the gate set."""
+    if config.vocabulary == "full" or (config.vocabulary == "auto" and config.graph not in _SINGLE):
+        return None
+    allowed, missing = suite_vocabulary(llm, suite, held_out)
+    if not missing:
+        return allowed
+    why = (f"the gate set's gold solutions use {len(missing)} tokens the {suite.name} suite's vocabulary lacks "
+           f"(first {llm.decode(missing[:1])!r}): its solutions copy words from their questions")
+    if config.vocabulary == "suite":
+        raise ConfigError(f"`vocabulary=suite`: {why}; use `vocabulary=full`")
+    status(f"decoding over the whole vocabulary: {why}")
+    return None
 
 
 def _continuation_ids(llm: LLM, text: str) -> list[int]:
