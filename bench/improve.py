@@ -96,10 +96,10 @@ def main() -> None:
                              "several values run as arms side by side on the same seeds")
     parser.add_argument("--alpha-spending", choices=ALPHA_SPENDING, default=defaults.alpha_spending,
                         help="how the rounds' gates share alpha: equal, or rising with the round")
-    parser.add_argument("--rounds", type=int, default=defaults.rounds)
+    parser.add_argument("--rounds", type=int, default=None, help="default: ImproveConfig's, 5 where rounds search, else 3")
     parser.add_argument("--levels", type=int, nargs="+", default=defaults.levels)
     parser.add_argument("--eval-level", type=int, default=None)
-    parser.add_argument("--train-tasks", type=int, default=defaults.train_tasks)
+    parser.add_argument("--train-tasks", type=int, default=None, help="default: ImproveConfig's, 320 where rounds search, else 96")
     parser.add_argument("--eval-tasks", type=int, default=defaults.eval_tasks)
     parser.add_argument("--final-tasks", type=int, default=defaults.final_tasks)
     parser.add_argument("--samples", type=int, default=defaults.samples_per_task)
@@ -251,7 +251,7 @@ def report(args: argparse.Namespace, done: dict[tuple[str, int], list[RoundResul
         cfg[args.knob] = arms
     total = len(arms) * args.seeds
     ran = ", ".join((f"{arm} seed {seed}" if len(arms) > 1 else f"seed {seed}")
-                    + ("" if len(done[arm, seed]) > args.rounds else f" (stopped after round {len(done[arm, seed]) - 1})")
+                    + ("" if len(done[arm, seed]) > config.rounds else f" (stopped after round {len(done[arm, seed]) - 1})")
                     for arm, seed in sorted(done, key=lambda run: (run[1], arms.index(run[0]))))
     ran += "" if len(done) == total else f" ({len(done)} of {total} runs: stopped early)"
     side = ""

@@ -82,7 +82,9 @@ def main() -> None:
     tasks = suite.tasks("test", args.tasks, level=args.level, seed=11)
     rows, lines = {}, []
     with TransformersLLM("gemma-3-270m") as llm:
-        allowed = tuple(suite_vocabulary(llm, suite, tasks))
+        allowed, missing = suite_vocabulary(llm, suite, tasks)
+        assert not missing, f"the suite's vocabulary cannot write these tasks' solutions: {missing}"
+        allowed = tuple(allowed)
         vocabularies = {"full": None, "suite": allowed}
         for name, (n, temperature) in {"greedy": (1, 0.0), "sample": (8, 1.0)}.items():
             for allowed_ids in vocabularies.values():  # warm-up: kernels for every batch size, first touches
@@ -122,7 +124,7 @@ def main() -> None:
             f"({sum(len(x.completion_ids) for x in examples):,} completion tokens).\n\n{table}\n\n"
             "`tokens` are generated tokens (decoding) or trained completion tokens (training). `quality`: the share "
             "of samples whose answer verifies, or the training run's last logged NLL, each in its own vocabulary's "
-            "softmax (the suite's NLL is over 21 ids, so the two NLLs are not comparable).")
+            f"softmax (the suite's NLL is over {len(allowed)} ids, so the two NLLs are not comparable).")
     print(body)
     print("wrote", write_result("vocabulary", "Decoding and training over the suite's vocabulary", body))
 

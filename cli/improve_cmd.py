@@ -32,14 +32,15 @@ class ImproveCommand(ConfigCommand):
         from agentkit.learn.improve import SEARCH_BY_DEFAULT, ImproveConfig
 
         config = ImproveConfig()
-        same = ("suite", "rounds", "method", "advance_at", "train_tasks", "pool", "eval_tasks",
+        same = ("suite", "method", "advance_at", "pool", "eval_tasks",
                 "final_tasks", "rectifications", "chosen_by", "step_advantages", "gate_metric", "memory", "collect_with",
                 "alpha_spending", "vocabulary")
         trees = ", ".join(SEARCH_BY_DEFAULT[:-1]) + " and " + SEARCH_BY_DEFAULT[-1]
         return {**{name: getattr(config, name) for name in same}, "levels": ",".join(map(str, config.levels)),
                 "samples": config.samples_per_task, "out": Path(config.output_dir),
                 "explore": Shown(f"search for {trees} on the solve prompt; else sample"), "search": Shown(config.search),
-                "curriculum": Shown("mopps where rounds search; else none")}
+                "curriculum": Shown("mopps where rounds search; else none"),
+                "rounds": Shown("5 where rounds search; else 3"), "train_tasks": Shown("320 where rounds search; else 96")}
 
 
 def improve(

@@ -540,9 +540,9 @@ def test_search_rounds_train_grpo_on_sibling_groups_and_from_base_starts_fresh(t
     assert rounds[1].new_data["groups"] == rounds[1].examples == 8
     assert rounds[1].promoted and parents == ["base", "v1"]  # grpo continues the policy that sampled
     parents.clear()
-    rounds = run("rft", from_base=True)
+    rounds = run("rft", from_base=True, alpha_spending="equal")
     assert rounds[1].promoted and parents == ["base", "base"]
-    # two gates split alpha; round 1's promotion carries its share to round 2's gate
+    # two gates split alpha evenly; round 1's promotion carries its share to round 2's gate
     assert rounds[1].p_adjusted == pytest.approx(min(1.0, 2 * rounds[1].p_value))
     assert rounds[2].p_adjusted == pytest.approx(rounds[2].p_value)
     assert rounds[2].examples == 8  # the replay buffer: both rounds' solutions

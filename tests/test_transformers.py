@@ -578,3 +578,56 @@ def test_an_allowed_id_outside_the_vocabulary_fails_its_request_alone(tiny_llm):
     assert tiny_llm.generate([good])[0][0].token_ids
     with pytest.raises(ValueError, match="at least one token id"):
         GenerationRequest("abc", allowed_token_ids=())
+
+
+def test_a_request_joins_a_running_batch_only_over_the_same_vocabulary(tiny_llm):
+    """Continuous batching keeps one vocabulary per batch: mid-decode, a request over the
+    batch's allowed ids joins it, one over other ids waits for a batch of its own; each
+    answers exactly as it would alone."""
+    letters = tuple(sorted(set(tiny_llm.tokenize("abcdefghij ")[1:])))
+    digits = tuple(sorted(set(tiny_llm.tokenize("0123456789 ")[1:])))
+    long_ = GenerationRequest("A long story: ", max_tokens=60, allowed_token_ids=letters)
+    same, other = (GenerationRequest("Q1: xx", max_tokens=5, allowed_token_ids=v) for v in (letters, digits))
+    alone = {id(r): tiny_llm.generate([r])[0][0] for r in (long_, same, other)}
+    joined_before = tiny_llm.stats["joined_rows"]
+    results: dict[int, object] = {}
+    callers = [threading.Thread(target=lambda r=r: results.setdefault(id(r), tiny_llm.generate([r])[0][0]))
+               for r in (same, other)]
+    append = tiny_llm._append
+
+    def on_token(row, token, logprob):
+        append(row, token, logprob)
+        if row.request is long_ and len(row.out_ids) == 10:  # mid-decode: both requests arrive
+            for caller in callers:
+                caller.start()
+            while tiny_llm._queue.qsize() < 2:
+                time.sleep(0.001)
+
+    tiny_llm._append = on_token
+    [[long_done]] = tiny_llm.generate([long_])
+    for caller in callers:
+        caller.join(timeout=60)
+    assert tiny_llm.stats["joined_rows"] - joined_before == 1  # the same vocabulary's request, not the other
+    for request, done in ((long_, long_done), (same, results[id(same)]), (other, results[id(other)])):
+        assert done.token_ids == alone[id(request)].token_ids
+        assert done.logprobs == pytest.approx(alone[id(request)].logprobs, abs=1e-4)
+        assert set(done.token_ids) <= set(request.allowed_token_ids)
+
+
+def test_allowed_token_ids_decode_through_a_lora_adapter_in_bf16(tiny_model_factory, tiny_tokenizer, tmp_path):
+    from test_llm_protocol import _save_random_adapter
+
+    _save_random_adapter(tiny_model_factory(), tmp_path / "a1")
+    llm = TransformersLLM.from_model(tiny_model_factory(), tiny_tokenizer, dtype="bf16")
+    try:
+        llm.load_adapter("a1", str(tmp_path / "a1"))
+        allowed = tuple(sorted(set(llm.tokenize("Step 1: 12 + 7 = 19\nAnswer: 19")[1:])))
+        outs = {adapter: llm.generate([GenerationRequest("Question: 12 + 7?", max_tokens=12, adapter=adapter,
+                                                         allowed_token_ids=allowed)])[0][0] for adapter in (None, "a1")}
+        for adapter, c in outs.items():
+            assert c.adapter == adapter and c.token_ids and set(c.token_ids) <= set(allowed)
+            scored = llm.score(c.prompt_ids, c.token_ids, adapter=adapter, allowed_token_ids=allowed)
+            assert c.logprobs == pytest.approx(scored, abs=0.05)  # bf16 body, fp32 head rows
+        assert outs[None].logprobs != pytest.approx(outs["a1"].logprobs, abs=1e-3)  # the adapter is applied
+    finally:
+        llm.close()

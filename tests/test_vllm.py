@@ -166,12 +166,16 @@ def test_requests_become_sampling_params(llm):
     llm.generate([GenerationRequest("ab", temperature=0.7, top_p=0.9, top_k=0, stop=("x",), seed=5, max_tokens=2)])
     [params] = llm._llm.params
     assert (params.n, params.temperature, params.max_tokens) == (1, 0.7, 2)
-    assert params.rest == {"top_p": 0.9, "top_k": -1, "stop": ["x"], "stop_token_ids": None, "allowed_token_ids": None,
-                           "seed": 5, "logprobs": 0}
+    assert params.rest == {"top_p": 0.9, "top_k": -1, "stop": ["x"], "stop_token_ids": None, "seed": 5, "logprobs": 0}
     llm.generate([GenerationRequest("ab", stop_token_ids=(106,), max_tokens=2)])  # a chat turn's end token
     assert llm._llm.params[-1].rest["stop_token_ids"] == [106]
-    llm.generate([GenerationRequest("ab", allowed_token_ids=(9, 7), max_tokens=2)])  # a suite's vocabulary
-    assert llm._llm.params[-1].rest["allowed_token_ids"] == [7, 9]
+
+
+def test_a_restricted_vocabulary_is_refused_because_vllm_reports_whole_vocabulary_logprobs(llm):
+    calls = len(llm._llm.calls)
+    with pytest.raises(BackendError, match="allowed_token_ids: vLLM .* whole-vocabulary logprobs"):
+        llm.generate([GenerationRequest("ab", allowed_token_ids=(9, 7), max_tokens=2)])
+    assert len(llm._llm.calls) == calls  # nothing reached the engine
 
 
 def test_greedy_with_n_runs_once_and_repeats_the_sample(llm):

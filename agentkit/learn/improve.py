@@ -109,7 +109,8 @@ class ImproveConfig(GateConfig, CandidateConfig):
     """A prebuilt graph name or a .py file defining ``graph`` (see agentkit.graph.load_graph):
     collection, the held-out measurement and the gate all run it, and every model call of
     its runs shares the one policy being trained. None: the single solve prompt."""
-    rounds: int = 3
+    rounds: int | None = None
+    """Rounds of collect -> train -> gate. None: 5 where rounds search, else 3."""
     levels: list[int] = field(default_factory=lambda: [1])
     """Curriculum: round r trains on levels[min(r, len - 1)] (easier tasks first), or, with
     ``advance_at``, moves through them as the policy earns it."""
@@ -117,8 +118,9 @@ class ImproveConfig(GateConfig, CandidateConfig):
     """explore=search: stay on a level until search solves at least this share of a round's
     fresh training tasks (tasks the policy has never trained on: a held-out measure), then
     move to the next of ``levels`` (0: follow the fixed schedule)."""
-    train_tasks: int = 96
-    """New training tasks per round."""
+    train_tasks: int | None = None
+    """New training tasks per round. None: 320 where rounds search (a beam:1x8 tree is
+    cheap), else 96."""
     curriculum: str | None = None
     """explore=search: "none" (train on every fresh task) or "mopps" (draw ``pool`` times as
     many and search the ones whose family (``Suite.family``) a Bayesian bandit, fed with what
@@ -134,21 +136,24 @@ class ImproveConfig(GateConfig, CandidateConfig):
     explore: str | None = None
     """How a round collects: "sample" (whole outputs, then the method's credit) or "search"
     (step-level search trees; see SEARCH_METHODS). None: ``default_explore``, the measured best."""
-    search: str = "mcts:8x8"
-    """explore=search: the strategy (agentkit.graph.search.parse_search)."""
+    search: str = "beam:1x8"
+    """explore=search: the strategy (agentkit.graph.search.parse_search). The defaults of
+    search, train_tasks, rounds, alpha_spending and vocabulary are the best configuration
+    measured within the 30 CPU-minute budget: 28.5% mean on the final test set at one
+    operation, 20-23 CPU-minutes (bench/results/improve-suite-beam1x8-5r.md)."""
     collect_with: str = "active"
     """Which policy collects a round's data. "active": the policy the gate promoted. "best":
     of every policy measured on the gate set, the one that scored highest there (the latest
     on a tie), promoted or not. What a round collects is verified whichever policy found it,
     so choosing the collector needs no significance test; the active policy still changes
     only through the gate (AlphaZero collected with its latest network, AlphaGo Zero gated it)."""
-    alpha_spending: str = "equal"
+    alpha_spending: str = "rising"
     """How the gates of the rounds share alpha (``spend_alpha``), fixed before the first:
     "equal" (alpha / rounds each) or "rising" (round r's share proportional to r, so the
     later candidates, trained on more data, face a looser level). Either way a promotion
     passes its level on to the next gate and the run's chance of any false promotion
     stays within alpha."""
-    vocabulary: str = "full"
+    vocabulary: str = "auto"
     """The tokens the policy writes with. "full": the model's whole vocabulary. "suite":
     only the tokens of the suite's worked solutions (``Suite.vocabulary``): every request of
     the run, round 0 and the gate and the final test included, decodes only them
@@ -212,6 +217,10 @@ class ImproveConfig(GateConfig, CandidateConfig):
             raise ConfigError("`method=expert` trains on search trees; add `explore=search`")
         if self.curriculum is None:
             self.curriculum = "mopps" if self.explore == "search" else "none"
+        if self.rounds is None:
+            self.rounds = 5 if self.explore == "search" else 3
+        if self.train_tasks is None:
+            self.train_tasks = 320 if self.explore == "search" else 96
         if self.curriculum not in CURRICULA:
             raise ConfigError(f"`curriculum={self.curriculum}`: choose one of {', '.join(CURRICULA)}")
         if self.curriculum != "none" and self.explore != "search":
@@ -747,7 +756,8 @@ def suite_vocabulary(llm: LLM, suite: Suite, tasks: Sequence[Task]) -> tuple[lis
     (the gate set's) that it lacks. A suite whose solutions copy words from their questions
     has no closed vocabulary: its policy must not be measured without those words."""
     allowed = suite.vocabulary(lambda text: _continuation_ids(llm, text))
-    missing = sorted({t for task in tasks for t in _continuation_ids(llm, task.solution)} - set(allowed))
+    written = {t for task in tasks for t in _continuation_ids(llm, f"{task.solution}\n\nQuestion:")}
+    missing = sorted(written - set(allowed))
     return allowed, missing
 
 

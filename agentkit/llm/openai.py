@@ -258,7 +258,7 @@ class OpenAIClientLLM:
             body["stop"] = list(request.stop)
         if request.stop_token_ids:  # vLLM's extension, also read by agentkit serve
             body["stop_token_ids"] = list(request.stop_token_ids)
-        if request.allowed_token_ids is not None:  # vLLM's extension, also read by agentkit serve
+        if request.allowed_token_ids is not None:  # vLLM's extension (a vLLM server logs whole-vocabulary logprobs; agentkit serve the restricted ones)
             body["allowed_token_ids"] = list(request.allowed_token_ids)
         if request.seed is not None:
             body["seed"] = request.seed

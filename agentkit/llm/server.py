@@ -286,6 +286,11 @@ class CompletionServer:
             raise HTTPError(400, f"max_tokens={max_tokens}: must be at most {limit}, this server's limit "
                                  f"({self._limit_source}); ask for fewer tokens", param="max_tokens")
         self._check_prompts(prompts, max_tokens, param)
+        alternatives = body.top_logprobs if isinstance(body, ChatRequest) else body.logprobs
+        if body.allowed_token_ids is not None and alternatives:
+            raise HTTPError(400, "allowed_token_ids with alternative tokens (top_logprobs): the alternatives would be "
+                                 "over the whole vocabulary; ask for the sampled tokens' logprobs alone",
+                            param="allowed_token_ids")
         vocab = getattr(self.llm, "vocab_size", None)
         bad = next((t for t in body.allowed_token_ids or () if t < 0 or (vocab is not None and t >= vocab)), None)
         if bad is not None:

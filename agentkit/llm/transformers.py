@@ -492,6 +492,7 @@ class TransformersLLM:
                 return logps.tolist()
         if job.kind in ("load_adapter", "unload_adapter"):
             self._prefixes.clear()  # cached keys were computed with the old weights
+            self._vocabularies.clear()  # and head rows, should an adapter touch the head
         if job.kind == "load_adapter":
             name, path = job.payload
             return self._load_adapter(name, path)
@@ -531,6 +532,8 @@ class TransformersLLM:
         return found
 
     def _check_allowed(self, allowed: tuple[int, ...] | None) -> None:
+        if allowed is not None and (not allowed or allowed[0] < 0):
+            raise BackendError(f"allowed_token_ids={list(allowed)[:8]}: give at least one token id >= 0")
         if allowed is not None and allowed[-1] >= self.vocab_size:
             raise BackendError(f"allowed token id {allowed[-1]} is outside the vocabulary of {self.vocab_size} ids "
                                f"(0-{self.vocab_size - 1})")

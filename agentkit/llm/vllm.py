@@ -94,7 +94,6 @@ class VLLMBackend:
             max_tokens=r.max_tokens,
             stop=list(r.stop) or None,
             stop_token_ids=list(r.stop_token_ids) or None,
-            allowed_token_ids=list(r.allowed_token_ids) if r.allowed_token_ids is not None else None,
             seed=r.seed,
             logprobs=0,  # the sampled token's logprob only
         )
@@ -107,6 +106,9 @@ class VLLMBackend:
             return []
         for r in requests:
             self._lora(r.adapter)  # an unknown adapter fails the call, whatever its max_tokens
+            if r.allowed_token_ids is not None:
+                raise BackendError("allowed_token_ids: vLLM decodes over them but reports whole-vocabulary logprobs, "
+                                   "not those of the restricted policy; use the transformers backend")
         start = time.perf_counter()
         # vLLM refuses max_tokens=0; such a request only needs its prompt ids
         live = [r for r in requests if r.max_tokens > 0]

@@ -113,11 +113,10 @@ class ActivePolicy:
             if self.on_change:
                 self.on_change(old, version, exc)
             return
-        view: Any = PolicyLLM(self.llm, adapter)
         allowed = (self.registry.get(version).config or {}).get("allowed_token_ids")
-        if allowed:  # trained over a suite's vocabulary (TrainConfig.allowed_token_ids): it decodes as it trained
-            view = VocabularyLLM(view, allowed)
-        self.version, self._view = version, view
+        # trained over a suite's vocabulary (TrainConfig.allowed_token_ids): it decodes and scores as it trained
+        backend = VocabularyLLM(self.llm, allowed) if allowed else self.llm
+        self.version, self._view = version, PolicyLLM(backend, adapter)
         if old is not None:
             log.info("policy %s -> %s: the next runs use %s", old, version, version)
             if self.on_change:

@@ -44,8 +44,8 @@ of drawing candidates until the level runs out."""
 MAX_EXPRESSION_CHARS = 200
 _MAX_PARENS = 32
 _STALE_LIMIT = 5000
-_SHOT_SEED = 10_007
-_VOCABULARY_SEED = 10_009  # the solutions a suite's vocabulary is read from  # shots come from their own fixed draw, whatever seeds the caller uses
+_SHOT_SEED = 10_007  # shots come from their own fixed draw, whatever seeds the caller uses
+_VOCABULARY_SEED = 10_009  # the solutions a suite's vocabulary is read from
 
 
 class Task(BaseModel):

@@ -160,7 +160,7 @@ class Trainer:
         index = torch.tensor(ids, device=self.device)
         rows = torch.full((weight.shape[0],), -1, dtype=torch.long, device=self.device)
         rows[index] = torch.arange(len(ids), device=self.device)
-        return weight[index].detach(), rows
+        return weight[index].detach().float(), rows
 
     def _autocast(self) -> Any:
         return torch.autocast(device_type=self.device.split(":")[0], dtype=self.dtype,
@@ -201,7 +201,8 @@ class Trainer:
             logits = self._head(hidden)  # (N, Tc, V): the head runs on the step positions only
         else:  # the policy that decodes only the allowed ids: its softmax runs over them alone
             head, rows = self._vocabulary
-            logits = hidden @ head.T  # (N, Tc, A)
+            with torch.autocast(device_type=self.device.split(":")[0], enabled=False):
+                logits = hidden.float() @ head.T  # (N, Tc, A) in fp32, as the backend decodes: A rows cost nothing
             labels = torch.where(mask, rows[labels], 0)
             if (labels < 0).any():
                 outside = completions[int((labels < 0).any(dim=1).nonzero()[0])]
