@@ -255,7 +255,7 @@ class ImproveConfig(GateConfig, CandidateConfig):
                               f"{self.method}; drop it")
         spend_alpha(self.rounds, self.alpha_spending)  # an unknown schedule fails here
         if self.vocabulary not in VOCABULARIES:
-            raise ConfigError(f"`vocabulary={self.vocabulary}`: choose {' or '.join(VOCABULARIES)}")
+            raise ConfigError(f"`vocabulary={self.vocabulary}`: choose one of {', '.join(VOCABULARIES)}")
         if self.vocabulary == "suite" and not single:
             raise ConfigError(f"`vocabulary=suite` is the vocabulary of solutions; graph '{self.graph}' also writes "
                               "plans and critiques, drop `vocabulary`")
