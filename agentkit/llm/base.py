@@ -16,7 +16,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol, Sequence, runtime_checkable
 
-__all__ = ["GenerationRequest", "Completion", "LLM", "mean_logprob"]
+__all__ = ["GenerationRequest", "Completion", "LLM", "mean_logprob", "allowed_ids"]
+
+
+def allowed_ids(ids: Sequence[int]) -> tuple[int, ...]:
+    """``allowed_token_ids`` in their one form, sorted and without repeats; ValueError for an
+    empty set or a negative id."""
+    allowed = tuple(sorted({int(t) for t in ids}))
+    if not allowed or allowed[0] < 0:
+        raise ValueError(f"allowed_token_ids={list(ids)[:8]}: give at least one token id >= 0")
+    return allowed
 
 
 @dataclass(frozen=True)
@@ -63,10 +72,7 @@ class GenerationRequest:
             object.__setattr__(self, "stop", tuple(self.stop))
         object.__setattr__(self, "stop_token_ids", tuple(self.stop_token_ids))
         if self.allowed_token_ids is not None:
-            allowed = tuple(sorted({int(t) for t in self.allowed_token_ids}))
-            if not allowed or allowed[0] < 0:
-                raise ValueError(f"allowed_token_ids={list(self.allowed_token_ids)[:8]}: give at least one token id >= 0")
-            object.__setattr__(self, "allowed_token_ids", allowed)
+            object.__setattr__(self, "allowed_token_ids", allowed_ids(self.allowed_token_ids))
 
 
 @dataclass

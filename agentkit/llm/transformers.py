@@ -26,7 +26,7 @@ from agentkit.llm._malloc import tune_allocator
 from agentkit.llm._packed import can_pack, pack_linear_layers
 from agentkit.llm.device import choose_dtype, quiet_peft
 from agentkit.llm._sampling import RowParams, exact_logprobs, select_tokens
-from agentkit.llm.base import Completion, GenerationRequest
+from agentkit.llm.base import Completion, GenerationRequest, allowed_ids
 
 __all__ = ["TransformersLLM", "choose_dtype"]
 
@@ -226,7 +226,7 @@ class TransformersLLM:
         softmax over those ids alone (what a request naming them recorded)."""
         if not completion_ids:
             return []
-        allowed = None if allowed_token_ids is None else tuple(sorted(set(allowed_token_ids)))
+        allowed = None if allowed_token_ids is None else allowed_ids(allowed_token_ids)
         return self._submit("score", (list(prompt_ids), list(completion_ids), allowed), adapter)
 
     def top_logprobs(self, prompt_ids: Sequence[int], completion_ids: Sequence[int], k: int,
@@ -532,8 +532,6 @@ class TransformersLLM:
         return found
 
     def _check_allowed(self, allowed: tuple[int, ...] | None) -> None:
-        if allowed is not None and (not allowed or allowed[0] < 0):
-            raise BackendError(f"allowed_token_ids={list(allowed)[:8]}: give at least one token id >= 0")
         if allowed is not None and allowed[-1] >= self.vocab_size:
             raise BackendError(f"allowed token id {allowed[-1]} is outside the vocabulary of {self.vocab_size} ids "
                                f"(0-{self.vocab_size - 1})")

@@ -14,7 +14,7 @@ import inspect
 from typing import Any, Sequence
 
 from agentkit.errors import BackendError
-from agentkit.llm.base import LLM, Completion, GenerationRequest
+from agentkit.llm.base import LLM, Completion, GenerationRequest, allowed_ids
 
 __all__ = ["PolicyLLM", "VocabularyLLM"]
 
@@ -76,7 +76,7 @@ class VocabularyLLM:
 
     def __init__(self, llm: LLM, allowed: Sequence[int]):
         self.llm = llm
-        self.allowed = tuple(sorted(set(allowed)))
+        self.allowed = allowed_ids(allowed)
         self.model_name = llm.model_name
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[list[Completion]]:
