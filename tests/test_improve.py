@@ -191,7 +191,10 @@ def test_explore_defaults_to_search_where_the_method_trains_on_search_trees():
 
 def test_a_suite_vocabulary_run_decodes_gates_and_trains_over_the_suites_tokens(tmp_path, monkeypatch):
     """vocabulary=suite: every request of the run, round 0, collection, the gate and the final
-    test, names the suite's vocabulary, and the candidate trains over the same ids."""
+    test, names the suite's vocabulary, and the candidate trains over the same ids. The
+    promotion is plumbing only (the scripted backend answers right whenever the adapter is
+    v1); that the restricted softmax is the decoding policy is tested in test_trainer.py and
+    test_transformers.py on a real (tiny) model."""
     monkeypatch.chdir(tmp_path)
     tok = build_tiny_tokenizer()
     suite = get_suite("arithmetic")
