@@ -21,6 +21,7 @@ import statistics
 import sys
 import tempfile
 import time
+from typing import Any
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
@@ -32,7 +33,8 @@ from agentkit.learn.improve import (COLLECT_WITH, CURRICULA, EXPLORE, METHODS, V
 from agentkit.llm.transformers import TransformersLLM
 from agentkit.store import TrajectoryStore
 
-ARM_KNOBS = ("collect_with", "vocabulary")  # the knobs whose values can run as arms side by side
+ARM_KNOBS = ("collect_with", "vocabulary", "incremental")  # the knobs whose values can run as arms side by side
+SWITCH = {"off": False, "on": True}  # an on/off knob's arms
 HEADERS = ["round", "lvl", "policy", "examples", "gate", "cand", "p", "p adj", "final [95% CI]", "final step",
            "cpu min"]
 
@@ -94,6 +96,9 @@ def main() -> None:
     parser.add_argument("--vocabulary", choices=VOCABULARIES, nargs="+", default=[defaults.vocabulary],
                         help="the tokens the policy writes with: the whole vocabulary or the suite's; "
                              "several values run as arms side by side on the same seeds")
+    parser.add_argument("--incremental", choices=list(SWITCH), nargs="+", default=["on" if defaults.incremental else "off"],
+                        help="continue the active policy on the solutions it has not learnt (on), or train every "
+                             "candidate afresh (off); several values run as arms side by side on the same seeds")
     parser.add_argument("--alpha-spending", choices=ALPHA_SPENDING, default=defaults.alpha_spending,
                         help="how the rounds' gates share alpha: equal, or rising with the round")
     parser.add_argument("--rounds", type=int, default=None, help="default: ImproveConfig's, 5 where rounds search, else 3")
@@ -102,6 +107,8 @@ def main() -> None:
     parser.add_argument("--train-tasks", type=int, default=None, help="default: ImproveConfig's, 320 where rounds search, else 96")
     parser.add_argument("--eval-tasks", type=int, default=defaults.eval_tasks)
     parser.add_argument("--final-tasks", type=int, default=defaults.final_tasks)
+    parser.add_argument("--final-seed", type=int, default=None,
+                        help="the final test set's seed (default: ImproveConfig's, the eval seed + 7919)")
     parser.add_argument("--samples", type=int, default=defaults.samples_per_task)
     parser.add_argument("--epochs", type=float, default=defaults.epochs)
     parser.add_argument("--lr", type=float, default=defaults.lr)
@@ -190,11 +197,17 @@ def config_of(args: argparse.Namespace, arm: str, seed: int, output_dir: str = "
     return ImproveConfig(
         explore=args.explore, search=args.search, method=args.method, rounds=args.rounds, levels=args.levels,
         eval_level=args.eval_level, train_tasks=args.train_tasks, eval_tasks=args.eval_tasks,
-        final_tasks=args.final_tasks, samples_per_task=args.samples, epochs=args.epochs, lr=args.lr,
+        final_tasks=args.final_tasks, final_seed=args.final_seed, samples_per_task=args.samples, epochs=args.epochs, lr=args.lr,
         chosen_by=args.chosen_by, gate_metric=args.gate_metric, from_base=args.from_base,
         advance_at=args.advance_at, curriculum=args.curriculum, pool=args.pool, alpha_spending=args.alpha_spending,
-        seed=seed, output_dir=output_dir, **{knob: arm if knob == args.knob else getattr(args, knob)[0] for knob in ARM_KNOBS},
+        seed=seed, output_dir=output_dir, **{knob: value(knob, arm if knob == args.knob else getattr(args, knob)[0])
+                                             for knob in ARM_KNOBS},
     )
+
+
+def value(knob: str, arm: str) -> Any:
+    """An arm's value of ``knob``, as ImproveConfig takes it."""
+    return SWITCH[arm] if knob == "incremental" else arm
 
 
 def run_seed(args: argparse.Namespace, arm: str, seed: int, start: float, threads: int | None,
@@ -266,7 +279,7 @@ def report(args: argparse.Namespace, done: dict[tuple[str, int], list[RoundResul
         "included.\n\n"
         "Three disjoint task sets: fresh training tasks every round (from the seed), a fixed gate set "
         f"({config.eval_tasks} test tasks, eval seed {config.eval_seed}) that every promotion decides on, and a "
-        f"final test set ({config.final_tasks} test tasks from another seed, none in the gate set) that no "
+        f"final test set ({config.final_tasks} test tasks, seed {config.final_seed}, none in the gate set) that no "
         "decision reads. The gate is a one-sided exact McNemar test that spends alpha "
         f"{config.alpha} over the {config.rounds} rounds: each gate has a share of its own ({spending}), and a "
         "promotion passes its gate's level on to the next gate (Wiens' fallback procedure; p adj = p / (share + "

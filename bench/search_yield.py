@@ -20,9 +20,10 @@ import time
 
 from _common import markdown_table, write_result
 from agentkit.learn.improve import _cpu_seconds as cpu_seconds
+from agentkit.learn.improve import suite_vocabulary
 from agentkit.learn.trees import search_tokens, solution_example
 from agentkit.llm.transformers import TransformersLLM
-from agentkit.llm.views import PolicyLLM
+from agentkit.llm.views import PolicyLLM, VocabularyLLM
 from agentkit.runtime import Budget, SolveAgent, run_tasks
 from agentkit.store import TrajectoryStore
 from agentkit.tasks import get_suite
@@ -38,6 +39,8 @@ def main() -> None:
     parser.add_argument("--specs", nargs="+", default=["mcts:8x8", "mcts:8x4", "mcts:4x8", "beam:1x8", "beam:2x8"])
     parser.add_argument("--adapter", default=None, help="a trained LoRA adapter directory (default: the base model)")
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--vocabulary", choices=["full", "suite"], default="suite",
+                        help="decode over the suite's tokens (the improve default) or the whole vocabulary")
     parser.add_argument("--name", default=None)
     args = parser.parse_args()
 
@@ -49,11 +52,14 @@ def main() -> None:
         if args.adapter:
             llm.load_adapter("policy", args.adapter)
             adapter = "policy"
+        policy = PolicyLLM(llm, adapter)
+        if args.vocabulary == "suite":
+            policy = PolicyLLM(VocabularyLLM(llm, suite_vocabulary(llm, suite, tasks)[0]), adapter)
         with TrajectoryStore(f"{scratch}/runs.db") as store:
             for spec in args.specs:
                 agent = SolveAgent(shots=3, max_tokens=96, search=spec, seed=1001)
                 cpu0, t0 = cpu_seconds(), time.perf_counter()
-                report = run_tasks(PolicyLLM(llm, adapter), suite, tasks, store, agent=agent,
+                report = run_tasks(policy, suite, tasks, store, agent=agent,
                                    concurrency=args.concurrency, budget=Budget(max_calls=None, max_tokens=None))
                 cpu, wall = cpu_seconds() - cpu0, time.perf_counter() - t0
                 runs = [store.get_run(r.run_id, steps=True) for r in report.results]
@@ -65,7 +71,7 @@ def main() -> None:
 
     name = args.name or f"search-yield-level{args.level}" + ("-adapter" if args.adapter else "")
     body = (f"Policy: {args.adapter or 'base model'}; {len(tasks)} fresh training tasks of level {args.level} "
-            f"(train split, seed 1001), {args.concurrency} in flight.\n\n" + markdown_table(HEADERS, rows)
+            f"(train split, seed 1001), {args.concurrency} in flight; decoding over the {args.vocabulary} vocabulary.\n\n" + markdown_table(HEADERS, rows)
             + "\n\n`solved`: tasks whose tree holds a verified answer (an rft training example). `tokens/task`: "
               "every sampled token (lines and rollouts), per task. `cpu s`: user + system time of the searches (both cores).")
     print(body)

@@ -58,7 +58,7 @@ def test_two_rounds_of_expert_iteration_beat_the_base_on_the_final_test_set(gemm
         rounds = improve(gemma, store, config)
         base, last = rounds[0], rounds[-1]
         gate = SUITE.tasks("test", config.eval_tasks, level=1, seed=config.eval_seed)
-        held_out = {t.id for t in final_tasks(SUITE, config.final_tasks, 1, config.eval_seed, exclude=gate)}
+        held_out = {t.id for t in final_tasks(SUITE, config.final_tasks, 1, config.final_seed, exclude=gate)}
         final = {}
         for row in (base, last):  # the final test runs only, not the gate's
             runs = [r for r in store.list_runs(None) if r.policy_version == row.incumbent and r.task_id in held_out]

@@ -515,7 +515,8 @@ def test_a_curriculum_needs_search_and_a_pool():
 def test_search_rounds_train_grpo_on_sibling_groups_and_from_base_starts_fresh(tmp_path, monkeypatch):
     """Plumbing: method=grpo on search trees trains on one group per expanded node whose
     lines differ in value (this round's trees only); from_base trains every candidate from
-    the base model, so round 2's candidate does not continue the promoted v1."""
+    the base model, so round 2's candidate does not continue the promoted v1; incremental
+    continues the active policy on the solutions it has not learnt."""
     import importlib
 
     improve_module = importlib.import_module("agentkit.learn.improve")
@@ -529,9 +530,9 @@ def test_search_rounds_train_grpo_on_sibling_groups_and_from_base_starts_fresh(t
     monkeypatch.setattr(improve_module, "train_candidate",
                         lambda registry, cfg, model, parent, *a, **k: parents.append(parent) or real(registry, cfg, model, parent, *a, **k))
 
-    def run(method, **options):
-        llm = char_scripted(search_lines(suite, answers(suite, right_for={"v1", "v2"}), tasks), tok)
-        name = "-".join([method, *map(str, options.values())])  # a store and a registry of its own
+    def run(method, right_for=("v1", "v2"), **options):
+        llm = char_scripted(search_lines(suite, answers(suite, right_for=set(right_for)), tasks), tok)
+        name = "-".join([method, *sorted(right_for), *map(str, options.values())])  # a store and a registry of its own
         config = ImproveConfig(method=method, explore="search", search="beam:1x4", rounds=2, levels=[1],
                                train_tasks=4, curriculum="none", eval_tasks=8, final_tasks=0, epochs=1, batch_size=2,
                                concurrency=4, output_dir=str(tmp_path / name), **options)
@@ -555,3 +556,18 @@ def test_search_rounds_train_grpo_on_sibling_groups_and_from_base_starts_fresh(t
     assert rounds[2].p_adjusted == pytest.approx(rounds[2].p_value)  # its 2/3 and the 1/3 carried: all of alpha
     with pytest.raises(AgentkitError, match="drop from_base"):
         ImproveConfig(method="rloo", explore="search", from_base=True)
+    parents.clear()
+    rounds = run("rft", incremental=True)  # v1 is promoted: round 2 continues it on round 2's solutions
+    assert rounds[1].promoted and parents == ["base", "v1"] and [r.examples for r in rounds[1:]] == [4, 4]
+    parents.clear()
+    rounds = run("rft", right_for={"v2"}, incremental=True)  # v1 is refused: base learns both rounds' solutions
+    assert not rounds[1].promoted and parents == ["base", "base"] and [r.examples for r in rounds[1:]] == [4, 8]
+    assert rounds[2].promoted
+
+
+def test_incremental_needs_rft_on_search_trees_and_excludes_from_base():
+    assert ImproveConfig(incremental=True).from_base is False  # it continues the active policy
+    with pytest.raises(AgentkitError, match="incremental trains rft candidates on search trees"):
+        ImproveConfig(method="step-dpo", explore="sample", incremental=True)
+    with pytest.raises(AgentkitError, match="incremental continues the active policy's adapter; drop from_base"):
+        ImproveConfig(incremental=True, from_base=True)

@@ -133,6 +133,9 @@ class ImproveConfig(GateConfig, CandidateConfig):
     final_tasks: int = 200
     """Final test tasks: test-split tasks from another seed, disjoint from the gate set, that
     no decision ever reads; the active policy is measured on them after every round (0: off)."""
+    final_seed: int | None = None
+    """The final test set's seed. None: ``eval_seed`` + FINAL_SEED. A fresh one measures a
+    configuration chosen on an earlier final test set again, on tasks no choice has seen."""
     explore: str | None = None
     """How a round collects: "sample" (whole outputs, then the method's credit) or "search"
     (step-level search trees; see SEARCH_METHODS). None: ``default_explore``, the measured best."""
@@ -175,7 +178,13 @@ class ImproveConfig(GateConfig, CandidateConfig):
     """Train each candidate as a fresh adapter on the base model (ReST-EM), not by continuing
     the active policy's adapter; with ``replay`` it learns every round's data at once. None:
     on for rft on search trees (the measured best, bench/results/improve-search-rft-frombase.md),
-    else off (grpo and rloo must continue the policy that sampled their groups)."""
+    but with ``incremental``, else off (grpo and rloo must continue the policy that sampled
+    their groups)."""
+    incremental: bool = False
+    """explore=search, rft: continue the active policy's adapter on the verified solutions it
+    has not learnt yet (this round's, and those of rounds whose candidates the gate refused),
+    not a fresh adapter on the whole replay buffer. A round's training then costs its new
+    data, not every round's: the CPU it saves goes to search."""
     # how a round samples (StepDPOConfig's knobs; GateConfig's shots and this max_tokens set every prompt of the run)
     samples_per_task: int = field_of(StepDPOConfig, "samples_per_task", default=4)
     rectifications: int = field_of(StepDPOConfig, "rectifications", default=8)
@@ -197,8 +206,15 @@ class ImproveConfig(GateConfig, CandidateConfig):
             raise ConfigError(f"`method={self.method}`: choose one of {', '.join(METHODS)}")
         if self.explore is None:
             self.explore = default_explore(self.method, self.graph)
+        if self.incremental and (self.method != "rft" or self.explore != "search"):
+            raise ConfigError(f"`incremental` trains rft candidates on search trees' solutions; with "
+                              f"`method={self.method}` and `explore={self.explore}` drop it")
+        if self.incremental and self.from_base:
+            raise ConfigError("`incremental` continues the active policy's adapter; drop `from_base`")
         if self.from_base is None:
-            self.from_base = self.method == "rft" and self.explore == "search"
+            self.from_base = self.method == "rft" and self.explore == "search" and not self.incremental
+        if self.final_seed is None:
+            self.final_seed = self.eval_seed + FINAL_SEED
         if self.explore not in EXPLORE:
             raise ConfigError(f"`explore={self.explore}`: choose one of {', '.join(EXPLORE)}")
         if self.explore == "search":
@@ -372,7 +388,7 @@ def _improve(llm: LLM, store: RunStore, config: ImproveConfig, *, model: Any,
     out_dir = Path(config.output_dir)
 
     incumbent = registry.active().version
-    final = final_tasks(suite, config.final_tasks, eval_level, config.eval_seed, exclude=held_out)
+    final = final_tasks(suite, config.final_tasks, eval_level, config.final_seed, exclude=held_out)
     cpu0 = _cpu_seconds()
     status(f"round 0: measuring the active policy '{incumbent}' on {len(held_out)} gate tasks"
            + (f" and {len(final)} final test tasks" if final else ""))
@@ -390,6 +406,7 @@ def _improve(llm: LLM, store: RunStore, config: ImproveConfig, *, model: Any,
     if on_round:
         on_round(rounds[0])
     replay: list[Any] = []  # explore=search: the verified solutions of every round so far
+    unlearnt: list[Any] = []  # incremental: the solutions the active policy has not trained on
     # the policy that collects, and its gate-set score (collect_with=best: the best measured so far)
     collector, collector_score = incumbent, _gate_score(config.gate_metric, report.success_rate, report.step_accuracy)
     step = 0  # the curriculum's place in config.levels
@@ -412,7 +429,7 @@ def _improve(llm: LLM, store: RunStore, config: ImproveConfig, *, model: Any,
         status(f"round {r}: {how} on {len(tasks)} level-{level} training tasks{picked} with '{collector}'")
         if config.explore == "search":
             examples, new_data, sampled, solved = _collect_search(llm, suite, tasks, store, config, collector, adapter,
-                                                                  replay, r)
+                                                                  unlearnt if config.incremental else replay, r)
             share = new_data["solved"] / len(tasks)  # fresh tasks: a held-out measure of the level
             if bandit:
                 outcomes = [(suite.family(t), solved.get(t.id, False)) for t in tasks]
@@ -459,6 +476,7 @@ def _improve(llm: LLM, store: RunStore, config: ImproveConfig, *, model: Any,
                 status(f"round {r}: {gate_result.summary()}")
                 if promoted:
                     incumbent = candidate
+                    unlearnt.clear()  # the new active policy has learnt them
                 if r < config.rounds:  # a next round to collect
                     collector, collector_score = _next_collector(llm, registry, config, gate_result, incumbent,
                                                                  collector, collector_score, status, r)
@@ -513,12 +531,12 @@ def _next_collector(llm: LLM, registry: PolicyRegistry, config: ImproveConfig, g
 
 
 def final_tasks(suite: Suite, n: int, level: int, seed: int, *, exclude: list[Task]) -> list[Task]:
-    """``n`` test tasks drawn from seed ``seed + FINAL_SEED``, none of them in ``exclude``
-    (the gate set): the final test set, which no decision reads."""
+    """``n`` test tasks drawn from ``seed``, none of them in ``exclude`` (the gate set): the
+    final test set, which no decision reads."""
     if n == 0:
         return []
     taken = {t.question for t in exclude}
-    pool = suite.tasks("test", n + len(taken), level=level, seed=seed + FINAL_SEED)
+    pool = suite.tasks("test", n + len(taken), level=level, seed=seed)
     return [t for t in pool if t.question not in taken][:n]
 
 
