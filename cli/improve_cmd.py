@@ -34,7 +34,7 @@ class ImproveCommand(ConfigCommand):
         config = ImproveConfig()
         same = ("suite", "method", "advance_at", "pool", "eval_tasks",
                 "final_tasks", "rectifications", "chosen_by", "step_advantages", "gate_metric", "memory", "collect_with",
-                "alpha_spending", "vocabulary")
+                "alpha_spending", "vocabulary", "incremental")
         trees = ", ".join(SEARCH_BY_DEFAULT[:-1]) + " and " + SEARCH_BY_DEFAULT[-1]
         return {**{name: getattr(config, name) for name in same}, "levels": ",".join(map(str, config.levels)),
                 "samples": config.samples_per_task, "out": Path(config.output_dir),
@@ -67,6 +67,7 @@ def improve(
     vocabulary: str = typer.Option(None, help="The tokens the policy writes with: the model's whole vocabulary (full), or only those of the suite's worked solutions (suite): every request of the run decodes only them and training's softmax runs over them alone, which skips most of the output layer's cost. auto: suite for the solve prompt where the suite's vocabulary writes every gold solution of the gate set, else full."),
     memory: int = typer.Option(None, help="Experience-library items shown per prompt; every sampled run updates the library (0: off)."),
     from_base: Optional[bool] = typer.Option(None, "--from-base/--continue", show_default="from base for rft on search trees", help="Train each candidate as a fresh LoRA adapter on the base model over every round's data (ReST-EM), or continue the active policy's adapter."),
+    incremental: bool = typer.Option(None, "--incremental/--no-incremental", help="With --explore search and --method rft: continue the active policy's adapter on the solutions it has not learnt yet (this round's, and those of refused rounds), so a round's training costs its new data, not every round's."),
     model: str = typer.Option("gemma-3-270m", help="Base model: gemma-3-270m, a local directory, or a cached Hugging Face id."),
     dtype: str = typer.Option("auto", help="auto, bf16 or fp32 (sampling and training)."),
     out: Path = typer.Option(None, help="Directory for adapters, checkpoints and the learning curve."),
@@ -93,6 +94,7 @@ def improve(
                                samples_per_task=samples, rectifications=rectifications, chosen_by=chosen_by,
                                gate_metric=gate_metric, memory=memory, step_advantages=step_advantages, explore=explore,
                                final_tasks=final_tasks, advance_at=advance_at, from_base=from_base,
+                               incremental=incremental,
                                curriculum=curriculum, pool=pool, collect_with=collect_with,
                                alpha_spending=alpha_spending, vocabulary=vocabulary, **({"search": search} if search else {}), output_dir=str(out / "rounds"))
     # what a config cannot see: a --search the command was given, and what loads
