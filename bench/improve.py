@@ -96,9 +96,10 @@ def main() -> None:
     parser.add_argument("--vocabulary", choices=VOCABULARIES, nargs="+", default=[defaults.vocabulary],
                         help="the tokens the policy writes with: the whole vocabulary or the suite's; "
                              "several values run as arms side by side on the same seeds")
-    parser.add_argument("--incremental", choices=list(SWITCH), nargs="+", default=["on" if defaults.incremental else "off"],
+    parser.add_argument("--incremental", choices=list(SWITCH), nargs="+", default=[None],
                         help="continue the active policy on the solutions it has not learnt (on), or train every "
-                             "candidate afresh (off); several values run as arms side by side on the same seeds")
+                             "candidate afresh (off); default: ImproveConfig's, on for rft on search trees; several "
+                             "values run as arms side by side on the same seeds")
     parser.add_argument("--alpha-spending", choices=ALPHA_SPENDING, default=defaults.alpha_spending,
                         help="how the rounds' gates share alpha: equal, or rising with the round")
     parser.add_argument("--rounds", type=int, default=None, help="default: ImproveConfig's, 5 where rounds search, else 3")
@@ -207,7 +208,7 @@ def config_of(args: argparse.Namespace, arm: str, seed: int, output_dir: str = "
 
 def value(knob: str, arm: str) -> Any:
     """An arm's value of ``knob``, as ImproveConfig takes it."""
-    return SWITCH[arm] if knob == "incremental" else arm
+    return SWITCH.get(arm) if knob == "incremental" else arm  # None: ImproveConfig's default
 
 
 def run_seed(args: argparse.Namespace, arm: str, seed: int, start: float, threads: int | None,

@@ -566,7 +566,11 @@ def test_search_rounds_train_grpo_on_sibling_groups_and_from_base_starts_fresh(t
 
 
 def test_incremental_needs_rft_on_search_trees_and_excludes_from_base():
-    assert ImproveConfig(incremental=True).from_base is False  # it continues the active policy
+    # the default where rounds search for rft, unless asked to train from the base model
+    assert ImproveConfig().incremental is True and ImproveConfig().from_base is False
+    assert ImproveConfig(from_base=True).incremental is False
+    assert ImproveConfig(incremental=False).from_base is True  # ReST-EM, as before
+    assert ImproveConfig(method="step-dpo", explore="sample").incremental is False
     with pytest.raises(AgentkitError, match="incremental trains rft candidates on search trees"):
         ImproveConfig(method="step-dpo", explore="sample", incremental=True)
     with pytest.raises(AgentkitError, match="incremental continues the active policy's adapter; drop from_base"):

@@ -177,14 +177,14 @@ class ImproveConfig(GateConfig, CandidateConfig):
     from_base: bool | None = None
     """Train each candidate as a fresh adapter on the base model (ReST-EM), not by continuing
     the active policy's adapter; with ``replay`` it learns every round's data at once. None:
-    on for rft on search trees (the measured best, bench/results/improve-search-rft-frombase.md),
-    but with ``incremental``, else off (grpo and rloo must continue the policy that sampled
-    their groups)."""
-    incremental: bool = False
+    on for rft on search trees without ``incremental``, else off (grpo and rloo must continue
+    the policy that sampled their groups)."""
+    incremental: bool | None = None
     """explore=search, rft: continue the active policy's adapter on the verified solutions it
     has not learnt yet (this round's, and those of rounds whose candidates the gate refused),
     not a fresh adapter on the whole replay buffer. A round's training then costs its new
-    data, not every round's: the CPU it saves goes to search."""
+    data, not every round's. None: on for rft on search trees unless ``from_base`` is asked
+    for (the measured best, bench/results/improve-incremental.md)."""
     # how a round samples (StepDPOConfig's knobs; GateConfig's shots and this max_tokens set every prompt of the run)
     samples_per_task: int = field_of(StepDPOConfig, "samples_per_task", default=4)
     rectifications: int = field_of(StepDPOConfig, "rectifications", default=8)
@@ -206,6 +206,8 @@ class ImproveConfig(GateConfig, CandidateConfig):
             raise ConfigError(f"`method={self.method}`: choose one of {', '.join(METHODS)}")
         if self.explore is None:
             self.explore = default_explore(self.method, self.graph)
+        if self.incremental is None:
+            self.incremental = self.method == "rft" and self.explore == "search" and not self.from_base
         if self.incremental and (self.method != "rft" or self.explore != "search"):
             raise ConfigError(f"`incremental` trains rft candidates on search trees' solutions; with "
                               f"`method={self.method}` and `explore={self.explore}` drop it")
