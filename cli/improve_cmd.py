@@ -58,6 +58,7 @@ def improve(
     pool: int = typer.Option(None, help="With --curriculum mopps: candidate tasks a round draws, as a multiple of --train-tasks; the curriculum picks --train-tasks of them."),
     eval_tasks: int = typer.Option(None, help="Gate tasks: held-out test tasks the gate compares policies on."),
     final_tasks: int = typer.Option(None, help="Final test tasks, apart from the gate tasks, that no decision reads: the active policy's success on them, with a 95% interval, after every round (0: off)."),
+    final_seed: int = typer.Option(None, show_default="the gate's seed + 7919", help="Seed of the final test set: a fresh one measures again, on tasks no choice has seen, a configuration chosen on an earlier final test set."),
     samples: int = typer.Option(None, help="Samples per training task."),
     rectifications: int = typer.Option(None, help="step-dpo: continuations sampled from each first wrong step."),
     chosen_by: str = typer.Option(None, help="step-dpo: a rectified step counts when the answer verifies (outcome) or when the step checker accepts it (step)."),
@@ -94,7 +95,7 @@ def improve(
                                samples_per_task=samples, rectifications=rectifications, chosen_by=chosen_by,
                                gate_metric=gate_metric, memory=memory, step_advantages=step_advantages, explore=explore,
                                final_tasks=final_tasks, advance_at=advance_at, from_base=from_base,
-                               incremental=incremental,
+                               incremental=incremental, final_seed=final_seed,
                                curriculum=curriculum, pool=pool, collect_with=collect_with,
                                alpha_spending=alpha_spending, vocabulary=vocabulary, **({"search": search} if search else {}), output_dir=str(out / "rounds"))
     # what a config cannot see: a --search the command was given, and what loads
