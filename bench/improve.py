@@ -102,7 +102,7 @@ def main() -> None:
                              "values run as arms side by side on the same seeds")
     parser.add_argument("--alpha-spending", choices=ALPHA_SPENDING, default=defaults.alpha_spending,
                         help="how the rounds' gates share alpha: equal, or rising with the round")
-    parser.add_argument("--rounds", type=int, default=None, help="default: ImproveConfig's, 5 where rounds search, else 3")
+    parser.add_argument("--rounds", type=int, default=None, help="default: ImproveConfig's, 7 where rounds search, else 3")
     parser.add_argument("--levels", type=int, nargs="+", default=defaults.levels)
     parser.add_argument("--eval-level", type=int, default=None)
     parser.add_argument("--train-tasks", type=int, default=None, help="default: ImproveConfig's, 320 where rounds search, else 96")

@@ -40,7 +40,7 @@ class ImproveCommand(ConfigCommand):
                 "samples": config.samples_per_task, "out": Path(config.output_dir),
                 "explore": Shown(f"search for {trees} on the solve prompt; else sample"), "search": Shown(config.search),
                 "curriculum": Shown("mopps where rounds search; else none"),
-                "rounds": Shown("5 where rounds search; else 3"), "train_tasks": Shown("320 where rounds search; else 96")}
+                "rounds": Shown("7 where rounds search; else 3"), "train_tasks": Shown("320 where rounds search; else 96")}
 
 
 def improve(

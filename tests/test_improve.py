@@ -571,6 +571,8 @@ def test_incremental_needs_rft_on_search_trees_and_excludes_from_base():
     assert ImproveConfig(from_base=True).incremental is False
     assert ImproveConfig(incremental=False).from_base is True  # ReST-EM, as before
     assert ImproveConfig(method="step-dpo", explore="sample").incremental is False
+    # with it, 7 search rounds fit in 30 CPU-minutes at one operation; sampling rounds cost more
+    assert ImproveConfig().rounds == 7 and ImproveConfig(method="step-dpo", explore="sample").rounds == 3
     with pytest.raises(AgentkitError, match="incremental trains rft candidates on search trees"):
         ImproveConfig(method="step-dpo", explore="sample", incremental=True)
     with pytest.raises(AgentkitError, match="incremental continues the active policy's adapter; drop from_base"):

@@ -110,7 +110,8 @@ class ImproveConfig(GateConfig, CandidateConfig):
     collection, the held-out measurement and the gate all run it, and every model call of
     its runs shares the one policy being trained. None: the single solve prompt."""
     rounds: int | None = None
-    """Rounds of collect -> train -> gate. None: 5 where rounds search, else 3."""
+    """Rounds of collect -> train -> gate. None: 7 where rounds search (what fits in 30
+    CPU-minutes at one operation, bench/results/improve-incremental-7r.md), else 3."""
     levels: list[int] = field(default_factory=lambda: [1])
     """Curriculum: round r trains on levels[min(r, len - 1)] (easier tasks first), or, with
     ``advance_at``, moves through them as the policy earns it."""
@@ -236,7 +237,7 @@ class ImproveConfig(GateConfig, CandidateConfig):
         if self.curriculum is None:
             self.curriculum = "mopps" if self.explore == "search" else "none"
         if self.rounds is None:
-            self.rounds = 5 if self.explore == "search" else 3
+            self.rounds = 7 if self.explore == "search" else 3
         if self.train_tasks is None:
             self.train_tasks = 320 if self.explore == "search" else 96
         if self.curriculum not in CURRICULA:
