@@ -124,7 +124,7 @@ def main() -> None:
                         help="with --curriculum mopps: candidate tasks per round, as a multiple of --train-tasks")
     parser.add_argument("--from-base", action=argparse.BooleanOptionalAction, default=None,
                         help="train every candidate from the base model on the replay buffer "
-                             "(default: ImproveConfig's, on for rft on search trees)")
+                             "(default: ImproveConfig's, on for rft on search trees with --incremental off)")
     parser.add_argument("--name", default=None, help="result file name (default improve-<explore>-<method>)")
     parser.add_argument("--jobs", type=int, default=1,
                         help="seeds run side by side, one process each, the cores shared between them")
@@ -261,8 +261,9 @@ def report(args: argparse.Namespace, done: dict[tuple[str, int], list[RoundResul
     if len(arms) > 1:
         sections.insert(0, head_to_head(args.knob, arms, done))
     cfg = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("output_dir", "seed")}
-    if len(arms) > 1:
-        cfg[args.knob] = arms
+    if len(arms) > 1:  # every field the arms set apart (a knob's value may resolve others), one value per arm
+        per_arm = [dataclasses.asdict(config_of(args, arm, seed=1)) for arm in arms]
+        cfg.update({k: [c[k] for c in per_arm] for k in cfg if len({repr(c[k]) for c in per_arm}) > 1})
     total = len(arms) * args.seeds
     ran = ", ".join((f"{arm} seed {seed}" if len(arms) > 1 else f"seed {seed}")
                     + ("" if len(done[arm, seed]) > config.rounds else f" (stopped after round {len(done[arm, seed]) - 1})")

@@ -40,7 +40,8 @@ def main() -> None:
     parser.add_argument("--adapter", default=None, help="a trained LoRA adapter directory (default: the base model)")
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--vocabulary", choices=["full", "suite"], default="suite",
-                        help="decode over the suite's tokens (the improve default) or the whole vocabulary")
+                        help="decode over the suite's tokens (as improve's default does where they write "
+                             "every gold solution) or the whole vocabulary")
     parser.add_argument("--name", default=None)
     args = parser.parse_args()
 
@@ -54,7 +55,11 @@ def main() -> None:
             adapter = "policy"
         policy = PolicyLLM(llm, adapter)
         if args.vocabulary == "suite":
-            policy = PolicyLLM(VocabularyLLM(llm, suite_vocabulary(llm, suite, tasks)[0]), adapter)
+            allowed, missing = suite_vocabulary(llm, suite, tasks)
+            if missing:
+                parser.error(f"--vocabulary suite: {suite.name}'s solutions use {len(missing)} tokens its "
+                             "vocabulary lacks; use --vocabulary full")
+            policy = PolicyLLM(VocabularyLLM(llm, allowed), adapter)
         with TrajectoryStore(f"{scratch}/runs.db") as store:
             for spec in args.specs:
                 agent = SolveAgent(shots=3, max_tokens=96, search=spec, seed=1001)
@@ -69,7 +74,8 @@ def main() -> None:
                              f"{60 * solved / cpu:.1f}"])
                 print(markdown_table(HEADERS, rows[-1:]), flush=True)
 
-    name = args.name or f"search-yield-level{args.level}" + ("-adapter" if args.adapter else "")
+    name = args.name or (f"search-yield-level{args.level}" + ("-adapter" if args.adapter else "")
+                         + ("-suite" if args.vocabulary == "suite" else ""))
     body = (f"Policy: {args.adapter or 'base model'}; {len(tasks)} fresh training tasks of level {args.level} "
             f"(train split, seed 1001), {args.concurrency} in flight; decoding over the {args.vocabulary} vocabulary.\n\n" + markdown_table(HEADERS, rows)
             + "\n\n`solved`: tasks whose tree holds a verified answer (an rft training example). `tokens/task`: "

@@ -29,18 +29,21 @@ class ImproveCommand(ConfigCommand):
     @staticmethod
     def defaults() -> dict[str, Any]:
         """ImproveConfig's defaults, so that changing one there changes the command."""
-        from agentkit.learn.improve import SEARCH_BY_DEFAULT, ImproveConfig
+        from agentkit.learn.improve import FINAL_SEED, SEARCH_BY_DEFAULT, ImproveConfig
 
         config = ImproveConfig()
         same = ("suite", "method", "advance_at", "pool", "eval_tasks",
                 "final_tasks", "rectifications", "chosen_by", "step_advantages", "gate_metric", "memory", "collect_with",
-                "alpha_spending", "vocabulary", "incremental")
+                "alpha_spending", "vocabulary")
         trees = ", ".join(SEARCH_BY_DEFAULT[:-1]) + " and " + SEARCH_BY_DEFAULT[-1]
         return {**{name: getattr(config, name) for name in same}, "levels": ",".join(map(str, config.levels)),
                 "samples": config.samples_per_task, "out": Path(config.output_dir),
                 "explore": Shown(f"search for {trees} on the solve prompt; else sample"), "search": Shown(config.search),
                 "curriculum": Shown("mopps where rounds search; else none"),
-                "rounds": Shown("7 where rounds search; else 3"), "train_tasks": Shown("320 where rounds search; else 96")}
+                "rounds": Shown("7 where rounds search; else 3"),
+                "incremental": Shown("on for rft on search trees, unless --from-base"),
+                "from_base": Shown("--continue; --from-base for rft on search trees with --no-incremental"),
+                "final_seed": Shown(f"the gate's seed + {FINAL_SEED}"), "train_tasks": Shown("320 where rounds search; else 96")}
 
 
 def improve(
@@ -58,7 +61,7 @@ def improve(
     pool: int = typer.Option(None, help="With --curriculum mopps: candidate tasks a round draws, as a multiple of --train-tasks; the curriculum picks --train-tasks of them."),
     eval_tasks: int = typer.Option(None, help="Gate tasks: held-out test tasks the gate compares policies on."),
     final_tasks: int = typer.Option(None, help="Final test tasks, apart from the gate tasks, that no decision reads: the active policy's success on them, with a 95% interval, after every round (0: off)."),
-    final_seed: int = typer.Option(None, show_default="the gate's seed + 7919", help="Seed of the final test set: a fresh one measures again, on tasks no choice has seen, a configuration chosen on an earlier final test set."),
+    final_seed: int = typer.Option(None, help="Seed of the final test set: a fresh one measures again, on tasks no choice has seen, a configuration chosen on an earlier final test set."),
     samples: int = typer.Option(None, help="Samples per training task."),
     rectifications: int = typer.Option(None, help="step-dpo: continuations sampled from each first wrong step."),
     chosen_by: str = typer.Option(None, help="step-dpo: a rectified step counts when the answer verifies (outcome) or when the step checker accepts it (step)."),
@@ -67,8 +70,8 @@ def improve(
     alpha_spending: str = typer.Option(None, help="How the rounds' gates share alpha: equal (alpha / rounds each) or rising (round r's share proportional to r: later candidates, trained on more data, face a looser level). A promotion passes its level on to the next gate; the run's chance of any false promotion stays within alpha."),
     vocabulary: str = typer.Option(None, help="The tokens the policy writes with: the model's whole vocabulary (full), or only those of the suite's worked solutions (suite): every request of the run decodes only them and training's softmax runs over them alone, which skips most of the output layer's cost. auto: suite for the solve prompt where the suite's vocabulary writes every gold solution of the gate set, else full."),
     memory: int = typer.Option(None, help="Experience-library items shown per prompt; every sampled run updates the library (0: off)."),
-    from_base: Optional[bool] = typer.Option(None, "--from-base/--continue", show_default="from base for rft on search trees", help="Train each candidate as a fresh LoRA adapter on the base model over every round's data (ReST-EM), or continue the active policy's adapter."),
-    incremental: bool = typer.Option(None, "--incremental/--no-incremental", help="With --explore search and --method rft: continue the active policy's adapter on the solutions it has not learnt yet (this round's, and those of refused rounds), so a round's training costs its new data, not every round's."),
+    from_base: Optional[bool] = typer.Option(None, "--from-base/--continue", help="Train each candidate as a fresh LoRA adapter on the base model over every round's data (ReST-EM), or continue the active policy's adapter."),
+    incremental: Optional[bool] = typer.Option(None, "--incremental/--no-incremental", help="With --explore search and --method rft: continue the active policy's adapter on the solutions it has not learnt yet (this round's, and those of refused rounds), so a round's training costs its new data, not every round's. --no-incremental trains from the base model over every round's solutions unless --continue is given."),
     model: str = typer.Option("gemma-3-270m", help="Base model: gemma-3-270m, a local directory, or a cached Hugging Face id."),
     dtype: str = typer.Option("auto", help="auto, bf16 or fp32 (sampling and training)."),
     out: Path = typer.Option(None, help="Directory for adapters, checkpoints and the learning curve."),

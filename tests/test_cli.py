@@ -529,3 +529,29 @@ def test_improve_defaults_are_improve_configs(monkeypatch, tmp_path):
     result = invoke("improve", "--store", str(tmp_path / "runs.db"), "--out", str(tmp_path / "out"))
     assert result.stderr == "error: captured\n"
     assert asdict(configs[0]) == asdict(ImproveConfig(output_dir=str(tmp_path / "out" / "rounds")))
+
+
+@pytest.mark.parametrize("args, fields", [
+    (["--method", "grpo"], {"method": "grpo"}),  # incremental stays rft's on search trees
+    (["--from-base"], {"from_base": True}),  # ReST-EM: incremental resolves off
+    (["--no-incremental"], {"incremental": False}),
+    (["--final-seed", "4002"], {"final_seed": 4002}),
+])
+def test_improve_options_reach_the_config_as_improve_config_resolves_them(args, fields, monkeypatch, tmp_path):
+    import importlib
+    from dataclasses import asdict
+
+    from agentkit.errors import AgentkitError
+    from agentkit.learn.improve import ImproveConfig
+
+    configs = []
+
+    def capture(llm, store, config, **kwargs):
+        configs.append(config)
+        raise AgentkitError("captured")
+
+    monkeypatch.setattr(agentkit.llm, "load_backend", lambda *a, **k: ScriptedLLM(["Answer: 1"]))
+    monkeypatch.setattr(importlib.import_module("agentkit.learn.improve"), "improve", capture)
+    result = invoke("improve", *args, "--store", str(tmp_path / "runs.db"), "--out", str(tmp_path / "out"))
+    assert result.stderr == "error: captured\n"
+    assert asdict(configs[0]) == asdict(ImproveConfig(**fields, output_dir=str(tmp_path / "out" / "rounds")))

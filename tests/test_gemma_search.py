@@ -43,14 +43,14 @@ def test_search_solves_one_operation_tasks_greedy_decoding_gets_wrong(gemma):
 
 
 def test_two_rounds_of_expert_iteration_beat_the_base_on_the_final_test_set(gemma, tmp_path):
-    """`agentkit improve`'s default loop, two rounds instead of five (to stay within 10 minutes
+    """`agentkit improve`'s default loop, two rounds instead of seven (to stay within 10 minutes
     on 2 cores): beam:1x8 search on the curriculum's pick of 320 fresh tasks a round, over the
     suite's vocabulary, the active policy's adapter trained on the verified solutions it has
-    not learnt (incremental), the gate on 200 tasks. The promoted policy must beat the base on 200 final test tasks that no
-    decision read, by more than chance (a paired exact test; on 100 tasks a 5% -> 12% gain is
-    p = 0.059, which is the measurement's noise, not the loop's). On the bench's seeds
-    (bench/results/improve-suite-beam1x8-5r.md) two rounds found 88-189 solutions and took the
-    final test set from 5.5% to 11.5-21.0%, with a promotion by round 2 on every seed."""
+    not learnt (incremental), the gate on 200 tasks. The promoted policy must beat the base on
+    200 final test tasks that no decision read, by more than chance (a paired exact test; on
+    100 tasks a 5% -> 12% gain is p = 0.059, which is the measurement's noise, not the loop's).
+    On the bench's seeds (bench/results/improve-incremental.md, the 5-round arm) two rounds
+    took its final test set from 2.5% to 11.0-25.0%, with a promotion by round 2 on every seed."""
     config = ImproveConfig(rounds=2, levels=[1], final_tasks=200, output_dir=str(tmp_path / "improve"))
     assert (config.search, config.train_tasks, config.vocabulary) == ("beam:1x8", 320, "auto")
     assert (config.explore, config.method, config.incremental) == ("search", "rft", True)  # the default loop

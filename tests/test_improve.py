@@ -379,13 +379,17 @@ def test_graphs_take_the_methods_that_train_from_their_runs():
 
 
 def test_final_test_set_is_disjoint_from_the_gate_set_and_never_changes():
-    from agentkit.learn.improve import final_tasks
+    from agentkit.learn.improve import FINAL_SEED, final_tasks
 
     suite = get_suite("arithmetic")
     gate = suite.tasks("test", 100, level=1, seed=0)
-    final = final_tasks(suite, 200, 1, 0, exclude=gate)
+    seed = ImproveConfig(eval_seed=0).final_seed
+    assert seed == FINAL_SEED and ImproveConfig(eval_seed=3).final_seed == 3 + FINAL_SEED
+    final = final_tasks(suite, 200, 1, seed, exclude=gate)
     assert len(final) == 200 and not {t.question for t in final} & {t.question for t in gate}
-    assert final == final_tasks(suite, 200, 1, 0, exclude=gate)
+    assert final == final_tasks(suite, 200, 1, seed, exclude=gate)
+    fresh = final_tasks(suite, 200, 1, ImproveConfig(final_seed=4002).final_seed, exclude=gate)
+    assert {t.question for t in fresh} != {t.question for t in final}  # another seed, other tasks
     assert all(t.split == "test" for t in final)
 
 
@@ -577,3 +581,5 @@ def test_incremental_needs_rft_on_search_trees_and_excludes_from_base():
         ImproveConfig(method="step-dpo", explore="sample", incremental=True)
     with pytest.raises(AgentkitError, match="incremental continues the active policy's adapter; drop from_base"):
         ImproveConfig(incremental=True, from_base=True)
+    with pytest.raises(AgentkitError, match="incremental keeps the solutions of refused rounds"):
+        ImproveConfig(incremental=True, replay=False)

@@ -142,9 +142,9 @@ class ImproveConfig(GateConfig, CandidateConfig):
     (step-level search trees; see SEARCH_METHODS). None: ``default_explore``, the measured best."""
     search: str = "beam:1x8"
     """explore=search: the strategy (agentkit.graph.search.parse_search). The defaults of
-    search, train_tasks, rounds, alpha_spending and vocabulary are the best configuration
-    measured within the 30 CPU-minute budget: 28.5% mean on the final test set at one
-    operation, 20-23 CPU-minutes (bench/results/improve-suite-beam1x8-5r.md)."""
+    search, train_tasks, rounds, alpha_spending, vocabulary and incremental are the best
+    configuration measured within the 30 CPU-minute budget: 32.7% mean on a final test set no
+    choice read, at one operation, 24.6-26.6 CPU-minutes (bench/results/improve-incremental-7r.md)."""
     collect_with: str = "active"
     """Which policy collects a round's data. "active": the policy the gate promoted. "best":
     of every policy measured on the gate set, the one that scored highest there (the latest
@@ -174,7 +174,8 @@ class ImproveConfig(GateConfig, CandidateConfig):
     library in the store (verified exemplars, utilities), and sampling, the held-out
     measurement and the gate all read it, so a policy is judged with the memory it trained with."""
     replay: bool = True
-    """Train each candidate on every pair collected so far (a replay buffer), not only this round's."""
+    """Train each candidate on every pair collected so far (a replay buffer), not only this
+    round's; with ``incremental``, on every solution the active policy has not learnt."""
     from_base: bool | None = None
     """Train each candidate as a fresh adapter on the base model (ReST-EM), not by continuing
     the active policy's adapter; with ``replay`` it learns every round's data at once. None:
@@ -207,6 +208,8 @@ class ImproveConfig(GateConfig, CandidateConfig):
             raise ConfigError(f"`method={self.method}`: choose one of {', '.join(METHODS)}")
         if self.explore is None:
             self.explore = default_explore(self.method, self.graph)
+        if self.explore not in EXPLORE:
+            raise ConfigError(f"`explore={self.explore}`: choose one of {', '.join(EXPLORE)}")
         if self.incremental is None:
             self.incremental = self.method == "rft" and self.explore == "search" and not self.from_base
         if self.incremental and (self.method != "rft" or self.explore != "search"):
@@ -214,12 +217,13 @@ class ImproveConfig(GateConfig, CandidateConfig):
                               f"`method={self.method}` and `explore={self.explore}` drop it")
         if self.incremental and self.from_base:
             raise ConfigError("`incremental` continues the active policy's adapter; drop `from_base`")
+        if self.incremental and not self.replay:
+            raise ConfigError("`incremental` keeps the solutions of refused rounds for the next candidate; "
+                              "drop `replay=False`")
         if self.from_base is None:
             self.from_base = self.method == "rft" and self.explore == "search" and not self.incremental
         if self.final_seed is None:
             self.final_seed = self.eval_seed + FINAL_SEED
-        if self.explore not in EXPLORE:
-            raise ConfigError(f"`explore={self.explore}`: choose one of {', '.join(EXPLORE)}")
         if self.explore == "search":
             if not single:
                 raise ConfigError(f"`explore=search` searches the single solve prompt; graph '{self.graph}' declares "
@@ -617,12 +621,14 @@ def _training_progress(status: Callable[[str], None], round_: int, lines: int = 
 
 
 def _collect_search(llm: LLM, suite: Suite, tasks: list[Task], store: RunStore, config: ImproveConfig, version: str,
-                    adapter: str | None, replay: list[SFTExample],
+                    adapter: str | None, buffer: list[SFTExample],
                     round_: int = 1) -> tuple[Any, dict[str, Any], int, dict[str, bool]]:
     """This round's data from search trees: one search per training task with the active
     policy, recorded in the store; verified solutions (rft), sibling pairs (step-dpo), both
     (expert), or sibling groups with per-step advantages (grpo, rloo). Last, whether search
-    solved each task, by task id (the curriculum's evidence)."""
+    solved each task, by task id (the curriculum's evidence). This round's solutions join
+    ``buffer``, what rft candidates train on with ``replay``: every round's, or with
+    ``incremental`` those the active policy has not learnt."""
     searcher = SolveAgent(shots=config.shots, max_tokens=config.max_tokens, search=config.search,
                           seed=config.seed * 1000 + round_)
     report = run_tasks(PolicyLLM(llm, adapter), suite, tasks, store, agent=searcher, concurrency=config.concurrency,
@@ -631,7 +637,7 @@ def _collect_search(llm: LLM, suite: Suite, tasks: list[Task], store: RunStore, 
     found = {run.task_id: solution_example(run) for run in runs}
     solutions = [x for x in found.values() if x is not None]
     solved = {task_id: x is not None for task_id, x in found.items()}
-    replay += solutions
+    buffer += solutions
     pair_store = PairStore(store)
     new_pairs = tree_pairs(runs, suite=suite.name, policy_version=version, decode=llm.decode)
     new_ids = pair_store.add_pairs(new_pairs)
@@ -641,7 +647,7 @@ def _collect_search(llm: LLM, suite: Suite, tasks: list[Task], store: RunStore, 
     keep = set(new_ids)
     pairs = [PreferenceExample.from_record(p) for p in pair_store.pairs(kind="step", suite=suite.name)
              if config.replay or p.id in keep]
-    trained = list(replay) if config.replay else solutions
+    trained = list(buffer) if config.replay else solutions
     if config.method == "rft":
         return trained, counts, sampled, solved
     if config.method == "step-dpo":
