@@ -21,9 +21,9 @@ import statistics
 import sys
 import tempfile
 import time
-from typing import Any
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
+from typing import Any
 
 from _common import RESULTS, markdown_table, write_result
 from agentkit.errors import AgentkitError

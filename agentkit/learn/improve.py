@@ -412,8 +412,9 @@ def _improve(llm: LLM, store: RunStore, config: ImproveConfig, *, model: Any,
                           **measured, cpu_s=_cpu_seconds() - cpu0)]
     if on_round:
         on_round(rounds[0])
-    replay: list[Any] = []  # explore=search: the verified solutions of every round so far
-    unlearnt: list[Any] = []  # incremental: the solutions the active policy has not trained on
+    # explore=search: the verified solutions rft candidates train on: every round's, or with
+    # incremental those the active policy has not learnt (emptied on a promotion)
+    solutions: list[Any] = []
     # the policy that collects, and its gate-set score (collect_with=best: the best measured so far)
     collector, collector_score = incumbent, _gate_score(config.gate_metric, report.success_rate, report.step_accuracy)
     step = 0  # the curriculum's place in config.levels
@@ -436,7 +437,7 @@ def _improve(llm: LLM, store: RunStore, config: ImproveConfig, *, model: Any,
         status(f"round {r}: {how} on {len(tasks)} level-{level} training tasks{picked} with '{collector}'")
         if config.explore == "search":
             examples, new_data, sampled, solved = _collect_search(llm, suite, tasks, store, config, collector, adapter,
-                                                                  unlearnt if config.incremental else replay, r)
+                                                                  solutions, r)
             share = new_data["solved"] / len(tasks)  # fresh tasks: a held-out measure of the level
             if bandit:
                 outcomes = [(suite.family(t), solved.get(t.id, False)) for t in tasks]
@@ -483,7 +484,8 @@ def _improve(llm: LLM, store: RunStore, config: ImproveConfig, *, model: Any,
                 status(f"round {r}: {gate_result.summary()}")
                 if promoted:
                     incumbent = candidate
-                    unlearnt.clear()  # the new active policy has learnt them
+                    if config.incremental:
+                        solutions.clear()  # the new active policy has learnt them
                 if r < config.rounds:  # a next round to collect
                     collector, collector_score = _next_collector(llm, registry, config, gate_result, incumbent,
                                                                  collector, collector_score, status, r)
